@@ -1,0 +1,434 @@
+//! Case events as the domain sees them: the thirteen payloads of the event vocabulary, with the
+//! field names and enum values of the interchange format (and of the stored `data` column).
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use uuid::Uuid;
+
+/// An event as a sender submits it, before the log gives it a version and a position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub occurred_on: NaiveDate,
+    pub payload: Payload,
+    pub metadata: Metadata,
+}
+
+/// Optional identifiers that link events across the sender's systems.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+}
+
+impl Metadata {
+    pub fn is_empty(&self) -> bool {
+        self.correlation_id.is_none() && self.causation_id.is_none()
+    }
+}
+
+/// The type-specific part of an event. Serialised adjacently tagged as
+/// `{"type": "child_seen", "data": {...}}`, exactly as in the interchange format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum Payload {
+    CaseIssued(CaseIssued),
+    ChildJoined(Child),
+    CaseAllocated(CaseAllocated),
+    ChildSeen(ChildSeen),
+    LetterSent(LetterSent),
+    EngagementRecordCompleted(ChildRef),
+    RecommendationShared(ChildRef),
+    ReportOrdered(ReportOrdered),
+    FilingDateExtended(FilingDateExtended),
+    ReportFiled(ReportFiled),
+    HearingListed(HearingListed),
+    CaseClosed(CaseClosed),
+    EventVoided(EventVoided),
+}
+
+/// The event type names of the vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    CaseIssued,
+    ChildJoined,
+    CaseAllocated,
+    ChildSeen,
+    LetterSent,
+    EngagementRecordCompleted,
+    RecommendationShared,
+    ReportOrdered,
+    FilingDateExtended,
+    ReportFiled,
+    HearingListed,
+    CaseClosed,
+    EventVoided,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 13] = [
+        EventType::CaseIssued,
+        EventType::ChildJoined,
+        EventType::CaseAllocated,
+        EventType::ChildSeen,
+        EventType::LetterSent,
+        EventType::EngagementRecordCompleted,
+        EventType::RecommendationShared,
+        EventType::ReportOrdered,
+        EventType::FilingDateExtended,
+        EventType::ReportFiled,
+        EventType::HearingListed,
+        EventType::CaseClosed,
+        EventType::EventVoided,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::CaseIssued => "case_issued",
+            EventType::ChildJoined => "child_joined",
+            EventType::CaseAllocated => "case_allocated",
+            EventType::ChildSeen => "child_seen",
+            EventType::LetterSent => "letter_sent",
+            EventType::EngagementRecordCompleted => "engagement_record_completed",
+            EventType::RecommendationShared => "recommendation_shared",
+            EventType::ReportOrdered => "report_ordered",
+            EventType::FilingDateExtended => "filing_date_extended",
+            EventType::ReportFiled => "report_filed",
+            EventType::HearingListed => "hearing_listed",
+            EventType::CaseClosed => "case_closed",
+            EventType::EventVoided => "event_voided",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Payload {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Payload::CaseIssued(_) => EventType::CaseIssued,
+            Payload::ChildJoined(_) => EventType::ChildJoined,
+            Payload::CaseAllocated(_) => EventType::CaseAllocated,
+            Payload::ChildSeen(_) => EventType::ChildSeen,
+            Payload::LetterSent(_) => EventType::LetterSent,
+            Payload::EngagementRecordCompleted(_) => EventType::EngagementRecordCompleted,
+            Payload::RecommendationShared(_) => EventType::RecommendationShared,
+            Payload::ReportOrdered(_) => EventType::ReportOrdered,
+            Payload::FilingDateExtended(_) => EventType::FilingDateExtended,
+            Payload::ReportFiled(_) => EventType::ReportFiled,
+            Payload::HearingListed(_) => EventType::HearingListed,
+            Payload::CaseClosed(_) => EventType::CaseClosed,
+            Payload::EventVoided(_) => EventType::EventVoided,
+        }
+    }
+
+    /// The child an event is about, for the events that are about one child.
+    pub fn child_id(&self) -> Option<&str> {
+        match self {
+            Payload::ChildJoined(c) => Some(&c.child_id),
+            Payload::ChildSeen(c) => Some(&c.child_id),
+            Payload::LetterSent(c) => Some(&c.child_id),
+            Payload::EngagementRecordCompleted(c) | Payload::RecommendationShared(c) => Some(&c.child_id),
+            _ => None,
+        }
+    }
+
+    /// The report an event is about, for report events.
+    pub fn report_id(&self) -> Option<&str> {
+        match self {
+            Payload::ReportOrdered(r) => Some(&r.report_id),
+            Payload::FilingDateExtended(r) => Some(&r.report_id),
+            Payload::ReportFiled(r) => Some(&r.report_id),
+            _ => None,
+        }
+    }
+
+    /// The `data` object of the interchange format and of the stored row.
+    pub fn data(&self) -> serde_json::Value {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(mut tagged)) => tagged.remove("data").unwrap_or_default(),
+            // Every payload serialises to a tagged object; anything else is unreachable.
+            _ => serde_json::Value::Null,
+        }
+    }
+
+    /// Rebuilds a payload from its type and `data` object, rejecting unknown or missing fields.
+    pub fn from_data(event_type: EventType, data: serde_json::Value) -> Result<Payload, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({ "type": event_type.as_str(), "data": data }))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LawType {
+    Public,
+    Private,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplicationType {
+    S31Care,
+    S31Supervision,
+    S8ChildArrangements,
+    S8ProhibitedSteps,
+    S8SpecificIssue,
+    SpecialGuardianship,
+    EmergencyProtection,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationRole {
+    Lead,
+    Guardian,
+    Duty,
+    Hub,
+}
+
+impl AllocationRole {
+    /// Lead and guardian allocations are lead allocations; duty cover and hub holding are not.
+    pub fn is_lead(self) -> bool {
+        matches!(self, AllocationRole::Lead | AllocationRole::Guardian)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeenMode {
+    InPerson,
+    Virtual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportType {
+    SafeguardingLetter,
+    Section7,
+    Section7Addendum,
+    #[serde(rename = "rule16_4_analysis")]
+    Rule16_4Analysis,
+    InitialAnalysis,
+    FinalAnalysis,
+    ChildImpactReport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HearingType {
+    Fhdra,
+    Cmh,
+    Irh,
+    Final,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseOutcome {
+    FinalOrder,
+    Withdrawn,
+    Refused,
+    Transferred,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VoidReason {
+    WrongCase,
+    WrongChild,
+    WrongDate,
+    Duplicate,
+    EnteredInError,
+}
+
+/// A month of birth: children's birth dates are kept to the month only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BirthMonth {
+    pub year: i32,
+    pub month: u32,
+}
+
+impl BirthMonth {
+    /// Parses "YYYY-MM".
+    pub fn parse(text: &str) -> Option<BirthMonth> {
+        let (year, month) = text.split_once('-')?;
+        if year.len() != 4 || month.len() != 2 {
+            return None;
+        }
+        let year: i32 = year.parse().ok()?;
+        let month: u32 = month.parse().ok()?;
+        ((1900..=9999).contains(&year) && (1..=12).contains(&month)).then_some(BirthMonth { year, month })
+    }
+
+    pub fn first_day(self) -> Option<NaiveDate> {
+        NaiveDate::from_ymd_opt(self.year, self.month, 1)
+    }
+}
+
+impl fmt::Display for BirthMonth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, self.month)
+    }
+}
+
+impl Serialize for BirthMonth {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BirthMonth {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        BirthMonth::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("birth month {text:?} is not a valid \"YYYY-MM\"")))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseIssued {
+    pub law_type: LawType,
+    pub application_types: Vec<ApplicationType>,
+    pub court_code: String,
+    pub service_area: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_authority_code: Option<String>,
+    pub children: Vec<Child>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_on: Option<NaiveDate>,
+}
+
+/// A child named at issue or joined later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Child {
+    pub child_id: String,
+    pub birth_month: BirthMonth,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildRef {
+    pub child_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseAllocated {
+    pub practitioner_id: String,
+    pub role: AllocationRole,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildSeen {
+    pub child_id: String,
+    pub mode: SeenMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LetterSent {
+    pub child_id: String,
+    pub personalised: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportOrdered {
+    pub report_id: String,
+    pub report_type: ReportType,
+    pub due_on: NaiveDate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilingDateExtended {
+    pub report_id: String,
+    pub due_on: NaiveDate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportFiled {
+    pub report_id: String,
+    pub report_type: ReportType,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HearingListed {
+    pub hearing_type: HearingType,
+    pub listed_for: NaiveDate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseClosed {
+    pub outcome: CaseOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventVoided {
+    pub voided_event_id: Uuid,
+    pub reason: VoidReason,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_round_trips_through_type_and_object() {
+        let payload = Payload::ReportFiled(ReportFiled {
+            report_id: "r-1".into(),
+            report_type: ReportType::Rule16_4Analysis,
+        });
+        let data = payload.data();
+        assert_eq!(data, serde_json::json!({"report_id": "r-1", "report_type": "rule16_4_analysis"}));
+        assert_eq!(Payload::from_data(EventType::ReportFiled, data).expect("parses"), payload);
+    }
+
+    #[test]
+    fn unknown_data_fields_are_refused() {
+        let err = Payload::from_data(
+            EventType::ChildSeen,
+            serde_json::json!({"child_id": "c", "mode": "virtual", "name": "Alice"}),
+        );
+        assert!(err.is_err(), "free text must not slip into the log");
+    }
+
+    #[test]
+    fn every_type_name_parses_back() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(EventType::parse("case_reopened"), None);
+    }
+
+    #[test]
+    fn birth_month_format() {
+        assert_eq!(BirthMonth::parse("2024-11"), Some(BirthMonth { year: 2024, month: 11 }));
+        assert_eq!(BirthMonth::parse("2024-13"), None);
+        assert_eq!(BirthMonth::parse("2024-1"), None);
+        assert_eq!(BirthMonth::parse("24-11"), None);
+        assert_eq!(BirthMonth { year: 2019, month: 6 }.to_string(), "2019-06");
+    }
+}

@@ -1,0 +1,18 @@
+//! The caselog domain: case events, the case lifecycle (fold and decide), input validation and
+//! the reference data they need (service areas, the civil date in England).
+//!
+//! This crate does no I/O, is not async and knows nothing of PostgreSQL or gRPC: callers hand it
+//! the case's recorded history and "today", and it answers with a decision.
+
+pub mod case;
+pub mod england;
+pub mod event;
+pub mod interchange;
+pub mod reference;
+pub mod rules;
+mod validate;
+
+pub use case::{CaseHistory, CaseView, HistoryEvent};
+pub use event::{EventType, Metadata, NewEvent, Payload};
+pub use rules::{BatchRejection, FieldViolation, Rejection, Rule};
+pub use validate::{validate_case_id, validate_event};

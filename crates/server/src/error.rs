@@ -1,0 +1,119 @@
+//! The service's errors, and the one place where they become `tonic::Status`.
+//!
+//! Every status carries an `ErrorInfo` (reason, domain, metadata); malformed input also carries a
+//! `BadRequest` naming every bad field. Internal detail (SQL, driver errors) goes to the log,
+//! never onto the wire.
+
+use caselog_domain::{BatchRejection, FieldViolation, Rejection, Rule};
+use std::collections::HashMap;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+const ERROR_DOMAIN: &str = "caselog.v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid request: {}", describe(.violations))]
+    Invalid { violations: Vec<FieldViolation>, event_index: Option<usize> },
+    #[error("{message}")]
+    Rejected { rule: Rule, message: String, event_index: usize },
+    #[error("the case is at version {actual}, not the expected version {expected}; read the case and retry")]
+    VersionConflict { expected: u64, actual: u64 },
+    #[error("event {event_id} is already recorded with different content; a new event needs a new event_id")]
+    EventIdReused { event_id: String, event_index: usize },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the appends to this case kept conflicting; retry later")]
+    Contention,
+    #[error("the event store is unavailable; retry later")]
+    Unavailable(#[source] caselog_store::Error),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(violations: Vec<FieldViolation>) -> Error {
+        let event_index = violations.iter().find_map(|v| v.event_index);
+        Error::Invalid { violations, event_index }
+    }
+
+    /// The refusal of a batch whose event `i` is `original_indices[i]` of the request.
+    pub fn from_rejection(rejection: BatchRejection, original_indices: &[usize]) -> Error {
+        let original = |i: usize| original_indices.get(i).copied().unwrap_or(i);
+        match rejection.rejection {
+            Rejection::Invalid(violations) => Error::invalid(
+                violations
+                    .into_iter()
+                    .map(|v| match v.event_index {
+                        Some(i) => v.at(original(i)),
+                        None => v,
+                    })
+                    .collect(),
+            ),
+            Rejection::Rule { rule, message } => Error::Rejected { rule, message, event_index: original(rejection.index) },
+        }
+    }
+}
+
+impl From<caselog_store::Error> for Error {
+    fn from(err: caselog_store::Error) -> Error {
+        match err {
+            caselog_store::Error::Unavailable(_) => Error::Unavailable(err),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations.iter().map(|v| format!("{}: {}", v.path(), v.description)).collect::<Vec<_>>().join("; ")
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        to_status(err)
+    }
+}
+
+/// Maps an error to the status sent to the client.
+pub fn to_status(err: Error) -> Status {
+    let mut metadata = HashMap::new();
+    let (code, reason) = match &err {
+        Error::Invalid { event_index, .. } => {
+            if let Some(i) = event_index {
+                metadata.insert("event_index".to_owned(), i.to_string());
+            }
+            (Code::InvalidArgument, "INVALID_ARGUMENT")
+        }
+        Error::Rejected { rule, event_index, .. } => {
+            metadata.insert("event_index".to_owned(), event_index.to_string());
+            (Code::FailedPrecondition, rule.reason())
+        }
+        Error::VersionConflict { expected, actual } => {
+            metadata.insert("expected_version".to_owned(), expected.to_string());
+            metadata.insert("actual_version".to_owned(), actual.to_string());
+            (Code::Aborted, "VERSION_CONFLICT")
+        }
+        Error::EventIdReused { event_id, event_index } => {
+            metadata.insert("event_id".to_owned(), event_id.clone());
+            metadata.insert("event_index".to_owned(), event_index.to_string());
+            (Code::AlreadyExists, "EVENT_ID_REUSED")
+        }
+        Error::NotFound(_) => (Code::NotFound, "NOT_FOUND"),
+        Error::Contention => (Code::Aborted, "CONTENTION"),
+        Error::Unavailable(source) => {
+            tracing::warn!(error = %source, "store unavailable");
+            (Code::Unavailable, "STORE_UNAVAILABLE")
+        }
+        Error::Internal(detail) => {
+            tracing::error!(%detail, "internal error");
+            (Code::Internal, "INTERNAL")
+        }
+    };
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+    if let Error::Invalid { violations, .. } = &err {
+        for v in violations {
+            details.add_bad_request_violation(v.path(), v.description.clone());
+        }
+    }
+    Status::with_error_details(code, err.to_string(), details)
+}

@@ -1,0 +1,133 @@
+//! The caselog service: gRPC wiring (`caselog.v1` services, health, reflection), the write path
+//! and the `caselog import` client. Errors become `tonic::Status` in `error.rs` only.
+
+mod convert;
+pub mod error;
+pub mod import;
+pub mod ingest;
+pub mod service;
+pub mod telemetry;
+
+use caselog_api::v1::case_event_service_server::CaseEventServiceServer;
+use caselog_store::EventLog;
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+
+pub use service::{CaseEvents, SOURCE_HEADER};
+
+const CASE_EVENT_SERVICE: &str = "caselog.v1.CaseEventService";
+
+/// Limits the server applies to every connection and request.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Requests running longer are cancelled with DEADLINE_EXCEEDED (a client deadline that is
+    /// shorter wins).
+    pub request_timeout: Duration,
+    /// Largest accepted request message; a full 1,000-event batch is well under 2 MiB.
+    pub max_request_bytes: usize,
+    /// Concurrent requests per HTTP/2 connection.
+    pub concurrency_per_connection: usize,
+    /// How often health checks the database.
+    pub health_interval: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> ServerLimits {
+        ServerLimits {
+            request_timeout: Duration::from_secs(30),
+            max_request_bytes: 8 * 1024 * 1024,
+            concurrency_per_connection: 64,
+            health_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Serves gRPC on `listener` until `shutdown` completes, then drains in-flight requests.
+/// The listener is passed in so that tests can bind port 0.
+pub async fn run(
+    listener: TcpListener,
+    log: EventLog,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(caselog_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(caselog_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let health_task = tokio::spawn(watch_database(log.clone(), health_reporter, limits.health_interval));
+
+    let case_events = CaseEventServiceServer::new(CaseEvents::new(log))
+        .max_decoding_message_size(limits.max_request_bytes);
+    info!(address = %listener.local_addr()?, "serving gRPC");
+    let result = Server::builder()
+        .timeout(limits.request_timeout)
+        .concurrency_limit_per_connection(limits.concurrency_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(case_events)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    health_task.abort();
+    info!("server stopped");
+    Ok(result?)
+}
+
+/// Reports NOT_SERVING while the database does not answer, SERVING once it does.
+async fn watch_database(log: EventLog, reporter: HealthReporter, interval: Duration) {
+    let mut last = None;
+    loop {
+        let status = match tokio::time::timeout(interval.max(Duration::from_secs(1)), log.ping()).await {
+            Ok(Ok(())) => ServingStatus::Serving,
+            Ok(Err(err)) => {
+                if last != Some(ServingStatus::NotServing) {
+                    warn!(error = %err, "database unreachable; health is NOT_SERVING");
+                }
+                ServingStatus::NotServing
+            }
+            Err(_) => ServingStatus::NotServing,
+        };
+        if last != Some(status) {
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(CASE_EVENT_SERVICE, status).await;
+            last = Some(status);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    info!("shutdown requested; draining in-flight requests");
+}

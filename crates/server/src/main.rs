@@ -1,0 +1,150 @@
+//! The `caselog` command: `serve`, `migrate` and `import`.
+
+use anyhow::Context;
+use caselog_server::import::{ImportOptions, LineOutcome, import};
+use caselog_server::{ServerLimits, shutdown_signal, telemetry};
+use caselog_store::{ConnectSettings, EventLog};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tonic::transport::Endpoint;
+
+#[derive(Parser, Debug)]
+#[command(name = "caselog", version, about = "Event-sourced case lifecycle service for family-court advisory work")]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, env = "CASELOG_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gRPC service.
+    Serve(ServeArgs),
+    /// Apply the database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Push an NDJSON file of events to a running service.
+    Import(ImportArgs),
+}
+
+#[derive(Args, Debug)]
+struct DatabaseArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Address to listen on.
+    #[arg(long, env = "CASELOG_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Apply migrations before serving.
+    #[arg(long, env = "CASELOG_MIGRATE", default_value_t = false)]
+    migrate: bool,
+    /// Largest pool of database connections.
+    #[arg(long, env = "CASELOG_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    db_max_connections: u32,
+    /// Seconds a request may run before DEADLINE_EXCEEDED.
+    #[arg(long, env = "CASELOG_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    request_timeout_secs: u64,
+    /// Largest request message, in bytes.
+    #[arg(long, env = "CASELOG_MAX_REQUEST_BYTES", default_value_t = 8 * 1024 * 1024)]
+    max_request_bytes: usize,
+}
+
+#[derive(Args, Debug)]
+struct ImportArgs {
+    /// NDJSON file, one event per line.
+    file: PathBuf,
+    /// URL of the caselog service.
+    #[arg(long, env = "CASELOG_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// Source organisation recorded with each event.
+    #[arg(long, env = "CASELOG_SOURCE")]
+    source: Option<String>,
+    /// Events per request (1-1000).
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Cases sent concurrently.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Record each case whole or not at all.
+    #[arg(long)]
+    all_or_nothing: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format == "json");
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("caselog: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Migrate(args) => {
+            let pool = caselog_store::connect(&args.database_url, &ConnectSettings::default())?;
+            caselog_store::MIGRATOR.run(&pool).await.context("applying migrations")?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => {
+            let settings = ConnectSettings { max_connections: args.db_max_connections, ..ConnectSettings::default() };
+            let pool = caselog_store::connect(&args.database.database_url, &settings)?;
+            if args.migrate {
+                caselog_store::MIGRATOR.run(&pool).await.context("applying migrations")?;
+            }
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
+            let limits = ServerLimits {
+                request_timeout: Duration::from_secs(args.request_timeout_secs),
+                max_request_bytes: args.max_request_bytes,
+                ..ServerLimits::default()
+            };
+            caselog_server::run(listener, EventLog::new(pool), limits, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import(args) => {
+            let text = tokio::fs::read_to_string(&args.file)
+                .await
+                .with_context(|| format!("reading {}", args.file.display()))?;
+            let channel = Endpoint::from_shared(args.server.clone())?
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {}", args.server))?;
+            let options = ImportOptions {
+                batch_size: args.batch_size,
+                concurrency: args.concurrency,
+                source: args.source,
+                all_or_nothing: args.all_or_nothing,
+            };
+            let report = import(&text, channel, &options).await?;
+            for (line, outcome) in &report.lines {
+                if let LineOutcome::Rejected(reason) = outcome {
+                    println!("line {line}: rejected: {reason}");
+                }
+            }
+            println!(
+                "appended {}, already present {}, rejected {}",
+                report.appended(),
+                report.already_present(),
+                report.rejected()
+            );
+            Ok(if report.rejected() == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! `caselog.v1.CaseEventService`: converts requests to domain calls and results to responses.
+
+use crate::convert;
+use crate::error::Error;
+use crate::ingest::{self, history_of, payload_of};
+use caselog_api::v1 as pb;
+use caselog_api::v1::case_event_service_server::CaseEventService;
+use caselog_domain::england::date_in_england;
+use caselog_domain::{CaseHistory, FieldViolation, Metadata};
+use caselog_store::EventLog;
+use chrono::Utc;
+use tonic::{Request, Response, Status};
+
+/// Metadata header naming the sending organisation until authentication (issue 7) replaces it
+/// with the authenticated identity.
+pub const SOURCE_HEADER: &str = "x-caselog-source";
+const ANONYMOUS_SOURCE: &str = "anonymous";
+const DEFAULT_PAGE_SIZE: u32 = 100;
+const MAX_PAGE_SIZE: u32 = 1000;
+
+#[derive(Debug, Clone)]
+pub struct CaseEvents {
+    log: EventLog,
+}
+
+impl CaseEvents {
+    pub fn new(log: EventLog) -> CaseEvents {
+        CaseEvents { log }
+    }
+}
+
+fn source_of<T>(request: &Request<T>) -> Result<String, Error> {
+    let Some(value) = request.metadata().get(SOURCE_HEADER) else {
+        return Ok(ANONYMOUS_SOURCE.to_owned());
+    };
+    let text = value.to_str().unwrap_or_default();
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '.'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(Error::invalid(vec![FieldViolation::new(
+            SOURCE_HEADER,
+            "the source header must be 1-64 characters of letters, digits, '-', '_', ':', '.'",
+        )]))
+    }
+}
+
+async fn load_case(log: &EventLog, case_id: &str) -> Result<(Vec<caselog_store::StoredEvent>, CaseHistory), Error> {
+    let violations = caselog_domain::validate_case_id(case_id);
+    if !violations.is_empty() {
+        return Err(Error::invalid(violations));
+    }
+    let stored = log.read_case(case_id).await?;
+    if stored.is_empty() {
+        return Err(Error::NotFound(format!("no case {case_id:?} is recorded")));
+    }
+    let history = history_of(&stored)?;
+    Ok((stored, history))
+}
+
+#[tonic::async_trait]
+impl CaseEventService for CaseEvents {
+    async fn append_events(
+        &self,
+        request: Request<pb::AppendEventsRequest>,
+    ) -> Result<Response<pb::AppendEventsResponse>, Status> {
+        let source = source_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        let mut events = Vec::with_capacity(request.events.len());
+        for (index, event) in request.events.into_iter().enumerate() {
+            match convert::new_event(event) {
+                Ok(event) => events.push(event),
+                Err(bad) => violations.extend(bad.into_iter().map(|v| v.at(index))),
+            }
+        }
+        if !violations.is_empty() {
+            return Err(Error::invalid(violations).into());
+        }
+        let today = date_in_england(Utc::now());
+        let appended =
+            ingest::append(&self.log, &request.case_id, &events, request.expected_version, &source, today).await?;
+        Ok(Response::new(pb::AppendEventsResponse {
+            version: appended.version as u64,
+            events: appended
+                .events
+                .into_iter()
+                .map(|e| pb::AppendedEvent {
+                    event_id: e.event_id.to_string(),
+                    position: e.position as u64,
+                    version: e.version as u64,
+                    already_present: e.already_present,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
+        let case_id = request.into_inner().case_id;
+        let (_, history) = load_case(&self.log, &case_id).await?;
+        let view = history
+            .view()
+            .ok_or_else(|| Error::Internal(format!("case {case_id} has events but no case_issued")))?;
+        let allocation = |a: &caselog_domain::case::Allocation| pb::Allocation {
+            practitioner_id: a.practitioner_id.clone(),
+            role: convert::allocation_role_out(a.role) as i32,
+            allocated_on: a.allocated_on.to_string(),
+        };
+        let case = pb::Case {
+            case_id,
+            law_type: convert::law_type_out(view.issue.law_type) as i32,
+            application_types: view.issue.application_types.iter().map(|t| convert::application_type_out(*t) as i32).collect(),
+            court_code: view.issue.court_code.clone(),
+            service_area: view.issue.service_area.clone(),
+            local_authority_code: view.issue.local_authority_code.clone().unwrap_or_default(),
+            children: view.children.iter().map(convert::child_out).collect(),
+            current_lead_allocation: view.current_lead_allocation.as_ref().map(allocation),
+            first_lead_allocation: view.first_lead_allocation.as_ref().map(allocation),
+            open: view.is_open(),
+            issued_on: view.issued_on.to_string(),
+            received_on: view.issue.received_on.map(|d| d.to_string()).unwrap_or_default(),
+            closed_on: view.closure.map(|c| c.closed_on.to_string()).unwrap_or_default(),
+            outcome: view.closure.map_or(pb::CaseOutcome::Unspecified, |c| convert::outcome_out(c.outcome)) as i32,
+            version: history.version(),
+        };
+        Ok(Response::new(pb::GetCaseResponse { case: Some(case) }))
+    }
+
+    async fn list_case_events(
+        &self,
+        request: Request<pb::ListCaseEventsRequest>,
+    ) -> Result<Response<pb::ListCaseEventsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = caselog_domain::validate_case_id(&request.case_id);
+        if request.page_size > MAX_PAGE_SIZE {
+            violations.push(FieldViolation::new("page_size", format!("page_size is at most {MAX_PAGE_SIZE}")));
+        }
+        let after_version = match decode_page_token(&request.page_token) {
+            Some(v) => v,
+            None => {
+                violations.push(FieldViolation::new("page_token", "not a page token from a previous response; send it unchanged"));
+                0
+            }
+        };
+        if !violations.is_empty() {
+            return Err(Error::invalid(violations).into());
+        }
+        let page_size = if request.page_size == 0 { DEFAULT_PAGE_SIZE } else { request.page_size };
+        // Voids can come after the page, so voided flags need the whole case; a case has tens of events.
+        let (stored, history) = load_case(&self.log, &request.case_id).await?;
+        let voided_by = history.voided_by();
+        let page: Vec<_> = stored
+            .iter()
+            .filter(|e| i64::from(e.version) > after_version)
+            .take(page_size as usize)
+            .collect();
+        let more = page.last().is_some_and(|last| stored.last().is_some_and(|end| end.version > last.version));
+        let mut events = Vec::with_capacity(page.len());
+        for stored in &page {
+            let metadata: Metadata = serde_json::from_value(stored.metadata.clone()).unwrap_or_default();
+            events.push(pb::RecordedEvent {
+                event_id: stored.event_id.to_string(),
+                case_id: stored.case_id.clone(),
+                version: stored.version as u64,
+                position: stored.position as u64,
+                occurred_on: stored.occurred_on.to_string(),
+                recorded_at: Some(prost_types::Timestamp {
+                    seconds: stored.recorded_at.timestamp(),
+                    nanos: stored.recorded_at.timestamp_subsec_nanos() as i32,
+                }),
+                source: stored.source.clone(),
+                payload: Some(convert::payload_out(&payload_of(stored)?)),
+                metadata: convert::metadata_out(&metadata),
+                voided: voided_by.contains_key(&stored.event_id),
+                voided_by: voided_by.get(&stored.event_id).map(|id| id.to_string()).unwrap_or_default(),
+            });
+        }
+        let next_page_token = match (more, page.last()) {
+            (true, Some(last)) => encode_page_token(i64::from(last.version)),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListCaseEventsResponse { events, next_page_token }))
+    }
+}
+
+const PAGE_TOKEN_PREFIX: &str = "v1.after.";
+
+fn encode_page_token(after_version: i64) -> String {
+    format!("{PAGE_TOKEN_PREFIX}{after_version}")
+}
+
+fn decode_page_token(token: &str) -> Option<i64> {
+    if token.is_empty() {
+        return Some(0);
+    }
+    token.strip_prefix(PAGE_TOKEN_PREFIX)?.parse().ok().filter(|v: &i64| *v >= 0)
+}

@@ -1,0 +1,48 @@
+//! Store errors: what a caller can act on (a conflict, a duplicate, an outage), and the rest.
+
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another append took one of the case versions this append wanted.
+    #[error("case {case_id} already has an event at one of versions {first_version}..")]
+    VersionConflict { case_id: String, first_version: i64 },
+    /// One of the event ids is already recorded (by an append that committed meanwhile).
+    #[error("an event id of the batch is already recorded")]
+    DuplicateEventId,
+    /// The database could not be reached or did not answer in time.
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("stored event {event_id} cannot be read: {message}")]
+    Corrupt { event_id: Uuid, message: String },
+}
+
+impl Error {
+    pub(crate) fn from_sqlx(err: sqlx::Error, case_id: &str, first_version: i64) -> Error {
+        if let Some(db) = err.as_database_error()
+            && db.is_unique_violation()
+        {
+            return match db.constraint() {
+                Some("events_case_version_key") => Error::VersionConflict {
+                    case_id: case_id.to_owned(),
+                    first_version,
+                },
+                _ => Error::DuplicateEventId,
+            };
+        }
+        Error::from(err)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Error {
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                Error::Unavailable(err)
+            }
+            other => Error::Database(other),
+        }
+    }
+}

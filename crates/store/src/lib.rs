@@ -1,0 +1,62 @@
+//! The append-only event log on PostgreSQL.
+//!
+//! The store knows rows, per-case versions and global positions; it does not know what a case
+//! is or which events are allowed (that is `caselog-domain`). Every append is one SQL statement,
+//! so it is atomic without an explicit transaction, and its commit time is its `recorded_at`.
+
+mod error;
+mod log;
+
+pub use error::Error;
+pub use log::{AppendedRow, EventLog, NewRow, StoredEvent};
+
+/// The workspace migrations (`migrations/`), embedded at compile time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How the service connects to PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct ConnectSettings {
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before the store reports itself unavailable.
+    pub acquire_timeout: Duration,
+    /// Ends any statement that runs longer, so a stuck query cannot hold a connection forever.
+    pub statement_timeout: Duration,
+    /// Ends a session idle inside a transaction: an open append holds back the global feed's
+    /// safe position, so it must not be left open.
+    pub idle_in_transaction_timeout: Duration,
+}
+
+impl Default for ConnectSettings {
+    fn default() -> ConnectSettings {
+        ConnectSettings {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Opens a connection pool (lazily: an unreachable database is reported per call, not here).
+pub fn connect(database_url: &str, settings: &ConnectSettings) -> Result<PgPool, Error> {
+    let options = PgConnectOptions::from_str(database_url)
+        .map_err(Error::Database)?
+        .application_name("caselog")
+        .options([
+            ("statement_timeout", format!("{}", settings.statement_timeout.as_millis())),
+            (
+                "idle_in_transaction_session_timeout",
+                format!("{}", settings.idle_in_transaction_timeout.as_millis()),
+            ),
+            ("timezone", "UTC".to_owned()),
+        ]);
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_lazy_with(options))
+}

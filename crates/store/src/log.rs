@@ -1,0 +1,139 @@
+//! Appending to and reading from the `events` table.
+
+use crate::Error;
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::PgPool;
+use tracing::instrument;
+use uuid::Uuid;
+
+/// An event row to append. The store adds the position, version and `recorded_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRow {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub occurred_on: NaiveDate,
+    pub data: serde_json::Value,
+    pub metadata: serde_json::Value,
+}
+
+/// Where an appended row landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendedRow {
+    pub position: i64,
+    pub version: i64,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A row of the log.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub position: i64,
+    pub event_id: Uuid,
+    pub case_id: String,
+    pub version: i32,
+    pub event_type: String,
+    pub occurred_on: NaiveDate,
+    pub data: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub source: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str =
+    "position, event_id, case_id, version, event_type, occurred_on, data, metadata, source, recorded_at";
+
+/// The event log. Cheap to clone: it is a handle on the connection pool.
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    pool: PgPool,
+}
+
+impl EventLog {
+    pub fn new(pool: PgPool) -> EventLog {
+        EventLog { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends `rows` to a case as versions `after_version + 1 ..`, in one statement: all or none.
+    /// Fails with `VersionConflict` when another append took one of those versions first, and with
+    /// `DuplicateEventId` when one of the ids is already recorded.
+    #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]
+    pub async fn append(
+        &self,
+        case_id: &str,
+        after_version: i64,
+        source: &str,
+        rows: &[NewRow],
+    ) -> Result<Vec<AppendedRow>, Error> {
+        let count = i32::try_from(rows.len()).map_err(|_| Error::DuplicateEventId)?;
+        let first_version = after_version + 1;
+        let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+        let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+        let occurred: Vec<NaiveDate> = rows.iter().map(|r| r.occurred_on).collect();
+        let data: Vec<&serde_json::Value> = rows.iter().map(|r| &r.data).collect();
+        let metadata: Vec<&serde_json::Value> = rows.iter().map(|r| &r.metadata).collect();
+        let inserted: Vec<(i64, i32, DateTime<Utc>)> = sqlx::query_as(
+            "WITH allocated AS (SELECT caselog_allocate_positions($1) AS positions)
+             INSERT INTO events (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source)
+             SELECT allocated.positions[r.n], r.event_id, $2, $3 + r.n::integer - 1, r.event_type, r.occurred_on, r.data, r.metadata, $4
+               FROM allocated,
+                    UNNEST($5::uuid[], $6::text[], $7::date[], $8::jsonb[], $9::jsonb[])
+                      WITH ORDINALITY AS r(event_id, event_type, occurred_on, data, metadata, n)
+             RETURNING position, version, recorded_at",
+        )
+        .bind(count)
+        .bind(case_id)
+        .bind(i32::try_from(first_version).unwrap_or(i32::MAX))
+        .bind(source)
+        .bind(&event_ids)
+        .bind(&types)
+        .bind(&occurred)
+        .bind(&data)
+        .bind(&metadata)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::from_sqlx(e, case_id, first_version))?;
+        let mut appended: Vec<AppendedRow> = inserted
+            .into_iter()
+            .map(|(position, version, recorded_at)| AppendedRow {
+                position,
+                version: i64::from(version),
+                recorded_at,
+            })
+            .collect();
+        appended.sort_by_key(|row| row.version);
+        Ok(appended)
+    }
+
+    /// Every event of a case, in version order.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn read_case(&self, case_id: &str) -> Result<Vec<StoredEvent>, Error> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM events WHERE case_id = $1 ORDER BY version"
+        )))
+        .bind(case_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The recorded events among `event_ids`, in any order.
+    #[instrument(skip(self, event_ids), fields(ids = event_ids.len()), err(level = "debug"))]
+    pub async fn find_events(&self, event_ids: &[Uuid]) -> Result<Vec<StoredEvent>, Error> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM events WHERE event_id = ANY($1)"
+        )))
+        .bind(event_ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Checks that the database answers.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,1 +1,11 @@
-fn main(){}
+//! Black-box tests of the gRPC API: a real server on 127.0.0.1:0, a real client, a fresh
+//! PostgreSQL database per test.
+
+#![allow(clippy::unwrap_used)]
+
+mod concurrency;
+mod idempotency;
+mod import;
+mod operations;
+mod rules;
+mod write_path;

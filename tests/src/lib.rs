@@ -1,1 +1,240 @@
+//! Test kit: a real caselog server on 127.0.0.1:0 over a real PostgreSQL database (one per test,
+//! from `#[sqlx::test]`), a real tonic client, and builders for wire events.
 
+#![allow(clippy::unwrap_used)]
+
+use caselog_api::v1 as pb;
+use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
+use caselog_api::v1::event_payload::Kind;
+use caselog_server::ServerLimits;
+use caselog_store::EventLog;
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+/// A running server; shut down when dropped.
+#[derive(Debug)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(pool: PgPool) -> TestServer {
+        TestServer::start_with(
+            pool,
+            ServerLimits {
+                health_interval: Duration::from_millis(200),
+                ..ServerLimits::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn start_with(pool: PgPool, limits: ServerLimits) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            caselog_server::run(listener, EventLog::new(pool), limits, shutdown)
+                .await
+                .unwrap();
+        });
+        let channel = connect(addr).await;
+        TestServer {
+            addr,
+            channel,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn client(&self) -> CaseEventServiceClient<Channel> {
+        CaseEventServiceClient::new(self.channel.clone())
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A channel to `addr`, retried briefly while the server starts.
+pub async fn connect(addr: SocketAddr) -> Channel {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    for _ in 0..50 {
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("server at {addr} did not accept connections");
+}
+
+/// A new event with a fresh id.
+pub fn event(occurred_on: &str, kind: Kind) -> pb::NewEvent {
+    pb::NewEvent {
+        event_id: Uuid::new_v4().to_string(),
+        occurred_on: occurred_on.to_owned(),
+        payload: Some(pb::EventPayload { kind: Some(kind) }),
+        metadata: None,
+    }
+}
+
+pub fn child(child_id: &str, birth_month: &str) -> pb::Child {
+    pb::Child {
+        child_id: child_id.to_owned(),
+        birth_month: birth_month.to_owned(),
+    }
+}
+
+/// A public-law s31 care case at Leeds (service area A5) naming the given children.
+pub fn issued_public(children: &[&str]) -> Kind {
+    Kind::CaseIssued(pb::CaseIssued {
+        law_type: pb::LawType::Public as i32,
+        application_types: vec![pb::ApplicationType::S31Care as i32],
+        court_code: "LS".into(),
+        service_area: "A5".into(),
+        local_authority_code: "E08000035".into(),
+        children: children.iter().map(|c| child(c, "2019-06")).collect(),
+        received_on: String::new(),
+    })
+}
+
+/// A private-law child arrangements case.
+pub fn issued_private(children: &[&str]) -> Kind {
+    Kind::CaseIssued(pb::CaseIssued {
+        law_type: pb::LawType::Private as i32,
+        application_types: vec![pb::ApplicationType::S8ChildArrangements as i32],
+        court_code: "MA".into(),
+        service_area: "A3".into(),
+        local_authority_code: String::new(),
+        children: children.iter().map(|c| child(c, "2016-02")).collect(),
+        received_on: String::new(),
+    })
+}
+
+pub fn allocated(practitioner_id: &str, role: pb::AllocationRole) -> Kind {
+    Kind::CaseAllocated(pb::CaseAllocated {
+        practitioner_id: practitioner_id.into(),
+        role: role as i32,
+    })
+}
+
+pub fn seen(child_id: &str) -> Kind {
+    Kind::ChildSeen(pb::ChildSeen {
+        child_id: child_id.into(),
+        mode: pb::SeenMode::InPerson as i32,
+    })
+}
+
+pub fn joined(child_id: &str) -> Kind {
+    Kind::ChildJoined(pb::ChildJoined {
+        child_id: child_id.into(),
+        birth_month: "2023-01".into(),
+    })
+}
+
+pub fn hearing(listed_for: &str) -> Kind {
+    Kind::HearingListed(pb::HearingListed {
+        hearing_type: pb::HearingType::Cmh as i32,
+        listed_for: listed_for.into(),
+    })
+}
+
+pub fn ordered(report_id: &str, report_type: pb::ReportType, due_on: &str) -> Kind {
+    Kind::ReportOrdered(pb::ReportOrdered {
+        report_id: report_id.into(),
+        report_type: report_type as i32,
+        due_on: due_on.into(),
+    })
+}
+
+pub fn extended(report_id: &str, due_on: &str) -> Kind {
+    Kind::FilingDateExtended(pb::FilingDateExtended {
+        report_id: report_id.into(),
+        due_on: due_on.into(),
+    })
+}
+
+pub fn filed(report_id: &str, report_type: pb::ReportType) -> Kind {
+    Kind::ReportFiled(pb::ReportFiled {
+        report_id: report_id.into(),
+        report_type: report_type as i32,
+    })
+}
+
+pub fn closed(outcome: pb::CaseOutcome) -> Kind {
+    Kind::CaseClosed(pb::CaseClosed {
+        outcome: outcome as i32,
+    })
+}
+
+pub fn voided(event: &pb::NewEvent, reason: pb::VoidReason) -> Kind {
+    Kind::EventVoided(pb::EventVoided {
+        voided_event_id: event.event_id.clone(),
+        reason: reason as i32,
+    })
+}
+
+pub fn append(case_id: &str, events: Vec<pb::NewEvent>) -> pb::AppendEventsRequest {
+    pb::AppendEventsRequest {
+        case_id: case_id.into(),
+        events,
+        expected_version: None,
+    }
+}
+
+/// `ErrorInfo.reason` of a status (empty when absent).
+pub fn reason(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+/// `ErrorInfo.metadata[key]` of a status.
+pub fn error_metadata(status: &tonic::Status, key: &str) -> Option<String> {
+    status
+        .get_details_error_info()
+        .and_then(|i| i.metadata.get(key).cloned())
+}
+
+/// The fields named by the status's `BadRequest`.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Rows in the events table.
+pub async fn event_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}

@@ -8,4 +8,5 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every caselog proto, for `tonic-reflection`.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/caselog_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/caselog_descriptor.bin"));

@@ -2,9 +2,7 @@
 //! events not voided; `decide` checks a batch of new events against that state, one event at a
 //! time, so later events of a batch see the earlier ones.
 
-use crate::event::{
-    AllocationRole, CaseIssued, CaseOutcome, Child, NewEvent, Payload, ReportType,
-};
+use crate::event::{AllocationRole, CaseIssued, CaseOutcome, Child, NewEvent, Payload, ReportType};
 use crate::rules::{BatchRejection, FieldViolation, Rejection, Rule};
 use crate::validate::validate_event;
 use chrono::NaiveDate;
@@ -117,10 +115,9 @@ impl CaseHistory {
     /// The case as it stands, or `None` when no `case_issued` is recorded.
     pub fn view(&self) -> Option<CaseView> {
         let voided = self.voided_by();
-        let mut live = self
-            .events
-            .iter()
-            .filter(|e| !voided.contains_key(&e.event_id) && !matches!(e.payload, Payload::EventVoided(_)));
+        let mut live = self.events.iter().filter(|e| {
+            !voided.contains_key(&e.event_id) && !matches!(e.payload, Payload::EventVoided(_))
+        });
         let first = live.next()?;
         let Payload::CaseIssued(issue) = &first.payload else {
             return None;
@@ -145,12 +142,18 @@ impl CaseHistory {
     /// Checks `batch` against the lifecycle rules and returns the history with it appended.
     /// `today` is the civil date in England now. Nothing is partially accepted: the first refused
     /// event refuses the batch.
-    pub fn decide(&self, batch: &[NewEvent], today: NaiveDate) -> Result<CaseHistory, BatchRejection> {
+    pub fn decide(
+        &self,
+        batch: &[NewEvent],
+        today: NaiveDate,
+    ) -> Result<CaseHistory, BatchRejection> {
         check_batch_shape(batch, today)?;
         let mut next = self.clone();
         for (index, event) in batch.iter().enumerate() {
-            next.check(event)
-                .map_err(|rejection| BatchRejection { index, rejection: at_index(rejection, index) })?;
+            next.check(event).map_err(|rejection| BatchRejection {
+                index,
+                rejection: at_index(rejection, index),
+            })?;
             next.events.push(HistoryEvent::from(event));
         }
         Ok(next)
@@ -160,23 +163,35 @@ impl CaseHistory {
         let Some(view) = self.view() else {
             return match event.payload {
                 Payload::CaseIssued(_) if self.events.is_empty() => Ok(()),
-                Payload::CaseIssued(_) => Err(Rejection::rule(Rule::CaseAlreadyIssued, "the case is already issued")),
+                Payload::CaseIssued(_) => Err(Rejection::rule(
+                    Rule::CaseAlreadyIssued,
+                    "the case is already issued",
+                )),
                 _ => Err(Rejection::rule(
                     Rule::CaseNotIssued,
-                    format!("no case_issued is recorded for this case; send case_issued before {}", event.payload.event_type()),
+                    format!(
+                        "no case_issued is recorded for this case; send case_issued before {}",
+                        event.payload.event_type()
+                    ),
                 )),
             };
         };
         if let Payload::CaseIssued(_) = event.payload {
             return Err(Rejection::rule(
                 Rule::CaseAlreadyIssued,
-                format!("the case was already issued on {}; case_issued is recorded once", view.issued_on),
+                format!(
+                    "the case was already issued on {}; case_issued is recorded once",
+                    view.issued_on
+                ),
             ));
         }
         if event.occurred_on < view.issued_on {
             return Err(Rejection::rule(
                 Rule::OccurredBeforeIssue,
-                format!("occurred_on {} is before the case was issued on {}", event.occurred_on, view.issued_on),
+                format!(
+                    "occurred_on {} is before the case was issued on {}",
+                    event.occurred_on, view.issued_on
+                ),
             ));
         }
         let is_void = matches!(event.payload, Payload::EventVoided(_));
@@ -199,7 +214,9 @@ impl CaseHistory {
             let field = format!("payload.{}.child_id", event.payload.event_type());
             return Err(Rejection::field(
                 field,
-                format!("child {child_id:?} is not in this case; name the child at issue or record child_joined first"),
+                format!(
+                    "child {child_id:?} is not in this case; name the child at issue or record child_joined first"
+                ),
             ));
         }
         match &event.payload {
@@ -208,8 +225,15 @@ impl CaseHistory {
                 format!("child {:?} is already in this case", child.child_id),
             )),
             Payload::ReportOrdered(order) => check_order(&view, &order.report_id),
-            Payload::FilingDateExtended(ext) => check_extension(&view, &ext.report_id, ext.due_on, event.occurred_on),
-            Payload::ReportFiled(filed) => check_filing(&view, &filed.report_id, filed.report_type, event.occurred_on),
+            Payload::FilingDateExtended(ext) => {
+                check_extension(&view, &ext.report_id, ext.due_on, event.occurred_on)
+            }
+            Payload::ReportFiled(filed) => check_filing(
+                &view,
+                &filed.report_id,
+                filed.report_type,
+                event.occurred_on,
+            ),
             Payload::CaseClosed(_) => check_closure(&view, event.occurred_on),
             Payload::EventVoided(void) => self.check_void(void.voided_event_id),
             _ => Ok(()),
@@ -220,30 +244,41 @@ impl CaseHistory {
         let Some(target) = self.events.iter().find(|e| e.event_id == target_id) else {
             return Err(Rejection::rule(
                 Rule::VoidedEventNotInCase,
-                format!("event {target_id} is not recorded for this case; an event is voided from its own case"),
+                format!(
+                    "event {target_id} is not recorded for this case; an event is voided from its own case"
+                ),
             ));
         };
         let voided = self.voided_by();
         if let Some(by) = voided.get(&target_id) {
-            return Err(Rejection::rule(Rule::EventAlreadyVoided, format!("event {target_id} was already voided by {by}")));
+            return Err(Rejection::rule(
+                Rule::EventAlreadyVoided,
+                format!("event {target_id} was already voided by {by}"),
+            ));
         }
         let dependents = |matches: &dyn Fn(&Payload) -> bool| {
-            self.events
-                .iter()
-                .any(|e| e.event_id != target_id && !voided.contains_key(&e.event_id) && matches(&e.payload))
+            self.events.iter().any(|e| {
+                e.event_id != target_id && !voided.contains_key(&e.event_id) && matches(&e.payload)
+            })
         };
         match &target.payload {
             Payload::CaseIssued(_) => Err(Rejection::rule(
                 Rule::CaseIssuedNotVoidable,
                 "case_issued cannot be voided; close a wrongly issued case with outcome other",
             )),
-            Payload::EventVoided(_) => Err(Rejection::rule(Rule::VoidNotVoidable, "an event_voided cannot itself be voided")),
+            Payload::EventVoided(_) => Err(Rejection::rule(
+                Rule::VoidNotVoidable,
+                "an event_voided cannot itself be voided",
+            )),
             Payload::ChildJoined(child)
                 if dependents(&|p: &Payload| p.child_id() == Some(child.child_id.as_str())) =>
             {
                 Err(Rejection::rule(
                     Rule::VoidLeavesDependents,
-                    format!("other events are about child {:?}; void them before the child_joined", child.child_id),
+                    format!(
+                        "other events are about child {:?}; void them before the child_joined",
+                        child.child_id
+                    ),
                 ))
             }
             Payload::ReportOrdered(order)
@@ -251,7 +286,10 @@ impl CaseHistory {
             {
                 Err(Rejection::rule(
                     Rule::VoidLeavesDependents,
-                    format!("report {:?} has later events; void them before the report_ordered", order.report_id),
+                    format!(
+                        "report {:?} has later events; void them before the report_ordered",
+                        order.report_id
+                    ),
                 ))
             }
             _ => Ok(()),
@@ -266,7 +304,10 @@ fn check_batch_shape(batch: &[NewEvent], today: NaiveDate) -> Result<(), BatchRe
     for (index, event) in batch.iter().enumerate() {
         let mut own = validate_event(event, today);
         if !ids.insert(event.event_id) {
-            own.push(FieldViolation::new("event_id", "event_id appears twice in the batch"));
+            own.push(FieldViolation::new(
+                "event_id",
+                "event_id appears twice in the batch",
+            ));
         }
         if !own.is_empty() {
             first_bad.get_or_insert(index);
@@ -275,13 +316,18 @@ fn check_batch_shape(batch: &[NewEvent], today: NaiveDate) -> Result<(), BatchRe
     }
     match first_bad {
         None => Ok(()),
-        Some(index) => Err(BatchRejection { index, rejection: Rejection::Invalid(violations) }),
+        Some(index) => Err(BatchRejection {
+            index,
+            rejection: Rejection::Invalid(violations),
+        }),
     }
 }
 
 fn at_index(rejection: Rejection, index: usize) -> Rejection {
     match rejection {
-        Rejection::Invalid(violations) => Rejection::Invalid(violations.into_iter().map(|v| v.at(index)).collect()),
+        Rejection::Invalid(violations) => {
+            Rejection::Invalid(violations.into_iter().map(|v| v.at(index)).collect())
+        }
         rule => rule,
     }
 }
@@ -290,44 +336,67 @@ fn check_order(view: &CaseView, report_id: &str) -> Result<(), Rejection> {
     match view.reports.get(report_id) {
         Some(report) if report.filed.is_some() => Err(Rejection::rule(
             Rule::ReportAlreadyFiled,
-            format!("report {report_id:?} is already filed; order a new report under a new report_id"),
+            format!(
+                "report {report_id:?} is already filed; order a new report under a new report_id"
+            ),
         )),
         Some(report) if report.ordered.is_some() => Err(Rejection::rule(
             Rule::ReportAlreadyOrdered,
-            format!("report {report_id:?} is already ordered; record filing_date_extended to move its due date"),
+            format!(
+                "report {report_id:?} is already ordered; record filing_date_extended to move its due date"
+            ),
         )),
         _ => Ok(()),
     }
 }
 
-fn check_extension(view: &CaseView, report_id: &str, due_on: NaiveDate, on: NaiveDate) -> Result<(), Rejection> {
+fn check_extension(
+    view: &CaseView,
+    report_id: &str,
+    due_on: NaiveDate,
+    on: NaiveDate,
+) -> Result<(), Rejection> {
     let Some(report) = view.reports.get(report_id).filter(|r| r.ordered.is_some()) else {
         return Err(Rejection::rule(
             Rule::ReportNotOrdered,
-            format!("report {report_id:?} has no report_ordered in this case; only an ordered report can be extended"),
+            format!(
+                "report {report_id:?} has no report_ordered in this case; only an ordered report can be extended"
+            ),
         ));
     };
     if report.filed.is_some() {
-        return Err(Rejection::rule(Rule::ReportAlreadyFiled, format!("report {report_id:?} is already filed")));
+        return Err(Rejection::rule(
+            Rule::ReportAlreadyFiled,
+            format!("report {report_id:?} is already filed"),
+        ));
     }
     if let Some((_, ordered_on)) = report.ordered
         && on < ordered_on
     {
         return Err(Rejection::rule(
             Rule::ReportEventBeforeOrder,
-            format!("report {report_id:?} was ordered on {ordered_on}; the extension cannot occur before that ({on})"),
+            format!(
+                "report {report_id:?} was ordered on {ordered_on}; the extension cannot occur before that ({on})"
+            ),
         ));
     }
     match report.due_on {
         Some(current) if due_on <= current => Err(Rejection::rule(
             Rule::ExtensionNotLater,
-            format!("report {report_id:?} is due on {current}; an extension must move the due date later (got {due_on})"),
+            format!(
+                "report {report_id:?} is due on {current}; an extension must move the due date later (got {due_on})"
+            ),
         )),
         _ => Ok(()),
     }
 }
 
-fn check_filing(view: &CaseView, report_id: &str, report_type: ReportType, on: NaiveDate) -> Result<(), Rejection> {
+fn check_filing(
+    view: &CaseView,
+    report_id: &str,
+    report_type: ReportType,
+    on: NaiveDate,
+) -> Result<(), Rejection> {
     let report = view.reports.get(report_id).cloned().unwrap_or_default();
     if let Some((_, filed_on)) = report.filed {
         return Err(Rejection::rule(
@@ -338,15 +407,21 @@ fn check_filing(view: &CaseView, report_id: &str, report_type: ReportType, on: N
     match report.ordered {
         Some((ordered_type, _)) if ordered_type != report_type => Err(Rejection::rule(
             Rule::ReportTypeMismatch,
-            format!("report {report_id:?} was ordered as {ordered_type:?}; it must be filed with that type, not {report_type:?}"),
+            format!(
+                "report {report_id:?} was ordered as {ordered_type:?}; it must be filed with that type, not {report_type:?}"
+            ),
         )),
         Some((_, ordered_on)) if on < ordered_on => Err(Rejection::rule(
             Rule::ReportEventBeforeOrder,
-            format!("report {report_id:?} was ordered on {ordered_on}; it cannot be filed before that ({on})"),
+            format!(
+                "report {report_id:?} was ordered on {ordered_on}; it cannot be filed before that ({on})"
+            ),
         )),
         None if report_type != ReportType::SafeguardingLetter => Err(Rejection::rule(
             Rule::ReportNotOrdered,
-            format!("report {report_id:?} was never ordered; only a safeguarding letter may be filed without a report_ordered"),
+            format!(
+                "report {report_id:?} was never ordered; only a safeguarding letter may be filed without a report_ordered"
+            ),
         )),
         _ => Ok(()),
     }
@@ -356,7 +431,10 @@ fn check_closure(view: &CaseView, closed_on: NaiveDate) -> Result<(), Rejection>
     if let Some(closure) = view.closure {
         return Err(Rejection::rule(
             Rule::CaseAlreadyClosed,
-            format!("the case was already closed on {}; void that case_closed to change it", closure.closed_on),
+            format!(
+                "the case was already closed on {}; void that case_closed to change it",
+                closure.closed_on
+            ),
         ));
     }
     if view.latest_occurred_on > closed_on {
@@ -381,10 +459,18 @@ fn apply(view: &mut CaseView, event: &HistoryEvent) {
                 allocated_on: event.occurred_on,
             };
             // Events are folded in version order, so on equal dates the later-recorded one is current.
-            if view.first_lead_allocation.as_ref().is_none_or(|f| event.occurred_on < f.allocated_on) {
+            if view
+                .first_lead_allocation
+                .as_ref()
+                .is_none_or(|f| event.occurred_on < f.allocated_on)
+            {
                 view.first_lead_allocation = Some(allocation.clone());
             }
-            if view.current_lead_allocation.as_ref().is_none_or(|c| event.occurred_on >= c.allocated_on) {
+            if view
+                .current_lead_allocation
+                .as_ref()
+                .is_none_or(|c| event.occurred_on >= c.allocated_on)
+            {
                 view.current_lead_allocation = Some(allocation);
             }
         }
@@ -398,10 +484,16 @@ fn apply(view: &mut CaseView, event: &HistoryEvent) {
             report.due_on = Some(report.due_on.map_or(ext.due_on, |d| d.max(ext.due_on)));
         }
         Payload::ReportFiled(filed) => {
-            view.reports.entry(filed.report_id.clone()).or_default().filed = Some((filed.report_type, event.occurred_on));
+            view.reports
+                .entry(filed.report_id.clone())
+                .or_default()
+                .filed = Some((filed.report_type, event.occurred_on));
         }
         Payload::CaseClosed(closed) => {
-            view.closure = Some(Closure { closed_on: event.occurred_on, outcome: closed.outcome });
+            view.closure = Some(Closure {
+                closed_on: event.occurred_on,
+                outcome: closed.outcome,
+            });
         }
         _ => {}
     }

@@ -9,8 +9,12 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 /// The date in England at the instant `now`.
 pub fn date_in_england(now: DateTime<Utc>) -> NaiveDate {
     let year = now.year();
-    let starts = last_sunday(year, 3).and_hms_opt(1, 0, 0).map(|t| t.and_utc());
-    let ends = last_sunday(year, 10).and_hms_opt(1, 0, 0).map(|t| t.and_utc());
+    let starts = last_sunday(year, 3)
+        .and_hms_opt(1, 0, 0)
+        .map(|t| t.and_utc());
+    let ends = last_sunday(year, 10)
+        .and_hms_opt(1, 0, 0)
+        .map(|t| t.and_utc());
     let summer = matches!((starts, ends), (Some(s), Some(e)) if now >= s && now < e);
     if summer {
         (now + Duration::hours(1)).date_naive()
@@ -36,36 +40,71 @@ mod tests {
     use chrono::{TimeZone, Weekday};
 
     fn at(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, m, d, h, min, 0).single().expect("valid instant")
+        Utc.with_ymd_and_hms(y, m, d, h, min, 0)
+            .single()
+            .expect("valid instant")
     }
 
     #[test]
     fn last_sundays_match_published_clock_changes() {
-        assert_eq!(last_sunday(2025, 3), NaiveDate::from_ymd_opt(2025, 3, 30).expect("date"));
-        assert_eq!(last_sunday(2025, 10), NaiveDate::from_ymd_opt(2025, 10, 26).expect("date"));
-        assert_eq!(last_sunday(2026, 3), NaiveDate::from_ymd_opt(2026, 3, 29).expect("date"));
-        assert_eq!(last_sunday(2026, 10), NaiveDate::from_ymd_opt(2026, 10, 25).expect("date"));
+        assert_eq!(
+            last_sunday(2025, 3),
+            NaiveDate::from_ymd_opt(2025, 3, 30).expect("date")
+        );
+        assert_eq!(
+            last_sunday(2025, 10),
+            NaiveDate::from_ymd_opt(2025, 10, 26).expect("date")
+        );
+        assert_eq!(
+            last_sunday(2026, 3),
+            NaiveDate::from_ymd_opt(2026, 3, 29).expect("date")
+        );
+        assert_eq!(
+            last_sunday(2026, 10),
+            NaiveDate::from_ymd_opt(2026, 10, 25).expect("date")
+        );
         assert_eq!(last_sunday(2026, 3).weekday(), Weekday::Sun);
     }
 
     #[test]
     fn late_evening_utc_in_summer_is_the_next_day_in_england() {
-        assert_eq!(date_in_england(at(2025, 6, 30, 23, 30)), NaiveDate::from_ymd_opt(2025, 7, 1).expect("date"));
-        assert_eq!(date_in_england(at(2025, 6, 30, 22, 59)), NaiveDate::from_ymd_opt(2025, 6, 30).expect("date"));
+        assert_eq!(
+            date_in_england(at(2025, 6, 30, 23, 30)),
+            NaiveDate::from_ymd_opt(2025, 7, 1).expect("date")
+        );
+        assert_eq!(
+            date_in_england(at(2025, 6, 30, 22, 59)),
+            NaiveDate::from_ymd_opt(2025, 6, 30).expect("date")
+        );
     }
 
     #[test]
     fn winter_dates_follow_utc() {
-        assert_eq!(date_in_england(at(2025, 12, 31, 23, 59)), NaiveDate::from_ymd_opt(2025, 12, 31).expect("date"));
+        assert_eq!(
+            date_in_england(at(2025, 12, 31, 23, 59)),
+            NaiveDate::from_ymd_opt(2025, 12, 31).expect("date")
+        );
     }
 
     #[test]
     fn clock_change_boundaries() {
         // 2025-03-30 01:00 UTC: clocks go forward, 23:30 UTC that day is already 31 March in England.
-        assert_eq!(date_in_england(at(2025, 3, 30, 23, 30)), NaiveDate::from_ymd_opt(2025, 3, 31).expect("date"));
-        assert_eq!(date_in_england(at(2025, 3, 29, 23, 30)), NaiveDate::from_ymd_opt(2025, 3, 29).expect("date"));
+        assert_eq!(
+            date_in_england(at(2025, 3, 30, 23, 30)),
+            NaiveDate::from_ymd_opt(2025, 3, 31).expect("date")
+        );
+        assert_eq!(
+            date_in_england(at(2025, 3, 29, 23, 30)),
+            NaiveDate::from_ymd_opt(2025, 3, 29).expect("date")
+        );
         // 2025-10-26 01:00 UTC: clocks go back.
-        assert_eq!(date_in_england(at(2025, 10, 25, 23, 30)), NaiveDate::from_ymd_opt(2025, 10, 26).expect("date"));
-        assert_eq!(date_in_england(at(2025, 10, 26, 23, 30)), NaiveDate::from_ymd_opt(2025, 10, 26).expect("date"));
+        assert_eq!(
+            date_in_england(at(2025, 10, 25, 23, 30)),
+            NaiveDate::from_ymd_opt(2025, 10, 26).expect("date")
+        );
+        assert_eq!(
+            date_in_england(at(2025, 10, 26, 23, 30)),
+            NaiveDate::from_ymd_opt(2025, 10, 26).expect("date")
+        );
     }
 }

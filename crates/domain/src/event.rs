@@ -140,7 +140,9 @@ impl Payload {
             Payload::ChildJoined(c) => Some(&c.child_id),
             Payload::ChildSeen(c) => Some(&c.child_id),
             Payload::LetterSent(c) => Some(&c.child_id),
-            Payload::EngagementRecordCompleted(c) | Payload::RecommendationShared(c) => Some(&c.child_id),
+            Payload::EngagementRecordCompleted(c) | Payload::RecommendationShared(c) => {
+                Some(&c.child_id)
+            }
             _ => None,
         }
     }
@@ -165,7 +167,10 @@ impl Payload {
     }
 
     /// Rebuilds a payload from its type and `data` object, rejecting unknown or missing fields.
-    pub fn from_data(event_type: EventType, data: serde_json::Value) -> Result<Payload, serde_json::Error> {
+    pub fn from_data(
+        event_type: EventType,
+        data: serde_json::Value,
+    ) -> Result<Payload, serde_json::Error> {
         serde_json::from_value(serde_json::json!({ "type": event_type.as_str(), "data": data }))
     }
 }
@@ -272,7 +277,8 @@ impl BirthMonth {
         }
         let year: i32 = year.parse().ok()?;
         let month: u32 = month.parse().ok()?;
-        ((1900..=9999).contains(&year) && (1..=12).contains(&month)).then_some(BirthMonth { year, month })
+        ((1900..=9999).contains(&year) && (1..=12).contains(&month))
+            .then_some(BirthMonth { year, month })
     }
 
     pub fn first_day(self) -> Option<NaiveDate> {
@@ -295,8 +301,9 @@ impl Serialize for BirthMonth {
 impl<'de> Deserialize<'de> for BirthMonth {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        BirthMonth::parse(&text)
-            .ok_or_else(|| serde::de::Error::custom(format!("birth month {text:?} is not a valid \"YYYY-MM\"")))
+        BirthMonth::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("birth month {text:?} is not a valid \"YYYY-MM\""))
+        })
     }
 }
 
@@ -402,8 +409,14 @@ mod tests {
             report_type: ReportType::Rule16_4Analysis,
         });
         let data = payload.data();
-        assert_eq!(data, serde_json::json!({"report_id": "r-1", "report_type": "rule16_4_analysis"}));
-        assert_eq!(Payload::from_data(EventType::ReportFiled, data).expect("parses"), payload);
+        assert_eq!(
+            data,
+            serde_json::json!({"report_id": "r-1", "report_type": "rule16_4_analysis"})
+        );
+        assert_eq!(
+            Payload::from_data(EventType::ReportFiled, data).expect("parses"),
+            payload
+        );
     }
 
     #[test]
@@ -425,10 +438,23 @@ mod tests {
 
     #[test]
     fn birth_month_format() {
-        assert_eq!(BirthMonth::parse("2024-11"), Some(BirthMonth { year: 2024, month: 11 }));
+        assert_eq!(
+            BirthMonth::parse("2024-11"),
+            Some(BirthMonth {
+                year: 2024,
+                month: 11
+            })
+        );
         assert_eq!(BirthMonth::parse("2024-13"), None);
         assert_eq!(BirthMonth::parse("2024-1"), None);
         assert_eq!(BirthMonth::parse("24-11"), None);
-        assert_eq!(BirthMonth { year: 2019, month: 6 }.to_string(), "2019-06");
+        assert_eq!(
+            BirthMonth {
+                year: 2019,
+                month: 6
+            }
+            .to_string(),
+            "2019-06"
+        );
     }
 }

@@ -49,10 +49,20 @@ mod tests {
 
     #[test]
     fn every_row_of_the_table_parses() {
-        let rows = SERVICE_AREAS_CSV.lines().skip(1).filter(|l| !l.trim().is_empty()).count();
+        let rows = SERVICE_AREAS_CSV
+            .lines()
+            .skip(1)
+            .filter(|l| !l.trim().is_empty())
+            .count();
         assert_eq!(service_areas().len(), rows);
-        let a2 = service_areas().iter().find(|a| a.code == "A2").expect("A2 present");
-        assert_eq!(a2.name, "Durham, Teesside, North Yorkshire, York, Cumbria and Lancashire");
+        let a2 = service_areas()
+            .iter()
+            .find(|a| a.code == "A2")
+            .expect("A2 present");
+        assert_eq!(
+            a2.name,
+            "Durham, Teesside, North Yorkshire, York, Cumbria and Lancashire"
+        );
     }
 
     #[test]

@@ -37,7 +37,10 @@ pub fn validate_case_id(case_id: &str) -> Vec<FieldViolation> {
 pub fn validate_event(event: &NewEvent, today: NaiveDate) -> Vec<FieldViolation> {
     let mut out = Vec::new();
     if event.event_id.is_nil() {
-        out.push(FieldViolation::new("event_id", "event_id must be a non-nil UUID chosen by the sender"));
+        out.push(FieldViolation::new(
+            "event_id",
+            "event_id must be a non-nil UUID chosen by the sender",
+        ));
     }
     if event.occurred_on > today {
         out.push(FieldViolation::new(
@@ -72,9 +75,13 @@ fn validate_payload(out: &mut Vec<FieldViolation>, event: &NewEvent, today: Naiv
     match &event.payload {
         Payload::CaseIssued(issued) => validate_issue(out, issued, event.occurred_on, today),
         Payload::ChildJoined(child) => validate_child(out, &path(""), child, event.occurred_on),
-        Payload::CaseAllocated(a) => {
-            check_id(out, &path("practitioner_id"), &a.practitioner_id, ID_MAX, "practitioner_id")
-        }
+        Payload::CaseAllocated(a) => check_id(
+            out,
+            &path("practitioner_id"),
+            &a.practitioner_id,
+            ID_MAX,
+            "practitioner_id",
+        ),
         Payload::ChildSeen(_)
         | Payload::LetterSent(_)
         | Payload::EngagementRecordCompleted(_)
@@ -87,47 +94,78 @@ fn validate_payload(out: &mut Vec<FieldViolation>, event: &NewEvent, today: Naiv
             if r.due_on < event.occurred_on {
                 out.push(FieldViolation::new(
                     path("due_on"),
-                    format!("due_on {} is before the order was made ({})", r.due_on, event.occurred_on),
+                    format!(
+                        "due_on {} is before the order was made ({})",
+                        r.due_on, event.occurred_on
+                    ),
                 ));
             }
         }
         Payload::FilingDateExtended(r) => {
             check_id(out, &path("report_id"), &r.report_id, ID_MAX, "report_id");
         }
-        Payload::ReportFiled(r) => check_id(out, &path("report_id"), &r.report_id, ID_MAX, "report_id"),
+        Payload::ReportFiled(r) => {
+            check_id(out, &path("report_id"), &r.report_id, ID_MAX, "report_id")
+        }
         Payload::HearingListed(h) => {
             if h.listed_for < event.occurred_on {
                 out.push(FieldViolation::new(
                     path("listed_for"),
-                    format!("listed_for {} is before the day it was listed ({})", h.listed_for, event.occurred_on),
+                    format!(
+                        "listed_for {} is before the day it was listed ({})",
+                        h.listed_for, event.occurred_on
+                    ),
                 ));
             }
         }
         Payload::CaseClosed(_) => {}
         Payload::EventVoided(v) => {
             if v.voided_event_id.is_nil() {
-                out.push(FieldViolation::new(path("voided_event_id"), "voided_event_id must be a non-nil UUID"));
+                out.push(FieldViolation::new(
+                    path("voided_event_id"),
+                    "voided_event_id must be a non-nil UUID",
+                ));
             } else if v.voided_event_id == event.event_id {
-                out.push(FieldViolation::new(path("voided_event_id"), "an event cannot void itself"));
+                out.push(FieldViolation::new(
+                    path("voided_event_id"),
+                    "an event cannot void itself",
+                ));
             }
         }
     }
 }
 
-fn validate_issue(out: &mut Vec<FieldViolation>, issued: &CaseIssued, issued_on: NaiveDate, today: NaiveDate) {
+fn validate_issue(
+    out: &mut Vec<FieldViolation>,
+    issued: &CaseIssued,
+    issued_on: NaiveDate,
+    today: NaiveDate,
+) {
     let path = |field: &str| format!("payload.case_issued.{field}");
     if issued.application_types.is_empty() {
-        out.push(FieldViolation::new(path("application_types"), "at least one application type is required"));
+        out.push(FieldViolation::new(
+            path("application_types"),
+            "at least one application type is required",
+        ));
     }
     let distinct: HashSet<_> = issued.application_types.iter().collect();
     if distinct.len() != issued.application_types.len() {
-        out.push(FieldViolation::new(path("application_types"), "an application type is listed twice"));
+        out.push(FieldViolation::new(
+            path("application_types"),
+            "an application type is listed twice",
+        ));
     }
     let court_ok = !issued.court_code.is_empty()
         && issued.court_code.len() <= 10
-        && issued.court_code.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        && issued
+            .court_code
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
     if !court_ok {
-        out.push(FieldViolation::new(path("court_code"), "court_code must be 1-10 upper-case letters or digits, e.g. \"LS\""));
+        out.push(FieldViolation::new(
+            path("court_code"),
+            "court_code must be 1-10 upper-case letters or digits, e.g. \"LS\"",
+        ));
     }
     if service_area_valid_on(&issued.service_area, issued_on).is_none() {
         out.push(FieldViolation::new(
@@ -147,14 +185,20 @@ fn validate_issue(out: &mut Vec<FieldViolation>, issued: &CaseIssued, issued_on:
         _ => {}
     }
     if issued.children.is_empty() {
-        out.push(FieldViolation::new(path("children"), "at least one child is required"));
+        out.push(FieldViolation::new(
+            path("children"),
+            "at least one child is required",
+        ));
     }
     let mut seen = HashSet::new();
     for (i, child) in issued.children.iter().enumerate() {
         let child_path = path(&format!("children[{i}]"));
         validate_child(out, &child_path, child, issued_on);
         if !seen.insert(child.child_id.as_str()) {
-            out.push(FieldViolation::new(format!("{child_path}.child_id"), "child_id is listed twice"));
+            out.push(FieldViolation::new(
+                format!("{child_path}.child_id"),
+                "child_id is listed twice",
+            ));
         }
     }
     if let Some(received_on) = issued.received_on {
@@ -186,7 +230,10 @@ fn validate_child(out: &mut Vec<FieldViolation>, prefix: &str, child: &Child, on
     if child.birth_month.first_day().is_none_or(|d| d > latest) {
         out.push(FieldViolation::new(
             field("birth_month"),
-            format!("birth_month {} is implausibly far after {on}", child.birth_month),
+            format!(
+                "birth_month {} is implausibly far after {on}",
+                child.birth_month
+            ),
         ));
     }
 }

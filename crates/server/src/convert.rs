@@ -4,8 +4,8 @@
 
 use caselog_api::v1 as pb;
 use caselog_domain::event::{
-    self as ev, AllocationRole, ApplicationType, BirthMonth, CaseOutcome, HearingType, LawType, ReportType,
-    SeenMode, VoidReason,
+    self as ev, AllocationRole, ApplicationType, BirthMonth, CaseOutcome, HearingType, LawType,
+    ReportType, SeenMode, VoidReason,
 };
 use caselog_domain::{FieldViolation, Metadata, NewEvent, Payload};
 use chrono::NaiveDate;
@@ -19,7 +19,8 @@ struct Reader {
 
 impl Reader {
     fn bad(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.violations.push(FieldViolation::new(field, description));
+        self.violations
+            .push(FieldViolation::new(field, description));
     }
 
     fn date(&mut self, field: &str, text: &str) -> Option<NaiveDate> {
@@ -35,13 +36,20 @@ impl Reader {
     }
 
     fn optional_date(&mut self, field: &str, text: &str) -> Option<Option<NaiveDate>> {
-        if text.is_empty() { Some(None) } else { self.date(field, text).map(Some) }
+        if text.is_empty() {
+            Some(None)
+        } else {
+            self.date(field, text).map(Some)
+        }
     }
 
     fn uuid(&mut self, field: &str, text: &str) -> Option<Uuid> {
         let parsed = Uuid::try_parse(text).ok();
         if parsed.is_none() {
-            self.bad(field, format!("{text:?} is not a UUID (e.g. \"6f1c2a0e-8a51-4f7e-9a0b-2f4c1d9e7b10\")"));
+            self.bad(
+                field,
+                format!("{text:?} is not a UUID (e.g. \"6f1c2a0e-8a51-4f7e-9a0b-2f4c1d9e7b10\")"),
+            );
         }
         parsed
     }
@@ -55,13 +63,21 @@ impl Reader {
     }
 
     /// Reads an enum field: unknown numbers and the UNSPECIFIED zero value are both violations.
-    fn enumeration<P, D>(&mut self, field: &str, raw: i32, to_domain: fn(P) -> Option<D>) -> Option<D>
+    fn enumeration<P, D>(
+        &mut self,
+        field: &str,
+        raw: i32,
+        to_domain: fn(P) -> Option<D>,
+    ) -> Option<D>
     where
         P: TryFrom<i32>,
     {
         let value = P::try_from(raw).ok().and_then(to_domain);
         if value.is_none() {
-            self.bad(field, format!("a value other than UNSPECIFIED is required (got {raw})"));
+            self.bad(
+                field,
+                format!("a value other than UNSPECIFIED is required (got {raw})"),
+            );
         }
         value
     }
@@ -75,18 +91,23 @@ pub(crate) fn new_event(event: pb::NewEvent) -> Result<NewEvent, Vec<FieldViolat
     let payload = match event.payload.and_then(|p| p.kind) {
         Some(kind) => payload(&mut r, kind),
         None => {
-            r.bad("payload", "one of the thirteen event payloads is required (e.g. payload.case_issued)");
+            r.bad(
+                "payload",
+                "one of the thirteen event payloads is required (e.g. payload.case_issued)",
+            );
             None
         }
     };
     let metadata = event.metadata.map(metadata).unwrap_or_default();
     match (event_id, occurred_on, payload) {
-        (Some(event_id), Some(occurred_on), Some(payload)) if r.violations.is_empty() => Ok(NewEvent {
-            event_id,
-            occurred_on,
-            payload,
-            metadata,
-        }),
+        (Some(event_id), Some(occurred_on), Some(payload)) if r.violations.is_empty() => {
+            Ok(NewEvent {
+                event_id,
+                occurred_on,
+                payload,
+                metadata,
+            })
+        }
         _ => Err(r.violations),
     }
 }
@@ -107,14 +128,23 @@ fn payload(r: &mut Reader, kind: pb::event_payload::Kind) -> Option<Payload> {
             let law_type = r.enumeration(&format!("{p}.law_type"), m.law_type, law_type_in);
             let mut application_types = Vec::new();
             for (i, raw) in m.application_types.iter().enumerate() {
-                if let Some(t) = r.enumeration(&format!("{p}.application_types[{i}]"), *raw, application_type_in) {
+                if let Some(t) = r.enumeration(
+                    &format!("{p}.application_types[{i}]"),
+                    *raw,
+                    application_type_in,
+                ) {
                     application_types.push(t);
                 }
             }
             let mut children = Vec::new();
             for (i, c) in m.children.into_iter().enumerate() {
-                if let Some(bm) = r.birth_month(&format!("{p}.children[{i}].birth_month"), &c.birth_month) {
-                    children.push(ev::Child { child_id: c.child_id, birth_month: bm });
+                if let Some(bm) =
+                    r.birth_month(&format!("{p}.children[{i}].birth_month"), &c.birth_month)
+                {
+                    children.push(ev::Child {
+                        child_id: c.child_id,
+                        birth_month: bm,
+                    });
                 }
             }
             let received_on = r.optional_date(&format!("{p}.received_on"), &m.received_on)?;
@@ -123,14 +153,18 @@ fn payload(r: &mut Reader, kind: pb::event_payload::Kind) -> Option<Payload> {
                 application_types,
                 court_code: m.court_code,
                 service_area: m.service_area,
-                local_authority_code: (!m.local_authority_code.is_empty()).then_some(m.local_authority_code),
+                local_authority_code: (!m.local_authority_code.is_empty())
+                    .then_some(m.local_authority_code),
                 children,
                 received_on,
             })
         }
         Kind::ChildJoined(m) => {
             let birth_month = r.birth_month("payload.child_joined.birth_month", &m.birth_month)?;
-            Payload::ChildJoined(ev::Child { child_id: m.child_id, birth_month })
+            Payload::ChildJoined(ev::Child {
+                child_id: m.child_id,
+                birth_month,
+            })
         }
         Kind::CaseAllocated(m) => Payload::CaseAllocated(ev::CaseAllocated {
             role: r.enumeration("payload.case_allocated.role", m.role, allocation_role_in)?,
@@ -140,34 +174,64 @@ fn payload(r: &mut Reader, kind: pb::event_payload::Kind) -> Option<Payload> {
             mode: r.enumeration("payload.child_seen.mode", m.mode, seen_mode_in)?,
             child_id: m.child_id,
         }),
-        Kind::LetterSent(m) => Payload::LetterSent(ev::LetterSent { child_id: m.child_id, personalised: m.personalised }),
-        Kind::EngagementRecordCompleted(m) => Payload::EngagementRecordCompleted(ev::ChildRef { child_id: m.child_id }),
-        Kind::RecommendationShared(m) => Payload::RecommendationShared(ev::ChildRef { child_id: m.child_id }),
+        Kind::LetterSent(m) => Payload::LetterSent(ev::LetterSent {
+            child_id: m.child_id,
+            personalised: m.personalised,
+        }),
+        Kind::EngagementRecordCompleted(m) => Payload::EngagementRecordCompleted(ev::ChildRef {
+            child_id: m.child_id,
+        }),
+        Kind::RecommendationShared(m) => Payload::RecommendationShared(ev::ChildRef {
+            child_id: m.child_id,
+        }),
         Kind::ReportOrdered(m) => {
-            let report_type = r.enumeration("payload.report_ordered.report_type", m.report_type, report_type_in);
+            let report_type = r.enumeration(
+                "payload.report_ordered.report_type",
+                m.report_type,
+                report_type_in,
+            );
             let due_on = r.date("payload.report_ordered.due_on", &m.due_on);
-            Payload::ReportOrdered(ev::ReportOrdered { report_id: m.report_id, report_type: report_type?, due_on: due_on? })
+            Payload::ReportOrdered(ev::ReportOrdered {
+                report_id: m.report_id,
+                report_type: report_type?,
+                due_on: due_on?,
+            })
         }
         Kind::FilingDateExtended(m) => Payload::FilingDateExtended(ev::FilingDateExtended {
             due_on: r.date("payload.filing_date_extended.due_on", &m.due_on)?,
             report_id: m.report_id,
         }),
         Kind::ReportFiled(m) => Payload::ReportFiled(ev::ReportFiled {
-            report_type: r.enumeration("payload.report_filed.report_type", m.report_type, report_type_in)?,
+            report_type: r.enumeration(
+                "payload.report_filed.report_type",
+                m.report_type,
+                report_type_in,
+            )?,
             report_id: m.report_id,
         }),
         Kind::HearingListed(m) => {
-            let hearing_type = r.enumeration("payload.hearing_listed.hearing_type", m.hearing_type, hearing_type_in);
+            let hearing_type = r.enumeration(
+                "payload.hearing_listed.hearing_type",
+                m.hearing_type,
+                hearing_type_in,
+            );
             let listed_for = r.date("payload.hearing_listed.listed_for", &m.listed_for);
-            Payload::HearingListed(ev::HearingListed { hearing_type: hearing_type?, listed_for: listed_for? })
+            Payload::HearingListed(ev::HearingListed {
+                hearing_type: hearing_type?,
+                listed_for: listed_for?,
+            })
         }
         Kind::CaseClosed(m) => Payload::CaseClosed(ev::CaseClosed {
             outcome: r.enumeration("payload.case_closed.outcome", m.outcome, outcome_in)?,
         }),
         Kind::EventVoided(m) => {
-            let voided_event_id = r.uuid("payload.event_voided.voided_event_id", &m.voided_event_id);
+            let voided_event_id =
+                r.uuid("payload.event_voided.voided_event_id", &m.voided_event_id);
             let reason = r.enumeration("payload.event_voided.reason", m.reason, void_reason_in);
-            Payload::EventVoided(ev::EventVoided { voided_event_id: voided_event_id?, reason: reason? })
+            Payload::EventVoided(ev::EventVoided {
+                voided_event_id: voided_event_id?,
+                reason: reason?,
+            })
         }
     })
 }
@@ -190,7 +254,10 @@ pub(crate) fn metadata_out(m: &Metadata) -> Option<pb::EventMetadata> {
 }
 
 pub(crate) fn child_out(c: &ev::Child) -> pb::Child {
-    pb::Child { child_id: c.child_id.clone(), birth_month: c.birth_month.to_string() }
+    pb::Child {
+        child_id: c.child_id.clone(),
+        birth_month: c.birth_month.to_string(),
+    }
 }
 
 pub(crate) fn payload_out(payload: &Payload) -> pb::EventPayload {
@@ -198,7 +265,11 @@ pub(crate) fn payload_out(payload: &Payload) -> pb::EventPayload {
     let kind = match payload {
         Payload::CaseIssued(m) => Kind::CaseIssued(pb::CaseIssued {
             law_type: law_type_out(m.law_type) as i32,
-            application_types: m.application_types.iter().map(|t| application_type_out(*t) as i32).collect(),
+            application_types: m
+                .application_types
+                .iter()
+                .map(|t| application_type_out(*t) as i32)
+                .collect(),
             court_code: m.court_code.clone(),
             service_area: m.service_area.clone(),
             local_authority_code: m.local_authority_code.clone().unwrap_or_default(),
@@ -213,12 +284,22 @@ pub(crate) fn payload_out(payload: &Payload) -> pb::EventPayload {
             practitioner_id: m.practitioner_id.clone(),
             role: allocation_role_out(m.role) as i32,
         }),
-        Payload::ChildSeen(m) => Kind::ChildSeen(pb::ChildSeen { child_id: m.child_id.clone(), mode: seen_mode_out(m.mode) as i32 }),
-        Payload::LetterSent(m) => Kind::LetterSent(pb::LetterSent { child_id: m.child_id.clone(), personalised: m.personalised }),
+        Payload::ChildSeen(m) => Kind::ChildSeen(pb::ChildSeen {
+            child_id: m.child_id.clone(),
+            mode: seen_mode_out(m.mode) as i32,
+        }),
+        Payload::LetterSent(m) => Kind::LetterSent(pb::LetterSent {
+            child_id: m.child_id.clone(),
+            personalised: m.personalised,
+        }),
         Payload::EngagementRecordCompleted(m) => {
-            Kind::EngagementRecordCompleted(pb::EngagementRecordCompleted { child_id: m.child_id.clone() })
+            Kind::EngagementRecordCompleted(pb::EngagementRecordCompleted {
+                child_id: m.child_id.clone(),
+            })
         }
-        Payload::RecommendationShared(m) => Kind::RecommendationShared(pb::RecommendationShared { child_id: m.child_id.clone() }),
+        Payload::RecommendationShared(m) => Kind::RecommendationShared(pb::RecommendationShared {
+            child_id: m.child_id.clone(),
+        }),
         Payload::ReportOrdered(m) => Kind::ReportOrdered(pb::ReportOrdered {
             report_id: m.report_id.clone(),
             report_type: report_type_out(m.report_type) as i32,
@@ -236,7 +317,9 @@ pub(crate) fn payload_out(payload: &Payload) -> pb::EventPayload {
             hearing_type: hearing_type_out(m.hearing_type) as i32,
             listed_for: m.listed_for.to_string(),
         }),
-        Payload::CaseClosed(m) => Kind::CaseClosed(pb::CaseClosed { outcome: outcome_out(m.outcome) as i32 }),
+        Payload::CaseClosed(m) => Kind::CaseClosed(pb::CaseClosed {
+            outcome: outcome_out(m.outcome) as i32,
+        }),
         Payload::EventVoided(m) => Kind::EventVoided(pb::EventVoided {
             voided_event_id: m.voided_event_id.to_string(),
             reason: void_reason_out(m.reason) as i32,

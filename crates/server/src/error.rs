@@ -14,13 +14,27 @@ const ERROR_DOMAIN: &str = "caselog.v1";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid request: {}", describe(.violations))]
-    Invalid { violations: Vec<FieldViolation>, event_index: Option<usize> },
+    Invalid {
+        violations: Vec<FieldViolation>,
+        event_index: Option<usize>,
+    },
     #[error("{message}")]
-    Rejected { rule: Rule, message: String, event_index: usize },
-    #[error("the case is at version {actual}, not the expected version {expected}; read the case and retry")]
+    Rejected {
+        rule: Rule,
+        message: String,
+        event_index: usize,
+    },
+    #[error(
+        "the case is at version {actual}, not the expected version {expected}; read the case and retry"
+    )]
     VersionConflict { expected: u64, actual: u64 },
-    #[error("event {event_id} is already recorded with different content; a new event needs a new event_id")]
-    EventIdReused { event_id: String, event_index: usize },
+    #[error(
+        "event {event_id} is already recorded with different content; a new event needs a new event_id"
+    )]
+    EventIdReused {
+        event_id: String,
+        event_index: usize,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("the appends to this case kept conflicting; retry later")]
@@ -34,7 +48,10 @@ pub enum Error {
 impl Error {
     pub fn invalid(violations: Vec<FieldViolation>) -> Error {
         let event_index = violations.iter().find_map(|v| v.event_index);
-        Error::Invalid { violations, event_index }
+        Error::Invalid {
+            violations,
+            event_index,
+        }
     }
 
     /// The refusal of a batch whose event `i` is `original_indices[i]` of the request.
@@ -50,7 +67,11 @@ impl Error {
                     })
                     .collect(),
             ),
-            Rejection::Rule { rule, message } => Error::Rejected { rule, message, event_index: original(rejection.index) },
+            Rejection::Rule { rule, message } => Error::Rejected {
+                rule,
+                message,
+                event_index: original(rejection.index),
+            },
         }
     }
 }
@@ -65,7 +86,11 @@ impl From<caselog_store::Error> for Error {
 }
 
 fn describe(violations: &[FieldViolation]) -> String {
-    violations.iter().map(|v| format!("{}: {}", v.path(), v.description)).collect::<Vec<_>>().join("; ")
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.path(), v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl From<Error> for Status {
@@ -84,7 +109,9 @@ pub fn to_status(err: Error) -> Status {
             }
             (Code::InvalidArgument, "INVALID_ARGUMENT")
         }
-        Error::Rejected { rule, event_index, .. } => {
+        Error::Rejected {
+            rule, event_index, ..
+        } => {
             metadata.insert("event_index".to_owned(), event_index.to_string());
             (Code::FailedPrecondition, rule.reason())
         }
@@ -93,7 +120,10 @@ pub fn to_status(err: Error) -> Status {
             metadata.insert("actual_version".to_owned(), actual.to_string());
             (Code::Aborted, "VERSION_CONFLICT")
         }
-        Error::EventIdReused { event_id, event_index } => {
+        Error::EventIdReused {
+            event_id,
+            event_index,
+        } => {
             metadata.insert("event_id".to_owned(), event_id.clone());
             metadata.insert("event_index".to_owned(), event_index.to_string());
             (Code::AlreadyExists, "EVENT_ID_REUSED")

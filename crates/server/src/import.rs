@@ -37,7 +37,12 @@ pub struct ImportOptions {
 
 impl Default for ImportOptions {
     fn default() -> ImportOptions {
-        ImportOptions { batch_size: 500, concurrency: 8, source: None, all_or_nothing: false }
+        ImportOptions {
+            batch_size: 500,
+            concurrency: 8,
+            source: None,
+            all_or_nothing: false,
+        }
     }
 }
 
@@ -73,7 +78,11 @@ impl ImportReport {
 type Line = (usize, NewEvent);
 
 /// Imports NDJSON `text` into the service behind `channel`.
-pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> anyhow::Result<ImportReport> {
+pub async fn import(
+    text: &str,
+    channel: Channel,
+    options: &ImportOptions,
+) -> anyhow::Result<ImportReport> {
     let mut report = ImportReport::default();
     let mut cases: BTreeMap<String, Vec<Line>> = BTreeMap::new();
     let mut first_seen: Vec<String> = Vec::new();
@@ -91,7 +100,9 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
                 lines.push((line_no, parsed.event));
             }
             Err(err) => {
-                report.lines.insert(line_no, LineOutcome::Rejected(err.to_string()));
+                report
+                    .lines
+                    .insert(line_no, LineOutcome::Rejected(err.to_string()));
             }
         }
     }
@@ -99,7 +110,11 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
         Some(s) => Some(MetadataValue::try_from(s.as_str())?),
         None => None,
     };
-    let batch_size = if options.all_or_nothing { MAX_BATCH } else { options.batch_size.clamp(1, MAX_BATCH) };
+    let batch_size = if options.all_or_nothing {
+        MAX_BATCH
+    } else {
+        options.batch_size.clamp(1, MAX_BATCH)
+    };
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let mut tasks = JoinSet::new();
     for case_id in first_seen {
@@ -112,7 +127,12 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
         let all_or_nothing = options.all_or_nothing;
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let sender = CaseSender { client, source, case_id, all_or_nothing };
+            let sender = CaseSender {
+                client,
+                source,
+                case_id,
+                all_or_nothing,
+            };
             sender.send_case(lines, batch_size).await
         });
     }
@@ -135,8 +155,15 @@ impl CaseSender {
     async fn send_case(mut self, lines: Vec<Line>, batch_size: usize) -> Vec<(usize, LineOutcome)> {
         let mut outcomes = Vec::with_capacity(lines.len());
         if self.all_or_nothing && lines.len() > MAX_BATCH {
-            let reason = format!("case {} has {} events, more than one all-or-nothing batch ({MAX_BATCH})", self.case_id, lines.len());
-            return lines.into_iter().map(|(n, _)| (n, LineOutcome::Rejected(reason.clone()))).collect();
+            let reason = format!(
+                "case {} has {} events, more than one all-or-nothing batch ({MAX_BATCH})",
+                self.case_id,
+                lines.len()
+            );
+            return lines
+                .into_iter()
+                .map(|(n, _)| (n, LineOutcome::Rejected(reason.clone())))
+                .collect();
         }
         let mut remaining = lines.into_iter().peekable();
         while remaining.peek().is_some() {
@@ -147,7 +174,11 @@ impl CaseSender {
     }
 
     /// Sends `batch` until every line in it has an outcome.
-    async fn send_batch(&mut self, batch: &mut Vec<Line>, outcomes: &mut Vec<(usize, LineOutcome)>) {
+    async fn send_batch(
+        &mut self,
+        batch: &mut Vec<Line>,
+        outcomes: &mut Vec<(usize, LineOutcome)>,
+    ) {
         let mut transient_failures = 0;
         while !batch.is_empty() {
             let mut request = tonic::Request::new(pb::AppendEventsRequest {
@@ -161,7 +192,11 @@ impl CaseSender {
             let status = match self.client.append_events(request).await {
                 Ok(response) => {
                     for ((line_no, _), appended) in batch.iter().zip(response.into_inner().events) {
-                        let outcome = if appended.already_present { LineOutcome::AlreadyPresent } else { LineOutcome::Appended };
+                        let outcome = if appended.already_present {
+                            LineOutcome::AlreadyPresent
+                        } else {
+                            LineOutcome::Appended
+                        };
                         outcomes.push((*line_no, outcome));
                     }
                     return;
@@ -169,7 +204,13 @@ impl CaseSender {
                 Err(status) => status,
             };
             let reason = describe(&status);
-            let retryable = matches!(status.code(), Code::Unavailable | Code::Aborted | Code::DeadlineExceeded | Code::ResourceExhausted);
+            let retryable = matches!(
+                status.code(),
+                Code::Unavailable
+                    | Code::Aborted
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+            );
             if retryable && transient_failures < TRANSIENT_RETRIES {
                 transient_failures += 1;
                 tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(transient_failures))).await;
@@ -177,7 +218,11 @@ impl CaseSender {
             }
             let culprit = status
                 .get_details_error_info()
-                .and_then(|info| info.metadata.get("event_index").and_then(|i| i.parse::<usize>().ok()))
+                .and_then(|info| {
+                    info.metadata
+                        .get("event_index")
+                        .and_then(|i| i.parse::<usize>().ok())
+                })
                 .filter(|i| *i < batch.len());
             match culprit {
                 Some(index) if !self.all_or_nothing && !retryable => {
@@ -186,11 +231,18 @@ impl CaseSender {
                 }
                 _ => {
                     let whole = if self.all_or_nothing {
-                        format!("case {} not imported (all or nothing): {reason}", self.case_id)
+                        format!(
+                            "case {} not imported (all or nothing): {reason}",
+                            self.case_id
+                        )
                     } else {
                         reason
                     };
-                    outcomes.extend(batch.drain(..).map(|(n, _)| (n, LineOutcome::Rejected(whole.clone()))));
+                    outcomes.extend(
+                        batch
+                            .drain(..)
+                            .map(|(n, _)| (n, LineOutcome::Rejected(whole.clone()))),
+                    );
                 }
             }
         }
@@ -199,10 +251,17 @@ impl CaseSender {
 
 /// A one-line account of a refusal: code, reason and message, and the bad fields.
 fn describe(status: &tonic::Status) -> String {
-    let reason = status.get_details_error_info().map(|i| i.reason).unwrap_or_default();
+    let reason = status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default();
     let mut text = format!("{:?} {reason}: {}", status.code(), status.message());
     if let Some(bad) = status.get_details_bad_request() {
-        let fields: Vec<String> = bad.field_violations.iter().map(|v| v.field.clone()).collect();
+        let fields: Vec<String> = bad
+            .field_violations
+            .iter()
+            .map(|v| v.field.clone())
+            .collect();
         if !fields.is_empty() {
             text.push_str(&format!(" [fields: {}]", fields.join(", ")));
         }

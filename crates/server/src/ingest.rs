@@ -13,7 +13,7 @@ use uuid::Uuid;
 /// The most events one append may carry.
 pub const MAX_BATCH: usize = 1000;
 /// How often an append without an expected version is re-decided after losing a race.
-const MAX_ATTEMPTS: usize = 8;
+const MAX_ATTEMPTS: u32 = 20;
 
 /// The outcome for one event of an append, in request order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,24 +43,49 @@ pub async fn append(
 ) -> Result<Appended, Error> {
     let mut violations = caselog_domain::validate_case_id(case_id);
     if events.is_empty() || events.len() > MAX_BATCH {
-        violations.push(FieldViolation::new("events", format!("a batch holds 1 to {MAX_BATCH} events (got {})", events.len())));
+        violations.push(FieldViolation::new(
+            "events",
+            format!(
+                "a batch holds 1 to {MAX_BATCH} events (got {})",
+                events.len()
+            ),
+        ));
     }
     if !violations.is_empty() {
         return Err(Error::invalid(violations));
     }
-    for _attempt in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            // Spread the retries of writers that collided on one case.
+            let jitter = u64::from(Uuid::new_v4().as_bytes()[0]) % (2 * u64::from(attempt.min(10)));
+            tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+        }
         let stored = log.read_case(case_id).await?;
         let history = history_of(&stored)?;
-        let mut recorded: HashMap<Uuid, &StoredEvent> = stored.iter().map(|e| (e.event_id, e)).collect();
-        let unknown: Vec<Uuid> = events.iter().map(|e| e.event_id).filter(|id| !recorded.contains_key(id)).collect();
-        let elsewhere = if unknown.is_empty() { Vec::new() } else { log.find_events(&unknown).await? };
+        let mut recorded: HashMap<Uuid, &StoredEvent> =
+            stored.iter().map(|e| (e.event_id, e)).collect();
+        let unknown: Vec<Uuid> = events
+            .iter()
+            .map(|e| e.event_id)
+            .filter(|id| !recorded.contains_key(id))
+            .collect();
+        let elsewhere = if unknown.is_empty() {
+            Vec::new()
+        } else {
+            log.find_events(&unknown).await?
+        };
         recorded.extend(elsewhere.iter().map(|e| (e.event_id, e)));
 
         let mut new_indices = Vec::new();
         for (index, event) in events.iter().enumerate() {
             match recorded.get(&event.event_id) {
                 Some(existing) if same_content(existing, case_id, event) => {}
-                Some(_) => return Err(Error::EventIdReused { event_id: event.event_id.to_string(), event_index: index }),
+                Some(_) => {
+                    return Err(Error::EventIdReused {
+                        event_id: event.event_id.to_string(),
+                        event_index: index,
+                    });
+                }
                 None => new_indices.push(index),
             }
         }
@@ -71,24 +96,46 @@ pub async fn append(
         if let Some(expected) = expected_version
             && expected != history.version()
         {
-            return Err(Error::VersionConflict { expected, actual: history.version() });
+            return Err(Error::VersionConflict {
+                expected,
+                actual: history.version(),
+            });
         }
         let batch: Vec<NewEvent> = new_indices.iter().map(|&i| events[i].clone()).collect();
-        history.decide(&batch, today).map_err(|r| Error::from_rejection(r, &new_indices))?;
+        history
+            .decide(&batch, today)
+            .map_err(|r| Error::from_rejection(r, &new_indices))?;
         let rows: Vec<NewRow> = batch.iter().map(row_of).collect();
-        match log.append(case_id, history.version() as i64, source, &rows).await {
+        match log
+            .append(case_id, history.version() as i64, source, &rows)
+            .await
+        {
             Ok(appended) => {
-                let version = appended.last().map_or(history.version() as i64, |a| a.version);
-                let fresh: Vec<(Uuid, i64, i64)> =
-                    batch.iter().zip(&appended).map(|(e, a)| (e.event_id, a.position, a.version)).collect();
+                let version = appended
+                    .last()
+                    .map_or(history.version() as i64, |a| a.version);
+                let fresh: Vec<(Uuid, i64, i64)> = batch
+                    .iter()
+                    .zip(&appended)
+                    .map(|(e, a)| (e.event_id, a.position, a.version))
+                    .collect();
                 return Ok(outcomes(events, &recorded, version, &fresh));
             }
             Err(caselog_store::Error::VersionConflict { .. }) if expected_version.is_some() => {
                 let actual = log.read_case(case_id).await?.len() as u64;
-                return Err(Error::VersionConflict { expected: expected_version.unwrap_or_default(), actual });
+                return Err(Error::VersionConflict {
+                    expected: expected_version.unwrap_or_default(),
+                    actual,
+                });
             }
-            Err(caselog_store::Error::VersionConflict { .. } | caselog_store::Error::DuplicateEventId) => {
-                debug!(case_id, "lost a race with a concurrent append; deciding again");
+            Err(
+                caselog_store::Error::VersionConflict { .. }
+                | caselog_store::Error::DuplicateEventId,
+            ) => {
+                debug!(
+                    case_id,
+                    "lost a race with a concurrent append; deciding again"
+                );
             }
             Err(other) => return Err(other.into()),
         }
@@ -112,8 +159,17 @@ fn outcomes(
                 already_present: true,
             },
             None => {
-                let (_, position, version) = fresh.iter().find(|(id, ..)| *id == e.event_id).copied().unwrap_or_default();
-                EventOutcome { event_id: e.event_id, position, version, already_present: false }
+                let (_, position, version) = fresh
+                    .iter()
+                    .find(|(id, ..)| *id == e.event_id)
+                    .copied()
+                    .unwrap_or_default();
+                EventOutcome {
+                    event_id: e.event_id,
+                    position,
+                    version,
+                    already_present: false,
+                }
             }
         })
         .collect();
@@ -145,17 +201,31 @@ pub(crate) fn row_of(event: &NewEvent) -> NewRow {
 
 /// Reads the payload of a stored row.
 pub(crate) fn payload_of(stored: &StoredEvent) -> Result<Payload, Error> {
-    let event_type = EventType::parse(&stored.event_type)
-        .ok_or_else(|| Error::Internal(format!("event {} has unknown type {:?}", stored.event_id, stored.event_type)))?;
-    Payload::from_data(event_type, stored.data.clone())
-        .map_err(|e| Error::Internal(format!("event {} has unreadable data: {e}", stored.event_id)))
+    let event_type = EventType::parse(&stored.event_type).ok_or_else(|| {
+        Error::Internal(format!(
+            "event {} has unknown type {:?}",
+            stored.event_id, stored.event_type
+        ))
+    })?;
+    Payload::from_data(event_type, stored.data.clone()).map_err(|e| {
+        Error::Internal(format!(
+            "event {} has unreadable data: {e}",
+            stored.event_id
+        ))
+    })
 }
 
 /// The lifecycle history of a case from its stored rows (in version order).
 pub(crate) fn history_of(stored: &[StoredEvent]) -> Result<CaseHistory, Error> {
     stored
         .iter()
-        .map(|e| Ok(HistoryEvent { event_id: e.event_id, occurred_on: e.occurred_on, payload: payload_of(e)? }))
+        .map(|e| {
+            Ok(HistoryEvent {
+                event_id: e.event_id,
+                occurred_on: e.occurred_on,
+                payload: payload_of(e)?,
+            })
+        })
         .collect::<Result<Vec<_>, Error>>()
         .map(CaseHistory::new)
 }

@@ -57,6 +57,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // tonic-health starts "" as SERVING; nothing is served until the database has answered.
+    for service in ["", CASE_EVENT_SERVICE] {
+        health_reporter
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(caselog_api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -65,7 +71,11 @@ pub async fn run(
         .register_encoded_file_descriptor_set(caselog_api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let health_task = tokio::spawn(watch_database(log.clone(), health_reporter, limits.health_interval));
+    let health_task = tokio::spawn(watch_database(
+        log.clone(),
+        health_reporter,
+        limits.health_interval,
+    ));
 
     let case_events = CaseEventServiceServer::new(CaseEvents::new(log))
         .max_decoding_message_size(limits.max_request_bytes);
@@ -88,21 +98,22 @@ pub async fn run(
 
 /// Reports NOT_SERVING while the database does not answer, SERVING once it does.
 async fn watch_database(log: EventLog, reporter: HealthReporter, interval: Duration) {
-    let mut last = None;
+    let mut last = Some(ServingStatus::NotServing);
     loop {
-        let status = match tokio::time::timeout(interval.max(Duration::from_secs(1)), log.ping()).await {
-            Ok(Ok(())) => ServingStatus::Serving,
-            Ok(Err(err)) => {
-                if last != Some(ServingStatus::NotServing) {
+        let status =
+            match tokio::time::timeout(interval.max(Duration::from_secs(1)), log.ping()).await {
+                Ok(Ok(())) => ServingStatus::Serving,
+                Ok(Err(err)) => {
                     warn!(error = %err, "database unreachable; health is NOT_SERVING");
+                    ServingStatus::NotServing
                 }
-                ServingStatus::NotServing
-            }
-            Err(_) => ServingStatus::NotServing,
-        };
+                Err(_) => ServingStatus::NotServing,
+            };
         if last != Some(status) {
             reporter.set_service_status("", status).await;
-            reporter.set_service_status(CASE_EVENT_SERVICE, status).await;
+            reporter
+                .set_service_status(CASE_EVENT_SERVICE, status)
+                .await;
             last = Some(status);
         }
         tokio::time::sleep(interval).await;

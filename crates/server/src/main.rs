@@ -12,10 +12,19 @@ use std::time::Duration;
 use tonic::transport::Endpoint;
 
 #[derive(Parser, Debug)]
-#[command(name = "caselog", version, about = "Event-sourced case lifecycle service for family-court advisory work")]
+#[command(
+    name = "caselog",
+    version,
+    about = "Event-sourced case lifecycle service for family-court advisory work"
+)]
 struct Cli {
     /// Log format: text or json.
-    #[arg(long, env = "CASELOG_LOG_FORMAT", default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "CASELOG_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -96,16 +105,26 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Migrate(args) => {
+            caselog_store::create_database_if_missing(&args.database_url).await?;
             let pool = caselog_store::connect(&args.database_url, &ConnectSettings::default())?;
-            caselog_store::MIGRATOR.run(&pool).await.context("applying migrations")?;
+            caselog_store::MIGRATOR
+                .run(&pool)
+                .await
+                .context("applying migrations")?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => {
-            let settings = ConnectSettings { max_connections: args.db_max_connections, ..ConnectSettings::default() };
+            let settings = ConnectSettings {
+                max_connections: args.db_max_connections,
+                ..ConnectSettings::default()
+            };
             let pool = caselog_store::connect(&args.database.database_url, &settings)?;
             if args.migrate {
-                caselog_store::MIGRATOR.run(&pool).await.context("applying migrations")?;
+                caselog_store::MIGRATOR
+                    .run(&pool)
+                    .await
+                    .context("applying migrations")?;
             }
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
@@ -144,7 +163,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 report.already_present(),
                 report.rejected()
             );
-            Ok(if report.rejected() == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if report.rejected() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
     }
 }

@@ -36,7 +36,9 @@ fn source_of<T>(request: &Request<T>) -> Result<String, Error> {
     let text = value.to_str().unwrap_or_default();
     let valid = !text.is_empty()
         && text.len() <= 64
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '.'));
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '.'));
     if valid {
         Ok(text.to_owned())
     } else {
@@ -47,7 +49,10 @@ fn source_of<T>(request: &Request<T>) -> Result<String, Error> {
     }
 }
 
-async fn load_case(log: &EventLog, case_id: &str) -> Result<(Vec<caselog_store::StoredEvent>, CaseHistory), Error> {
+async fn load_case(
+    log: &EventLog,
+    case_id: &str,
+) -> Result<(Vec<caselog_store::StoredEvent>, CaseHistory), Error> {
     let violations = caselog_domain::validate_case_id(case_id);
     if !violations.is_empty() {
         return Err(Error::invalid(violations));
@@ -80,8 +85,15 @@ impl CaseEventService for CaseEvents {
             return Err(Error::invalid(violations).into());
         }
         let today = date_in_england(Utc::now());
-        let appended =
-            ingest::append(&self.log, &request.case_id, &events, request.expected_version, &source, today).await?;
+        let appended = ingest::append(
+            &self.log,
+            &request.case_id,
+            &events,
+            request.expected_version,
+            &source,
+            today,
+        )
+        .await?;
         Ok(Response::new(pb::AppendEventsResponse {
             version: appended.version as u64,
             events: appended
@@ -97,12 +109,15 @@ impl CaseEventService for CaseEvents {
         }))
     }
 
-    async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
+    async fn get_case(
+        &self,
+        request: Request<pb::GetCaseRequest>,
+    ) -> Result<Response<pb::GetCaseResponse>, Status> {
         let case_id = request.into_inner().case_id;
         let (_, history) = load_case(&self.log, &case_id).await?;
-        let view = history
-            .view()
-            .ok_or_else(|| Error::Internal(format!("case {case_id} has events but no case_issued")))?;
+        let view = history.view().ok_or_else(|| {
+            Error::Internal(format!("case {case_id} has events but no case_issued"))
+        })?;
         let allocation = |a: &caselog_domain::case::Allocation| pb::Allocation {
             practitioner_id: a.practitioner_id.clone(),
             role: convert::allocation_role_out(a.role) as i32,
@@ -111,7 +126,12 @@ impl CaseEventService for CaseEvents {
         let case = pb::Case {
             case_id,
             law_type: convert::law_type_out(view.issue.law_type) as i32,
-            application_types: view.issue.application_types.iter().map(|t| convert::application_type_out(*t) as i32).collect(),
+            application_types: view
+                .issue
+                .application_types
+                .iter()
+                .map(|t| convert::application_type_out(*t) as i32)
+                .collect(),
             court_code: view.issue.court_code.clone(),
             service_area: view.issue.service_area.clone(),
             local_authority_code: view.issue.local_authority_code.clone().unwrap_or_default(),
@@ -120,9 +140,18 @@ impl CaseEventService for CaseEvents {
             first_lead_allocation: view.first_lead_allocation.as_ref().map(allocation),
             open: view.is_open(),
             issued_on: view.issued_on.to_string(),
-            received_on: view.issue.received_on.map(|d| d.to_string()).unwrap_or_default(),
-            closed_on: view.closure.map(|c| c.closed_on.to_string()).unwrap_or_default(),
-            outcome: view.closure.map_or(pb::CaseOutcome::Unspecified, |c| convert::outcome_out(c.outcome)) as i32,
+            received_on: view
+                .issue
+                .received_on
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            closed_on: view
+                .closure
+                .map(|c| c.closed_on.to_string())
+                .unwrap_or_default(),
+            outcome: view.closure.map_or(pb::CaseOutcome::Unspecified, |c| {
+                convert::outcome_out(c.outcome)
+            }) as i32,
             version: history.version(),
         };
         Ok(Response::new(pb::GetCaseResponse { case: Some(case) }))
@@ -135,19 +164,29 @@ impl CaseEventService for CaseEvents {
         let request = request.into_inner();
         let mut violations = caselog_domain::validate_case_id(&request.case_id);
         if request.page_size > MAX_PAGE_SIZE {
-            violations.push(FieldViolation::new("page_size", format!("page_size is at most {MAX_PAGE_SIZE}")));
+            violations.push(FieldViolation::new(
+                "page_size",
+                format!("page_size is at most {MAX_PAGE_SIZE}"),
+            ));
         }
         let after_version = match decode_page_token(&request.page_token) {
             Some(v) => v,
             None => {
-                violations.push(FieldViolation::new("page_token", "not a page token from a previous response; send it unchanged"));
+                violations.push(FieldViolation::new(
+                    "page_token",
+                    "not a page token from a previous response; send it unchanged",
+                ));
                 0
             }
         };
         if !violations.is_empty() {
             return Err(Error::invalid(violations).into());
         }
-        let page_size = if request.page_size == 0 { DEFAULT_PAGE_SIZE } else { request.page_size };
+        let page_size = if request.page_size == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            request.page_size
+        };
         // Voids can come after the page, so voided flags need the whole case; a case has tens of events.
         let (stored, history) = load_case(&self.log, &request.case_id).await?;
         let voided_by = history.voided_by();
@@ -156,10 +195,13 @@ impl CaseEventService for CaseEvents {
             .filter(|e| i64::from(e.version) > after_version)
             .take(page_size as usize)
             .collect();
-        let more = page.last().is_some_and(|last| stored.last().is_some_and(|end| end.version > last.version));
+        let more = page
+            .last()
+            .is_some_and(|last| stored.last().is_some_and(|end| end.version > last.version));
         let mut events = Vec::with_capacity(page.len());
         for stored in &page {
-            let metadata: Metadata = serde_json::from_value(stored.metadata.clone()).unwrap_or_default();
+            let metadata: Metadata =
+                serde_json::from_value(stored.metadata.clone()).unwrap_or_default();
             events.push(pb::RecordedEvent {
                 event_id: stored.event_id.to_string(),
                 case_id: stored.case_id.clone(),
@@ -174,14 +216,20 @@ impl CaseEventService for CaseEvents {
                 payload: Some(convert::payload_out(&payload_of(stored)?)),
                 metadata: convert::metadata_out(&metadata),
                 voided: voided_by.contains_key(&stored.event_id),
-                voided_by: voided_by.get(&stored.event_id).map(|id| id.to_string()).unwrap_or_default(),
+                voided_by: voided_by
+                    .get(&stored.event_id)
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
             });
         }
         let next_page_token = match (more, page.last()) {
             (true, Some(last)) => encode_page_token(i64::from(last.version)),
             _ => String::new(),
         };
-        Ok(Response::new(pb::ListCaseEventsResponse { events, next_page_token }))
+        Ok(Response::new(pb::ListCaseEventsResponse {
+            events,
+            next_page_token,
+        }))
     }
 }
 
@@ -195,5 +243,9 @@ fn decode_page_token(token: &str) -> Option<i64> {
     if token.is_empty() {
         return Some(0);
     }
-    token.strip_prefix(PAGE_TOKEN_PREFIX)?.parse().ok().filter(|v: &i64| *v >= 0)
+    token
+        .strip_prefix(PAGE_TOKEN_PREFIX)?
+        .parse()
+        .ok()
+        .filter(|v: &i64| *v >= 0)
 }

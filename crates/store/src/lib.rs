@@ -13,8 +13,8 @@ pub use log::{AppendedRow, EventLog, NewRow, StoredEvent};
 /// The workspace migrations (`migrations/`), embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -48,7 +48,10 @@ pub fn connect(database_url: &str, settings: &ConnectSettings) -> Result<PgPool,
         .map_err(Error::Database)?
         .application_name("caselog")
         .options([
-            ("statement_timeout", format!("{}", settings.statement_timeout.as_millis())),
+            (
+                "statement_timeout",
+                format!("{}", settings.statement_timeout.as_millis()),
+            ),
             (
                 "idle_in_transaction_session_timeout",
                 format!("{}", settings.idle_in_transaction_timeout.as_millis()),
@@ -59,4 +62,13 @@ pub fn connect(database_url: &str, settings: &ConnectSettings) -> Result<PgPool,
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
         .connect_lazy_with(options))
+}
+
+/// Creates the database named in `database_url` when it does not exist yet.
+pub async fn create_database_if_missing(database_url: &str) -> Result<(), Error> {
+    use sqlx::migrate::MigrateDatabase;
+    if !sqlx::Postgres::database_exists(database_url).await? {
+        sqlx::Postgres::create_database(database_url).await?;
+    }
+    Ok(())
 }

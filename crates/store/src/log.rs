@@ -39,8 +39,7 @@ pub struct StoredEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str =
-    "position, event_id, case_id, version, event_type, occurred_on, data, metadata, source, recorded_at";
+const COLUMNS: &str = "position, event_id, case_id, version, event_type, occurred_on, data, metadata, source, recorded_at";
 
 /// The event log. Cheap to clone: it is a handle on the connection pool.
 #[derive(Debug, Clone)]

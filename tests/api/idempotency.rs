@@ -1,0 +1,177 @@
+//! A retried request never duplicates an event, including when the first attempt committed but
+//! its reply was lost.
+
+use caselog_api::v1 as pb;
+use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
+use caselog_api::v1::case_event_service_server::{CaseEventService, CaseEventServiceServer};
+use caselog_server::CaseEvents;
+use caselog_store::EventLog;
+use caselog_tests::*;
+use sqlx::PgPool;
+use tonic::{Code, Request, Response, Status};
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn resending_a_batch_returns_the_original_positions_and_writes_nothing(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let mut client = server.client();
+    let batch = vec![
+        event("2025-04-17", issued_public(&["c1"])),
+        event("2025-05-01", seen("c1")),
+    ];
+    let first = client
+        .append_events(append("LS1", batch.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let count = event_count(&pool).await;
+
+    let mut resend = append("LS1", batch);
+    resend.expected_version = Some(0); // stale by now, but nothing new is asked for
+    let second = client.append_events(resend).await.unwrap().into_inner();
+    assert_eq!(event_count(&pool).await, count);
+    assert_eq!(second.version, first.version);
+    for (a, b) in first.events.iter().zip(&second.events) {
+        assert_eq!((a.position, a.version), (b.position, b.version));
+        assert!(!a.already_present);
+        assert!(b.already_present);
+    }
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_batch_mixing_recorded_and_new_events_appends_only_the_new(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let mut client = server.client();
+    let issue = event("2025-04-17", issued_public(&["c1"]));
+    client
+        .append_events(append("LS1", vec![issue.clone()]))
+        .await
+        .unwrap();
+    let response = client
+        .append_events(append("LS1", vec![issue, event("2025-05-01", seen("c1"))]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.version, 2);
+    assert!(response.events[0].already_present);
+    assert!(!response.events[1].already_present);
+    assert_eq!(response.events[1].version, 2);
+    assert_eq!(event_count(&pool).await, 2);
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn the_same_event_id_with_other_content_is_already_exists(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let mut client = server.client();
+    let visit = event("2025-05-01", seen("c1"));
+    client
+        .append_events(append(
+            "LS1",
+            vec![event("2025-04-17", issued_public(&["c1"])), visit.clone()],
+        ))
+        .await
+        .unwrap();
+    client
+        .append_events(append(
+            "LS2",
+            vec![event("2025-04-17", issued_public(&["c1"]))],
+        ))
+        .await
+        .unwrap();
+
+    let mut other_date = visit.clone();
+    other_date.occurred_on = "2025-05-02".into();
+    let status = client
+        .append_events(append("LS1", vec![other_date]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(reason(&status), "EVENT_ID_REUSED");
+    assert_eq!(
+        error_metadata(&status, "event_id"),
+        Some(visit.event_id.clone())
+    );
+
+    let status = client
+        .append_events(append("LS2", vec![visit]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::AlreadyExists,
+        "same id and payload sent to another case"
+    );
+    assert_eq!(event_count(&pool).await, 3);
+}
+
+/// Commits like the real service, then loses the reply, as a dropped connection would.
+struct LosesReplies(CaseEvents);
+
+#[tonic::async_trait]
+impl CaseEventService for LosesReplies {
+    async fn append_events(
+        &self,
+        request: Request<pb::AppendEventsRequest>,
+    ) -> Result<Response<pb::AppendEventsResponse>, Status> {
+        self.0.append_events(request).await?;
+        Err(Status::unavailable("connection reset after commit"))
+    }
+    async fn get_case(
+        &self,
+        request: Request<pb::GetCaseRequest>,
+    ) -> Result<Response<pb::GetCaseResponse>, Status> {
+        self.0.get_case(request).await
+    }
+    async fn list_case_events(
+        &self,
+        request: Request<pb::ListCaseEventsRequest>,
+    ) -> Result<Response<pb::ListCaseEventsResponse>, Status> {
+        self.0.list_case_events(request).await
+    }
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_retry_after_a_lost_reply_is_acknowledged_with_the_original_positions(pool: PgPool) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lossy =
+        CaseEventServiceServer::new(LosesReplies(CaseEvents::new(EventLog::new(pool.clone()))));
+    let lossy_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(lossy)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let batch = vec![
+        event("2025-04-17", issued_public(&["c1"])),
+        event("2025-05-01", seen("c1")),
+    ];
+    let mut lossy_client = CaseEventServiceClient::new(connect(addr).await);
+    let lost = lossy_client
+        .append_events(append("LS1", batch.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(lost.code(), Code::Unavailable);
+    assert_eq!(event_count(&pool).await, 2, "the first attempt committed");
+    lossy_server.abort();
+
+    // The client retries against a healthy server: acknowledged, nothing written twice.
+    let server = TestServer::start(pool.clone()).await;
+    let retry = server
+        .client()
+        .append_events(append("LS1", batch))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retry.events.iter().all(|e| e.already_present));
+    let stored: Vec<(i64, i32)> =
+        sqlx::query_as("SELECT position, version FROM events ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let acknowledged: Vec<(i64, i32)> = retry
+        .events
+        .iter()
+        .map(|e| (e.position as i64, e.version as i32))
+        .collect();
+    assert_eq!(acknowledged, stored);
+    assert_eq!(event_count(&pool).await, 2);
+}

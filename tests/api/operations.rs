@@ -1,0 +1,164 @@
+//! Operating the service: health follows the database, reflection describes every method, the
+//! log refuses updates and deletes, oversized requests are refused.
+
+use caselog_api::v1 as pb;
+use caselog_server::ServerLimits;
+use caselog_tests::*;
+use sqlx::PgPool;
+use std::time::Duration;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+async fn health(server: &TestServer, service: &str) -> ServingStatus {
+    let mut client = HealthClient::new(server.channel.clone());
+    for _ in 0..50 {
+        let status = client
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status());
+        match status {
+            Ok(ServingStatus::Serving) => return ServingStatus::Serving,
+            Ok(ServingStatus::NotServing) => return ServingStatus::NotServing,
+            // Not reported yet: the first database check is under way.
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("health never reported for {service:?}");
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn health_is_serving_with_a_database(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    assert_eq!(health(&server, "").await, ServingStatus::Serving);
+    assert_eq!(
+        health(&server, "caselog.v1.CaseEventService").await,
+        ServingStatus::Serving
+    );
+}
+
+#[tokio::test]
+async fn health_is_not_serving_while_the_database_is_unreachable() {
+    // Nothing listens on port 1 of loopback.
+    let settings = caselog_store::ConnectSettings {
+        acquire_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let pool = caselog_store::connect("postgres://caselog@127.0.0.1:1/nowhere", &settings).unwrap();
+    let server = TestServer::start_with(
+        pool,
+        ServerLimits {
+            health_interval: Duration::from_millis(100),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(health(&server, "").await, ServingStatus::NotServing);
+    let status = server
+        .client()
+        .append_events(append(
+            "LS1",
+            vec![event("2025-04-17", issued_public(&["c1"]))],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(reason(&status), "STORE_UNAVAILABLE");
+    assert!(
+        !status.message().contains("127.0.0.1"),
+        "no internal detail on the wire: {status:?}"
+    );
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn reflection_lists_and_describes_the_services(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let mut client = ServerReflectionClient::new(server.channel.clone());
+    let requests = vec![
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "caselog.v1.CaseEventService".into(),
+            )),
+        },
+    ];
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+        panic!("{listed:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"caselog.v1.CaseEventService".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+    let described = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = described.message_response else {
+        panic!("{described:?}")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn the_log_refuses_updates_deletes_and_truncation(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    server
+        .client()
+        .append_events(append(
+            "LS1",
+            vec![event("2025-04-17", issued_public(&["c1"]))],
+        ))
+        .await
+        .unwrap();
+    for statement in [
+        "UPDATE events SET occurred_on = occurred_on + 1",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ] {
+        let err = sqlx::query(statement)
+            .execute(&pool)
+            .await
+            .expect_err(statement);
+        let db = err.as_database_error().expect("a database error");
+        assert_eq!(db.code().as_deref(), Some("CL001"), "{statement}: {db}");
+        assert!(db.message().contains("append-only"));
+    }
+    assert_eq!(event_count(&pool).await, 1);
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn oversized_requests_are_refused_before_anything_is_written(pool: PgPool) {
+    let limits = ServerLimits {
+        max_request_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    let server = TestServer::start_with(pool.clone(), limits).await;
+    let mut events = vec![event("2025-04-17", issued_public(&["c1"]))];
+    events.extend((0..999).map(|_| event("2025-05-01", hearing("2025-06-01"))));
+    let status = server
+        .client()
+        .append_events(append("LS1", events))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert_eq!(event_count(&pool).await, 0);
+    let _ = pb::AppendEventsResponse::default();
+}

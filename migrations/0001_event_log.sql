@@ -65,14 +65,19 @@ BEGIN
 END
 $$;
 
--- The highest position below which every append has finished (committed or rolled back): a
--- reader that has seen every committed row up to it can move its cursor there and never miss a
+-- The feed's horizon: `allocated`, the highest position handed out, and `safe`, the highest
+-- position at or below which every append has finished (committed or rolled back). A reader
+-- that has seen every committed row up to `safe` can move its cursor there and never miss a
 -- later commit. It reads the last allocated position first, then the oldest promise of an open
--- append; an append that promises after that read allocates above it.
-CREATE FUNCTION caselog_safe_position() RETURNS bigint
+-- append; an append that promises after that read allocates above it. `allocated > safe` means
+-- an append is in flight.
+--
+-- The caller must read rows in a LATER statement than this one: a statement's snapshot is taken
+-- when it starts, so rows committed while this function runs would be missed by the same
+-- statement although their promises are already gone.
+CREATE FUNCTION caselog_feed_horizon(OUT allocated bigint, OUT safe bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
-    allocated bigint;
     oldest_open bigint;
 BEGIN
     allocated := caselog_last_allocated_position();
@@ -82,6 +87,6 @@ BEGIN
      WHERE l.locktype = 'advisory'
        AND l.objsubid = 1
        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
-    RETURN CASE WHEN oldest_open IS NULL THEN allocated ELSE least(allocated, oldest_open) END;
+    safe := CASE WHEN oldest_open IS NULL THEN allocated ELSE least(allocated, oldest_open) END;
 END
 $$;

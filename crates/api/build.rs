@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["caselog/v1/events.proto"].map(|f| proto_root.join(f));
+    let files = ["caselog/v1/events.proto", "caselog/v1/feed.proto"].map(|f| proto_root.join(f));
     let descriptors = protox::compile(&files, [&proto_root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod concurrency;
+mod feed;
 mod idempotency;
 mod import;
 mod operations;

@@ -16,7 +16,12 @@ fn day(n: i64) -> NaiveDate {
 const TODAY: i64 = 400;
 
 fn ev(on: i64, payload: Payload) -> NewEvent {
-    NewEvent { event_id: Uuid::new_v4(), occurred_on: day(on), payload, metadata: Metadata::default() }
+    NewEvent {
+        event_id: Uuid::new_v4(),
+        occurred_on: day(on),
+        payload,
+        metadata: Metadata::default(),
+    }
 }
 
 fn issued(on: i64, law_type: LawType) -> NewEvent {
@@ -28,28 +33,55 @@ fn issued(on: i64, law_type: LawType) -> NewEvent {
             court_code: "LS".into(),
             service_area: "A5".into(),
             local_authority_code: (law_type == LawType::Public).then(|| "E08000035".into()),
-            children: vec![Child { child_id: "c1".into(), birth_month: BirthMonth { year: 2019, month: 6 } }],
+            children: vec![Child {
+                child_id: "c1".into(),
+                birth_month: BirthMonth {
+                    year: 2019,
+                    month: 6,
+                },
+            }],
             received_on: None,
         }),
     )
 }
 
 fn seen(on: i64, child: &str) -> NewEvent {
-    ev(on, Payload::ChildSeen(ChildSeen { child_id: child.into(), mode: SeenMode::InPerson }))
+    ev(
+        on,
+        Payload::ChildSeen(ChildSeen {
+            child_id: child.into(),
+            mode: SeenMode::InPerson,
+        }),
+    )
 }
 
 fn closed(on: i64) -> NewEvent {
-    ev(on, Payload::CaseClosed(CaseClosed { outcome: CaseOutcome::FinalOrder }))
+    ev(
+        on,
+        Payload::CaseClosed(CaseClosed {
+            outcome: CaseOutcome::FinalOrder,
+        }),
+    )
 }
 
 fn void(on: i64, target: &NewEvent) -> NewEvent {
-    ev(on, Payload::EventVoided(EventVoided { voided_event_id: target.event_id, reason: VoidReason::EnteredInError }))
+    ev(
+        on,
+        Payload::EventVoided(EventVoided {
+            voided_event_id: target.event_id,
+            reason: VoidReason::EnteredInError,
+        }),
+    )
 }
 
 struct Given(CaseHistory);
 
 fn given(events: Vec<NewEvent>) -> Given {
-    Given(CaseHistory::default().decide(&events, day(TODAY)).expect("the given history is valid"))
+    Given(
+        CaseHistory::default()
+            .decide(&events, day(TODAY))
+            .expect("the given history is valid"),
+    )
 }
 
 impl Given {
@@ -67,7 +99,10 @@ fn rule_of(result: Result<CaseHistory, Rejection>) -> Option<Rule> {
 
 #[test]
 fn a_case_begins_with_case_issued() {
-    assert_eq!(rule_of(given(vec![]).when(seen(1, "c1"))), Some(Rule::CaseNotIssued));
+    assert_eq!(
+        rule_of(given(vec![]).when(seen(1, "c1"))),
+        Some(Rule::CaseNotIssued)
+    );
     assert!(given(vec![]).when(issued(0, LawType::Private)).is_ok());
 }
 
@@ -75,8 +110,14 @@ fn a_case_begins_with_case_issued() {
 fn closure_fences_later_events_but_not_late_recording() {
     let case = given(vec![issued(0, LawType::Public), closed(100)]);
     assert_eq!(rule_of(case.when(seen(101, "c1"))), Some(Rule::CaseClosed));
-    assert!(case.when(seen(100, "c1")).is_ok(), "an event on the closure date is inside the case");
-    assert!(case.when(seen(50, "c1")).is_ok(), "late recording of an earlier visit");
+    assert!(
+        case.when(seen(100, "c1")).is_ok(),
+        "an event on the closure date is inside the case"
+    );
+    assert!(
+        case.when(seen(50, "c1")).is_ok(),
+        "late recording of an earlier visit"
+    );
 }
 
 #[test]
@@ -90,9 +131,18 @@ fn voiding_the_closure_reopens_the_case() {
 
 #[test]
 fn a_voided_filing_can_be_filed_again() {
-    let letter = ev(5, Payload::ReportFiled(ReportFiled { report_id: "r1".into(), report_type: ReportType::SafeguardingLetter }));
+    let letter = ev(
+        5,
+        Payload::ReportFiled(ReportFiled {
+            report_id: "r1".into(),
+            report_type: ReportType::SafeguardingLetter,
+        }),
+    );
     let case = given(vec![issued(0, LawType::Private), letter.clone()]);
-    assert_eq!(rule_of(case.when(letter.clone_with_new_id())), Some(Rule::ReportAlreadyFiled));
+    assert_eq!(
+        rule_of(case.when(letter.clone_with_new_id())),
+        Some(Rule::ReportAlreadyFiled)
+    );
     let after_void = Given(case.when(void(6, &letter)).unwrap());
     assert!(after_void.when(letter.clone_with_new_id()).is_ok());
 }
@@ -100,29 +150,70 @@ fn a_voided_filing_can_be_filed_again() {
 #[test]
 fn unknown_children_are_field_violations() {
     let case = given(vec![issued(0, LawType::Public)]);
-    let Err(Rejection::Invalid(violations)) = case.when(seen(1, "c9")) else { panic!("expected a field violation") };
-    assert_eq!(violations[0].path(), "events[0].payload.child_seen.child_id");
+    let Err(Rejection::Invalid(violations)) = case.when(seen(1, "c9")) else {
+        panic!("expected a field violation")
+    };
+    assert_eq!(
+        violations[0].path(),
+        "events[0].payload.child_seen.child_id"
+    );
 }
 
 #[test]
 fn a_batch_sees_its_own_earlier_events() {
-    let join = ev(3, Payload::ChildJoined(Child { child_id: "c2".into(), birth_month: BirthMonth { year: 2024, month: 1 } }));
-    let history = CaseHistory::default().decide(&[issued(0, LawType::Public), join, seen(4, "c2")], day(TODAY)).unwrap();
+    let join = ev(
+        3,
+        Payload::ChildJoined(Child {
+            child_id: "c2".into(),
+            birth_month: BirthMonth {
+                year: 2024,
+                month: 1,
+            },
+        }),
+    );
+    let history = CaseHistory::default()
+        .decide(
+            &[issued(0, LawType::Public), join, seen(4, "c2")],
+            day(TODAY),
+        )
+        .unwrap();
     assert_eq!(history.version(), 3);
 }
 
 #[test]
 fn the_first_refused_event_of_a_batch_is_named() {
     let err = CaseHistory::default()
-        .decide(&[issued(0, LawType::Public), seen(1, "c1"), closed(2), seen(3, "c1")], day(TODAY))
+        .decide(
+            &[
+                issued(0, LawType::Public),
+                seen(1, "c1"),
+                closed(2),
+                seen(3, "c1"),
+            ],
+            day(TODAY),
+        )
         .unwrap_err();
     assert_eq!(err.index, 3);
-    assert!(matches!(err.rejection, Rejection::Rule { rule: Rule::CaseClosed, .. }));
+    assert!(matches!(
+        err.rejection,
+        Rejection::Rule {
+            rule: Rule::CaseClosed,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn lead_allocations_ignore_duty_and_hub() {
-    let alloc = |on, role, who: &str| ev(on, Payload::CaseAllocated(CaseAllocated { practitioner_id: who.into(), role }));
+    let alloc = |on, role, who: &str| {
+        ev(
+            on,
+            Payload::CaseAllocated(CaseAllocated {
+                practitioner_id: who.into(),
+                role,
+            }),
+        )
+    };
     let case = given(vec![
         issued(0, LawType::Public),
         alloc(1, AllocationRole::Hub, "hub"),
@@ -132,7 +223,10 @@ fn lead_allocations_ignore_duty_and_hub() {
     ]);
     let view = case.0.view().unwrap();
     assert_eq!(view.first_lead_allocation.unwrap().practitioner_id, "first");
-    assert_eq!(view.current_lead_allocation.unwrap().practitioner_id, "second");
+    assert_eq!(
+        view.current_lead_allocation.unwrap().practitioner_id,
+        "second"
+    );
 }
 
 trait CloneWithNewId {
@@ -141,7 +235,10 @@ trait CloneWithNewId {
 
 impl CloneWithNewId for NewEvent {
     fn clone_with_new_id(&self) -> NewEvent {
-        NewEvent { event_id: Uuid::new_v4(), ..self.clone() }
+        NewEvent {
+            event_id: Uuid::new_v4(),
+            ..self.clone()
+        }
     }
 }
 
@@ -155,21 +252,57 @@ fn build(kind: u8, on: i64, child: u8, report: u8, accepted: &[NewEvent]) -> New
     let report_id = format!("r{report}");
     let payload = match kind {
         0 => return issued(on, LawType::Public),
-        1 => Payload::ChildJoined(Child { child_id, birth_month: BirthMonth { year: 2020, month: 1 } }),
-        2 => Payload::CaseAllocated(CaseAllocated { practitioner_id: "p".into(), role: AllocationRole::Guardian }),
-        3 => Payload::ChildSeen(ChildSeen { child_id, mode: SeenMode::InPerson }),
-        4 => Payload::LetterSent(LetterSent { child_id, personalised: true }),
-        5 => Payload::ReportOrdered(ReportOrdered { report_id, report_type: ReportType::Section7, due_on: day(on + 60) }),
-        6 => Payload::FilingDateExtended(FilingDateExtended { report_id, due_on: day(on + 30 * i64::from(child + 1)) }),
+        1 => Payload::ChildJoined(Child {
+            child_id,
+            birth_month: BirthMonth {
+                year: 2020,
+                month: 1,
+            },
+        }),
+        2 => Payload::CaseAllocated(CaseAllocated {
+            practitioner_id: "p".into(),
+            role: AllocationRole::Guardian,
+        }),
+        3 => Payload::ChildSeen(ChildSeen {
+            child_id,
+            mode: SeenMode::InPerson,
+        }),
+        4 => Payload::LetterSent(LetterSent {
+            child_id,
+            personalised: true,
+        }),
+        5 => Payload::ReportOrdered(ReportOrdered {
+            report_id,
+            report_type: ReportType::Section7,
+            due_on: day(on + 60),
+        }),
+        6 => Payload::FilingDateExtended(FilingDateExtended {
+            report_id,
+            due_on: day(on + 30 * i64::from(child + 1)),
+        }),
         7 => Payload::ReportFiled(ReportFiled {
             report_id,
-            report_type: if child == 0 { ReportType::SafeguardingLetter } else { ReportType::Section7 },
+            report_type: if child == 0 {
+                ReportType::SafeguardingLetter
+            } else {
+                ReportType::Section7
+            },
         }),
-        8 => Payload::HearingListed(HearingListed { hearing_type: HearingType::Irh, listed_for: day(on + 10) }),
-        9 => Payload::CaseClosed(CaseClosed { outcome: CaseOutcome::Withdrawn }),
+        8 => Payload::HearingListed(HearingListed {
+            hearing_type: HearingType::Irh,
+            listed_for: day(on + 10),
+        }),
+        9 => Payload::CaseClosed(CaseClosed {
+            outcome: CaseOutcome::Withdrawn,
+        }),
         _ => match accepted.get(usize::from(child) * 7 % accepted.len().max(1)) {
-            Some(target) => Payload::EventVoided(EventVoided { voided_event_id: target.event_id, reason: VoidReason::WrongDate }),
-            None => Payload::CaseClosed(CaseClosed { outcome: CaseOutcome::Other }),
+            Some(target) => Payload::EventVoided(EventVoided {
+                voided_event_id: target.event_id,
+                reason: VoidReason::WrongDate,
+            }),
+            None => Payload::CaseClosed(CaseClosed {
+                outcome: CaseOutcome::Other,
+            }),
         },
     };
     ev(on, payload)
@@ -209,24 +342,41 @@ fn check_invariants(history: &CaseHistory) -> Result<(), TestCaseError> {
         return Ok(());
     };
     let voided = history.voided_by();
-    let live: Vec<_> = history.events().iter().filter(|e| !voided.contains_key(&e.event_id)).collect();
-    let issues = live.iter().filter(|e| matches!(e.payload, Payload::CaseIssued(_))).count();
+    let live: Vec<_> = history
+        .events()
+        .iter()
+        .filter(|e| !voided.contains_key(&e.event_id))
+        .collect();
+    let issues = live
+        .iter()
+        .filter(|e| matches!(e.payload, Payload::CaseIssued(_)))
+        .count();
     prop_assert_eq!(issues, 1);
-    prop_assert!(matches!(history.events()[0].payload, Payload::CaseIssued(_)));
+    prop_assert!(matches!(
+        history.events()[0].payload,
+        Payload::CaseIssued(_)
+    ));
     let children: HashSet<&str> = view.children.iter().map(|c| c.child_id.as_str()).collect();
     for e in &live {
         prop_assert!(e.occurred_on >= view.issued_on);
         if let Some(child) = e.payload.child_id() {
             prop_assert!(children.contains(child), "child {} is in the case", child);
         }
-        if let (Some(closure), false) = (view.closure, matches!(e.payload, Payload::EventVoided(_))) {
+        if let (Some(closure), false) = (view.closure, matches!(e.payload, Payload::EventVoided(_)))
+        {
             prop_assert!(e.occurred_on <= closure.closed_on);
         }
     }
-    let closures = live.iter().filter(|e| matches!(e.payload, Payload::CaseClosed(_))).count();
+    let closures = live
+        .iter()
+        .filter(|e| matches!(e.payload, Payload::CaseClosed(_)))
+        .count();
     prop_assert!(closures <= 1);
     for (id, report) in &view.reports {
-        let filings = live.iter().filter(|e| matches!(&e.payload, Payload::ReportFiled(f) if &f.report_id == id)).count();
+        let filings = live
+            .iter()
+            .filter(|e| matches!(&e.payload, Payload::ReportFiled(f) if &f.report_id == id))
+            .count();
         prop_assert!(filings <= 1, "report {} filed {} times", id, filings);
         if let (Some((ordered, _)), Some((filed, _))) = (report.ordered, report.filed) {
             prop_assert_eq!(ordered, filed);
@@ -234,7 +384,10 @@ fn check_invariants(history: &CaseHistory) -> Result<(), TestCaseError> {
     }
     for void_target in voided.keys() {
         let target = history.events().iter().find(|e| e.event_id == *void_target);
-        prop_assert!(target.is_some_and(|t| !matches!(t.payload, Payload::CaseIssued(_) | Payload::EventVoided(_))));
+        prop_assert!(target.is_some_and(|t| !matches!(
+            t.payload,
+            Payload::CaseIssued(_) | Payload::EventVoided(_)
+        )));
     }
     Ok(())
 }

@@ -37,6 +37,10 @@ pub enum Error {
     },
     #[error("{0}")]
     NotFound(String),
+    #[error("the subscriber did not keep up; subscribe again from position {resume_from}")]
+    SubscriberTooSlow { resume_from: i64 },
+    #[error("the server is shutting down; subscribe again from position {resume_from}")]
+    ShuttingDown { resume_from: i64 },
     #[error("the appends to this case kept conflicting; retry later")]
     Contention,
     #[error("the event store is unavailable; retry later")]
@@ -130,6 +134,14 @@ pub fn to_status(err: Error) -> Status {
         }
         Error::NotFound(_) => (Code::NotFound, "NOT_FOUND"),
         Error::Contention => (Code::Aborted, "CONTENTION"),
+        Error::ShuttingDown { resume_from } => {
+            metadata.insert("resume_from".to_owned(), resume_from.to_string());
+            (Code::Unavailable, "SERVER_SHUTTING_DOWN")
+        }
+        Error::SubscriberTooSlow { resume_from } => {
+            metadata.insert("resume_from".to_owned(), resume_from.to_string());
+            (Code::Aborted, "SUBSCRIBER_TOO_SLOW")
+        }
         Error::Unavailable(source) => {
             tracing::warn!(error = %source, "store unavailable");
             (Code::Unavailable, "STORE_UNAVAILABLE")

@@ -3,12 +3,14 @@
 
 mod convert;
 pub mod error;
+pub mod feed;
 pub mod import;
 pub mod ingest;
 pub mod service;
 pub mod telemetry;
 
 use caselog_api::v1::case_event_service_server::CaseEventServiceServer;
+use caselog_api::v1::event_feed_service_server::EventFeedServiceServer;
 use caselog_store::EventLog;
 use std::future::Future;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
+pub use feed::{EventFeed, FeedSettings};
 pub use service::{CaseEvents, SOURCE_HEADER};
 
 const CASE_EVENT_SERVICE: &str = "caselog.v1.CaseEventService";
@@ -35,6 +38,7 @@ pub struct ServerLimits {
     pub concurrency_per_connection: usize,
     /// How often health checks the database.
     pub health_interval: Duration,
+    pub feed: FeedSettings,
 }
 
 impl Default for ServerLimits {
@@ -44,6 +48,7 @@ impl Default for ServerLimits {
             max_request_bytes: 8 * 1024 * 1024,
             concurrency_per_connection: 64,
             health_interval: Duration::from_secs(2),
+            feed: FeedSettings::default(),
         }
     }
 }
@@ -77,6 +82,17 @@ pub async fn run(
         limits.health_interval,
     ));
 
+    let signalling_task = tokio::spawn(log.clone().run_feed_signalling());
+    let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
+    let feed = EventFeedServiceServer::new(EventFeed::new(
+        log.clone(),
+        limits.feed.clone(),
+        draining_rx,
+    ));
+    let shutdown = async move {
+        shutdown.await;
+        let _ = draining_tx.send(true);
+    };
     let case_events = CaseEventServiceServer::new(CaseEvents::new(log))
         .max_decoding_message_size(limits.max_request_bytes);
     info!(address = %listener.local_addr()?, "serving gRPC");
@@ -89,9 +105,11 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(case_events)
+        .add_service(feed)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     health_task.abort();
+    signalling_task.abort();
     info!("server stopped");
     Ok(result?)
 }

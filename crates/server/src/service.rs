@@ -7,9 +7,10 @@ use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_server::CaseEventService;
 use caselog_domain::england::date_in_england;
 use caselog_domain::{CaseHistory, FieldViolation, Metadata};
-use caselog_store::EventLog;
+use caselog_store::{EventLog, StoredEvent};
 use chrono::Utc;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 /// Metadata header naming the sending organisation until authentication (issue 7) replaces it
 /// with the authenticated identity.
@@ -198,30 +199,10 @@ impl CaseEventService for CaseEvents {
         let more = page
             .last()
             .is_some_and(|last| stored.last().is_some_and(|end| end.version > last.version));
-        let mut events = Vec::with_capacity(page.len());
-        for stored in &page {
-            let metadata: Metadata =
-                serde_json::from_value(stored.metadata.clone()).unwrap_or_default();
-            events.push(pb::RecordedEvent {
-                event_id: stored.event_id.to_string(),
-                case_id: stored.case_id.clone(),
-                version: stored.version as u64,
-                position: stored.position as u64,
-                occurred_on: stored.occurred_on.to_string(),
-                recorded_at: Some(prost_types::Timestamp {
-                    seconds: stored.recorded_at.timestamp(),
-                    nanos: stored.recorded_at.timestamp_subsec_nanos() as i32,
-                }),
-                source: stored.source.clone(),
-                payload: Some(convert::payload_out(&payload_of(stored)?)),
-                metadata: convert::metadata_out(&metadata),
-                voided: voided_by.contains_key(&stored.event_id),
-                voided_by: voided_by
-                    .get(&stored.event_id)
-                    .map(|id| id.to_string())
-                    .unwrap_or_default(),
-            });
-        }
+        let events = page
+            .iter()
+            .map(|stored| recorded_event(stored, voided_by.get(&stored.event_id)))
+            .collect::<Result<Vec<_>, Error>>()?;
         let next_page_token = match (more, page.last()) {
             (true, Some(last)) => encode_page_token(i64::from(last.version)),
             _ => String::new(),
@@ -231,6 +212,30 @@ impl CaseEventService for CaseEvents {
             next_page_token,
         }))
     }
+}
+
+/// A stored event as sent to clients; `voided_by` is the void of this event, if known.
+pub(crate) fn recorded_event(
+    stored: &StoredEvent,
+    voided_by: Option<&Uuid>,
+) -> Result<pb::RecordedEvent, Error> {
+    let metadata: Metadata = serde_json::from_value(stored.metadata.clone()).unwrap_or_default();
+    Ok(pb::RecordedEvent {
+        event_id: stored.event_id.to_string(),
+        case_id: stored.case_id.clone(),
+        version: stored.version as u64,
+        position: stored.position as u64,
+        occurred_on: stored.occurred_on.to_string(),
+        recorded_at: Some(prost_types::Timestamp {
+            seconds: stored.recorded_at.timestamp(),
+            nanos: stored.recorded_at.timestamp_subsec_nanos() as i32,
+        }),
+        source: stored.source.clone(),
+        payload: Some(convert::payload_out(&payload_of(stored)?)),
+        metadata: convert::metadata_out(&metadata),
+        voided: voided_by.is_some(),
+        voided_by: voided_by.map(|id| id.to_string()).unwrap_or_default(),
+    })
 }
 
 const PAGE_TOKEN_PREFIX: &str = "v1.after.";

@@ -5,9 +5,11 @@
 //! so it is atomic without an explicit transaction, and its commit time is its `recorded_at`.
 
 mod error;
+pub mod feed;
 mod log;
 
 pub use error::Error;
+pub use feed::{FeedFilter, FeedPage, Horizon};
 pub use log::{AppendedRow, EventLog, NewRow, StoredEvent};
 
 /// The workspace migrations (`migrations/`), embedded at compile time.

@@ -1,8 +1,10 @@
 //! Appending to and reading from the `events` table.
 
 use crate::Error;
+use crate::feed::{FeedSignal, SharedSignal};
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgPool;
+use std::sync::Arc;
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -39,17 +41,21 @@ pub struct StoredEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "position, event_id, case_id, version, event_type, occurred_on, data, metadata, source, recorded_at";
+pub(crate) const COLUMNS: &str = "position, event_id, case_id, version, event_type, occurred_on, data, metadata, source, recorded_at";
 
 /// The event log. Cheap to clone: it is a handle on the connection pool.
 #[derive(Debug, Clone)]
 pub struct EventLog {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
+    pub(crate) signal: SharedSignal,
 }
 
 impl EventLog {
     pub fn new(pool: PgPool) -> EventLog {
-        EventLog { pool }
+        EventLog {
+            pool,
+            signal: Arc::new(FeedSignal::new()),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -104,6 +110,7 @@ impl EventLog {
             })
             .collect();
         appended.sort_by_key(|row| row.version);
+        self.signal.appended();
         Ok(appended)
     }
 

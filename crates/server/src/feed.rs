@@ -1,0 +1,363 @@
+//! `caselog.v1.EventFeedService`: the global feed over gRPC. Each subscriber reads the log
+//! itself (catch-up and live are the same loop), so a slow subscriber costs a bounded buffer and
+//! never memory that grows with the log.
+
+use crate::error::Error;
+use crate::service::recorded_event;
+use caselog_api::v1 as pb;
+use caselog_api::v1::event_feed_service_server::EventFeedService;
+use caselog_domain::{EventType, FieldViolation};
+use caselog_store::{EventLog, FeedFilter};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, instrument};
+
+/// How subscriptions behave.
+#[derive(Debug, Clone)]
+pub struct FeedSettings {
+    /// Messages buffered per subscriber before the reader waits for the client.
+    pub subscriber_buffer: usize,
+    /// A subscriber that accepts nothing for this long is ended (and may resume).
+    pub slow_subscriber_timeout: Duration,
+    /// Events read from the log per query.
+    pub page_size: i64,
+    /// Re-check interval while an append is in flight below the allocated position (a rollback
+    /// announces nothing).
+    pub in_flight_poll: Duration,
+    /// Safety re-check when no wake-up arrives (a lost NOTIFY connection).
+    pub idle_poll: Duration,
+}
+
+impl Default for FeedSettings {
+    fn default() -> FeedSettings {
+        FeedSettings {
+            subscriber_buffer: 256,
+            slow_subscriber_timeout: Duration::from_secs(30),
+            page_size: 500,
+            in_flight_poll: Duration::from_millis(10),
+            idle_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+const MAX_READ_LIMIT: u32 = 1000;
+const DEFAULT_READ_LIMIT: u32 = 100;
+
+#[derive(Debug, Clone)]
+pub struct EventFeed {
+    log: EventLog,
+    settings: FeedSettings,
+    subscribers: Arc<Subscribers>,
+    /// Becomes true when the server drains: subscriptions never end by themselves.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The cursor of every live subscriber, for status and lag.
+#[derive(Debug, Default)]
+struct Subscribers {
+    next_id: AtomicU64,
+    cursors: Mutex<HashMap<u64, i64>>,
+}
+
+/// Removes a subscriber from the registry when its stream ends, however it ends.
+struct Registration {
+    id: u64,
+    subscribers: Arc<Subscribers>,
+}
+
+impl Registration {
+    fn update(&self, cursor: i64) {
+        if let Ok(mut cursors) = self.subscribers.cursors.lock() {
+            cursors.insert(self.id, cursor);
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut cursors) = self.subscribers.cursors.lock() {
+            cursors.remove(&self.id);
+        }
+    }
+}
+
+impl EventFeed {
+    pub fn new(
+        log: EventLog,
+        settings: FeedSettings,
+        shutdown: watch::Receiver<bool>,
+    ) -> EventFeed {
+        EventFeed {
+            log,
+            settings,
+            subscribers: Arc::default(),
+            shutdown,
+        }
+    }
+
+    fn register(&self, cursor: i64) -> Registration {
+        let id = self.subscribers.next_id.fetch_add(1, Ordering::Relaxed);
+        let registration = Registration {
+            id,
+            subscribers: self.subscribers.clone(),
+        };
+        registration.update(cursor);
+        registration
+    }
+}
+
+fn filter_of(filter: Option<pb::FeedFilter>) -> Result<FeedFilter, Error> {
+    let filter = filter.unwrap_or_default();
+    let mut violations = Vec::new();
+    for (i, name) in filter.event_types.iter().enumerate() {
+        if EventType::parse(name).is_none() {
+            violations.push(FieldViolation::new(
+                format!("filter.event_types[{i}]"),
+                format!("{name:?} is not an event type (e.g. \"child_seen\")"),
+            ));
+        }
+    }
+    for (i, case_id) in filter.case_ids.iter().enumerate() {
+        violations.extend(
+            caselog_domain::validate_case_id(case_id)
+                .into_iter()
+                .map(|mut v| {
+                    v.field = format!("filter.case_ids[{i}]");
+                    v
+                }),
+        );
+    }
+    if violations.is_empty() {
+        Ok(FeedFilter {
+            event_types: filter.event_types,
+            case_ids: filter.case_ids,
+        })
+    } else {
+        Err(Error::invalid(violations))
+    }
+}
+
+fn position_of(from: u64) -> Result<i64, Error> {
+    i64::try_from(from).map_err(|_| {
+        Error::invalid(vec![FieldViolation::new(
+            "from_position",
+            "from_position is beyond any position",
+        )])
+    })
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl EventFeedService for EventFeed {
+    async fn read_all(
+        &self,
+        request: Request<pb::ReadAllRequest>,
+    ) -> Result<Response<pb::ReadAllResponse>, Status> {
+        let request = request.into_inner();
+        let filter = filter_of(request.filter)?;
+        let after = position_of(request.from_position)?;
+        if request.limit > MAX_READ_LIMIT {
+            return Err(Error::invalid(vec![FieldViolation::new(
+                "limit",
+                format!("limit is at most {MAX_READ_LIMIT}"),
+            )])
+            .into());
+        }
+        let limit = if request.limit == 0 {
+            DEFAULT_READ_LIMIT
+        } else {
+            request.limit
+        };
+        let page = self
+            .log
+            .read_all(after, i64::from(limit), &filter)
+            .await
+            .map_err(Error::from)?;
+        let events = page
+            .events
+            .iter()
+            .map(|e| recorded_event(e, None))
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Response::new(pb::ReadAllResponse {
+            events,
+            next_from_position: page.next_after as u64,
+            safe_position: page.horizon.safe as u64,
+        }))
+    }
+
+    type SubscribeEventsStream = EventStream;
+
+    async fn subscribe_events(
+        &self,
+        request: Request<pb::SubscribeEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let request = request.into_inner();
+        let filter = filter_of(request.filter)?;
+        let from = position_of(request.from_position)?;
+        let (events_tx, events_rx) = mpsc::channel(self.settings.subscriber_buffer.max(1));
+        let (end_tx, end_rx) = mpsc::channel(1);
+        let registration = self.register(from);
+        let pump = Pump {
+            log: self.log.clone(),
+            settings: self.settings.clone(),
+            filter,
+            registration,
+            events: events_tx,
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(status) = pump.run(from).await {
+                let _ = end_tx.send(status).await;
+            }
+        });
+        let stream = ReceiverStream::new(events_rx)
+            .map(Ok)
+            .chain(ReceiverStream::new(end_rx).map(Err));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_feed_status(
+        &self,
+        _request: Request<pb::GetFeedStatusRequest>,
+    ) -> Result<Response<pb::GetFeedStatusResponse>, Status> {
+        let horizon = self.log.horizon().await.map_err(Error::from)?;
+        let head = self.log.head_position().await.map_err(Error::from)?;
+        let oldest = self
+            .log
+            .oldest_open_transaction()
+            .await
+            .map_err(Error::from)?;
+        let (subscribers, slowest) = match self.subscribers.cursors.lock() {
+            Ok(cursors) => (cursors.len(), cursors.values().min().copied()),
+            Err(_) => (0, None),
+        };
+        Ok(Response::new(pb::GetFeedStatusResponse {
+            head_position: head as u64,
+            allocated_position: horizon.allocated as u64,
+            safe_position: horizon.safe as u64,
+            safe_position_lag: (horizon.allocated - horizon.safe).max(0) as u64,
+            oldest_open_transaction_ms: oldest.map_or(0, |d| d.as_millis() as u64),
+            subscribers: subscribers as u32,
+            max_subscriber_lag: slowest.map_or(0, |c| (horizon.safe - c).max(0) as u64),
+        }))
+    }
+}
+
+/// Reads the feed for one subscriber and pushes it into the subscriber's bounded buffer.
+struct Pump {
+    log: EventLog,
+    settings: FeedSettings,
+    filter: FeedFilter,
+    registration: Registration,
+    events: mpsc::Sender<pb::SubscribeEventsResponse>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Pump {
+    /// Ends with `Ok` when the client goes away, with the status to send otherwise.
+    #[instrument(skip(self), fields(subscriber = self.registration.id))]
+    async fn run(mut self, from: i64) -> Result<(), Status> {
+        let mut wakeups = self.log.feed_wakeups();
+        let mut cursor = from;
+        let mut last_sent = from;
+        let mut caught_up = false;
+        debug!("subscriber started");
+        loop {
+            wakeups.borrow_and_update();
+            let page = self
+                .log
+                .read_all(cursor, self.settings.page_size, &self.filter)
+                .await
+                .map_err(Error::from)?;
+            for stored in &page.events {
+                let event = recorded_event(stored, None)?;
+                self.send(
+                    pb::subscribe_events_response::Message::Event(event),
+                    stored.position,
+                )
+                .await?;
+                cursor = stored.position;
+                last_sent = cursor;
+                self.registration.update(cursor);
+            }
+            cursor = cursor.max(page.next_after);
+            self.registration.update(cursor);
+            if page.full {
+                continue;
+            }
+            if cursor > last_sent || !caught_up {
+                let checkpoint = pb::Checkpoint {
+                    position: cursor as u64,
+                    caught_up: true,
+                };
+                self.send(
+                    pb::subscribe_events_response::Message::Checkpoint(checkpoint),
+                    cursor,
+                )
+                .await?;
+                last_sent = cursor;
+                caught_up = true;
+            }
+            let recheck = if page.horizon.append_in_flight() {
+                self.settings.in_flight_poll
+            } else {
+                self.settings.idle_poll
+            };
+            tokio::select! {
+                _ = wakeups.changed() => {}
+                () = tokio::time::sleep(recheck) => {}
+                () = self.events.closed() => {
+                    debug!("subscriber went away");
+                    return Ok(());
+                }
+                _ = self.shutdown.wait_for(|draining| *draining) => {
+                    return Err(Error::ShuttingDown { resume_from: cursor }.into());
+                }
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        message: pb::subscribe_events_response::Message,
+        position: i64,
+    ) -> Result<(), Status> {
+        let response = pb::SubscribeEventsResponse {
+            message: Some(message),
+        };
+        match tokio::time::timeout(
+            self.settings.slow_subscriber_timeout,
+            self.events.send(response),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_closed)) => Err(Status::cancelled("subscriber went away")),
+            Err(_elapsed) => {
+                let resume_from = self.last_delivered(position);
+                info!(resume_from, "ending a subscriber that does not keep up");
+                Err(Error::SubscriberTooSlow { resume_from }.into())
+            }
+        }
+    }
+
+    /// The position the client has certainly been sent, from which it can resume.
+    fn last_delivered(&self, undelivered: i64) -> i64 {
+        self.registration
+            .subscribers
+            .cursors
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&self.registration.id).copied())
+            .unwrap_or(undelivered)
+            .min(undelivered)
+    }
+}

@@ -1,0 +1,201 @@
+//! The global feed: every event in position order, read so that a tailing reader never skips
+//! an event that commits late and never stalls on one that rolled back (see
+//! `caselog_feed_horizon()` in the migrations and the invariants in ARCHITECTURE.md).
+//!
+//! Wake-ups: an append in this process bumps a local counter at once; other processes hear of it
+//! through PostgreSQL NOTIFY on [`FEED_CHANNEL`], sent by a coalescing notifier (one NOTIFY in
+//! flight at a time, so busy writers do not all queue on PostgreSQL's notification lock).
+
+use crate::log::{COLUMNS, StoredEvent};
+use crate::{Error, EventLog};
+use sqlx::postgres::PgListener;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, instrument, warn};
+
+/// The NOTIFY channel on which appends are announced.
+pub const FEED_CHANNEL: &str = "caselog_events";
+
+/// Which events a reader wants; empty lists mean all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedFilter {
+    pub event_types: Vec<String>,
+    pub case_ids: Vec<String>,
+}
+
+/// The feed's horizon at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    /// The highest position handed out (possibly not committed yet).
+    pub allocated: i64,
+    /// Every append at or below this position has finished.
+    pub safe: i64,
+}
+
+impl Horizon {
+    /// Whether an append is still open below the allocated position.
+    pub fn append_in_flight(&self) -> bool {
+        self.allocated > self.safe
+    }
+}
+
+/// A page of the feed.
+#[derive(Debug, Clone)]
+pub struct FeedPage {
+    pub events: Vec<StoredEvent>,
+    /// Where the next read starts (exclusive): the last event's position when the page is full,
+    /// otherwise the safe position (everything up to it has been scanned).
+    pub next_after: i64,
+    pub horizon: Horizon,
+    /// Whether the page stopped at `limit` (more may be readable at once).
+    pub full: bool,
+}
+
+/// Wakes feed readers when something may have been appended.
+#[derive(Debug)]
+pub(crate) struct FeedSignal {
+    appended: watch::Sender<u64>,
+    notify_others: Notify,
+}
+
+impl FeedSignal {
+    pub(crate) fn new() -> FeedSignal {
+        FeedSignal {
+            appended: watch::Sender::new(0),
+            notify_others: Notify::new(),
+        }
+    }
+
+    fn bump(&self) {
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Called after every committed append in this process.
+    pub(crate) fn appended(&self) {
+        self.bump();
+        // Stores at most one permit: appends during an in-flight NOTIFY cost one more, not one each.
+        self.notify_others.notify_one();
+    }
+}
+
+impl EventLog {
+    /// The feed's horizon now.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn horizon(&self) -> Result<Horizon, Error> {
+        let (allocated, safe): (i64, i64) =
+            sqlx::query_as("SELECT allocated, safe FROM caselog_feed_horizon()")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Horizon { allocated, safe })
+    }
+
+    /// Up to `limit` events with a position above `after` that are safe to read, in position order.
+    #[instrument(skip(self, filter), err(level = "debug"))]
+    pub async fn read_all(
+        &self,
+        after: i64,
+        limit: i64,
+        filter: &FeedFilter,
+    ) -> Result<FeedPage, Error> {
+        // Two statements on purpose: the rows must be read with a snapshot taken after the horizon.
+        let horizon = self.horizon().await?;
+        let types = (!filter.event_types.is_empty()).then_some(&filter.event_types);
+        let cases = (!filter.case_ids.is_empty()).then_some(&filter.case_ids);
+        let events: Vec<StoredEvent> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM events
+              WHERE position > $1 AND position <= $2
+                AND ($3::text[] IS NULL OR event_type = ANY($3))
+                AND ($4::text[] IS NULL OR case_id = ANY($4))
+              ORDER BY position LIMIT $5"
+        )))
+        .bind(after)
+        .bind(horizon.safe)
+        .bind(types)
+        .bind(cases)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let full = events.len() as i64 >= limit;
+        let next_after = match events.last() {
+            Some(last) if full => last.position,
+            _ => horizon.safe.max(after),
+        };
+        Ok(FeedPage {
+            events,
+            next_after,
+            horizon,
+            full,
+        })
+    }
+
+    /// The highest committed position (0 for an empty log).
+    pub async fn head_position(&self) -> Result<i64, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Age of the oldest open transaction that has written something, in this database.
+    pub async fn oldest_open_transaction(&self) -> Result<Option<Duration>, Error> {
+        let seconds: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM now() - min(xact_start))::float8 FROM pg_stat_activity
+              WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+
+    /// A receiver that changes whenever something may have been appended.
+    pub fn feed_wakeups(&self) -> watch::Receiver<u64> {
+        self.signal.appended.subscribe()
+    }
+
+    /// Runs until the process ends: LISTENs for appends made by other processes and wakes this
+    /// process's readers, and announces this process's appends with a coalesced NOTIFY.
+    pub async fn run_feed_signalling(self) {
+        let notifier = {
+            let log = self.clone();
+            async move {
+                loop {
+                    log.signal.notify_others.notified().await;
+                    if let Err(err) = sqlx::query("SELECT pg_notify($1, '')")
+                        .bind(FEED_CHANNEL)
+                        .execute(&log.pool)
+                        .await
+                    {
+                        debug!(error = %err, "feed NOTIFY failed; readers elsewhere fall back to polling");
+                    }
+                }
+            }
+        };
+        tokio::join!(notifier, self.listen());
+    }
+
+    async fn listen(&self) {
+        loop {
+            match PgListener::connect_with(&self.pool).await {
+                Ok(mut listener) => match listener.listen(FEED_CHANNEL).await {
+                    Ok(()) => {
+                        // Anything appended while we were not listening is picked up by this wake-up.
+                        self.signal.bump();
+                        while listener.recv().await.is_ok() {
+                            self.signal.bump();
+                        }
+                        warn!("feed LISTEN connection lost; reconnecting");
+                    }
+                    Err(err) => warn!(error = %err, "feed LISTEN failed"),
+                },
+                Err(err) => debug!(error = %err, "feed LISTEN cannot connect"),
+            }
+            self.signal.bump();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Keeps the signal shared between clones of one log.
+pub(crate) type SharedSignal = Arc<FeedSignal>;

@@ -54,14 +54,14 @@ $$;
 -- greater than the key. Writers never wait for each other (shared locks do not conflict).
 CREATE FUNCTION caselog_allocate_positions(n integer) RETURNS bigint[]
 LANGUAGE plpgsql AS $$
-DECLARE
-    positions bigint[] := '{}';
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(caselog_last_allocated_position());
-    FOR i IN 1..n LOOP
-        positions := positions || nextval('caselog_event_position');
-    END LOOP;
-    RETURN positions;
+    -- Reads the sequence row directly (not via caselog_last_allocated_position()): this runs on
+    -- every append, and each function call costs.
+    PERFORM pg_advisory_xact_lock_shared(last_value - (NOT is_called)::integer) FROM caselog_event_position;
+    IF n = 1 THEN
+        RETURN ARRAY[nextval('caselog_event_position')];
+    END IF;
+    RETURN ARRAY(SELECT nextval('caselog_event_position') FROM generate_series(1, n) ORDER BY 1);
 END
 $$;
 

@@ -54,27 +54,20 @@ pub async fn append(
     if !violations.is_empty() {
         return Err(Error::invalid(violations));
     }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
             // Spread the retries of writers that collided on one case.
             let jitter = u64::from(Uuid::new_v4().as_bytes()[0]) % (2 * u64::from(attempt.min(10)));
             tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
         }
-        let stored = log.read_case(case_id).await?;
+        let (stored, elsewhere) = log.read_case_and_events(case_id, &ids).await?;
         let history = history_of(&stored)?;
-        let mut recorded: HashMap<Uuid, &StoredEvent> =
-            stored.iter().map(|e| (e.event_id, e)).collect();
-        let unknown: Vec<Uuid> = events
+        let recorded: HashMap<Uuid, &StoredEvent> = stored
             .iter()
-            .map(|e| e.event_id)
-            .filter(|id| !recorded.contains_key(id))
+            .chain(&elsewhere)
+            .map(|e| (e.event_id, e))
             .collect();
-        let elsewhere = if unknown.is_empty() {
-            Vec::new()
-        } else {
-            log.find_events(&unknown).await?
-        };
-        recorded.extend(elsewhere.iter().map(|e| (e.event_id, e)));
 
         let mut new_indices = Vec::new();
         for (index, event) in events.iter().enumerate() {

@@ -15,6 +15,7 @@ use caselog_store::EventLog;
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -96,6 +97,14 @@ pub async fn run(
     let case_events = CaseEventServiceServer::new(CaseEvents::new(log))
         .max_decoding_message_size(limits.max_request_bytes);
     info!(address = %listener.local_addr()?, "serving gRPC");
+    // Small request/response exchanges must not wait on Nagle's algorithm (40 ms stalls);
+    // tonic sets TCP_NODELAY only on listeners it binds itself.
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(stream) = &stream {
+            let _ = stream.set_nodelay(true);
+        }
+        stream
+    });
     let result = Server::builder()
         .timeout(limits.request_timeout)
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
@@ -106,7 +115,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(case_events)
         .add_service(feed)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     health_task.abort();
     signalling_task.abort();

@@ -125,15 +125,27 @@ impl EventLog {
         .await?)
     }
 
-    /// The recorded events among `event_ids`, in any order.
+    /// Every event of a case in version order, and, in one round trip, the events of other cases
+    /// whose ids are among `event_ids` (in any order).
     #[instrument(skip(self, event_ids), fields(ids = event_ids.len()), err(level = "debug"))]
-    pub async fn find_events(&self, event_ids: &[Uuid]) -> Result<Vec<StoredEvent>, Error> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM events WHERE event_id = ANY($1)"
+    pub async fn read_case_and_events(
+        &self,
+        case_id: &str,
+        event_ids: &[Uuid],
+    ) -> Result<(Vec<StoredEvent>, Vec<StoredEvent>), Error> {
+        let rows: Vec<StoredEvent> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM events WHERE case_id = $1
+             UNION ALL
+             SELECT {COLUMNS} FROM events WHERE event_id = ANY($2) AND case_id <> $1"
         )))
+        .bind(case_id)
         .bind(event_ids)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        let (mut case, others): (Vec<_>, Vec<_>) =
+            rows.into_iter().partition(|e| e.case_id == case_id);
+        case.sort_by_key(|e| e.version);
+        Ok((case, others))
     }
 
     /// Checks that the database answers.

@@ -34,10 +34,7 @@ async fn sixteen_writers_over_five_cases_leave_contiguous_versions(pool: PgPool)
                 let e = event("2025-05-01", hearing("2025-06-01"));
                 sent.push(e.event_id.clone());
                 loop {
-                    match client
-                        .append_events(append(&case_id, vec![e.clone()]))
-                        .await
-                    {
+                    match client.append_events(append(&case_id, vec![e.clone()])).await {
                         Ok(_) => break,
                         // The service gives up after many lost races; a client retries.
                         Err(status) if status.code() == Code::Aborted => continue,
@@ -54,23 +51,18 @@ async fn sixteen_writers_over_five_cases_leave_contiguous_versions(pool: PgPool)
     }
     assert_eq!(acknowledged.len(), WRITERS * APPENDS_PER_WRITER);
 
-    let rows: Vec<(String, i32, i64, uuid::Uuid)> = sqlx::query_as(
-        "SELECT case_id, version, position, event_id FROM events ORDER BY case_id, version",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let rows: Vec<(String, i32, i64, uuid::Uuid)> =
+        sqlx::query_as("SELECT case_id, version, position, event_id FROM events ORDER BY case_id, version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(
         rows.len(),
         CASES + WRITERS * APPENDS_PER_WRITER,
         "nothing lost, nothing duplicated"
     );
     for c in 0..CASES {
-        let versions: Vec<i32> = rows
-            .iter()
-            .filter(|r| r.0 == format!("CC{c}"))
-            .map(|r| r.1)
-            .collect();
+        let versions: Vec<i32> = rows.iter().filter(|r| r.0 == format!("CC{c}")).map(|r| r.1).collect();
         assert_eq!(
             versions,
             (1..=versions.len() as i32).collect::<Vec<_>>(),
@@ -88,10 +80,7 @@ async fn with_an_expected_version_exactly_one_concurrent_append_wins(pool: PgPoo
     let server = TestServer::start(pool.clone()).await;
     server
         .client()
-        .append_events(append(
-            "LS1",
-            vec![event("2025-04-17", issued_public(&["c1"]))],
-        ))
+        .append_events(append("LS1", vec![event("2025-04-17", issued_public(&["c1"]))]))
         .await
         .unwrap();
     let mut racers = tokio::task::JoinSet::new();
@@ -126,10 +115,7 @@ async fn concurrent_resends_of_one_event_record_it_once(pool: PgPool) {
     let server = TestServer::start(pool.clone()).await;
     server
         .client()
-        .append_events(append(
-            "LS1",
-            vec![event("2025-04-17", issued_public(&["c1"]))],
-        ))
+        .append_events(append("LS1", vec![event("2025-04-17", issued_public(&["c1"]))]))
         .await
         .unwrap();
     let visit = event("2025-05-01", seen("c1"));

@@ -21,11 +21,7 @@ struct Received {
     ended: Option<tonic::Status>,
 }
 
-fn subscribe(
-    server: &TestServer,
-    from: u64,
-    filter: Option<pb::FeedFilter>,
-) -> (Arc<Mutex<Received>>, JoinHandle<()>) {
+fn subscribe(server: &TestServer, from: u64, filter: Option<pb::FeedFilter>) -> (Arc<Mutex<Received>>, JoinHandle<()>) {
     let received = Arc::new(Mutex::new(Received::default()));
     let sink = received.clone();
     let mut client = EventFeedServiceClient::new(server.channel.clone());
@@ -47,9 +43,7 @@ fn subscribe(
                             r.positions.push(e.position);
                             r.event_ids.push(e.event_id);
                         }
-                        pb::subscribe_events_response::Message::Checkpoint(c) => {
-                            r.checkpoint = c.position
-                        }
+                        pb::subscribe_events_response::Message::Checkpoint(c) => r.checkpoint = c.position,
                     }
                 }
                 Ok(None) => return,
@@ -83,15 +77,13 @@ async fn wait_until_reached(received: &Arc<Mutex<Received>>, position: u64) {
 }
 
 async fn committed(pool: &PgPool) -> Vec<(i64, String)> {
-    sqlx::query_as::<_, (i64, uuid::Uuid)>(
-        "SELECT position, event_id FROM events ORDER BY position",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|(p, id)| (p, id.to_string()))
-    .collect()
+    sqlx::query_as::<_, (i64, uuid::Uuid)>("SELECT position, event_id FROM events ORDER BY position")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(p, id)| (p, id.to_string()))
+        .collect()
 }
 
 fn assert_exactly(received: &Received, expected: &[(i64, String)]) {
@@ -129,10 +121,7 @@ async fn an_append_held_invisible_holds_readers_back_and_is_then_delivered_once(
     let log = EventLog::new(pool.clone());
     server
         .client()
-        .append_events(append(
-            "OPEN1",
-            vec![event("2025-04-17", issued_public(&["c1"]))],
-        ))
+        .append_events(append("OPEN1", vec![event("2025-04-17", issued_public(&["c1"]))]))
         .await
         .unwrap();
     let (received, _subscriber) = subscribe(&server, 0, None);
@@ -140,10 +129,7 @@ async fn an_append_held_invisible_holds_readers_back_and_is_then_delivered_once(
     let mut held_client = server.client();
     let held = tokio::spawn(async move {
         held_client
-            .append_events(append(
-                "HELD1",
-                vec![event("2025-04-17", issued_public(&["c1"]))],
-            ))
+            .append_events(append("HELD1", vec![event("2025-04-17", issued_public(&["c1"]))]))
             .await
     });
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -198,10 +184,7 @@ async fn rolled_back_appends_leave_gaps_but_never_stall_readers(pool: PgPool) {
     let (received, _subscriber) = subscribe(&server, 0, None);
     server
         .client()
-        .append_events(append(
-            "OPEN1",
-            vec![event("2025-04-17", issued_public(&["c1"]))],
-        ))
+        .append_events(append("OPEN1", vec![event("2025-04-17", issued_public(&["c1"]))]))
         .await
         .unwrap();
     for round in 0..10 {
@@ -241,10 +224,7 @@ async fn live_subscribers_receive_exactly_what_sixteen_writers_committed(pool: P
         writers.spawn(async move {
             let case_id = format!("W{w}");
             client
-                .append_events(append(
-                    &case_id,
-                    vec![event("2025-04-17", issued_public(&["c1"]))],
-                ))
+                .append_events(append(&case_id, vec![event("2025-04-17", issued_public(&["c1"]))]))
                 .await
                 .unwrap();
             let mut appended = 1;
@@ -286,11 +266,7 @@ async fn a_subscriber_resumed_from_its_last_position_misses_nothing(pool: PgPool
     let server = TestServer::start(pool.clone()).await;
     let mut events = vec![event("2025-04-17", issued_public(&["c1"]))];
     events.extend((0..99).map(|_| event("2025-05-01", hearing("2025-07-01"))));
-    server
-        .client()
-        .append_events(append("OPEN1", events))
-        .await
-        .unwrap();
+    server.client().append_events(append("OPEN1", events)).await.unwrap();
 
     let mut client = EventFeedServiceClient::new(server.channel.clone());
     let mut stream = client
@@ -303,30 +279,20 @@ async fn a_subscriber_resumed_from_its_last_position_misses_nothing(pool: PgPool
         .into_inner();
     let mut positions = Vec::new();
     while positions.len() < 37 {
-        if let Some(pb::subscribe_events_response::Message::Event(e)) =
-            stream.message().await.unwrap().unwrap().message
+        if let Some(pb::subscribe_events_response::Message::Event(e)) = stream.message().await.unwrap().unwrap().message
         {
             positions.push(e.position);
         }
     }
     drop(stream); // killed mid-stream
 
-    let more: Vec<_> = (0..50)
-        .map(|_| event("2025-05-02", hearing("2025-07-01")))
-        .collect();
-    server
-        .client()
-        .append_events(append("OPEN1", more))
-        .await
-        .unwrap();
+    let more: Vec<_> = (0..50).map(|_| event("2025-05-02", hearing("2025-07-01"))).collect();
+    server.client().append_events(append("OPEN1", more)).await.unwrap();
     let (received, _subscriber) = subscribe(&server, *positions.last().unwrap(), None);
     let all = committed(&pool).await;
     wait_until_reached(&received, all.last().unwrap().0 as u64).await;
     positions.extend(received.lock().unwrap().positions.iter().copied());
-    assert_eq!(
-        positions,
-        all.iter().map(|(p, _)| *p as u64).collect::<Vec<_>>()
-    );
+    assert_eq!(positions, all.iter().map(|(p, _)| *p as u64).collect::<Vec<_>>());
 }
 
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
@@ -336,10 +302,7 @@ async fn read_all_pages_and_filters(pool: PgPool) {
     for case in ["A1", "B1"] {
         let mut events = vec![event("2025-04-17", issued_public(&["c1"]))];
         events.extend((0..10).map(|_| event("2025-05-01", seen("c1"))));
-        case_events
-            .append_events(append(case, events))
-            .await
-            .unwrap();
+        case_events.append_events(append(case, events)).await.unwrap();
     }
     let mut feed = EventFeedServiceClient::new(server.channel.clone());
     let (mut from, mut read) = (0, Vec::new());
@@ -401,10 +364,7 @@ async fn read_all_pages_and_filters(pool: PgPool) {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(
-        bad_fields(&status),
-        ["filter.event_types[0]", "filter.case_ids[0]"]
-    );
+    assert_eq!(bad_fields(&status), ["filter.event_types[0]", "filter.case_ids[0]"]);
 }
 
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
@@ -468,18 +428,12 @@ async fn a_subscriber_that_does_not_keep_up_is_told_where_to_resume(pool: PgPool
         .expect("the slow subscriber was never ended");
     assert_eq!(status.code(), Code::Aborted);
     assert_eq!(reason(&status), "SUBSCRIBER_TOO_SLOW");
-    let resume_from: u64 = error_metadata(&status, "resume_from")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let resume_from: u64 = error_metadata(&status, "resume_from").unwrap().parse().unwrap();
     assert!(
         resume_from >= last,
         "resume_from {resume_from} is not behind what was received ({last})"
     );
-    assert!(
-        last < 4000,
-        "the subscriber was ended before the end of the log"
-    );
+    assert!(last < 4000, "the subscriber was ended before the end of the log");
 }
 
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
@@ -487,10 +441,7 @@ async fn shutting_down_ends_subscriptions_with_a_resume_position(pool: PgPool) {
     let server = TestServer::start(pool.clone()).await;
     server
         .client()
-        .append_events(append(
-            "OPEN1",
-            vec![event("2025-04-17", issued_public(&["c1"]))],
-        ))
+        .append_events(append("OPEN1", vec![event("2025-04-17", issued_public(&["c1"]))]))
         .await
         .unwrap();
     let (received, subscriber) = subscribe(&server, 0, None);

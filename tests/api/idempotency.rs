@@ -42,10 +42,7 @@ async fn a_batch_mixing_recorded_and_new_events_appends_only_the_new(pool: PgPoo
     let server = TestServer::start(pool.clone()).await;
     let mut client = server.client();
     let issue = event("2025-04-17", issued_public(&["c1"]));
-    client
-        .append_events(append("LS1", vec![issue.clone()]))
-        .await
-        .unwrap();
+    client.append_events(append("LS1", vec![issue.clone()])).await.unwrap();
     let response = client
         .append_events(append("LS1", vec![issue, event("2025-05-01", seen("c1"))]))
         .await
@@ -71,30 +68,18 @@ async fn the_same_event_id_with_other_content_is_already_exists(pool: PgPool) {
         .await
         .unwrap();
     client
-        .append_events(append(
-            "LS2",
-            vec![event("2025-04-17", issued_public(&["c1"]))],
-        ))
+        .append_events(append("LS2", vec![event("2025-04-17", issued_public(&["c1"]))]))
         .await
         .unwrap();
 
     let mut other_date = visit.clone();
     other_date.occurred_on = "2025-05-02".into();
-    let status = client
-        .append_events(append("LS1", vec![other_date]))
-        .await
-        .unwrap_err();
+    let status = client.append_events(append("LS1", vec![other_date])).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
     assert_eq!(reason(&status), "EVENT_ID_REUSED");
-    assert_eq!(
-        error_metadata(&status, "event_id"),
-        Some(visit.event_id.clone())
-    );
+    assert_eq!(error_metadata(&status, "event_id"), Some(visit.event_id.clone()));
 
-    let status = client
-        .append_events(append("LS2", vec![visit]))
-        .await
-        .unwrap_err();
+    let status = client.append_events(append("LS2", vec![visit])).await.unwrap_err();
     assert_eq!(
         status.code(),
         Code::AlreadyExists,
@@ -115,10 +100,7 @@ impl CaseEventService for LosesReplies {
         self.0.append_events(request).await?;
         Err(Status::unavailable("connection reset after commit"))
     }
-    async fn get_case(
-        &self,
-        request: Request<pb::GetCaseRequest>,
-    ) -> Result<Response<pb::GetCaseResponse>, Status> {
+    async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
         self.0.get_case(request).await
     }
     async fn list_case_events(
@@ -133,8 +115,7 @@ impl CaseEventService for LosesReplies {
 async fn a_retry_after_a_lost_reply_is_acknowledged_with_the_original_positions(pool: PgPool) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let lossy =
-        CaseEventServiceServer::new(LosesReplies(CaseEvents::new(EventLog::new(pool.clone()))));
+    let lossy = CaseEventServiceServer::new(LosesReplies(CaseEvents::new(EventLog::new(pool.clone()))));
     let lossy_server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(lossy)
@@ -162,11 +143,10 @@ async fn a_retry_after_a_lost_reply_is_acknowledged_with_the_original_positions(
         .unwrap()
         .into_inner();
     assert!(retry.events.iter().all(|e| e.already_present));
-    let stored: Vec<(i64, i32)> =
-        sqlx::query_as("SELECT position, version FROM events ORDER BY version")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let stored: Vec<(i64, i32)> = sqlx::query_as("SELECT position, version FROM events ORDER BY version")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     let acknowledged: Vec<(i64, i32)> = retry
         .events
         .iter()

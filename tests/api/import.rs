@@ -39,11 +39,7 @@ fn ndjson(cases: usize) -> String {
         let mut events = vec![new_event(
             issued_on,
             Payload::CaseIssued(CaseIssued {
-                law_type: if public {
-                    LawType::Public
-                } else {
-                    LawType::Private
-                },
+                law_type: if public { LawType::Public } else { LawType::Private },
                 application_types: vec![if public {
                     ApplicationType::S31Care
                 } else {
@@ -135,10 +131,7 @@ async fn importing_a_file_twice_writes_it_once(pool: PgPool) {
         (first.appended(), first.already_present(), first.rejected()),
         (total, 0, 0),
         "{:?}",
-        first
-            .lines
-            .values()
-            .find(|o| matches!(o, LineOutcome::Rejected(_)))
+        first.lines.values().find(|o| matches!(o, LineOutcome::Rejected(_)))
     );
     assert_eq!(event_count(&pool).await, total as i64);
 
@@ -146,15 +139,9 @@ async fn importing_a_file_twice_writes_it_once(pool: PgPool) {
         batch_size: 3,
         ..ImportOptions::default()
     };
-    let second = import(&text, server.channel.clone(), &options)
-        .await
-        .unwrap();
+    let second = import(&text, server.channel.clone(), &options).await.unwrap();
     assert_eq!(
-        (
-            second.appended(),
-            second.already_present(),
-            second.rejected()
-        ),
+        (second.appended(), second.already_present(), second.rejected()),
         (0, total, 0)
     );
     assert_eq!(event_count(&pool).await, total as i64);
@@ -185,13 +172,8 @@ async fn a_rejected_line_does_not_stop_the_lines_around_it(pool: PgPool) {
     let LineOutcome::Rejected(why) = &report.lines[&3] else {
         panic!("line 3: {:?}", report.lines[&3])
     };
-    assert!(
-        why.contains("stranger") && why.contains("child_id"),
-        "{why}"
-    );
-    assert!(
-        matches!(&report.lines[&6], LineOutcome::Rejected(why) if why.contains("not a valid event line"))
-    );
+    assert!(why.contains("stranger") && why.contains("child_id"), "{why}");
+    assert!(matches!(&report.lines[&6], LineOutcome::Rejected(why) if why.contains("not a valid event line")));
 
     // All or nothing: the whole case with the bad line is refused, the other case is recorded.
     let fresh = TestServer::start(pool.clone()).await;
@@ -208,9 +190,7 @@ async fn a_rejected_line_does_not_stop_the_lines_around_it(pool: PgPool) {
         all_or_nothing: true,
         ..ImportOptions::default()
     };
-    let report = import(&relabelled, fresh.channel.clone(), &options)
-        .await
-        .unwrap();
+    let report = import(&relabelled, fresh.channel.clone(), &options).await.unwrap();
     let case0_lines = relabelled.lines().filter(|l| l.contains("AN00000")).count();
     assert_eq!(
         report.rejected(),

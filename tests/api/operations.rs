@@ -14,33 +14,31 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-async fn health(server: &TestServer, service: &str) -> ServingStatus {
+/// Polls health until it reports `wanted` (true) or 10 seconds pass (false).
+async fn health_becomes(server: &TestServer, service: &str, wanted: ServingStatus) -> bool {
     let mut client = HealthClient::new(server.channel.clone());
-    for _ in 0..50 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
         let status = client
             .check(HealthCheckRequest {
                 service: service.into(),
             })
             .await
             .map(|r| r.into_inner().status());
-        match status {
-            Ok(ServingStatus::Serving) => return ServingStatus::Serving,
-            Ok(ServingStatus::NotServing) => return ServingStatus::NotServing,
-            // Not reported yet: the first database check is under way.
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        if status.ok() == Some(wanted) {
+            return true;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("health never reported for {service:?}");
+    false
 }
 
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn health_is_serving_with_a_database(pool: PgPool) {
     let server = TestServer::start(pool).await;
-    assert_eq!(health(&server, "").await, ServingStatus::Serving);
-    assert_eq!(
-        health(&server, "caselog.v1.CaseEventService").await,
-        ServingStatus::Serving
-    );
+    assert!(health_becomes(&server, "", ServingStatus::Serving).await);
+    assert!(health_becomes(&server, "caselog.v1.CaseEventService", ServingStatus::Serving).await);
+    assert!(health_becomes(&server, "liveness", ServingStatus::Serving).await);
 }
 
 #[tokio::test]
@@ -59,13 +57,19 @@ async fn health_is_not_serving_while_the_database_is_unreachable() {
         },
     )
     .await;
-    assert_eq!(health(&server, "").await, ServingStatus::NotServing);
+    assert!(health_becomes(&server, "", ServingStatus::NotServing).await);
+    assert!(
+        health_becomes(&server, "liveness", ServingStatus::Serving).await,
+        "the process itself is alive"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        health_becomes(&server, "", ServingStatus::NotServing).await,
+        "and stays NOT_SERVING"
+    );
     let status = server
         .client()
-        .append_events(append(
-            "LS1",
-            vec![event("2025-04-17", issued_public(&["c1"]))],
-        ))
+        .append_events(append("LS1", vec![event("2025-04-17", issued_public(&["c1"]))]))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
@@ -102,14 +106,8 @@ async fn reflection_lists_and_describes_the_services(pool: PgPool) {
         panic!("{listed:?}")
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"caselog.v1.CaseEventService".to_owned()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_owned()),
-        "{names:?}"
-    );
+    assert!(names.contains(&"caselog.v1.CaseEventService".to_owned()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
     let described = responses.message().await.unwrap().unwrap();
     let Some(MessageResponse::FileDescriptorResponse(files)) = described.message_response else {
         panic!("{described:?}")
@@ -122,10 +120,7 @@ async fn the_log_refuses_updates_deletes_and_truncation(pool: PgPool) {
     let server = TestServer::start(pool.clone()).await;
     server
         .client()
-        .append_events(append(
-            "LS1",
-            vec![event("2025-04-17", issued_public(&["c1"]))],
-        ))
+        .append_events(append("LS1", vec![event("2025-04-17", issued_public(&["c1"]))]))
         .await
         .unwrap();
     for statement in [
@@ -133,10 +128,7 @@ async fn the_log_refuses_updates_deletes_and_truncation(pool: PgPool) {
         "DELETE FROM events",
         "TRUNCATE events",
     ] {
-        let err = sqlx::query(statement)
-            .execute(&pool)
-            .await
-            .expect_err(statement);
+        let err = sqlx::query(statement).execute(&pool).await.expect_err(statement);
         let db = err.as_database_error().expect("a database error");
         assert_eq!(db.code().as_deref(), Some("CL001"), "{statement}: {db}");
         assert!(db.message().contains("append-only"));
@@ -153,11 +145,7 @@ async fn oversized_requests_are_refused_before_anything_is_written(pool: PgPool)
     let server = TestServer::start_with(pool.clone(), limits).await;
     let mut events = vec![event("2025-04-17", issued_public(&["c1"]))];
     events.extend((0..999).map(|_| event("2025-05-01", hearing("2025-06-01"))));
-    let status = server
-        .client()
-        .append_events(append("LS1", events))
-        .await
-        .unwrap_err();
+    let status = server.client().append_events(append("LS1", events)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
     assert_eq!(event_count(&pool).await, 0);
     let _ = pb::AppendEventsResponse::default();

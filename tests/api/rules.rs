@@ -20,10 +20,7 @@ fn issue() -> pb::NewEvent {
 }
 
 fn order() -> pb::NewEvent {
-    event(
-        "2025-05-01",
-        ordered("r1", pb::ReportType::FinalAnalysis, "2025-07-01"),
-    )
+    event("2025-05-01", ordered("r1", pb::ReportType::FinalAnalysis, "2025-07-01"))
 }
 
 /// Every scenario has events of its own: event ids are unique across the whole log.
@@ -58,20 +55,14 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "event after closure",
-            history: vec![
-                issue(),
-                event("2025-09-01", closed(pb::CaseOutcome::FinalOrder)),
-            ],
+            history: vec![issue(), event("2025-09-01", closed(pb::CaseOutcome::FinalOrder))],
             offending: vec![event("2025-09-02", seen("c1"))],
             code: Code::FailedPrecondition,
             reason: "CASE_CLOSED",
         },
         Scenario {
             name: "closed twice",
-            history: vec![
-                issue(),
-                event("2025-09-01", closed(pb::CaseOutcome::FinalOrder)),
-            ],
+            history: vec![issue(), event("2025-09-01", closed(pb::CaseOutcome::FinalOrder))],
             offending: vec![event("2025-09-01", closed(pb::CaseOutcome::Withdrawn))],
             code: Code::FailedPrecondition,
             reason: "CASE_ALREADY_CLOSED",
@@ -121,10 +112,7 @@ fn scenarios() -> Vec<Scenario> {
                 order(),
                 event("2025-06-20", filed("r1", pb::ReportType::FinalAnalysis)),
             ],
-            offending: vec![event(
-                "2025-06-21",
-                filed("r1", pb::ReportType::FinalAnalysis),
-            )],
+            offending: vec![event("2025-06-21", filed("r1", pb::ReportType::FinalAnalysis))],
             code: Code::FailedPrecondition,
             reason: "REPORT_ALREADY_FILED",
         },
@@ -138,20 +126,13 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "report filed before it was ordered",
             history: vec![issue(), order()],
-            offending: vec![event(
-                "2025-04-30",
-                filed("r1", pb::ReportType::FinalAnalysis),
-            )],
+            offending: vec![event("2025-04-30", filed("r1", pb::ReportType::FinalAnalysis))],
             code: Code::FailedPrecondition,
             reason: "REPORT_EVENT_BEFORE_ORDER",
         },
         Scenario {
             name: "extension that does not move the due date later",
-            history: vec![
-                issue(),
-                order(),
-                event("2025-06-01", extended("r1", "2025-08-01")),
-            ],
+            history: vec![issue(), order(), event("2025-06-01", extended("r1", "2025-08-01"))],
             offending: vec![event("2025-06-02", extended("r1", "2025-07-15"))],
             code: Code::FailedPrecondition,
             reason: "EXTENSION_NOT_LATER",
@@ -169,20 +150,14 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "event voided twice",
             history: vec![issue(), seen_c1.clone(), void_of_seen],
-            offending: vec![event(
-                "2025-05-04",
-                voided(&seen_c1, pb::VoidReason::Duplicate),
-            )],
+            offending: vec![event("2025-05-04", voided(&seen_c1, pb::VoidReason::Duplicate))],
             code: Code::FailedPrecondition,
             reason: "EVENT_ALREADY_VOIDED",
         },
         Scenario {
             name: "case_issued voided",
             history: vec![issued.clone()],
-            offending: vec![event(
-                "2025-05-04",
-                voided(&issued, pb::VoidReason::EnteredInError),
-            )],
+            offending: vec![event("2025-05-04", voided(&issued, pb::VoidReason::EnteredInError))],
             code: Code::FailedPrecondition,
             reason: "CASE_ISSUED_NOT_VOIDABLE",
         },
@@ -199,10 +174,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "void of a child_joined the child's visit depends on",
             history: vec![issue(), joined_c3.clone(), event("2025-05-02", seen("c3"))],
-            offending: vec![event(
-                "2025-05-04",
-                voided(&joined_c3, pb::VoidReason::WrongChild),
-            )],
+            offending: vec![event("2025-05-04", voided(&joined_c3, pb::VoidReason::WrongChild))],
             code: Code::FailedPrecondition,
             reason: "VOID_LEAVES_DEPENDENTS",
         },
@@ -252,18 +224,8 @@ async fn every_rule_is_refused_with_its_reason_and_writes_nothing(pool: PgPool) 
             .append_events(append(&case_id, batch))
             .await
             .expect_err(scenario.name);
-        assert_eq!(
-            status.code(),
-            scenario.code,
-            "{}: {status:?}",
-            scenario.name
-        );
-        assert_eq!(
-            reason(&status),
-            scenario.reason,
-            "{}: {status:?}",
-            scenario.name
-        );
+        assert_eq!(status.code(), scenario.code, "{}: {status:?}", scenario.name);
+        assert_eq!(reason(&status), scenario.reason, "{}: {status:?}", scenario.name);
         let expected_index = if leading_valid { "1" } else { "0" };
         assert_eq!(
             error_metadata(&status, "event_index").as_deref(),
@@ -304,12 +266,7 @@ async fn malformed_input_names_every_bad_field(pool: PgPool) {
     let status = client
         .append_events(append(
             "BAD CASE ID!",
-            vec![
-                no_payload,
-                bad_id,
-                unspecified,
-                event("2025-02-30", seen("c1")),
-            ],
+            vec![no_payload, bad_id, unspecified, event("2025-02-30", seen("c1"))],
         ))
         .await
         .unwrap_err();
@@ -325,10 +282,7 @@ async fn malformed_input_names_every_bad_field(pool: PgPool) {
         "events[2].payload.case_issued.received_on",
         "events[3].occurred_on",
     ] {
-        assert!(
-            fields.iter().any(|f| f == expected),
-            "missing {expected} in {fields:?}"
-        );
+        assert!(fields.iter().any(|f| f == expected), "missing {expected} in {fields:?}");
     }
     assert_eq!(event_count(&pool).await, 0);
 
@@ -363,16 +317,10 @@ async fn malformed_input_names_every_bad_field(pool: PgPool) {
         "events[0].payload.case_issued.children",
         "events[0].payload.case_issued.received_on",
     ] {
-        assert!(
-            fields.iter().any(|f| f == expected),
-            "missing {expected} in {fields:?}"
-        );
+        assert!(fields.iter().any(|f| f == expected), "missing {expected} in {fields:?}");
     }
 
-    let status = client
-        .append_events(append("GOOD1", vec![]))
-        .await
-        .unwrap_err();
+    let status = client.append_events(append("GOOD1", vec![])).await.unwrap_err();
     assert_eq!(bad_fields(&status), ["events"]);
     assert_eq!(event_count(&pool).await, 0);
 }
@@ -390,22 +338,11 @@ async fn a_stale_expected_version_is_aborted(pool: PgPool) {
     let status = client.append_events(stale).await.unwrap_err();
     assert_eq!(status.code(), Code::Aborted);
     assert_eq!(reason(&status), "VERSION_CONFLICT");
-    assert_eq!(
-        error_metadata(&status, "actual_version").as_deref(),
-        Some("1")
-    );
+    assert_eq!(error_metadata(&status, "actual_version").as_deref(), Some("1"));
 
     let mut current = append("LS1", vec![event("2025-05-01", seen("c1"))]);
     current.expected_version = Some(1);
-    assert_eq!(
-        client
-            .append_events(current)
-            .await
-            .unwrap()
-            .into_inner()
-            .version,
-        2
-    );
+    assert_eq!(client.append_events(current).await.unwrap().into_inner().version, 2);
 }
 
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
@@ -415,10 +352,7 @@ async fn late_and_out_of_order_events_are_accepted(pool: PgPool) {
     client
         .append_events(append(
             "LS1",
-            vec![
-                issue(),
-                event("2025-09-01", closed(pb::CaseOutcome::FinalOrder)),
-            ],
+            vec![issue(), event("2025-09-01", closed(pb::CaseOutcome::FinalOrder))],
         ))
         .await
         .unwrap();

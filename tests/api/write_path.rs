@@ -10,10 +10,7 @@ async fn append_returns_versions_and_increasing_positions(pool: PgPool) {
     let mut client = server.client();
     let batch = vec![
         event("2025-04-17", issued_public(&["c1", "c2"])),
-        event(
-            "2025-04-22",
-            allocated("fca-0412", pb::AllocationRole::Guardian),
-        ),
+        event("2025-04-22", allocated("fca-0412", pb::AllocationRole::Guardian)),
     ];
     let first = client
         .append_events(append("LS25C00123", batch))
@@ -21,10 +18,7 @@ async fn append_returns_versions_and_increasing_positions(pool: PgPool) {
         .unwrap()
         .into_inner();
     assert_eq!(first.version, 2);
-    assert_eq!(
-        first.events.iter().map(|e| e.version).collect::<Vec<_>>(),
-        [1, 2]
-    );
+    assert_eq!(first.events.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 2]);
     assert!(first.events.iter().all(|e| !e.already_present));
     assert!(first.events[0].position < first.events[1].position);
 
@@ -41,18 +35,9 @@ async fn append_returns_versions_and_increasing_positions(pool: PgPool) {
 async fn get_case_shows_the_case_as_it_stands(pool: PgPool) {
     let server = TestServer::start(pool).await;
     let mut client = server.client();
-    let duty = event(
-        "2025-04-18",
-        allocated("fca-0001", pb::AllocationRole::Duty),
-    );
-    let guardian = event(
-        "2025-04-22",
-        allocated("fca-0412", pb::AllocationRole::Guardian),
-    );
-    let replacement = event(
-        "2025-06-02",
-        allocated("fca-0777", pb::AllocationRole::Guardian),
-    );
+    let duty = event("2025-04-18", allocated("fca-0001", pb::AllocationRole::Duty));
+    let guardian = event("2025-04-22", allocated("fca-0412", pb::AllocationRole::Guardian));
+    let replacement = event("2025-06-02", allocated("fca-0777", pb::AllocationRole::Guardian));
     let close = event("2025-10-01", closed(pb::CaseOutcome::FinalOrder));
     let events = vec![
         event("2025-04-17", issued_public(&["c1"])),
@@ -62,10 +47,7 @@ async fn get_case_shows_the_case_as_it_stands(pool: PgPool) {
         event("2025-05-01", joined("c2")),
         close.clone(),
     ];
-    client
-        .append_events(append("LS25C00123", events))
-        .await
-        .unwrap();
+    client.append_events(append("LS25C00123", events)).await.unwrap();
 
     let case = client
         .get_case(pb::GetCaseRequest {
@@ -80,10 +62,7 @@ async fn get_case_shows_the_case_as_it_stands(pool: PgPool) {
     assert_eq!(case.court_code, "LS");
     assert_eq!(case.local_authority_code, "E08000035");
     assert_eq!(
-        case.children
-            .iter()
-            .map(|c| c.child_id.as_str())
-            .collect::<Vec<_>>(),
+        case.children.iter().map(|c| c.child_id.as_str()).collect::<Vec<_>>(),
         ["c1", "c2"]
     );
     assert_eq!(
@@ -91,10 +70,7 @@ async fn get_case_shows_the_case_as_it_stands(pool: PgPool) {
         "fca-0412",
         "duty cover is not a lead allocation"
     );
-    assert_eq!(
-        case.current_lead_allocation.unwrap().practitioner_id,
-        "fca-0777"
-    );
+    assert_eq!(case.current_lead_allocation.unwrap().practitioner_id, "fca-0777");
     assert!(!case.open);
     assert_eq!(case.issued_on, "2025-04-17");
     assert_eq!(case.closed_on, "2025-10-01");
@@ -105,10 +81,7 @@ async fn get_case_shows_the_case_as_it_stands(pool: PgPool) {
     client
         .append_events(append(
             "LS25C00123",
-            vec![event(
-                "2025-10-02",
-                voided(&close, pb::VoidReason::EnteredInError),
-            )],
+            vec![event("2025-10-02", voided(&close, pb::VoidReason::EnteredInError))],
         ))
         .await
         .unwrap();
@@ -216,10 +189,7 @@ async fn list_case_events_pages_in_version_order_with_void_flags(pool: PgPool) {
 async fn the_source_header_is_recorded(pool: PgPool) {
     let server = TestServer::start(pool).await;
     let mut client = server.client();
-    let mut request = tonic::Request::new(append(
-        "LS25C00123",
-        vec![event("2025-04-17", issued_public(&["c1"]))],
-    ));
+    let mut request = tonic::Request::new(append("LS25C00123", vec![event("2025-04-17", issued_public(&["c1"]))]));
     request
         .metadata_mut()
         .insert(caselog_server::SOURCE_HEADER, "court:LS".parse().unwrap());

@@ -210,10 +210,7 @@ pub fn append(case_id: &str, events: Vec<pb::NewEvent>) -> pb::AppendEventsReque
 
 /// `ErrorInfo.reason` of a status (empty when absent).
 pub fn reason(status: &tonic::Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|i| i.reason)
-        .unwrap_or_default()
+    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
 }
 
 /// `ErrorInfo.metadata[key]` of a status.

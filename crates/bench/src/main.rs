@@ -73,29 +73,17 @@ async fn main() -> anyhow::Result<()> {
             latency_seconds,
         } => {
             append_cost(&pool, writers, Duration::from_secs(seconds)).await?;
-            delivery_latency(
-                &pool,
-                rate,
-                latency_writers,
-                Duration::from_secs(latency_seconds),
-            )
-            .await?;
+            delivery_latency(&pool, rate, latency_writers, Duration::from_secs(latency_seconds)).await?;
         }
     }
     Ok(())
 }
 
 async fn print_machine(pool: &PgPool) -> anyhow::Result<()> {
-    let version: String = sqlx::query_scalar("SHOW server_version")
-        .fetch_one(pool)
-        .await?;
-    let sync: String = sqlx::query_scalar("SHOW synchronous_commit")
-        .fetch_one(pool)
-        .await?;
+    let version: String = sqlx::query_scalar("SHOW server_version").fetch_one(pool).await?;
+    let sync: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(pool).await?;
     let fsync: String = sqlx::query_scalar("SHOW fsync").fetch_one(pool).await?;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -143,24 +131,14 @@ enum Side {
 }
 
 /// Appends/s from `writers` tasks, each appending single events to its own case for `duration`.
-async fn run_appends(
-    pool: &PgPool,
-    side: Side,
-    writers: usize,
-    duration: Duration,
-    run: usize,
-) -> anyhow::Result<f64> {
+async fn run_appends(pool: &PgPool, side: Side, writers: usize, duration: Duration, run: usize) -> anyhow::Result<f64> {
     let log = EventLog::new(pool.clone());
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..writers {
         let (log, pool, count) = (log.clone(), pool.clone(), count.clone());
-        let case_id = format!(
-            "BENCH-{}-{run}-{w}-{}",
-            side as u8,
-            uuid::Uuid::new_v4().simple()
-        );
+        let case_id = format!("BENCH-{}-{run}-{w}-{}", side as u8, uuid::Uuid::new_v4().simple());
         tasks.spawn(async move {
             let mut version = 0i64;
             while start.elapsed() < duration {
@@ -221,12 +199,7 @@ async fn append_cost(pool: &PgPool, writers: usize, duration: Duration) -> anyho
     Ok(())
 }
 
-async fn delivery_latency(
-    pool: &PgPool,
-    rate: u64,
-    writers: u64,
-    duration: Duration,
-) -> anyhow::Result<()> {
+async fn delivery_latency(pool: &PgPool, rate: u64, writers: u64, duration: Duration) -> anyhow::Result<()> {
     println!(
         "\n== feed: commit-to-delivery latency, {rate} events/s for {} s, one live gRPC subscriber",
         duration.as_secs()
@@ -243,9 +216,7 @@ async fn delivery_latency(
             let _ = stop_rx.await;
         },
     ));
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
     let head = log.horizon().await?.safe;
 
     let mut feed = EventFeedServiceClient::new(channel.clone());
@@ -270,20 +241,14 @@ async fn delivery_latency(
                     }))) => {
                         let now = chrono::Utc::now();
                         if let Some(at) = e.recorded_at {
-                            let recorded =
-                                chrono::DateTime::from_timestamp(at.seconds, at.nanos as u32)
-                                    .unwrap_or(now);
-                            latencies_ms.push(
-                                (now - recorded).num_microseconds().unwrap_or(0) as f64 / 1000.0,
-                            );
+                            let recorded = chrono::DateTime::from_timestamp(at.seconds, at.nanos as u32).unwrap_or(now);
+                            latencies_ms.push((now - recorded).num_microseconds().unwrap_or(0) as f64 / 1000.0);
                         }
                     }
                     Ok(Ok(Some(_))) => {}
                     Ok(_) => break,
                     Err(_) if !writing.load(Ordering::Relaxed) => {
-                        if idle_since_writers_stopped
-                            .get_or_insert_with(Instant::now)
-                            .elapsed()
+                        if idle_since_writers_stopped.get_or_insert_with(Instant::now).elapsed()
                             > Duration::from_secs(1)
                         {
                             break;
@@ -304,9 +269,7 @@ async fn delivery_latency(
         let mut client = CaseEventServiceClient::new(channel.clone());
         let run = uuid::Uuid::new_v4().simple().to_string();
         tasks.spawn(async move {
-            let cases: Vec<String> = (0..50)
-                .map(|c| format!("LAT{}-{w}-{c}", &run[..8]))
-                .collect();
+            let cases: Vec<String> = (0..50).map(|c| format!("LAT{}-{w}-{c}", &run[..8])).collect();
             for case_id in &cases {
                 client.append_events(issue(case_id)).await?;
             }
@@ -315,9 +278,7 @@ async fn delivery_latency(
             let mut i = 0usize;
             while start.elapsed() < duration {
                 ticker.tick().await;
-                client
-                    .append_events(hearing(&cases[i % cases.len()]))
-                    .await?;
+                client.append_events(hearing(&cases[i % cases.len()])).await?;
                 i += 1;
             }
             anyhow::Ok(i)
@@ -376,11 +337,7 @@ fn hearing(case_id: &str) -> pb::AppendEventsRequest {
     request(case_id, "2025-05-01", kind)
 }
 
-fn request(
-    case_id: &str,
-    occurred_on: &str,
-    kind: pb::event_payload::Kind,
-) -> pb::AppendEventsRequest {
+fn request(case_id: &str, occurred_on: &str, kind: pb::event_payload::Kind) -> pb::AppendEventsRequest {
     pb::AppendEventsRequest {
         case_id: case_id.into(),
         events: vec![pb::NewEvent {

@@ -115,9 +115,10 @@ impl CaseHistory {
     /// The case as it stands, or `None` when no `case_issued` is recorded.
     pub fn view(&self) -> Option<CaseView> {
         let voided = self.voided_by();
-        let mut live = self.events.iter().filter(|e| {
-            !voided.contains_key(&e.event_id) && !matches!(e.payload, Payload::EventVoided(_))
-        });
+        let mut live = self
+            .events
+            .iter()
+            .filter(|e| !voided.contains_key(&e.event_id) && !matches!(e.payload, Payload::EventVoided(_)));
         let first = live.next()?;
         let Payload::CaseIssued(issue) = &first.payload else {
             return None;
@@ -142,11 +143,7 @@ impl CaseHistory {
     /// Checks `batch` against the lifecycle rules and returns the history with it appended.
     /// `today` is the civil date in England now. Nothing is partially accepted: the first refused
     /// event refuses the batch.
-    pub fn decide(
-        &self,
-        batch: &[NewEvent],
-        today: NaiveDate,
-    ) -> Result<CaseHistory, BatchRejection> {
+    pub fn decide(&self, batch: &[NewEvent], today: NaiveDate) -> Result<CaseHistory, BatchRejection> {
         check_batch_shape(batch, today)?;
         let mut next = self.clone();
         for (index, event) in batch.iter().enumerate() {
@@ -163,10 +160,7 @@ impl CaseHistory {
         let Some(view) = self.view() else {
             return match event.payload {
                 Payload::CaseIssued(_) if self.events.is_empty() => Ok(()),
-                Payload::CaseIssued(_) => Err(Rejection::rule(
-                    Rule::CaseAlreadyIssued,
-                    "the case is already issued",
-                )),
+                Payload::CaseIssued(_) => Err(Rejection::rule(Rule::CaseAlreadyIssued, "the case is already issued")),
                 _ => Err(Rejection::rule(
                     Rule::CaseNotIssued,
                     format!(
@@ -214,9 +208,7 @@ impl CaseHistory {
             let field = format!("payload.{}.child_id", event.payload.event_type());
             return Err(Rejection::field(
                 field,
-                format!(
-                    "child {child_id:?} is not in this case; name the child at issue or record child_joined first"
-                ),
+                format!("child {child_id:?} is not in this case; name the child at issue or record child_joined first"),
             ));
         }
         match &event.payload {
@@ -225,15 +217,8 @@ impl CaseHistory {
                 format!("child {:?} is already in this case", child.child_id),
             )),
             Payload::ReportOrdered(order) => check_order(&view, &order.report_id),
-            Payload::FilingDateExtended(ext) => {
-                check_extension(&view, &ext.report_id, ext.due_on, event.occurred_on)
-            }
-            Payload::ReportFiled(filed) => check_filing(
-                &view,
-                &filed.report_id,
-                filed.report_type,
-                event.occurred_on,
-            ),
+            Payload::FilingDateExtended(ext) => check_extension(&view, &ext.report_id, ext.due_on, event.occurred_on),
+            Payload::ReportFiled(filed) => check_filing(&view, &filed.report_id, filed.report_type, event.occurred_on),
             Payload::CaseClosed(_) => check_closure(&view, event.occurred_on),
             Payload::EventVoided(void) => self.check_void(void.voided_event_id),
             _ => Ok(()),
@@ -244,9 +229,7 @@ impl CaseHistory {
         let Some(target) = self.events.iter().find(|e| e.event_id == target_id) else {
             return Err(Rejection::rule(
                 Rule::VoidedEventNotInCase,
-                format!(
-                    "event {target_id} is not recorded for this case; an event is voided from its own case"
-                ),
+                format!("event {target_id} is not recorded for this case; an event is voided from its own case"),
             ));
         };
         let voided = self.voided_by();
@@ -257,9 +240,9 @@ impl CaseHistory {
             ));
         }
         let dependents = |matches: &dyn Fn(&Payload) -> bool| {
-            self.events.iter().any(|e| {
-                e.event_id != target_id && !voided.contains_key(&e.event_id) && matches(&e.payload)
-            })
+            self.events
+                .iter()
+                .any(|e| e.event_id != target_id && !voided.contains_key(&e.event_id) && matches(&e.payload))
         };
         match &target.payload {
             Payload::CaseIssued(_) => Err(Rejection::rule(
@@ -270,9 +253,7 @@ impl CaseHistory {
                 Rule::VoidNotVoidable,
                 "an event_voided cannot itself be voided",
             )),
-            Payload::ChildJoined(child)
-                if dependents(&|p: &Payload| p.child_id() == Some(child.child_id.as_str())) =>
-            {
+            Payload::ChildJoined(child) if dependents(&|p: &Payload| p.child_id() == Some(child.child_id.as_str())) => {
                 Err(Rejection::rule(
                     Rule::VoidLeavesDependents,
                     format!(
@@ -304,10 +285,7 @@ fn check_batch_shape(batch: &[NewEvent], today: NaiveDate) -> Result<(), BatchRe
     for (index, event) in batch.iter().enumerate() {
         let mut own = validate_event(event, today);
         if !ids.insert(event.event_id) {
-            own.push(FieldViolation::new(
-                "event_id",
-                "event_id appears twice in the batch",
-            ));
+            own.push(FieldViolation::new("event_id", "event_id appears twice in the batch"));
         }
         if !own.is_empty() {
             first_bad.get_or_insert(index);
@@ -325,9 +303,7 @@ fn check_batch_shape(batch: &[NewEvent], today: NaiveDate) -> Result<(), BatchRe
 
 fn at_index(rejection: Rejection, index: usize) -> Rejection {
     match rejection {
-        Rejection::Invalid(violations) => {
-            Rejection::Invalid(violations.into_iter().map(|v| v.at(index)).collect())
-        }
+        Rejection::Invalid(violations) => Rejection::Invalid(violations.into_iter().map(|v| v.at(index)).collect()),
         rule => rule,
     }
 }
@@ -336,32 +312,21 @@ fn check_order(view: &CaseView, report_id: &str) -> Result<(), Rejection> {
     match view.reports.get(report_id) {
         Some(report) if report.filed.is_some() => Err(Rejection::rule(
             Rule::ReportAlreadyFiled,
-            format!(
-                "report {report_id:?} is already filed; order a new report under a new report_id"
-            ),
+            format!("report {report_id:?} is already filed; order a new report under a new report_id"),
         )),
         Some(report) if report.ordered.is_some() => Err(Rejection::rule(
             Rule::ReportAlreadyOrdered,
-            format!(
-                "report {report_id:?} is already ordered; record filing_date_extended to move its due date"
-            ),
+            format!("report {report_id:?} is already ordered; record filing_date_extended to move its due date"),
         )),
         _ => Ok(()),
     }
 }
 
-fn check_extension(
-    view: &CaseView,
-    report_id: &str,
-    due_on: NaiveDate,
-    on: NaiveDate,
-) -> Result<(), Rejection> {
+fn check_extension(view: &CaseView, report_id: &str, due_on: NaiveDate, on: NaiveDate) -> Result<(), Rejection> {
     let Some(report) = view.reports.get(report_id).filter(|r| r.ordered.is_some()) else {
         return Err(Rejection::rule(
             Rule::ReportNotOrdered,
-            format!(
-                "report {report_id:?} has no report_ordered in this case; only an ordered report can be extended"
-            ),
+            format!("report {report_id:?} has no report_ordered in this case; only an ordered report can be extended"),
         ));
     };
     if report.filed.is_some() {
@@ -375,9 +340,7 @@ fn check_extension(
     {
         return Err(Rejection::rule(
             Rule::ReportEventBeforeOrder,
-            format!(
-                "report {report_id:?} was ordered on {ordered_on}; the extension cannot occur before that ({on})"
-            ),
+            format!("report {report_id:?} was ordered on {ordered_on}; the extension cannot occur before that ({on})"),
         ));
     }
     match report.due_on {
@@ -391,12 +354,7 @@ fn check_extension(
     }
 }
 
-fn check_filing(
-    view: &CaseView,
-    report_id: &str,
-    report_type: ReportType,
-    on: NaiveDate,
-) -> Result<(), Rejection> {
+fn check_filing(view: &CaseView, report_id: &str, report_type: ReportType, on: NaiveDate) -> Result<(), Rejection> {
     let report = view.reports.get(report_id).cloned().unwrap_or_default();
     if let Some((_, filed_on)) = report.filed {
         return Err(Rejection::rule(
@@ -413,9 +371,7 @@ fn check_filing(
         )),
         Some((_, ordered_on)) if on < ordered_on => Err(Rejection::rule(
             Rule::ReportEventBeforeOrder,
-            format!(
-                "report {report_id:?} was ordered on {ordered_on}; it cannot be filed before that ({on})"
-            ),
+            format!("report {report_id:?} was ordered on {ordered_on}; it cannot be filed before that ({on})"),
         )),
         None if report_type != ReportType::SafeguardingLetter => Err(Rejection::rule(
             Rule::ReportNotOrdered,
@@ -484,10 +440,8 @@ fn apply(view: &mut CaseView, event: &HistoryEvent) {
             report.due_on = Some(report.due_on.map_or(ext.due_on, |d| d.max(ext.due_on)));
         }
         Payload::ReportFiled(filed) => {
-            view.reports
-                .entry(filed.report_id.clone())
-                .or_default()
-                .filed = Some((filed.report_type, event.occurred_on));
+            view.reports.entry(filed.report_id.clone()).or_default().filed =
+                Some((filed.report_type, event.occurred_on));
         }
         Payload::CaseClosed(closed) => {
             view.closure = Some(Closure {

@@ -9,12 +9,8 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 /// The date in England at the instant `now`.
 pub fn date_in_england(now: DateTime<Utc>) -> NaiveDate {
     let year = now.year();
-    let starts = last_sunday(year, 3)
-        .and_hms_opt(1, 0, 0)
-        .map(|t| t.and_utc());
-    let ends = last_sunday(year, 10)
-        .and_hms_opt(1, 0, 0)
-        .map(|t| t.and_utc());
+    let starts = last_sunday(year, 3).and_hms_opt(1, 0, 0).map(|t| t.and_utc());
+    let ends = last_sunday(year, 10).and_hms_opt(1, 0, 0).map(|t| t.and_utc());
     let summer = matches!((starts, ends), (Some(s), Some(e)) if now >= s && now < e);
     if summer {
         (now + Duration::hours(1)).date_naive()

@@ -140,9 +140,7 @@ impl Payload {
             Payload::ChildJoined(c) => Some(&c.child_id),
             Payload::ChildSeen(c) => Some(&c.child_id),
             Payload::LetterSent(c) => Some(&c.child_id),
-            Payload::EngagementRecordCompleted(c) | Payload::RecommendationShared(c) => {
-                Some(&c.child_id)
-            }
+            Payload::EngagementRecordCompleted(c) | Payload::RecommendationShared(c) => Some(&c.child_id),
             _ => None,
         }
     }
@@ -167,10 +165,7 @@ impl Payload {
     }
 
     /// Rebuilds a payload from its type and `data` object, rejecting unknown or missing fields.
-    pub fn from_data(
-        event_type: EventType,
-        data: serde_json::Value,
-    ) -> Result<Payload, serde_json::Error> {
+    pub fn from_data(event_type: EventType, data: serde_json::Value) -> Result<Payload, serde_json::Error> {
         serde_json::from_value(serde_json::json!({ "type": event_type.as_str(), "data": data }))
     }
 }
@@ -277,8 +272,7 @@ impl BirthMonth {
         }
         let year: i32 = year.parse().ok()?;
         let month: u32 = month.parse().ok()?;
-        ((1900..=9999).contains(&year) && (1..=12).contains(&month))
-            .then_some(BirthMonth { year, month })
+        ((1900..=9999).contains(&year) && (1..=12).contains(&month)).then_some(BirthMonth { year, month })
     }
 
     pub fn first_day(self) -> Option<NaiveDate> {
@@ -301,9 +295,8 @@ impl Serialize for BirthMonth {
 impl<'de> Deserialize<'de> for BirthMonth {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        BirthMonth::parse(&text).ok_or_else(|| {
-            serde::de::Error::custom(format!("birth month {text:?} is not a valid \"YYYY-MM\""))
-        })
+        BirthMonth::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("birth month {text:?} is not a valid \"YYYY-MM\"")))
     }
 }
 
@@ -438,23 +431,10 @@ mod tests {
 
     #[test]
     fn birth_month_format() {
-        assert_eq!(
-            BirthMonth::parse("2024-11"),
-            Some(BirthMonth {
-                year: 2024,
-                month: 11
-            })
-        );
+        assert_eq!(BirthMonth::parse("2024-11"), Some(BirthMonth { year: 2024, month: 11 }));
         assert_eq!(BirthMonth::parse("2024-13"), None);
         assert_eq!(BirthMonth::parse("2024-1"), None);
         assert_eq!(BirthMonth::parse("24-11"), None);
-        assert_eq!(
-            BirthMonth {
-                year: 2019,
-                month: 6
-            }
-            .to_string(),
-            "2019-06"
-        );
+        assert_eq!(BirthMonth { year: 2019, month: 6 }.to_string(), "2019-06");
     }
 }

@@ -34,17 +34,13 @@ pub enum LineError {
     #[error("unknown event type {0:?}")]
     UnknownType(String),
     #[error("data does not fit {event_type}: {message}")]
-    BadData {
-        event_type: EventType,
-        message: String,
-    },
+    BadData { event_type: EventType, message: String },
 }
 
 /// Parses one line.
 pub fn parse_line(line: &str) -> Result<InterchangeEvent, LineError> {
     let raw: Line = serde_json::from_str(line).map_err(|e| LineError::Malformed(e.to_string()))?;
-    let event_type =
-        EventType::parse(&raw.event_type).ok_or(LineError::UnknownType(raw.event_type))?;
+    let event_type = EventType::parse(&raw.event_type).ok_or(LineError::UnknownType(raw.event_type))?;
     let payload = Payload::from_data(event_type, raw.data).map_err(|e| LineError::BadData {
         event_type,
         message: e.to_string(),
@@ -96,14 +92,8 @@ mod tests {
     fn errors_say_what_is_wrong() {
         assert!(matches!(parse_line("{"), Err(LineError::Malformed(_))));
         let unknown = r#"{"event_id":"6f1c2a0e-8a51-4f7e-9a0b-2f4c1d9e7b10","case_id":"X","type":"case_reopened","occurred_on":"2025-04-17","data":{}}"#;
-        assert_eq!(
-            parse_line(unknown),
-            Err(LineError::UnknownType("case_reopened".into()))
-        );
+        assert_eq!(parse_line(unknown), Err(LineError::UnknownType("case_reopened".into())));
         let bad_enum = r#"{"event_id":"6f1c2a0e-8a51-4f7e-9a0b-2f4c1d9e7b10","case_id":"X","type":"child_seen","occurred_on":"2025-04-17","data":{"child_id":"c","mode":"telepathy"}}"#;
-        assert!(matches!(
-            parse_line(bad_enum),
-            Err(LineError::BadData { .. })
-        ));
+        assert!(matches!(parse_line(bad_enum), Err(LineError::BadData { .. })));
     }
 }

@@ -55,10 +55,7 @@ mod tests {
             .filter(|l| !l.trim().is_empty())
             .count();
         assert_eq!(service_areas().len(), rows);
-        let a2 = service_areas()
-            .iter()
-            .find(|a| a.code == "A2")
-            .expect("A2 present");
+        let a2 = service_areas().iter().find(|a| a.code == "A2").expect("A2 present");
         assert_eq!(
             a2.name,
             "Durham, Teesside, North Yorkshire, York, Cumbria and Lancashire"

@@ -21,7 +21,9 @@ fn check_id(out: &mut Vec<FieldViolation>, field: &str, value: &str, max: usize,
     } else if value.len() > max || !value.chars().all(is_id_char) {
         out.push(FieldViolation::new(
             field,
-            format!("{what} must be 1-{max} characters of A-Z, a-z, 0-9, '-', '_', '/', '.' (an identifier, never a name)"),
+            format!(
+                "{what} must be 1-{max} characters of A-Z, a-z, 0-9, '-', '_', '/', '.' (an identifier, never a name)"
+            ),
         ));
     }
 }
@@ -45,7 +47,10 @@ pub fn validate_event(event: &NewEvent, today: NaiveDate) -> Vec<FieldViolation>
     if event.occurred_on > today {
         out.push(FieldViolation::new(
             "occurred_on",
-            format!("occurred_on {} is after today in England ({today}); events are recorded once they have happened", event.occurred_on),
+            format!(
+                "occurred_on {} is after today in England ({today}); events are recorded once they have happened",
+                event.occurred_on
+            ),
         ));
     }
     validate_metadata(&mut out, &event.metadata);
@@ -104,9 +109,7 @@ fn validate_payload(out: &mut Vec<FieldViolation>, event: &NewEvent, today: Naiv
         Payload::FilingDateExtended(r) => {
             check_id(out, &path("report_id"), &r.report_id, ID_MAX, "report_id");
         }
-        Payload::ReportFiled(r) => {
-            check_id(out, &path("report_id"), &r.report_id, ID_MAX, "report_id")
-        }
+        Payload::ReportFiled(r) => check_id(out, &path("report_id"), &r.report_id, ID_MAX, "report_id"),
         Payload::HearingListed(h) => {
             if h.listed_for < event.occurred_on {
                 out.push(FieldViolation::new(
@@ -135,12 +138,7 @@ fn validate_payload(out: &mut Vec<FieldViolation>, event: &NewEvent, today: Naiv
     }
 }
 
-fn validate_issue(
-    out: &mut Vec<FieldViolation>,
-    issued: &CaseIssued,
-    issued_on: NaiveDate,
-    today: NaiveDate,
-) {
+fn validate_issue(out: &mut Vec<FieldViolation>, issued: &CaseIssued, issued_on: NaiveDate, today: NaiveDate) {
     let path = |field: &str| format!("payload.case_issued.{field}");
     if issued.application_types.is_empty() {
         out.push(FieldViolation::new(
@@ -170,7 +168,10 @@ fn validate_issue(
     if service_area_valid_on(&issued.service_area, issued_on).is_none() {
         out.push(FieldViolation::new(
             path("service_area"),
-            format!("service_area {:?} is not a Cafcass service area valid on {issued_on} (e.g. \"A5\")", issued.service_area),
+            format!(
+                "service_area {:?} is not a Cafcass service area valid on {issued_on} (e.g. \"A5\")",
+                issued.service_area
+            ),
         ));
     }
     match (&issued.law_type, &issued.local_authority_code) {
@@ -185,10 +186,7 @@ fn validate_issue(
         _ => {}
     }
     if issued.children.is_empty() {
-        out.push(FieldViolation::new(
-            path("children"),
-            "at least one child is required",
-        ));
+        out.push(FieldViolation::new(path("children"), "at least one child is required"));
     }
     let mut seen = HashSet::new();
     for (i, child) in issued.children.iter().enumerate() {
@@ -230,16 +228,11 @@ fn validate_child(out: &mut Vec<FieldViolation>, prefix: &str, child: &Child, on
     if child.birth_month.first_day().is_none_or(|d| d > latest) {
         out.push(FieldViolation::new(
             field("birth_month"),
-            format!(
-                "birth_month {} is implausibly far after {on}",
-                child.birth_month
-            ),
+            format!("birth_month {} is implausibly far after {on}", child.birth_month),
         ));
     }
 }
 
 fn is_local_authority_code(code: &str) -> bool {
-    code.len() == 9
-        && matches!(code.as_bytes()[0], b'E' | b'W')
-        && code[1..].chars().all(|c| c.is_ascii_digit())
+    code.len() == 9 && matches!(code.as_bytes()[0], b'E' | b'W') && code[1..].chars().all(|c| c.is_ascii_digit())
 }

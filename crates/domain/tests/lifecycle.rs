@@ -35,10 +35,7 @@ fn issued(on: i64, law_type: LawType) -> NewEvent {
             local_authority_code: (law_type == LawType::Public).then(|| "E08000035".into()),
             children: vec![Child {
                 child_id: "c1".into(),
-                birth_month: BirthMonth {
-                    year: 2019,
-                    month: 6,
-                },
+                birth_month: BirthMonth { year: 2019, month: 6 },
             }],
             received_on: None,
         }),
@@ -99,10 +96,7 @@ fn rule_of(result: Result<CaseHistory, Rejection>) -> Option<Rule> {
 
 #[test]
 fn a_case_begins_with_case_issued() {
-    assert_eq!(
-        rule_of(given(vec![]).when(seen(1, "c1"))),
-        Some(Rule::CaseNotIssued)
-    );
+    assert_eq!(rule_of(given(vec![]).when(seen(1, "c1"))), Some(Rule::CaseNotIssued));
     assert!(given(vec![]).when(issued(0, LawType::Private)).is_ok());
 }
 
@@ -114,10 +108,7 @@ fn closure_fences_later_events_but_not_late_recording() {
         case.when(seen(100, "c1")).is_ok(),
         "an event on the closure date is inside the case"
     );
-    assert!(
-        case.when(seen(50, "c1")).is_ok(),
-        "late recording of an earlier visit"
-    );
+    assert!(case.when(seen(50, "c1")).is_ok(), "late recording of an earlier visit");
 }
 
 #[test]
@@ -153,10 +144,7 @@ fn unknown_children_are_field_violations() {
     let Err(Rejection::Invalid(violations)) = case.when(seen(1, "c9")) else {
         panic!("expected a field violation")
     };
-    assert_eq!(
-        violations[0].path(),
-        "events[0].payload.child_seen.child_id"
-    );
+    assert_eq!(violations[0].path(), "events[0].payload.child_seen.child_id");
 }
 
 #[test]
@@ -165,17 +153,11 @@ fn a_batch_sees_its_own_earlier_events() {
         3,
         Payload::ChildJoined(Child {
             child_id: "c2".into(),
-            birth_month: BirthMonth {
-                year: 2024,
-                month: 1,
-            },
+            birth_month: BirthMonth { year: 2024, month: 1 },
         }),
     );
     let history = CaseHistory::default()
-        .decide(
-            &[issued(0, LawType::Public), join, seen(4, "c2")],
-            day(TODAY),
-        )
+        .decide(&[issued(0, LawType::Public), join, seen(4, "c2")], day(TODAY))
         .unwrap();
     assert_eq!(history.version(), 3);
 }
@@ -184,12 +166,7 @@ fn a_batch_sees_its_own_earlier_events() {
 fn the_first_refused_event_of_a_batch_is_named() {
     let err = CaseHistory::default()
         .decide(
-            &[
-                issued(0, LawType::Public),
-                seen(1, "c1"),
-                closed(2),
-                seen(3, "c1"),
-            ],
+            &[issued(0, LawType::Public), seen(1, "c1"), closed(2), seen(3, "c1")],
             day(TODAY),
         )
         .unwrap_err();
@@ -223,10 +200,7 @@ fn lead_allocations_ignore_duty_and_hub() {
     ]);
     let view = case.0.view().unwrap();
     assert_eq!(view.first_lead_allocation.unwrap().practitioner_id, "first");
-    assert_eq!(
-        view.current_lead_allocation.unwrap().practitioner_id,
-        "second"
-    );
+    assert_eq!(view.current_lead_allocation.unwrap().practitioner_id, "second");
 }
 
 trait CloneWithNewId {
@@ -254,10 +228,7 @@ fn build(kind: u8, on: i64, child: u8, report: u8, accepted: &[NewEvent]) -> New
         0 => return issued(on, LawType::Public),
         1 => Payload::ChildJoined(Child {
             child_id,
-            birth_month: BirthMonth {
-                year: 2020,
-                month: 1,
-            },
+            birth_month: BirthMonth { year: 2020, month: 1 },
         }),
         2 => Payload::CaseAllocated(CaseAllocated {
             practitioner_id: "p".into(),
@@ -352,18 +323,14 @@ fn check_invariants(history: &CaseHistory) -> Result<(), TestCaseError> {
         .filter(|e| matches!(e.payload, Payload::CaseIssued(_)))
         .count();
     prop_assert_eq!(issues, 1);
-    prop_assert!(matches!(
-        history.events()[0].payload,
-        Payload::CaseIssued(_)
-    ));
+    prop_assert!(matches!(history.events()[0].payload, Payload::CaseIssued(_)));
     let children: HashSet<&str> = view.children.iter().map(|c| c.child_id.as_str()).collect();
     for e in &live {
         prop_assert!(e.occurred_on >= view.issued_on);
         if let Some(child) = e.payload.child_id() {
             prop_assert!(children.contains(child), "child {} is in the case", child);
         }
-        if let (Some(closure), false) = (view.closure, matches!(e.payload, Payload::EventVoided(_)))
-        {
+        if let (Some(closure), false) = (view.closure, matches!(e.payload, Payload::EventVoided(_))) {
             prop_assert!(e.occurred_on <= closure.closed_on);
         }
     }
@@ -384,10 +351,7 @@ fn check_invariants(history: &CaseHistory) -> Result<(), TestCaseError> {
     }
     for void_target in voided.keys() {
         let target = history.events().iter().find(|e| e.event_id == *void_target);
-        prop_assert!(target.is_some_and(|t| !matches!(
-            t.payload,
-            Payload::CaseIssued(_) | Payload::EventVoided(_)
-        )));
+        prop_assert!(target.is_some_and(|t| !matches!(t.payload, Payload::CaseIssued(_) | Payload::EventVoided(_))));
     }
     Ok(())
 }

@@ -4,8 +4,8 @@
 
 use caselog_api::v1 as pb;
 use caselog_domain::event::{
-    self as ev, AllocationRole, ApplicationType, BirthMonth, CaseOutcome, HearingType, LawType,
-    ReportType, SeenMode, VoidReason,
+    self as ev, AllocationRole, ApplicationType, BirthMonth, CaseOutcome, HearingType, LawType, ReportType, SeenMode,
+    VoidReason,
 };
 use caselog_domain::{FieldViolation, Metadata, NewEvent, Payload};
 use chrono::NaiveDate;
@@ -19,8 +19,7 @@ struct Reader {
 
 impl Reader {
     fn bad(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.violations
-            .push(FieldViolation::new(field, description));
+        self.violations.push(FieldViolation::new(field, description));
     }
 
     fn date(&mut self, field: &str, text: &str) -> Option<NaiveDate> {
@@ -63,21 +62,13 @@ impl Reader {
     }
 
     /// Reads an enum field: unknown numbers and the UNSPECIFIED zero value are both violations.
-    fn enumeration<P, D>(
-        &mut self,
-        field: &str,
-        raw: i32,
-        to_domain: fn(P) -> Option<D>,
-    ) -> Option<D>
+    fn enumeration<P, D>(&mut self, field: &str, raw: i32, to_domain: fn(P) -> Option<D>) -> Option<D>
     where
         P: TryFrom<i32>,
     {
         let value = P::try_from(raw).ok().and_then(to_domain);
         if value.is_none() {
-            self.bad(
-                field,
-                format!("a value other than UNSPECIFIED is required (got {raw})"),
-            );
+            self.bad(field, format!("a value other than UNSPECIFIED is required (got {raw})"));
         }
         value
     }
@@ -100,14 +91,12 @@ pub(crate) fn new_event(event: pb::NewEvent) -> Result<NewEvent, Vec<FieldViolat
     };
     let metadata = event.metadata.map(metadata).unwrap_or_default();
     match (event_id, occurred_on, payload) {
-        (Some(event_id), Some(occurred_on), Some(payload)) if r.violations.is_empty() => {
-            Ok(NewEvent {
-                event_id,
-                occurred_on,
-                payload,
-                metadata,
-            })
-        }
+        (Some(event_id), Some(occurred_on), Some(payload)) if r.violations.is_empty() => Ok(NewEvent {
+            event_id,
+            occurred_on,
+            payload,
+            metadata,
+        }),
         _ => Err(r.violations),
     }
 }
@@ -128,19 +117,13 @@ fn payload(r: &mut Reader, kind: pb::event_payload::Kind) -> Option<Payload> {
             let law_type = r.enumeration(&format!("{p}.law_type"), m.law_type, law_type_in);
             let mut application_types = Vec::new();
             for (i, raw) in m.application_types.iter().enumerate() {
-                if let Some(t) = r.enumeration(
-                    &format!("{p}.application_types[{i}]"),
-                    *raw,
-                    application_type_in,
-                ) {
+                if let Some(t) = r.enumeration(&format!("{p}.application_types[{i}]"), *raw, application_type_in) {
                     application_types.push(t);
                 }
             }
             let mut children = Vec::new();
             for (i, c) in m.children.into_iter().enumerate() {
-                if let Some(bm) =
-                    r.birth_month(&format!("{p}.children[{i}].birth_month"), &c.birth_month)
-                {
+                if let Some(bm) = r.birth_month(&format!("{p}.children[{i}].birth_month"), &c.birth_month) {
                     children.push(ev::Child {
                         child_id: c.child_id,
                         birth_month: bm,
@@ -153,8 +136,7 @@ fn payload(r: &mut Reader, kind: pb::event_payload::Kind) -> Option<Payload> {
                 application_types,
                 court_code: m.court_code,
                 service_area: m.service_area,
-                local_authority_code: (!m.local_authority_code.is_empty())
-                    .then_some(m.local_authority_code),
+                local_authority_code: (!m.local_authority_code.is_empty()).then_some(m.local_authority_code),
                 children,
                 received_on,
             })
@@ -178,18 +160,10 @@ fn payload(r: &mut Reader, kind: pb::event_payload::Kind) -> Option<Payload> {
             child_id: m.child_id,
             personalised: m.personalised,
         }),
-        Kind::EngagementRecordCompleted(m) => Payload::EngagementRecordCompleted(ev::ChildRef {
-            child_id: m.child_id,
-        }),
-        Kind::RecommendationShared(m) => Payload::RecommendationShared(ev::ChildRef {
-            child_id: m.child_id,
-        }),
+        Kind::EngagementRecordCompleted(m) => Payload::EngagementRecordCompleted(ev::ChildRef { child_id: m.child_id }),
+        Kind::RecommendationShared(m) => Payload::RecommendationShared(ev::ChildRef { child_id: m.child_id }),
         Kind::ReportOrdered(m) => {
-            let report_type = r.enumeration(
-                "payload.report_ordered.report_type",
-                m.report_type,
-                report_type_in,
-            );
+            let report_type = r.enumeration("payload.report_ordered.report_type", m.report_type, report_type_in);
             let due_on = r.date("payload.report_ordered.due_on", &m.due_on);
             Payload::ReportOrdered(ev::ReportOrdered {
                 report_id: m.report_id,
@@ -202,19 +176,11 @@ fn payload(r: &mut Reader, kind: pb::event_payload::Kind) -> Option<Payload> {
             report_id: m.report_id,
         }),
         Kind::ReportFiled(m) => Payload::ReportFiled(ev::ReportFiled {
-            report_type: r.enumeration(
-                "payload.report_filed.report_type",
-                m.report_type,
-                report_type_in,
-            )?,
+            report_type: r.enumeration("payload.report_filed.report_type", m.report_type, report_type_in)?,
             report_id: m.report_id,
         }),
         Kind::HearingListed(m) => {
-            let hearing_type = r.enumeration(
-                "payload.hearing_listed.hearing_type",
-                m.hearing_type,
-                hearing_type_in,
-            );
+            let hearing_type = r.enumeration("payload.hearing_listed.hearing_type", m.hearing_type, hearing_type_in);
             let listed_for = r.date("payload.hearing_listed.listed_for", &m.listed_for);
             Payload::HearingListed(ev::HearingListed {
                 hearing_type: hearing_type?,
@@ -225,8 +191,7 @@ fn payload(r: &mut Reader, kind: pb::event_payload::Kind) -> Option<Payload> {
             outcome: r.enumeration("payload.case_closed.outcome", m.outcome, outcome_in)?,
         }),
         Kind::EventVoided(m) => {
-            let voided_event_id =
-                r.uuid("payload.event_voided.voided_event_id", &m.voided_event_id);
+            let voided_event_id = r.uuid("payload.event_voided.voided_event_id", &m.voided_event_id);
             let reason = r.enumeration("payload.event_voided.reason", m.reason, void_reason_in);
             Payload::EventVoided(ev::EventVoided {
                 voided_event_id: voided_event_id?,
@@ -292,11 +257,9 @@ pub(crate) fn payload_out(payload: &Payload) -> pb::EventPayload {
             child_id: m.child_id.clone(),
             personalised: m.personalised,
         }),
-        Payload::EngagementRecordCompleted(m) => {
-            Kind::EngagementRecordCompleted(pb::EngagementRecordCompleted {
-                child_id: m.child_id.clone(),
-            })
-        }
+        Payload::EngagementRecordCompleted(m) => Kind::EngagementRecordCompleted(pb::EngagementRecordCompleted {
+            child_id: m.child_id.clone(),
+        }),
         Payload::RecommendationShared(m) => Kind::RecommendationShared(pb::RecommendationShared {
             child_id: m.child_id.clone(),
         }),

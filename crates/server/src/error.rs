@@ -24,17 +24,10 @@ pub enum Error {
         message: String,
         event_index: usize,
     },
-    #[error(
-        "the case is at version {actual}, not the expected version {expected}; read the case and retry"
-    )]
+    #[error("the case is at version {actual}, not the expected version {expected}; read the case and retry")]
     VersionConflict { expected: u64, actual: u64 },
-    #[error(
-        "event {event_id} is already recorded with different content; a new event needs a new event_id"
-    )]
-    EventIdReused {
-        event_id: String,
-        event_index: usize,
-    },
+    #[error("event {event_id} is already recorded with different content; a new event needs a new event_id")]
+    EventIdReused { event_id: String, event_index: usize },
     #[error("{0}")]
     NotFound(String),
     #[error("the subscriber did not keep up; subscribe again from position {resume_from}")]
@@ -113,9 +106,7 @@ pub fn to_status(err: Error) -> Status {
             }
             (Code::InvalidArgument, "INVALID_ARGUMENT")
         }
-        Error::Rejected {
-            rule, event_index, ..
-        } => {
+        Error::Rejected { rule, event_index, .. } => {
             metadata.insert("event_index".to_owned(), event_index.to_string());
             (Code::FailedPrecondition, rule.reason())
         }
@@ -124,10 +115,7 @@ pub fn to_status(err: Error) -> Status {
             metadata.insert("actual_version".to_owned(), actual.to_string());
             (Code::Aborted, "VERSION_CONFLICT")
         }
-        Error::EventIdReused {
-            event_id,
-            event_index,
-        } => {
+        Error::EventIdReused { event_id, event_index } => {
             metadata.insert("event_id".to_owned(), event_id.clone());
             metadata.insert("event_index".to_owned(), event_index.to_string());
             (Code::AlreadyExists, "EVENT_ID_REUSED")

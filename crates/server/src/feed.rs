@@ -89,11 +89,7 @@ impl Drop for Registration {
 }
 
 impl EventFeed {
-    pub fn new(
-        log: EventLog,
-        settings: FeedSettings,
-        shutdown: watch::Receiver<bool>,
-    ) -> EventFeed {
+    pub fn new(log: EventLog, settings: FeedSettings, shutdown: watch::Receiver<bool>) -> EventFeed {
         EventFeed {
             log,
             settings,
@@ -125,14 +121,10 @@ fn filter_of(filter: Option<pb::FeedFilter>) -> Result<FeedFilter, Error> {
         }
     }
     for (i, case_id) in filter.case_ids.iter().enumerate() {
-        violations.extend(
-            caselog_domain::validate_case_id(case_id)
-                .into_iter()
-                .map(|mut v| {
-                    v.field = format!("filter.case_ids[{i}]");
-                    v
-                }),
-        );
+        violations.extend(caselog_domain::validate_case_id(case_id).into_iter().map(|mut v| {
+            v.field = format!("filter.case_ids[{i}]");
+            v
+        }));
     }
     if violations.is_empty() {
         Ok(FeedFilter {
@@ -157,10 +149,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeEventsResponse,
 
 #[tonic::async_trait]
 impl EventFeedService for EventFeed {
-    async fn read_all(
-        &self,
-        request: Request<pb::ReadAllRequest>,
-    ) -> Result<Response<pb::ReadAllResponse>, Status> {
+    async fn read_all(&self, request: Request<pb::ReadAllRequest>) -> Result<Response<pb::ReadAllResponse>, Status> {
         let request = request.into_inner();
         let filter = filter_of(request.filter)?;
         let after = position_of(request.from_position)?;
@@ -230,11 +219,7 @@ impl EventFeedService for EventFeed {
     ) -> Result<Response<pb::GetFeedStatusResponse>, Status> {
         let horizon = self.log.horizon().await.map_err(Error::from)?;
         let head = self.log.head_position().await.map_err(Error::from)?;
-        let oldest = self
-            .log
-            .oldest_open_transaction()
-            .await
-            .map_err(Error::from)?;
+        let oldest = self.log.oldest_open_transaction().await.map_err(Error::from)?;
         let (subscribers, slowest) = match self.subscribers.cursors.lock() {
             Ok(cursors) => (cursors.len(), cursors.values().min().copied()),
             Err(_) => (0, None),
@@ -279,11 +264,8 @@ impl Pump {
                 .map_err(Error::from)?;
             for stored in &page.events {
                 let event = recorded_event(stored, None)?;
-                self.send(
-                    pb::subscribe_events_response::Message::Event(event),
-                    stored.position,
-                )
-                .await?;
+                self.send(pb::subscribe_events_response::Message::Event(event), stored.position)
+                    .await?;
                 cursor = stored.position;
                 last_sent = cursor;
                 self.registration.update(cursor);
@@ -298,11 +280,8 @@ impl Pump {
                     position: cursor as u64,
                     caught_up: true,
                 };
-                self.send(
-                    pb::subscribe_events_response::Message::Checkpoint(checkpoint),
-                    cursor,
-                )
-                .await?;
+                self.send(pb::subscribe_events_response::Message::Checkpoint(checkpoint), cursor)
+                    .await?;
                 last_sent = cursor;
                 caught_up = true;
             }
@@ -325,20 +304,9 @@ impl Pump {
         }
     }
 
-    async fn send(
-        &self,
-        message: pb::subscribe_events_response::Message,
-        position: i64,
-    ) -> Result<(), Status> {
-        let response = pb::SubscribeEventsResponse {
-            message: Some(message),
-        };
-        match tokio::time::timeout(
-            self.settings.slow_subscriber_timeout,
-            self.events.send(response),
-        )
-        .await
-        {
+    async fn send(&self, message: pb::subscribe_events_response::Message, position: i64) -> Result<(), Status> {
+        let response = pb::SubscribeEventsResponse { message: Some(message) };
+        match tokio::time::timeout(self.settings.slow_subscriber_timeout, self.events.send(response)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_closed)) => Err(Status::cancelled("subscriber went away")),
             Err(_elapsed) => {

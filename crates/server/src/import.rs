@@ -78,11 +78,7 @@ impl ImportReport {
 type Line = (usize, NewEvent);
 
 /// Imports NDJSON `text` into the service behind `channel`.
-pub async fn import(
-    text: &str,
-    channel: Channel,
-    options: &ImportOptions,
-) -> anyhow::Result<ImportReport> {
+pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> anyhow::Result<ImportReport> {
     let mut report = ImportReport::default();
     let mut cases: BTreeMap<String, Vec<Line>> = BTreeMap::new();
     let mut first_seen: Vec<String> = Vec::new();
@@ -100,9 +96,7 @@ pub async fn import(
                 lines.push((line_no, parsed.event));
             }
             Err(err) => {
-                report
-                    .lines
-                    .insert(line_no, LineOutcome::Rejected(err.to_string()));
+                report.lines.insert(line_no, LineOutcome::Rejected(err.to_string()));
             }
         }
     }
@@ -174,11 +168,7 @@ impl CaseSender {
     }
 
     /// Sends `batch` until every line in it has an outcome.
-    async fn send_batch(
-        &mut self,
-        batch: &mut Vec<Line>,
-        outcomes: &mut Vec<(usize, LineOutcome)>,
-    ) {
+    async fn send_batch(&mut self, batch: &mut Vec<Line>, outcomes: &mut Vec<(usize, LineOutcome)>) {
         let mut transient_failures = 0;
         while !batch.is_empty() {
             let mut request = tonic::Request::new(pb::AppendEventsRequest {
@@ -206,10 +196,7 @@ impl CaseSender {
             let reason = describe(&status);
             let retryable = matches!(
                 status.code(),
-                Code::Unavailable
-                    | Code::Aborted
-                    | Code::DeadlineExceeded
-                    | Code::ResourceExhausted
+                Code::Unavailable | Code::Aborted | Code::DeadlineExceeded | Code::ResourceExhausted
             );
             if retryable && transient_failures < TRANSIENT_RETRIES {
                 transient_failures += 1;
@@ -218,11 +205,7 @@ impl CaseSender {
             }
             let culprit = status
                 .get_details_error_info()
-                .and_then(|info| {
-                    info.metadata
-                        .get("event_index")
-                        .and_then(|i| i.parse::<usize>().ok())
-                })
+                .and_then(|info| info.metadata.get("event_index").and_then(|i| i.parse::<usize>().ok()))
                 .filter(|i| *i < batch.len());
             match culprit {
                 Some(index) if !self.all_or_nothing && !retryable => {
@@ -231,18 +214,11 @@ impl CaseSender {
                 }
                 _ => {
                     let whole = if self.all_or_nothing {
-                        format!(
-                            "case {} not imported (all or nothing): {reason}",
-                            self.case_id
-                        )
+                        format!("case {} not imported (all or nothing): {reason}", self.case_id)
                     } else {
                         reason
                     };
-                    outcomes.extend(
-                        batch
-                            .drain(..)
-                            .map(|(n, _)| (n, LineOutcome::Rejected(whole.clone()))),
-                    );
+                    outcomes.extend(batch.drain(..).map(|(n, _)| (n, LineOutcome::Rejected(whole.clone()))));
                 }
             }
         }
@@ -251,17 +227,10 @@ impl CaseSender {
 
 /// A one-line account of a refusal: code, reason and message, and the bad fields.
 fn describe(status: &tonic::Status) -> String {
-    let reason = status
-        .get_details_error_info()
-        .map(|i| i.reason)
-        .unwrap_or_default();
+    let reason = status.get_details_error_info().map(|i| i.reason).unwrap_or_default();
     let mut text = format!("{:?} {reason}: {}", status.code(), status.message());
     if let Some(bad) = status.get_details_bad_request() {
-        let fields: Vec<String> = bad
-            .field_violations
-            .iter()
-            .map(|v| v.field.clone())
-            .collect();
+        let fields: Vec<String> = bad.field_violations.iter().map(|v| v.field.clone()).collect();
         if !fields.is_empty() {
             text.push_str(&format!(" [fields: {}]", fields.join(", ")));
         }

@@ -45,10 +45,7 @@ pub async fn append(
     if events.is_empty() || events.len() > MAX_BATCH {
         violations.push(FieldViolation::new(
             "events",
-            format!(
-                "a batch holds 1 to {MAX_BATCH} events (got {})",
-                events.len()
-            ),
+            format!("a batch holds 1 to {MAX_BATCH} events (got {})", events.len()),
         ));
     }
     if !violations.is_empty() {
@@ -63,11 +60,7 @@ pub async fn append(
         }
         let (stored, elsewhere) = log.read_case_and_events(case_id, &ids).await?;
         let history = history_of(&stored)?;
-        let recorded: HashMap<Uuid, &StoredEvent> = stored
-            .iter()
-            .chain(&elsewhere)
-            .map(|e| (e.event_id, e))
-            .collect();
+        let recorded: HashMap<Uuid, &StoredEvent> = stored.iter().chain(&elsewhere).map(|e| (e.event_id, e)).collect();
 
         let mut new_indices = Vec::new();
         for (index, event) in events.iter().enumerate() {
@@ -99,14 +92,9 @@ pub async fn append(
             .decide(&batch, today)
             .map_err(|r| Error::from_rejection(r, &new_indices))?;
         let rows: Vec<NewRow> = batch.iter().map(row_of).collect();
-        match log
-            .append(case_id, history.version() as i64, source, &rows)
-            .await
-        {
+        match log.append(case_id, history.version() as i64, source, &rows).await {
             Ok(appended) => {
-                let version = appended
-                    .last()
-                    .map_or(history.version() as i64, |a| a.version);
+                let version = appended.last().map_or(history.version() as i64, |a| a.version);
                 let fresh: Vec<(Uuid, i64, i64)> = batch
                     .iter()
                     .zip(&appended)
@@ -121,14 +109,8 @@ pub async fn append(
                     actual,
                 });
             }
-            Err(
-                caselog_store::Error::VersionConflict { .. }
-                | caselog_store::Error::DuplicateEventId,
-            ) => {
-                debug!(
-                    case_id,
-                    "lost a race with a concurrent append; deciding again"
-                );
+            Err(caselog_store::Error::VersionConflict { .. } | caselog_store::Error::DuplicateEventId) => {
+                debug!(case_id, "lost a race with a concurrent append; deciding again");
             }
             Err(other) => return Err(other.into()),
         }
@@ -200,12 +182,8 @@ pub(crate) fn payload_of(stored: &StoredEvent) -> Result<Payload, Error> {
             stored.event_id, stored.event_type
         ))
     })?;
-    Payload::from_data(event_type, stored.data.clone()).map_err(|e| {
-        Error::Internal(format!(
-            "event {} has unreadable data: {e}",
-            stored.event_id
-        ))
-    })
+    Payload::from_data(event_type, stored.data.clone())
+        .map_err(|e| Error::Internal(format!("event {} has unreadable data: {e}", stored.event_id)))
 }
 
 /// The lifecycle history of a case from its stored rows (in version order).

@@ -69,6 +69,10 @@ pub async fn run(
             .set_service_status(service, ServingStatus::NotServing)
             .await;
     }
+    // For liveness probes: the process answers, whatever the database does.
+    health_reporter
+        .set_service_status("liveness", ServingStatus::Serving)
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(caselog_api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -77,25 +81,17 @@ pub async fn run(
         .register_encoded_file_descriptor_set(caselog_api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let health_task = tokio::spawn(watch_database(
-        log.clone(),
-        health_reporter,
-        limits.health_interval,
-    ));
+    let health_task = tokio::spawn(watch_database(log.clone(), health_reporter, limits.health_interval));
 
     let signalling_task = tokio::spawn(log.clone().run_feed_signalling());
     let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
-    let feed = EventFeedServiceServer::new(EventFeed::new(
-        log.clone(),
-        limits.feed.clone(),
-        draining_rx,
-    ));
+    let feed = EventFeedServiceServer::new(EventFeed::new(log.clone(), limits.feed.clone(), draining_rx));
     let shutdown = async move {
         shutdown.await;
         let _ = draining_tx.send(true);
     };
-    let case_events = CaseEventServiceServer::new(CaseEvents::new(log))
-        .max_decoding_message_size(limits.max_request_bytes);
+    let case_events =
+        CaseEventServiceServer::new(CaseEvents::new(log)).max_decoding_message_size(limits.max_request_bytes);
     info!(address = %listener.local_addr()?, "serving gRPC");
     // Small request/response exchanges must not wait on Nagle's algorithm (40 ms stalls);
     // tonic sets TCP_NODELAY only on listeners it binds itself.
@@ -127,20 +123,17 @@ pub async fn run(
 async fn watch_database(log: EventLog, reporter: HealthReporter, interval: Duration) {
     let mut last = Some(ServingStatus::NotServing);
     loop {
-        let status =
-            match tokio::time::timeout(interval.max(Duration::from_secs(1)), log.ping()).await {
-                Ok(Ok(())) => ServingStatus::Serving,
-                Ok(Err(err)) => {
-                    warn!(error = %err, "database unreachable; health is NOT_SERVING");
-                    ServingStatus::NotServing
-                }
-                Err(_) => ServingStatus::NotServing,
-            };
+        let status = match tokio::time::timeout(interval.max(Duration::from_secs(1)), log.ping()).await {
+            Ok(Ok(())) => ServingStatus::Serving,
+            Ok(Err(err)) => {
+                warn!(error = %err, "database unreachable; health is NOT_SERVING");
+                ServingStatus::NotServing
+            }
+            Err(_) => ServingStatus::NotServing,
+        };
         if last != Some(status) {
             reporter.set_service_status("", status).await;
-            reporter
-                .set_service_status(CASE_EVENT_SERVICE, status)
-                .await;
+            reporter.set_service_status(CASE_EVENT_SERVICE, status).await;
             last = Some(status);
         }
         tokio::time::sleep(interval).await;

@@ -19,12 +19,7 @@ use tonic::transport::Endpoint;
 )]
 struct Cli {
     /// Log format: text or json.
-    #[arg(
-        long,
-        env = "CASELOG_LOG_FORMAT",
-        default_value = "text",
-        global = true
-    )]
+    #[arg(long, env = "CASELOG_LOG_FORMAT", default_value = "text", global = true)]
     log_format: String,
     #[command(subcommand)]
     command: Command,

@@ -50,10 +50,7 @@ fn source_of<T>(request: &Request<T>) -> Result<String, Error> {
     }
 }
 
-async fn load_case(
-    log: &EventLog,
-    case_id: &str,
-) -> Result<(Vec<caselog_store::StoredEvent>, CaseHistory), Error> {
+async fn load_case(log: &EventLog, case_id: &str) -> Result<(Vec<caselog_store::StoredEvent>, CaseHistory), Error> {
     let violations = caselog_domain::validate_case_id(case_id);
     if !violations.is_empty() {
         return Err(Error::invalid(violations));
@@ -110,15 +107,12 @@ impl CaseEventService for CaseEvents {
         }))
     }
 
-    async fn get_case(
-        &self,
-        request: Request<pb::GetCaseRequest>,
-    ) -> Result<Response<pb::GetCaseResponse>, Status> {
+    async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
         let case_id = request.into_inner().case_id;
         let (_, history) = load_case(&self.log, &case_id).await?;
-        let view = history.view().ok_or_else(|| {
-            Error::Internal(format!("case {case_id} has events but no case_issued"))
-        })?;
+        let view = history
+            .view()
+            .ok_or_else(|| Error::Internal(format!("case {case_id} has events but no case_issued")))?;
         let allocation = |a: &caselog_domain::case::Allocation| pb::Allocation {
             practitioner_id: a.practitioner_id.clone(),
             role: convert::allocation_role_out(a.role) as i32,
@@ -141,18 +135,11 @@ impl CaseEventService for CaseEvents {
             first_lead_allocation: view.first_lead_allocation.as_ref().map(allocation),
             open: view.is_open(),
             issued_on: view.issued_on.to_string(),
-            received_on: view
-                .issue
-                .received_on
-                .map(|d| d.to_string())
-                .unwrap_or_default(),
-            closed_on: view
+            received_on: view.issue.received_on.map(|d| d.to_string()).unwrap_or_default(),
+            closed_on: view.closure.map(|c| c.closed_on.to_string()).unwrap_or_default(),
+            outcome: view
                 .closure
-                .map(|c| c.closed_on.to_string())
-                .unwrap_or_default(),
-            outcome: view.closure.map_or(pb::CaseOutcome::Unspecified, |c| {
-                convert::outcome_out(c.outcome)
-            }) as i32,
+                .map_or(pb::CaseOutcome::Unspecified, |c| convert::outcome_out(c.outcome)) as i32,
             version: history.version(),
         };
         Ok(Response::new(pb::GetCaseResponse { case: Some(case) }))
@@ -215,10 +202,7 @@ impl CaseEventService for CaseEvents {
 }
 
 /// A stored event as sent to clients; `voided_by` is the void of this event, if known.
-pub(crate) fn recorded_event(
-    stored: &StoredEvent,
-    voided_by: Option<&Uuid>,
-) -> Result<pb::RecordedEvent, Error> {
+pub(crate) fn recorded_event(stored: &StoredEvent, voided_by: Option<&Uuid>) -> Result<pb::RecordedEvent, Error> {
     let metadata: Metadata = serde_json::from_value(stored.metadata.clone()).unwrap_or_default();
     Ok(pb::RecordedEvent {
         event_id: stored.event_id.to_string(),

@@ -83,21 +83,15 @@ impl EventLog {
     /// The feed's horizon now.
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn horizon(&self) -> Result<Horizon, Error> {
-        let (allocated, safe): (i64, i64) =
-            sqlx::query_as("SELECT allocated, safe FROM caselog_feed_horizon()")
-                .fetch_one(&self.pool)
-                .await?;
+        let (allocated, safe): (i64, i64) = sqlx::query_as("SELECT allocated, safe FROM caselog_feed_horizon()")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(Horizon { allocated, safe })
     }
 
     /// Up to `limit` events with a position above `after` that are safe to read, in position order.
     #[instrument(skip(self, filter), err(level = "debug"))]
-    pub async fn read_all(
-        &self,
-        after: i64,
-        limit: i64,
-        filter: &FeedFilter,
-    ) -> Result<FeedPage, Error> {
+    pub async fn read_all(&self, after: i64, limit: i64, filter: &FeedFilter) -> Result<FeedPage, Error> {
         // Two statements on purpose: the rows must be read with a snapshot taken after the horizon.
         let horizon = self.horizon().await?;
         let types = (!filter.event_types.is_empty()).then_some(&filter.event_types);
@@ -131,11 +125,9 @@ impl EventLog {
 
     /// The highest committed position (0 for an empty log).
     pub async fn head_position(&self) -> Result<i64, Error> {
-        Ok(
-            sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Age of the oldest open transaction that has written something, in this database.

@@ -41,7 +41,8 @@ pub struct StoredEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
-pub(crate) const COLUMNS: &str = "position, event_id, case_id, version, event_type, occurred_on, data, metadata, source, recorded_at";
+pub(crate) const COLUMNS: &str =
+    "position, event_id, case_id, version, event_type, occurred_on, data, metadata, source, recorded_at";
 
 /// The event log. Cheap to clone: it is a handle on the connection pool.
 #[derive(Debug, Clone)]
@@ -142,8 +143,7 @@ impl EventLog {
         .bind(event_ids)
         .fetch_all(&self.pool)
         .await?;
-        let (mut case, others): (Vec<_>, Vec<_>) =
-            rows.into_iter().partition(|e| e.case_id == case_id);
+        let (mut case, others): (Vec<_>, Vec<_>) = rows.into_iter().partition(|e| e.case_id == case_id);
         case.sort_by_key(|e| e.version);
         Ok((case, others))
     }

@@ -217,14 +217,21 @@ impl EventFeedService for EventFeed {
         &self,
         _request: Request<pb::GetFeedStatusRequest>,
     ) -> Result<Response<pb::GetFeedStatusResponse>, Status> {
-        let horizon = self.log.horizon().await.map_err(Error::from)?;
-        let head = self.log.head_position().await.map_err(Error::from)?;
-        let oldest = self.log.oldest_open_transaction().await.map_err(Error::from)?;
+        Ok(Response::new(self.status().await?))
+    }
+}
+
+impl EventFeed {
+    /// The feed's lag, open transactions and subscribers, now.
+    pub async fn status(&self) -> Result<pb::GetFeedStatusResponse, Error> {
+        let horizon = self.log.horizon().await?;
+        let head = self.log.head_position().await?;
+        let oldest = self.log.oldest_open_transaction().await?;
         let (subscribers, slowest) = match self.subscribers.cursors.lock() {
             Ok(cursors) => (cursors.len(), cursors.values().min().copied()),
             Err(_) => (0, None),
         };
-        Ok(Response::new(pb::GetFeedStatusResponse {
+        Ok(pb::GetFeedStatusResponse {
             head_position: head as u64,
             allocated_position: horizon.allocated as u64,
             safe_position: horizon.safe as u64,
@@ -232,7 +239,72 @@ impl EventFeedService for EventFeed {
             oldest_open_transaction_ms: oldest.map_or(0, |d| d.as_millis() as u64),
             subscribers: subscribers as u32,
             max_subscriber_lag: slowest.map_or(0, |c| (horizon.safe - c).max(0) as u64),
-        }))
+        })
+    }
+
+    /// Samples [`EventFeed::status`] every `interval` into OpenTelemetry gauges
+    /// (`caselog.feed.*`), exported when OTLP export is configured. Runs until aborted.
+    pub async fn publish_metrics(self, interval: Duration) {
+        let latest = Arc::new(Mutex::new(pb::GetFeedStatusResponse::default()));
+        let meter = opentelemetry::global::meter("caselog");
+        let gauge = |name: &'static str, description: &'static str, read: fn(&pb::GetFeedStatusResponse) -> u64| {
+            let latest = latest.clone();
+            meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |observer| {
+                    if let Ok(status) = latest.lock() {
+                        observer.observe(read(&status), &[]);
+                    }
+                })
+                .build()
+        };
+        let _gauges = [
+            gauge("caselog.feed.head_position", "highest committed position", |s| {
+                s.head_position
+            }),
+            gauge(
+                "caselog.feed.safe_position",
+                "position below which every append has finished",
+                |s| s.safe_position,
+            ),
+            gauge(
+                "caselog.feed.safe_position_lag",
+                "positions held back by appends in flight",
+                |s| s.safe_position_lag,
+            ),
+            gauge(
+                "caselog.feed.oldest_open_transaction_ms",
+                "age of the oldest open writing transaction",
+                |s| s.oldest_open_transaction_ms,
+            ),
+            gauge("caselog.feed.subscribers", "live subscribers of this process", |s| {
+                u64::from(s.subscribers)
+            }),
+            gauge(
+                "caselog.feed.max_subscriber_lag",
+                "safe position minus the slowest subscriber's",
+                |s| s.max_subscriber_lag,
+            ),
+        ];
+        loop {
+            match self.status().await {
+                Ok(status) => {
+                    debug!(
+                        safe_position_lag = status.safe_position_lag,
+                        oldest_open_transaction_ms = status.oldest_open_transaction_ms,
+                        subscribers = status.subscribers,
+                        max_subscriber_lag = status.max_subscriber_lag,
+                        "feed status"
+                    );
+                    if let Ok(mut latest) = latest.lock() {
+                        *latest = status;
+                    }
+                }
+                Err(err) => debug!(error = %err, "feed status unavailable"),
+            }
+            tokio::time::sleep(interval).await;
+        }
     }
 }
 

@@ -85,7 +85,9 @@ pub async fn run(
 
     let signalling_task = tokio::spawn(log.clone().run_feed_signalling());
     let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
-    let feed = EventFeedServiceServer::new(EventFeed::new(log.clone(), limits.feed.clone(), draining_rx));
+    let event_feed = EventFeed::new(log.clone(), limits.feed.clone(), draining_rx);
+    let metrics_task = tokio::spawn(event_feed.clone().publish_metrics(Duration::from_secs(10)));
+    let feed = EventFeedServiceServer::new(event_feed);
     let shutdown = async move {
         shutdown.await;
         let _ = draining_tx.send(true);
@@ -115,6 +117,7 @@ pub async fn run(
         .await;
     health_task.abort();
     signalling_task.abort();
+    metrics_task.abort();
     info!("server stopped");
     Ok(result?)
 }

@@ -87,7 +87,13 @@ struct ImportArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format == "json");
+    let _telemetry = match telemetry::init(cli.log_format == "json") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("caselog: cannot set up telemetry: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     match run(cli.command).await {
         Ok(code) => code,
         Err(err) => {

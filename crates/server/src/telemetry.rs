@@ -1,16 +1,64 @@
-//! Structured logging: human-readable by default, JSON with `--log-format json`; the level
-//! comes from `RUST_LOG` (default `info`).
+//! Logs, traces and metrics. Logs go to stderr (text, or JSON with `--log-format json`; level from
+//! `RUST_LOG`, default `info`). When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans (one per RPC and
+//! per store call) and metrics are also exported over OTLP/gRPC; the standard `OTEL_*` variables
+//! configure the exporter.
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-pub fn init(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().with_current_span(true).init();
-    } else {
-        builder.init();
+/// Flushes exported telemetry when dropped.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.tracer_provider.take() {
+            let _ = provider.shutdown();
+        }
+        if let Some(provider) = self.meter_provider.take() {
+            let _ = provider.shutdown();
+        }
     }
+}
+
+/// Installs logging, and OTLP export when configured. Call once, inside the Tokio runtime.
+pub fn init(json: bool) -> anyhow::Result<Telemetry> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json {
+        fmt.json().with_current_span(true).boxed()
+    } else {
+        fmt.boxed()
+    };
+    let mut telemetry = Telemetry::default();
+    let otel = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        let resource = Resource::builder().with_service_name("caselog").build();
+        let spans = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
+        let tracer_provider = SdkTracerProvider::builder()
+            .with_batch_exporter(spans)
+            .with_resource(resource.clone())
+            .build();
+        let metrics = opentelemetry_otlp::MetricExporter::builder().with_tonic().build()?;
+        let meter_provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(metrics).build())
+            .with_resource(resource)
+            .build();
+        opentelemetry::global::set_meter_provider(meter_provider.clone());
+        let layer = tracing_opentelemetry::layer().with_tracer(tracer_provider.tracer("caselog"));
+        telemetry.tracer_provider = Some(tracer_provider);
+        telemetry.meter_provider = Some(meter_provider);
+        Some(layer)
+    } else {
+        None
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).with(otel).init();
+    Ok(telemetry)
 }

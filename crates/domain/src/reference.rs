@@ -1,4 +1,5 @@
 //! Reference data compiled into the binary: Cafcass service areas and when each became valid.
+//! (Working days live in `caselog-calendar`.)
 //! Compiled in (not fetched) so that replaying history always validates against the same table.
 
 use chrono::NaiveDate;

@@ -1,0 +1,8 @@
+//! Projections: case facts folded from the log (`facts`), and the metric catalogue computed over
+//! them (`metrics`). Pure and synchronous: the store feeds facts in, the server asks questions.
+
+pub mod facts;
+pub mod metrics;
+
+pub use facts::{CaseFacts, facts_of};
+pub use metrics::{Dimension, MetricId, MetricResult, MetricsQuery, Period, Row, compute};

@@ -1,0 +1,809 @@
+//! The metric catalogue (`shared/domain/metrics.md`) over case facts.
+//!
+//! Every metric is computed by visiting the cases once and adding each unit (case, child, report,
+//! practitioner) to the accumulators of the groups it belongs to. Product conventions where the
+//! catalogue is silent are stated in `MetricId::definition`, which every result carries.
+
+use crate::facts::{CaseFacts, ChildFacts, ReportFacts};
+use caselog_calendar::{OutOfRange, WorkingCalendar};
+use caselog_domain::event::{ApplicationType, LawType, ReportType};
+use chrono::{Datelike, Months, NaiveDate};
+use std::collections::{BTreeMap, HashMap};
+
+/// A period: inclusive first and last day, and how it was asked for (stated in every result).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Period {
+    pub first: NaiveDate,
+    pub last: NaiveDate,
+    pub label: String,
+}
+
+impl Period {
+    pub fn contains(&self, day: NaiveDate) -> bool {
+        self.first <= day && day <= self.last
+    }
+
+    pub fn month(year: i32, month: u32) -> Option<Period> {
+        let first = NaiveDate::from_ymd_opt(year, month, 1)?;
+        let last = first.checked_add_months(Months::new(1))?.pred_opt()?;
+        Some(Period {
+            first,
+            last,
+            label: format!("month {year:04}-{month:02}"),
+        })
+    }
+
+    /// Financial year starting 1 April of `start_year` (labelled e.g. 2024-25).
+    pub fn financial_year(start_year: i32) -> Option<Period> {
+        let first = NaiveDate::from_ymd_opt(start_year, 4, 1)?;
+        let last = NaiveDate::from_ymd_opt(start_year + 1, 3, 31)?;
+        Some(Period {
+            first,
+            last,
+            label: format!("financial year {start_year}-{:02}", (start_year + 1) % 100),
+        })
+    }
+
+    /// Financial quarter `q` (1: Apr-Jun .. 4: Jan-Mar) of the financial year starting in `start_year`.
+    pub fn financial_quarter(start_year: i32, q: u32) -> Option<Period> {
+        if !(1..=4).contains(&q) {
+            return None;
+        }
+        let first = NaiveDate::from_ymd_opt(start_year, 4, 1)?.checked_add_months(Months::new(3 * (q - 1)))?;
+        let last = first.checked_add_months(Months::new(3))?.pred_opt()?;
+        Some(Period {
+            first,
+            last,
+            label: format!("financial quarter {start_year}-{:02} Q{q}", (start_year + 1) % 100),
+        })
+    }
+
+    /// Calendar quarter `q` (1: Jan-Mar .. 4: Oct-Dec) of `year`.
+    pub fn calendar_quarter(year: i32, q: u32) -> Option<Period> {
+        if !(1..=4).contains(&q) {
+            return None;
+        }
+        let first = NaiveDate::from_ymd_opt(year, 3 * (q - 1) + 1, 1)?;
+        let last = first.checked_add_months(Months::new(3))?.pred_opt()?;
+        Some(Period {
+            first,
+            last,
+            label: format!("calendar quarter {year} Q{q}"),
+        })
+    }
+
+    pub fn custom(first: NaiveDate, last: NaiveDate) -> Option<Period> {
+        (first <= last).then(|| Period {
+            first,
+            last,
+            label: format!("custom range {first} to {last}"),
+        })
+    }
+}
+
+/// What rows can be grouped and filtered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dimension {
+    LawType,
+    ApplicationType,
+    ServiceArea,
+    Court,
+    LocalAuthority,
+    /// Children only: under 1, 1-4, 5-9, 10-15, 16+ at the metric's reference date.
+    AgeBand,
+    /// Reports only (T6-T8 are always grouped by it).
+    ReportType,
+}
+
+impl Dimension {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dimension::LawType => "law_type",
+            Dimension::ApplicationType => "application_type",
+            Dimension::ServiceArea => "service_area",
+            Dimension::Court => "court",
+            Dimension::LocalAuthority => "local_authority",
+            Dimension::AgeBand => "age_band",
+            Dimension::ReportType => "report_type",
+        }
+    }
+}
+
+/// Value of a dimension that does not apply to a unit (age band of a case, say).
+pub const NOT_APPLICABLE: &str = "not_applicable";
+
+/// The metrics of the catalogue; ids with a suffix are one figure of a catalogue entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MetricId {
+    T1,
+    T2,
+    T3,
+    T4,
+    T5,
+    T5MeanWorkingDays,
+    T6,
+    T7,
+    T8,
+    E1,
+    E2,
+    E3,
+    E4,
+    S1Cases,
+    S1Children,
+    S2CasesOver52,
+    S2ChildrenOver52,
+    S2CasesOver100,
+    S2ChildrenOver100,
+    D1Cases,
+    D1Children,
+    D2,
+    W1Mean,
+    W1Share20Plus,
+    W1Share25Plus,
+}
+
+impl MetricId {
+    pub const ALL: [MetricId; 25] = [
+        MetricId::T1,
+        MetricId::T2,
+        MetricId::T3,
+        MetricId::T4,
+        MetricId::T5,
+        MetricId::T5MeanWorkingDays,
+        MetricId::T6,
+        MetricId::T7,
+        MetricId::T8,
+        MetricId::E1,
+        MetricId::E2,
+        MetricId::E3,
+        MetricId::E4,
+        MetricId::S1Cases,
+        MetricId::S1Children,
+        MetricId::S2CasesOver52,
+        MetricId::S2ChildrenOver52,
+        MetricId::S2CasesOver100,
+        MetricId::S2ChildrenOver100,
+        MetricId::D1Cases,
+        MetricId::D1Children,
+        MetricId::D2,
+        MetricId::W1Mean,
+        MetricId::W1Share20Plus,
+        MetricId::W1Share25Plus,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            MetricId::T1 => "T1",
+            MetricId::T2 => "T2",
+            MetricId::T3 => "T3",
+            MetricId::T4 => "T4",
+            MetricId::T5 => "T5",
+            MetricId::T5MeanWorkingDays => "T5.mean_working_days",
+            MetricId::T6 => "T6",
+            MetricId::T7 => "T7",
+            MetricId::T8 => "T8",
+            MetricId::E1 => "E1",
+            MetricId::E2 => "E2",
+            MetricId::E3 => "E3",
+            MetricId::E4 => "E4",
+            MetricId::S1Cases => "S1.cases",
+            MetricId::S1Children => "S1.children",
+            MetricId::S2CasesOver52 => "S2.cases_over_52_weeks",
+            MetricId::S2ChildrenOver52 => "S2.children_over_52_weeks",
+            MetricId::S2CasesOver100 => "S2.cases_over_100_weeks",
+            MetricId::S2ChildrenOver100 => "S2.children_over_100_weeks",
+            MetricId::D1Cases => "D1.cases",
+            MetricId::D1Children => "D1.children",
+            MetricId::D2 => "D2",
+            MetricId::W1Mean => "W1.mean",
+            MetricId::W1Share20Plus => "W1.share_20_plus",
+            MetricId::W1Share25Plus => "W1.share_25_plus",
+        }
+    }
+
+    /// The metrics a requested id names: an exact id, or a catalogue id ("S1") for all its figures.
+    pub fn parse(id: &str) -> Vec<MetricId> {
+        MetricId::ALL
+            .into_iter()
+            .filter(|m| m.id() == id || m.id().split('.').next() == Some(id))
+            .collect()
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            MetricId::T1 | MetricId::T2 => "application",
+            MetricId::T3 | MetricId::T5 | MetricId::T5MeanWorkingDays => "case",
+            MetricId::T6 | MetricId::T7 | MetricId::T8 => "report",
+            MetricId::T4 | MetricId::E1 | MetricId::E2 | MetricId::E3 | MetricId::E4 => "child",
+            MetricId::S1Children | MetricId::S2ChildrenOver52 | MetricId::S2ChildrenOver100 | MetricId::D1Children => {
+                "child"
+            }
+            MetricId::S1Cases
+            | MetricId::S2CasesOver52
+            | MetricId::S2CasesOver100
+            | MetricId::D1Cases
+            | MetricId::D2 => "case",
+            MetricId::W1Mean | MetricId::W1Share20Plus | MetricId::W1Share25Plus => "practitioner",
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            MetricId::T1 => Kind::Mean("weeks"),
+            MetricId::T5MeanWorkingDays => Kind::Mean("working days"),
+            MetricId::T6 => Kind::Mean("working weeks"),
+            MetricId::W1Mean => Kind::Mean("cases per practitioner"),
+            MetricId::D2 => Kind::Mean("cases per working day"),
+            MetricId::S1Cases
+            | MetricId::S1Children
+            | MetricId::S2CasesOver52
+            | MetricId::S2ChildrenOver52
+            | MetricId::S2CasesOver100
+            | MetricId::S2ChildrenOver100
+            | MetricId::D1Cases
+            | MetricId::D1Children => Kind::Count,
+            _ => Kind::Share,
+        }
+    }
+
+    /// Whether the metric is a snapshot (stock) taken at `MetricsQuery::snapshot`.
+    pub fn is_stock(self) -> bool {
+        matches!(
+            self,
+            MetricId::S1Cases
+                | MetricId::S1Children
+                | MetricId::S2CasesOver52
+                | MetricId::S2ChildrenOver52
+                | MetricId::S2CasesOver100
+                | MetricId::S2ChildrenOver100
+                | MetricId::W1Mean
+                | MetricId::W1Share20Plus
+                | MetricId::W1Share25Plus
+        )
+    }
+
+    /// The definition used, including the product's own conventions.
+    pub fn definition(self, settings: &Settings) -> String {
+        let limit = settings.twenty_six_week_limit_days;
+        let seen = if settings.virtual_visits_count {
+            "in person or virtually"
+        } else {
+            "in person"
+        };
+        match self {
+            MetricId::T1 => "mean days(issued, closed)/7 of cases with an s31 application closed in the period (a case counts once)".into(),
+            MetricId::T2 => format!("share of cases with an s31 application closed in the period with closed <= issued + {limit} days"),
+            MetricId::T3 => format!("share of private-law cases with an s8 application closed in the period with closed <= issued + {limit} days"),
+            MetricId::T4 => format!(
+                "public-law children whose first lead allocation is in the period and whose deadline add_working_days(first lead allocation, 15) is on or before the period end, plus those seen by then; share seen {seen} on or before the deadline and the period end; children are those in the case at the deadline"
+            ),
+            MetricId::T5 => "cases issued in the period with a first lead allocation; share with wd(received_on or issue date, first lead allocation) <= 2".into(),
+            MetricId::T5MeanWorkingDays => "cases issued in the period with a first lead allocation; mean wd(received_on or issue date, first lead allocation)".into(),
+            MetricId::T6 => "reports filed in the period, by type; mean wd(start, filed)/5; start: safeguarding letter = received_on (else issue date), final analysis = first lead allocation (product convention; else as other types), other types = report_ordered date, else issue date".into(),
+            MetricId::T7 => "section 7 reports filed in the period; share with a filing_date_extended on or before the filing date".into(),
+            MetricId::T8 => "reports with a due date filed in the period; share filed after the latest due date agreed (report_ordered or filing_date_extended) on or before the filing date".into(),
+            MetricId::E1 => format!("children in cases closed in the period; share seen {seen} between the first lead allocation and the closure (inclusive)"),
+            MetricId::E2 => "children in cases closed in the period; share with engagement_record_completed on or before the closure".into(),
+            MetricId::E3 => "children of cases whose first lead allocation is in the period (including children who joined later); share sent a personalised letter at any time".into(),
+            MetricId::E4 => "children in cases with a section7, rule16_4_analysis or final_analysis report filed in the period; share with recommendation_shared on or before the latest such filing in the period".into(),
+            MetricId::S1Cases => "cases open at the snapshot (issued on or before it, not closed on or before it)".into(),
+            MetricId::S1Children => "children in cases open at the snapshot, in the case on the snapshot date".into(),
+            MetricId::S2CasesOver52 => "open cases with days(issued, snapshot)/7 > 52".into(),
+            MetricId::S2ChildrenOver52 => "children of open cases with days(issued, snapshot)/7 > 52".into(),
+            MetricId::S2CasesOver100 => "open cases with days(issued, snapshot)/7 > 100".into(),
+            MetricId::S2ChildrenOver100 => "children of open cases with days(issued, snapshot)/7 > 100".into(),
+            MetricId::D1Cases => "cases whose received_on (else issue date) is in the period".into(),
+            MetricId::D1Children => "children named in case_issued of cases received in the period".into(),
+            MetricId::D2 => "D1 cases / working days in the period".into(),
+            MetricId::W1Mean => "open cases at the snapshot per practitioner of their latest lead or guardian allocation on or before it; mean over practitioners with at least one".into(),
+            MetricId::W1Share20Plus => "share of those practitioners with 20 or more such cases".into(),
+            MetricId::W1Share25Plus => "share of those practitioners with 25 or more such cases".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// numerator / denominator * 100, in percent.
+    Share,
+    /// numerator / denominator, in the given unit.
+    Mean(&'static str),
+    /// numerator alone.
+    Count,
+}
+
+/// Configurable conventions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The last day inside the 26-week limit is issue + this (181: the issue day is day 1).
+    pub twenty_six_week_limit_days: i64,
+    /// Whether a virtual visit counts as seen for T4 and E1.
+    pub virtual_visits_count: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            twenty_six_week_limit_days: 181,
+            virtual_visits_count: false,
+        }
+    }
+}
+
+/// A question to the metrics.
+#[derive(Debug, Clone)]
+pub struct MetricsQuery {
+    pub metrics: Vec<MetricId>,
+    pub period: Period,
+    /// For stock metrics; the period's last day when not given.
+    pub snapshot: Option<NaiveDate>,
+    pub group_by: Vec<Dimension>,
+    /// Every listed dimension must take one of the listed values.
+    pub filters: Vec<(Dimension, Vec<String>)>,
+    /// Suppress counts of 1-4 (below national level only: no effect without grouping).
+    pub suppress_small_numbers: bool,
+    pub settings: Settings,
+}
+
+/// One group of one metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub group: BTreeMap<Dimension, String>,
+    pub numerator: f64,
+    pub denominator: f64,
+    /// `None` when suppressed or when the denominator is 0.
+    pub value: Option<f64>,
+    pub suppressed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricResult {
+    pub metric: MetricId,
+    pub unit: &'static str,
+    pub value_unit: &'static str,
+    pub definition: String,
+    pub period: Period,
+    pub snapshot: Option<NaiveDate>,
+    pub rows: Vec<Row>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetricsError {
+    #[error("the working-day calendar does not cover a date this query needs: {0}")]
+    Calendar(#[from] OutOfRange),
+}
+
+type GroupKey = BTreeMap<Dimension, String>;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Acc {
+    numerator: f64,
+    denominator: f64,
+}
+
+struct Collector<'q> {
+    query: &'q MetricsQuery,
+    acc: HashMap<MetricId, BTreeMap<GroupKey, Acc>>,
+}
+
+impl<'q> Collector<'q> {
+    fn wants(&self, metric: MetricId) -> bool {
+        self.query.metrics.contains(&metric)
+    }
+
+    /// Adds one unit to `metric`: `numerator` and `denominator` are its contributions.
+    fn add(&mut self, metric: MetricId, keys: &[GroupKey], numerator: f64, denominator: f64) {
+        if !self.wants(metric) {
+            return;
+        }
+        let groups = self.acc.entry(metric).or_default();
+        for key in keys {
+            let acc = groups.entry(key.clone()).or_default();
+            acc.numerator += numerator;
+            acc.denominator += denominator;
+        }
+    }
+}
+
+/// The group keys a unit belongs to (several when grouping by application type), or none when
+/// it is filtered out. `age_on` gives the child and the date for the age band.
+fn keys(
+    query: &MetricsQuery,
+    case: &CaseFacts,
+    child_age: Option<(&ChildFacts, NaiveDate)>,
+    report_type: Option<ReportType>,
+) -> Vec<GroupKey> {
+    let law = match case.law_type {
+        LawType::Public => "public",
+        LawType::Private => "private",
+    };
+    let apps: Vec<&'static str> = case
+        .application_types
+        .iter()
+        .map(|a| application_type_name(*a))
+        .collect();
+    let age = child_age.map_or(NOT_APPLICABLE, |(child, on)| age_band(child, on));
+    let report = report_type.map_or(NOT_APPLICABLE, report_type_name);
+    let single = |d: Dimension| -> &str {
+        match d {
+            Dimension::LawType => law,
+            Dimension::ServiceArea => &case.service_area,
+            Dimension::Court => &case.court_code,
+            Dimension::LocalAuthority => case.local_authority_code.as_deref().unwrap_or(NOT_APPLICABLE),
+            Dimension::AgeBand => age,
+            Dimension::ReportType => report,
+            Dimension::ApplicationType => NOT_APPLICABLE,
+        }
+    };
+    for (dimension, allowed) in &query.filters {
+        let matches = match dimension {
+            Dimension::ApplicationType => apps.iter().any(|a| allowed.iter().any(|v| v == a)),
+            d => allowed.iter().any(|v| v == single(*d)),
+        };
+        if !matches {
+            return Vec::new();
+        }
+    }
+    let mut group_by = query.group_by.clone();
+    if report_type.is_some() && !group_by.contains(&Dimension::ReportType) {
+        group_by.push(Dimension::ReportType);
+    }
+    let mut out = vec![GroupKey::new()];
+    for dimension in group_by {
+        if dimension == Dimension::ApplicationType {
+            out = out
+                .into_iter()
+                .flat_map(|key| {
+                    apps.iter().map(move |app| {
+                        let mut key = key.clone();
+                        key.insert(Dimension::ApplicationType, (*app).to_owned());
+                        key
+                    })
+                })
+                .collect();
+        } else {
+            for key in &mut out {
+                key.insert(dimension, single(dimension).to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Age band at `on` from the birth month (full years, by month).
+pub fn age_band(child: &ChildFacts, on: NaiveDate) -> &'static str {
+    let months = (on.year() * 12 + on.month() as i32) - (child.birth_month.year * 12 + child.birth_month.month as i32);
+    match months.div_euclid(12) {
+        i32::MIN..=0 => "under_1",
+        1..=4 => "1_4",
+        5..=9 => "5_9",
+        10..=15 => "10_15",
+        _ => "16_plus",
+    }
+}
+
+pub fn application_type_name(a: ApplicationType) -> &'static str {
+    match a {
+        ApplicationType::S31Care => "s31_care",
+        ApplicationType::S31Supervision => "s31_supervision",
+        ApplicationType::S8ChildArrangements => "s8_child_arrangements",
+        ApplicationType::S8ProhibitedSteps => "s8_prohibited_steps",
+        ApplicationType::S8SpecificIssue => "s8_specific_issue",
+        ApplicationType::SpecialGuardianship => "special_guardianship",
+        ApplicationType::EmergencyProtection => "emergency_protection",
+        ApplicationType::Other => "other",
+    }
+}
+
+pub fn report_type_name(r: ReportType) -> &'static str {
+    match r {
+        ReportType::SafeguardingLetter => "safeguarding_letter",
+        ReportType::Section7 => "section7",
+        ReportType::Section7Addendum => "section7_addendum",
+        ReportType::Rule16_4Analysis => "rule16_4_analysis",
+        ReportType::InitialAnalysis => "initial_analysis",
+        ReportType::FinalAnalysis => "final_analysis",
+        ReportType::ChildImpactReport => "child_impact_report",
+    }
+}
+
+fn flag(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+fn is_s31(a: ApplicationType) -> bool {
+    matches!(a, ApplicationType::S31Care | ApplicationType::S31Supervision)
+}
+
+fn is_s8(a: ApplicationType) -> bool {
+    matches!(
+        a,
+        ApplicationType::S8ChildArrangements | ApplicationType::S8ProhibitedSteps | ApplicationType::S8SpecificIssue
+    )
+}
+
+/// Computes the asked metrics over `cases`.
+pub fn compute<'a>(
+    query: &MetricsQuery,
+    cases: impl IntoIterator<Item = &'a CaseFacts>,
+    calendar: &WorkingCalendar,
+) -> Result<Vec<MetricResult>, MetricsError> {
+    let period = &query.period;
+    let snapshot = query.snapshot.unwrap_or(period.last);
+    let settings = &query.settings;
+    let mut c = Collector {
+        query,
+        acc: HashMap::new(),
+    };
+    // practitioner -> group -> open cases, for W1
+    let mut caseloads: BTreeMap<GroupKey, HashMap<String, u32>> = BTreeMap::new();
+    for case in cases {
+        let case_keys = keys(query, case, None, None);
+        let within_limit =
+            |closed: NaiveDate| (closed - case.issued_on).num_days() <= settings.twenty_six_week_limit_days;
+        let seen_dates = |child: &ChildFacts| -> Vec<NaiveDate> {
+            let mut dates = child.seen_in_person.clone();
+            if settings.virtual_visits_count {
+                dates.extend(&child.seen_virtually);
+            }
+            dates
+        };
+        if let Some(closed) = case.closed_on.filter(|d| period.contains(*d)) {
+            if case.has_application(is_s31) {
+                c.add(
+                    MetricId::T1,
+                    &case_keys,
+                    (closed - case.issued_on).num_days() as f64 / 7.0,
+                    1.0,
+                );
+                c.add(MetricId::T2, &case_keys, flag(within_limit(closed)), 1.0);
+            }
+            if case.law_type == LawType::Private && case.has_application(is_s8) {
+                c.add(MetricId::T3, &case_keys, flag(within_limit(closed)), 1.0);
+            }
+            let first_lead = case.first_lead_allocation();
+            for child in case.children_on(closed) {
+                let k = keys(query, case, Some((child, closed)), None);
+                let seen = first_lead.is_some_and(|from| seen_dates(child).iter().any(|d| from <= *d && *d <= closed));
+                c.add(MetricId::E1, &k, flag(seen), 1.0);
+                c.add(
+                    MetricId::E2,
+                    &k,
+                    flag(child.engagement_records.iter().any(|d| *d <= closed)),
+                    1.0,
+                );
+            }
+        }
+        if let Some(first_lead) = case.first_lead_allocation().filter(|d| period.contains(*d)) {
+            if case.law_type == LawType::Public && c.wants(MetricId::T4) {
+                let deadline = calendar.add_working_days(first_lead, 15)?;
+                for child in case.children_on(deadline) {
+                    let seen_in_time = seen_dates(child).iter().any(|d| *d <= deadline && *d <= period.last);
+                    if deadline <= period.last || seen_in_time {
+                        let k = keys(query, case, Some((child, first_lead)), None);
+                        c.add(MetricId::T4, &k, flag(seen_in_time), 1.0);
+                    }
+                }
+            }
+            for child in &case.children {
+                let k = keys(query, case, Some((child, first_lead)), None);
+                c.add(
+                    MetricId::E3,
+                    &k,
+                    flag(child.letters.iter().any(|(_, personalised)| *personalised)),
+                    1.0,
+                );
+            }
+        }
+        if period.contains(case.issued_on)
+            && let Some(first_lead) = case.first_lead_allocation()
+            && (c.wants(MetricId::T5) || c.wants(MetricId::T5MeanWorkingDays))
+        {
+            let days = calendar.working_days_between(case.received(), first_lead)?;
+            c.add(MetricId::T5, &case_keys, flag(days <= 2), 1.0);
+            c.add(MetricId::T5MeanWorkingDays, &case_keys, days as f64, 1.0);
+        }
+        let mut latest_recommendation_filing: Option<NaiveDate> = None;
+        for report in &case.reports {
+            let Some(filed) = report.filed_on.filter(|d| period.contains(*d)) else {
+                continue;
+            };
+            let k = keys(query, case, None, Some(report.report_type));
+            if c.wants(MetricId::T6) {
+                let start = report_start(case, report);
+                c.add(
+                    MetricId::T6,
+                    &k,
+                    calendar.working_days_between(start, filed)? as f64 / 5.0,
+                    1.0,
+                );
+            }
+            if report.report_type == ReportType::Section7 {
+                c.add(
+                    MetricId::T7,
+                    &k,
+                    flag(report.extensions.iter().any(|d| *d <= filed)),
+                    1.0,
+                );
+            }
+            if let Some((_, due)) = report.due_dates.iter().rev().find(|(agreed, _)| *agreed <= filed) {
+                c.add(MetricId::T8, &k, flag(filed > *due), 1.0);
+            }
+            if matches!(
+                report.report_type,
+                ReportType::Section7 | ReportType::Rule16_4Analysis | ReportType::FinalAnalysis
+            ) {
+                latest_recommendation_filing = latest_recommendation_filing.max(Some(filed));
+            }
+        }
+        if let Some(filed) = latest_recommendation_filing {
+            for child in case.children_on(filed) {
+                let k = keys(query, case, Some((child, filed)), None);
+                c.add(
+                    MetricId::E4,
+                    &k,
+                    flag(child.recommendations_shared.iter().any(|d| *d <= filed)),
+                    1.0,
+                );
+            }
+        }
+        if case.open_on(snapshot) {
+            let weeks = (snapshot - case.issued_on).num_days() as f64 / 7.0;
+            c.add(MetricId::S1Cases, &case_keys, 1.0, 0.0);
+            c.add(MetricId::S2CasesOver52, &case_keys, flag(weeks > 52.0), 0.0);
+            c.add(MetricId::S2CasesOver100, &case_keys, flag(weeks > 100.0), 0.0);
+            for child in case.children_on(snapshot) {
+                let k = keys(query, case, Some((child, snapshot)), None);
+                c.add(MetricId::S1Children, &k, 1.0, 0.0);
+                c.add(MetricId::S2ChildrenOver52, &k, flag(weeks > 52.0), 0.0);
+                c.add(MetricId::S2ChildrenOver100, &k, flag(weeks > 100.0), 0.0);
+            }
+            if let Some(practitioner) = case.lead_practitioner_on(snapshot) {
+                for key in &case_keys {
+                    *caseloads
+                        .entry(key.clone())
+                        .or_default()
+                        .entry(practitioner.to_owned())
+                        .or_default() += 1;
+                }
+            }
+        }
+        if period.contains(case.received()) {
+            c.add(MetricId::D1Cases, &case_keys, 1.0, 0.0);
+            c.add(MetricId::D2, &case_keys, 1.0, 0.0);
+            for child in case.children.iter().filter(|ch| ch.joined_on.is_none()) {
+                let k = keys(query, case, Some((child, case.received())), None);
+                c.add(MetricId::D1Children, &k, 1.0, 0.0);
+            }
+        }
+    }
+    if c.wants(MetricId::D2) {
+        let working_days = calendar.working_days_in(period.first, period.last)? as f64;
+        if let Some(groups) = c.acc.get_mut(&MetricId::D2) {
+            for acc in groups.values_mut() {
+                acc.denominator = working_days;
+            }
+        }
+    }
+    for (key, loads) in &caseloads {
+        let practitioners = loads.len() as f64;
+        let total: u32 = loads.values().sum();
+        let at_least = |n: u32| loads.values().filter(|l| **l >= n).count() as f64;
+        c.add(
+            MetricId::W1Mean,
+            std::slice::from_ref(key),
+            f64::from(total),
+            practitioners,
+        );
+        c.add(
+            MetricId::W1Share20Plus,
+            std::slice::from_ref(key),
+            at_least(20),
+            practitioners,
+        );
+        c.add(
+            MetricId::W1Share25Plus,
+            std::slice::from_ref(key),
+            at_least(25),
+            practitioners,
+        );
+    }
+    let national = query.group_by.is_empty();
+    let results = query
+        .metrics
+        .iter()
+        .map(|metric| {
+            let groups = c.acc.remove(metric).unwrap_or_default();
+            let mut rows: Vec<Row> = groups
+                .into_iter()
+                .map(|(group, acc)| Row {
+                    value: value_of(metric.kind(), acc),
+                    group,
+                    numerator: acc.numerator,
+                    denominator: acc.denominator,
+                    suppressed: false,
+                })
+                .collect();
+            if rows.is_empty() && national {
+                let empty = Acc::default();
+                rows.push(Row {
+                    group: GroupKey::new(),
+                    numerator: 0.0,
+                    denominator: empty.denominator,
+                    value: value_of(metric.kind(), empty),
+                    suppressed: false,
+                });
+            }
+            if query.suppress_small_numbers && !national {
+                suppress(&mut rows, metric.kind());
+            }
+            MetricResult {
+                metric: *metric,
+                unit: metric.unit(),
+                value_unit: match metric.kind() {
+                    Kind::Share => "percent",
+                    Kind::Mean(unit) => unit,
+                    Kind::Count => metric.unit(),
+                },
+                definition: metric.definition(settings),
+                period: period.clone(),
+                snapshot: metric.is_stock().then_some(snapshot),
+                rows,
+            }
+        })
+        .collect();
+    Ok(results)
+}
+
+fn value_of(kind: Kind, acc: Acc) -> Option<f64> {
+    match kind {
+        Kind::Count => Some(acc.numerator),
+        Kind::Share if acc.denominator > 0.0 => Some(100.0 * acc.numerator / acc.denominator),
+        Kind::Mean(_) if acc.denominator > 0.0 => Some(acc.numerator / acc.denominator),
+        _ => None,
+    }
+}
+
+/// The start of a report's working-week clock (T6).
+fn report_start(case: &CaseFacts, report: &ReportFacts) -> NaiveDate {
+    match report.report_type {
+        ReportType::SafeguardingLetter => case.received(),
+        ReportType::FinalAnalysis => case
+            .first_lead_allocation()
+            .or(report.ordered_on)
+            .unwrap_or(case.issued_on),
+        _ => report.ordered_on.unwrap_or(case.issued_on),
+    }
+}
+
+/// Primary suppression of cells whose counted figures are 1-4, and secondary suppression so
+/// that a single suppressed cell cannot be derived from the total: the next smallest cell too.
+fn suppress(rows: &mut [Row], kind: Kind) {
+    let small = |x: f64| (1.0..=4.0).contains(&x);
+    let counted = |row: &Row| match kind {
+        Kind::Count => row.numerator,
+        _ => row.denominator,
+    };
+    for row in rows.iter_mut() {
+        let numerator_is_count = !matches!(kind, Kind::Mean(_));
+        if small(counted(row)) || (numerator_is_count && small(row.numerator)) {
+            row.suppressed = true;
+        }
+    }
+    if rows.iter().filter(|r| r.suppressed).count() == 1 {
+        let next = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.suppressed)
+            .min_by(|(_, a), (_, b)| counted(a).total_cmp(&counted(b)))
+            .map(|(i, _)| i);
+        if let Some(i) = next {
+            rows[i].suppressed = true;
+        }
+    }
+    for row in rows.iter_mut().filter(|r| r.suppressed) {
+        row.value = None;
+        row.numerator = 0.0;
+        row.denominator = 0.0;
+    }
+}

@@ -7,6 +7,7 @@ mod concurrency;
 mod feed;
 mod idempotency;
 mod import;
+mod metrics;
 mod operations;
 mod rules;
 mod write_path;

@@ -34,6 +34,10 @@ pub enum Error {
     SubscriberTooSlow { resume_from: i64 },
     #[error("the server is shutting down; subscribe again from position {resume_from}")]
     ShuttingDown { resume_from: i64 },
+    #[error("{0}; ask about dates the working-day calendar covers")]
+    OutsideCalendar(String),
+    #[error("the projections have applied position {checkpoint}, not yet {wanted}; retry shortly")]
+    ProjectionBehind { checkpoint: i64, wanted: i64 },
     #[error("the appends to this case kept conflicting; retry later")]
     Contention,
     #[error("the event store is unavailable; retry later")]
@@ -122,6 +126,12 @@ pub fn to_status(err: Error) -> Status {
         }
         Error::NotFound(_) => (Code::NotFound, "NOT_FOUND"),
         Error::Contention => (Code::Aborted, "CONTENTION"),
+        Error::OutsideCalendar(_) => (Code::FailedPrecondition, "OUTSIDE_CALENDAR"),
+        Error::ProjectionBehind { checkpoint, wanted } => {
+            metadata.insert("checkpoint".to_owned(), checkpoint.to_string());
+            metadata.insert("min_position".to_owned(), wanted.to_string());
+            (Code::Unavailable, "PROJECTION_BEHIND")
+        }
         Error::ShuttingDown { resume_from } => {
             metadata.insert("resume_from".to_owned(), resume_from.to_string());
             (Code::Unavailable, "SERVER_SHUTTING_DOWN")

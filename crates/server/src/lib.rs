@@ -6,11 +6,14 @@ pub mod error;
 pub mod feed;
 pub mod import;
 pub mod ingest;
+pub mod metrics;
+pub mod projector;
 pub mod service;
 pub mod telemetry;
 
 use caselog_api::v1::case_event_service_server::CaseEventServiceServer;
 use caselog_api::v1::event_feed_service_server::EventFeedServiceServer;
+use caselog_api::v1::metrics_service_server::MetricsServiceServer;
 use caselog_store::EventLog;
 use std::future::Future;
 use std::time::Duration;
@@ -40,6 +43,7 @@ pub struct ServerLimits {
     /// How often health checks the database.
     pub health_interval: Duration,
     pub feed: FeedSettings,
+    pub projector: projector::ProjectorSettings,
 }
 
 impl Default for ServerLimits {
@@ -50,6 +54,7 @@ impl Default for ServerLimits {
             concurrency_per_connection: 64,
             health_interval: Duration::from_secs(2),
             feed: FeedSettings::default(),
+            projector: projector::ProjectorSettings::default(),
         }
     }
 }
@@ -88,6 +93,8 @@ pub async fn run(
     let event_feed = EventFeed::new(log.clone(), limits.feed.clone(), draining_rx);
     let metrics_task = tokio::spawn(event_feed.clone().publish_metrics(Duration::from_secs(10)));
     let feed = EventFeedServiceServer::new(event_feed);
+    let projector_task = tokio::spawn(projector::run(log.clone(), limits.projector.clone()));
+    let metrics = MetricsServiceServer::new(metrics::Metrics::new(log.clone()));
     let shutdown = async move {
         shutdown.await;
         let _ = draining_tx.send(true);
@@ -113,11 +120,13 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(case_events)
         .add_service(feed)
+        .add_service(metrics)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     health_task.abort();
     signalling_task.abort();
     metrics_task.abort();
+    projector_task.abort();
     info!("server stopped");
     Ok(result?)
 }

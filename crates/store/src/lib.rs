@@ -7,6 +7,7 @@
 mod error;
 pub mod feed;
 mod log;
+pub mod projection;
 
 pub use error::Error;
 pub use feed::{FeedFilter, FeedPage, Horizon};

@@ -1,0 +1,135 @@
+//! Runs the case-facts projection from the global feed. One process at a time leads (a
+//! PostgreSQL advisory lock); another takes over when it dies. Each page of the feed becomes one
+//! transaction: the touched cases' facts, refolded from their events up to the new checkpoint,
+//! and the checkpoint itself.
+
+use crate::error::Error;
+use crate::ingest::history_of;
+use caselog_projections::{CaseFacts, facts_of};
+use caselog_store::projection::CASE_FACTS;
+use caselog_store::{EventLog, FeedFilter, StoredEvent};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tracing::{debug, info, instrument, warn};
+
+#[derive(Debug, Clone)]
+pub struct ProjectorSettings {
+    /// Feed events per transaction.
+    pub page_size: i64,
+    /// How often a follower tries to become leader.
+    pub leadership_retry: Duration,
+    /// Re-check interval when no wake-up comes.
+    pub idle_poll: Duration,
+}
+
+impl Default for ProjectorSettings {
+    fn default() -> ProjectorSettings {
+        ProjectorSettings {
+            page_size: 1000,
+            leadership_retry: Duration::from_secs(2),
+            idle_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Runs until aborted: follows, leads when it can, projects while it leads.
+pub async fn run(log: EventLog, settings: ProjectorSettings) {
+    loop {
+        match log.try_lead_projections().await {
+            Ok(Some(mut leadership)) => {
+                info!("leading the projections");
+                let mut wakeups = log.feed_wakeups();
+                loop {
+                    wakeups.borrow_and_update();
+                    match apply_next_page(&log, settings.page_size).await {
+                        Ok(Applied { full: true, .. }) => continue,
+                        Ok(Applied { in_flight, .. }) => {
+                            let recheck = if in_flight {
+                                Duration::from_millis(10)
+                            } else {
+                                settings.idle_poll
+                            };
+                            tokio::select! {
+                                _ = wakeups.changed() => {}
+                                () = tokio::time::sleep(recheck) => {}
+                            }
+                        }
+                        Err(err) => {
+                            warn!(error = %err, "projection step failed; retrying");
+                            tokio::time::sleep(settings.leadership_retry).await;
+                        }
+                    }
+                    if !leadership.still_held().await {
+                        warn!("lost the projection leadership session");
+                        break;
+                    }
+                }
+            }
+            Ok(None) => debug!("another process leads the projections"),
+            Err(err) => debug!(error = %err, "cannot try for projection leadership"),
+        }
+        tokio::time::sleep(settings.leadership_retry).await;
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub from: i64,
+    pub to: i64,
+    /// The page was full: more may be waiting.
+    pub full: bool,
+    /// An append was in flight below the allocated position.
+    pub in_flight: bool,
+}
+
+/// Applies the next page of the feed to the case-facts projection, in one transaction with the
+/// checkpoint.
+#[instrument(skip(log), err(level = "debug"))]
+pub async fn apply_next_page(log: &EventLog, page_size: i64) -> Result<Applied, Error> {
+    let from = log.checkpoint(CASE_FACTS).await?;
+    let page = log.read_all(from, page_size, &FeedFilter::default()).await?;
+    let to = page.next_after;
+    let applied = Applied {
+        from,
+        to,
+        full: page.full,
+        in_flight: page.horizon.append_in_flight(),
+    };
+    if to == from {
+        return Ok(applied);
+    }
+    let mut case_ids: Vec<String> = page.events.iter().map(|e| e.case_id.clone()).collect();
+    case_ids.sort();
+    case_ids.dedup();
+    let rows = if case_ids.is_empty() {
+        Vec::new()
+    } else {
+        log.read_cases_up_to(&case_ids, to).await?
+    };
+    let mut facts_rows = Vec::with_capacity(case_ids.len());
+    for facts in fold_cases(&rows)? {
+        let json =
+            serde_json::to_value(&facts).map_err(|e| Error::Internal(format!("facts of {}: {e}", facts.case_id)))?;
+        facts_rows.push((facts.case_id, json));
+    }
+    if !log.save_case_facts(&facts_rows, from, to).await? {
+        debug!(from, "checkpoint moved by another process; skipping");
+    }
+    Ok(applied)
+}
+
+/// Folds rows ordered by case then version into the facts of each case.
+pub fn fold_cases(rows: &[StoredEvent]) -> Result<Vec<CaseFacts>, Error> {
+    let mut by_case: BTreeMap<&str, Vec<StoredEvent>> = BTreeMap::new();
+    for row in rows {
+        by_case.entry(row.case_id.as_str()).or_default().push(row.clone());
+    }
+    let mut out = Vec::with_capacity(by_case.len());
+    for (case_id, events) in by_case {
+        if let Some(facts) = facts_of(case_id, &history_of(&events)?) {
+            out.push(facts);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,138 @@
+//! Storage for projections: checkpoints and the case-facts rows, written together in one
+//! transaction so that a crash at any instant leaves a state a clean rebuild would reach. The
+//! store sees facts as opaque JSON.
+
+use crate::log::{COLUMNS, StoredEvent};
+use crate::{Error, EventLog};
+use sqlx::PgConnection;
+use tracing::instrument;
+
+/// Advisory lock (two-int4 form: int8 keys belong to the feed) held by the one process that runs
+/// the projections.
+const PROJECTOR_LOCK: (i32, i32) = (0x6361_7365, 1);
+
+/// The name of the case-facts projection's checkpoint.
+pub const CASE_FACTS: &str = "case_facts";
+
+/// Proof of projection leadership: the session holding the advisory lock. Dropping it (or the
+/// process dying) releases leadership.
+#[derive(Debug)]
+pub struct Leadership {
+    connection: PgConnection,
+}
+
+impl Leadership {
+    /// Whether the leader's session still answers (and so still holds the lock).
+    pub async fn still_held(&mut self) -> bool {
+        sqlx::query("SELECT 1").execute(&mut self.connection).await.is_ok()
+    }
+}
+
+impl EventLog {
+    /// Becomes the projection leader if no other session is.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn try_lead_projections(&self) -> Result<Option<Leadership>, Error> {
+        let mut connection = self.pool.acquire().await?;
+        let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(PROJECTOR_LOCK.0)
+            .bind(PROJECTOR_LOCK.1)
+            .fetch_one(&mut *connection)
+            .await?;
+        // A session that lost keeps no lock and goes back to the pool; one that won leaves the
+        // pool, so that its lock ends with it and never with a pooled connection.
+        Ok(won.then(|| Leadership {
+            connection: connection.detach(),
+        }))
+    }
+
+    /// The position up to which `projection` has applied every event.
+    pub async fn checkpoint(&self, projection: &str) -> Result<i64, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
+                .bind(projection)
+                .fetch_optional(&self.pool)
+                .await?
+                .unwrap_or(0),
+        )
+    }
+
+    /// Every event of `case_ids` at or below `up_to`, ordered by case then version.
+    #[instrument(skip(self, case_ids), fields(cases = case_ids.len()), err(level = "debug"))]
+    pub async fn read_cases_up_to(&self, case_ids: &[String], up_to: i64) -> Result<Vec<StoredEvent>, Error> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM events WHERE case_id = ANY($1) AND position <= $2 ORDER BY case_id, version"
+        )))
+        .bind(case_ids)
+        .bind(up_to)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every event recorded at or before `as_of`, ordered by case then version.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn read_recorded_by(&self, as_of: chrono::DateTime<chrono::Utc>) -> Result<Vec<StoredEvent>, Error> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM events WHERE recorded_at <= $1 ORDER BY case_id, version"
+        )))
+        .bind(as_of)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Writes case-facts rows and moves the checkpoint from `from` to `to`, in one transaction.
+    /// Returns false (writing nothing) when the checkpoint is no longer at `from`.
+    #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]
+    pub async fn save_case_facts(
+        &self,
+        rows: &[(String, serde_json::Value)],
+        from: i64,
+        to: i64,
+    ) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query("UPDATE projection_checkpoints SET position = $1, updated_at = now() WHERE projection = $2 AND position = $3")
+            .bind(to)
+            .bind(CASE_FACTS)
+            .bind(from)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if moved != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if !rows.is_empty() {
+            let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+            let facts: Vec<&serde_json::Value> = rows.iter().map(|(_, f)| f).collect();
+            sqlx::query(
+                "INSERT INTO case_facts (case_id, facts, as_of_position)
+                 SELECT id, f, $3 FROM UNNEST($1::text[], $2::jsonb[]) AS r(id, f)
+                 ON CONFLICT (case_id) DO UPDATE SET facts = EXCLUDED.facts, as_of_position = EXCLUDED.as_of_position",
+            )
+            .bind(&ids)
+            .bind(&facts)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Every case-facts row, with the checkpoint it reflects (read in one snapshot).
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn load_case_facts(&self) -> Result<(i64, Vec<serde_json::Value>), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let position: i64 = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
+            .bind(CASE_FACTS)
+            .fetch_one(&mut *tx)
+            .await?;
+        let facts: Vec<serde_json::Value> = sqlx::query_scalar("SELECT facts FROM case_facts")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((position, facts))
+    }
+}

@@ -1,0 +1,274 @@
+//! The metrics API end to end: figures from the projections, read-your-writes, as-of
+//! reproduction, exactly-once projection across a crash, and leadership across two servers.
+
+use caselog_api::v1 as pb;
+use caselog_api::v1::metrics_service_client::MetricsServiceClient;
+use caselog_server::projector::{apply_next_page, fold_cases};
+use caselog_store::EventLog;
+use caselog_tests::*;
+use chrono::{Duration, NaiveDate};
+use sqlx::PgPool;
+use tonic::Code;
+
+fn day(from: &str, n: i64) -> String {
+    (NaiveDate::parse_from_str(from, "%Y-%m-%d").unwrap() + Duration::days(n)).to_string()
+}
+
+fn t2_query(min_position: u64) -> pb::QueryMetricsRequest {
+    pb::QueryMetricsRequest {
+        metric_ids: vec!["T2".into(), "S1".into()],
+        period: Some(pb::PeriodSpec {
+            kind: Some(pb::period_spec::Kind::FinancialQuarter("2024-25 Q3".into())),
+        }),
+        min_position,
+        ..Default::default()
+    }
+}
+
+fn figure(response: &pb::QueryMetricsResponse, metric: &str) -> (f64, f64, String) {
+    let result = response.results.iter().find(|r| r.metric_id == metric).unwrap();
+    let row = &result.rows[0];
+    (row.numerator, row.denominator, row.display.clone())
+}
+
+/// Two s31 cases issued 1 July 2024, one closed on day 181 and one on day 182 (in Oct-Dec 2024).
+async fn record_t2_cases(server: &TestServer) -> u64 {
+    let mut client = server.client();
+    let mut last = 0;
+    for (case, closed_after) in [("IN1", 181), ("OUT1", 182)] {
+        let events = vec![
+            event("2024-07-01", issued_public(&["c1"])),
+            event(&day("2024-07-01", closed_after), closed(pb::CaseOutcome::FinalOrder)),
+        ];
+        let response = client.append_events(append(case, events)).await.unwrap().into_inner();
+        last = response.events.last().unwrap().position;
+    }
+    last
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn figures_follow_the_catalogue_and_state_their_definition(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let last = record_t2_cases(&server).await;
+    let mut metrics = MetricsServiceClient::new(server.channel.clone());
+    let response = metrics.query_metrics(t2_query(last)).await.unwrap().into_inner();
+    assert!(response.position >= last);
+    assert_eq!(figure(&response, "T2"), (1.0, 2.0, "50.0".into()));
+    let t2 = response.results.iter().find(|r| r.metric_id == "T2").unwrap();
+    assert!(t2.definition.contains("issued + 181 days"), "{}", t2.definition);
+    assert_eq!(t2.period_label, "financial quarter 2024-25 Q3");
+    assert_eq!(
+        (t2.period_first.as_str(), t2.period_last.as_str()),
+        ("2024-10-01", "2024-12-31")
+    );
+    // S1 at the period end (31 Dec 2024): both closed by then.
+    assert_eq!(figure(&response, "S1.cases").0, 0.0);
+
+    let mut outer = t2_query(last);
+    outer.twenty_six_week_limit_days = 182;
+    assert_eq!(
+        figure(&metrics.query_metrics(outer).await.unwrap().into_inner(), "T2").2,
+        "100.0"
+    );
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn an_earlier_report_is_reproduced_with_as_of(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let last = record_t2_cases(&server).await;
+    let published_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT now()").fetch_one(&pool).await.unwrap();
+    let mut metrics = MetricsServiceClient::new(server.channel.clone());
+    let before = metrics.query_metrics(t2_query(last)).await.unwrap().into_inner();
+
+    // Late news: the OUT1 closure was entered in error (void), and a third case closed in time.
+    let mut client = server.client();
+    let page = client
+        .list_case_events(pb::ListCaseEventsRequest {
+            case_id: "OUT1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let closure = page.events.iter().find(|e| e.version == 2).unwrap();
+    let void = pb::NewEvent {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_on: "2025-01-15".into(),
+        payload: Some(pb::EventPayload {
+            kind: Some(pb::event_payload::Kind::EventVoided(pb::EventVoided {
+                voided_event_id: closure.event_id.clone(),
+                reason: pb::VoidReason::EnteredInError as i32,
+            })),
+        }),
+        metadata: None,
+    };
+    let late = client
+        .append_events(append("OUT1", vec![void]))
+        .await
+        .unwrap()
+        .into_inner();
+    let now = metrics
+        .query_metrics(t2_query(late.events[0].position))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(figure(&now, "T2"), (1.0, 1.0, "100.0".into()));
+
+    let mut as_of = t2_query(0);
+    as_of.as_of = Some(prost_types_timestamp(published_at));
+    let reproduced = metrics.query_metrics(as_of).await.unwrap().into_inner();
+    assert_eq!(figure(&reproduced, "T2"), figure(&before, "T2"));
+    assert_eq!(
+        reproduced.position, 0,
+        "an as-of answer reads the log, not the projection"
+    );
+}
+
+fn prost_types_timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn bad_queries_name_their_fields_and_a_lagging_projection_says_so(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let mut metrics = MetricsServiceClient::new(server.channel.clone());
+    let bad = pb::QueryMetricsRequest {
+        metric_ids: vec!["T99".into()],
+        period: Some(pb::PeriodSpec {
+            kind: Some(pb::period_spec::Kind::FinancialYear("2024-26".into())),
+        }),
+        group_by: vec![pb::Dimension::Unspecified as i32],
+        twenty_six_week_limit_days: 190,
+        ..Default::default()
+    };
+    let status = metrics.query_metrics(bad).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        bad_fields(&status),
+        ["metric_ids[0]", "period", "group_by[0]", "twenty_six_week_limit_days"]
+    );
+
+    let status = metrics.query_metrics(t2_query(1_000_000)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(reason(&status), "PROJECTION_BEHIND");
+}
+
+async fn projected_facts(pool: &PgPool) -> Vec<serde_json::Value> {
+    sqlx::query_scalar("SELECT facts FROM case_facts ORDER BY case_id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+async fn rebuilt_facts(pool: &PgPool) -> Vec<serde_json::Value> {
+    let rows = EventLog::new(pool.clone())
+        .read_recorded_by(chrono::Utc::now())
+        .await
+        .unwrap();
+    fold_cases(&rows)
+        .unwrap()
+        .into_iter()
+        .map(|f| serde_json::to_value(f).unwrap())
+        .collect()
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_projection_interrupted_anywhere_ends_where_a_clean_rebuild_does(pool: PgPool) {
+    let log = EventLog::new(pool.clone());
+    let server = TestServer::start(pool.clone()).await;
+    let mut client = server.client();
+    for c in 0..30 {
+        let mut events = vec![event("2025-04-01", issued_public(&["c1", "c2"]))];
+        events.push(event("2025-04-03", allocated("fca-1", pb::AllocationRole::Guardian)));
+        events.push(event("2025-04-10", seen("c1")));
+        client.append_events(append(&format!("K{c}"), events)).await.unwrap();
+    }
+    server.stop().await;
+    // Start the projection over, then drive it in steps of a few events, cancelling steps at
+    // arbitrary points as a process killed at any moment would (a dropped future rolls back).
+    sqlx::query("UPDATE projection_checkpoints SET position = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM case_facts").execute(&pool).await.unwrap();
+    let (mut completed, mut cancelled) = (0, 0);
+    for attempt in 0u64.. {
+        let budget = std::time::Duration::from_micros(200 + (attempt * 7919) % 3000);
+        match tokio::time::timeout(budget, apply_next_page(&log, 7)).await {
+            Ok(applied) => {
+                let applied = applied.unwrap();
+                completed += 1;
+                if applied.from == applied.to {
+                    break;
+                }
+            }
+            Err(_) => cancelled += 1,
+        }
+        assert!(attempt < 10_000, "the projection never finished");
+    }
+    assert!(
+        completed > 2 && cancelled > 0,
+        "completed {completed}, cancelled {cancelled}"
+    );
+    assert_eq!(projected_facts(&pool).await, rebuilt_facts(&pool).await);
+    // Applying again changes nothing.
+    let again = apply_next_page(&log, 7).await.unwrap();
+    assert_eq!(again.from, again.to);
+}
+
+async fn leaders(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn one_of_two_servers_leads_and_the_other_takes_over(pool: PgPool) {
+    let first = TestServer::start(pool.clone()).await;
+    let last = record_t2_cases(&first).await;
+    // Alone, the first server leads: its answer reflects the appends.
+    let answer = MetricsServiceClient::new(first.channel.clone())
+        .query_metrics(t2_query(last))
+        .await
+        .unwrap();
+    assert_eq!(figure(&answer.into_inner(), "T2").1, 2.0);
+
+    let second = TestServer::start(pool.clone()).await;
+    let answer = MetricsServiceClient::new(second.channel.clone())
+        .query_metrics(t2_query(last))
+        .await
+        .unwrap();
+    assert_eq!(figure(&answer.into_inner(), "T2").1, 2.0, "a follower answers too");
+    assert_eq!(leaders(&pool).await, 1, "exactly one projector leads");
+
+    first.stop().await; // the leader goes away
+    let more = vec![
+        event("2024-07-01", issued_public(&["c1"])),
+        event("2024-11-01", closed(pb::CaseOutcome::FinalOrder)),
+    ];
+    let response = second
+        .client()
+        .append_events(append("NEW1", more))
+        .await
+        .unwrap()
+        .into_inner();
+    let position = response.events.last().unwrap().position;
+    let answer = MetricsServiceClient::new(second.channel.clone())
+        .query_metrics(t2_query(position))
+        .await
+        .unwrap();
+    assert_eq!(
+        figure(&answer.into_inner(), "T2"),
+        (2.0, 3.0, "66.7".into()),
+        "the follower took over"
+    );
+    assert_eq!(leaders(&pool).await, 1);
+}

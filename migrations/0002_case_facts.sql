@@ -7,6 +7,9 @@ CREATE TABLE case_facts (
     as_of_position bigint NOT NULL
 );
 
+-- Readers keep the facts in memory and fetch only the rows written since they last looked.
+CREATE INDEX case_facts_by_position ON case_facts (as_of_position);
+
 CREATE TABLE projection_checkpoints (
     projection text        PRIMARY KEY,
     position   bigint      NOT NULL,

@@ -272,3 +272,156 @@ async fn one_of_two_servers_leads_and_the_other_takes_over(pool: PgPool) {
     );
     assert_eq!(leaders(&pool).await, 1);
 }
+
+fn worklist(
+    kind: pb::WorklistKind,
+    as_at: &str,
+    page_size: u32,
+    page_token: String,
+    min_position: u64,
+) -> pb::ListWorklistRequest {
+    pb::ListWorklistRequest {
+        kind: kind as i32,
+        service_area: "A5".into(),
+        as_at: as_at.into(),
+        within_working_days: 5,
+        page_size,
+        page_token,
+        min_position,
+    }
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn worklists_list_what_is_near_or_past_most_urgent_first(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let mut client = server.client();
+    // Guardian allocated Thu 17 April 2025: the deadline to see the children is Tue 13 May.
+    let events = vec![
+        event("2025-04-10", issued_public(&["c1", "c2", "c3", "c4"])),
+        event("2025-04-17", allocated("fca-9", pb::AllocationRole::Guardian)),
+        event("2025-04-22", seen("c1")),
+        event("2025-04-25", ordered("r1", pb::ReportType::FinalAnalysis, "2025-05-20")),
+    ];
+    client.append_events(append("WL1", events)).await.unwrap();
+    let old = vec![event("2024-01-02", issued_public(&["o1"]))];
+    let last = client
+        .append_events(append("WL2", old))
+        .await
+        .unwrap()
+        .into_inner()
+        .events[0]
+        .position;
+    let mut metrics = MetricsServiceClient::new(server.channel.clone());
+
+    // Fri 9 May: two working days left (12th, 13th); c1 was seen.
+    let first = metrics
+        .list_worklist(worklist(
+            pb::WorklistKind::ChildrenNotSeen,
+            "2025-05-09",
+            2,
+            String::new(),
+            last,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        first.items.iter().map(|i| i.child_id.as_str()).collect::<Vec<_>>(),
+        ["c2", "c3"]
+    );
+    assert!(
+        first
+            .items
+            .iter()
+            .all(|i| i.date == "2025-05-13" && i.working_days_left == 2 && i.practitioner_id == "fca-9")
+    );
+    let second = metrics
+        .list_worklist(worklist(
+            pb::WorklistKind::ChildrenNotSeen,
+            "2025-05-09",
+            2,
+            first.next_page_token,
+            last,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        second.items.iter().map(|i| i.child_id.as_str()).collect::<Vec<_>>(),
+        ["c4"]
+    );
+    assert!(second.next_page_token.is_empty());
+    // Thu 1 May: seven working days left (5 May is a bank holiday), beyond the horizon of 5.
+    let early = metrics
+        .list_worklist(worklist(
+            pb::WorklistKind::ChildrenNotSeen,
+            "2025-05-01",
+            0,
+            String::new(),
+            0,
+        ))
+        .await
+        .unwrap();
+    assert!(early.into_inner().items.is_empty());
+
+    let due = metrics
+        .list_worklist(worklist(
+            pb::WorklistKind::ReportsDue,
+            "2025-05-14",
+            0,
+            String::new(),
+            0,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        due.items
+            .iter()
+            .map(|i| (i.report_id.as_str(), i.working_days_left))
+            .collect::<Vec<_>>(),
+        [("r1", 4)]
+    );
+    let overdue = metrics
+        .list_worklist(worklist(
+            pb::WorklistKind::ReportsOverdue,
+            "2025-05-21",
+            0,
+            String::new(),
+            0,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        overdue
+            .items
+            .iter()
+            .map(|i| (i.report_id.as_str(), i.working_days_left))
+            .collect::<Vec<_>>(),
+        [("r1", -1)]
+    );
+    let long = metrics
+        .list_worklist(worklist(
+            pb::WorklistKind::CasesOpenOver52Weeks,
+            "2025-05-09",
+            0,
+            String::new(),
+            0,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        long.items
+            .iter()
+            .map(|i| (i.case_id.as_str(), i.weeks_open))
+            .collect::<Vec<_>>(),
+        [("WL2", 70)]
+    );
+
+    let mut bad = worklist(pb::WorklistKind::Unspecified, "09/05/2025", 0, "x".into(), 0);
+    bad.service_area = "Z1".into();
+    let status = metrics.list_worklist(bad).await.unwrap_err();
+    assert_eq!(bad_fields(&status), ["kind", "service_area", "as_at", "page_token"]);
+}

@@ -7,25 +7,61 @@ use caselog_api::v1 as pb;
 use caselog_api::v1::metrics_service_server::MetricsService;
 use caselog_calendar::WorkingCalendar;
 use caselog_domain::FieldViolation;
+use caselog_domain::england::date_in_england;
 use caselog_projections::metrics::{MetricsError, Settings};
-use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period};
+use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, WorklistKind};
 use caselog_store::EventLog;
 use caselog_store::projection::CASE_FACTS;
 use chrono::NaiveDate;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{RwLock, RwLockReadGuard};
 use tonic::{Request, Response, Status};
 
 /// The longest a query waits for the projections to reach `min_position`.
 const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+const DEFAULT_WITHIN_WORKING_DAYS: u32 = 5;
+const DEFAULT_PAGE_SIZE: u32 = 100;
+const MAX_PAGE_SIZE: u32 = 1000;
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
     log: EventLog,
+    cache: Arc<RwLock<FactsCache>>,
+}
+
+/// This process's copy of the case-facts projection, refreshed with the rows written since the
+/// position it reflects (so a query reads only what changed).
+#[derive(Debug)]
+struct FactsCache {
+    position: i64,
+    cases: HashMap<String, CaseFacts>,
 }
 
 impl Metrics {
     pub fn new(log: EventLog) -> Metrics {
-        Metrics { log }
+        Metrics {
+            log,
+            cache: Arc::new(RwLock::new(FactsCache {
+                position: -1,
+                cases: HashMap::new(),
+            })),
+        }
+    }
+
+    /// The projection as of its latest checkpoint, after waiting for `min_position`.
+    async fn current_facts(&self, min_position: u64) -> Result<RwLockReadGuard<'_, FactsCache>, Error> {
+        self.wait_for(min_position).await?;
+        let mut cache = self.cache.write().await;
+        let (position, rows) = self.log.case_facts_since(cache.position).await?;
+        for row in rows {
+            let facts: CaseFacts =
+                serde_json::from_value(row).map_err(|e| Error::Internal(format!("unreadable case facts: {e}")))?;
+            cache.cases.insert(facts.case_id.clone(), facts);
+        }
+        cache.position = position;
+        Ok(cache.downgrade())
     }
 }
 
@@ -37,35 +73,149 @@ impl MetricsService for Metrics {
     ) -> Result<Response<pb::QueryMetricsResponse>, Status> {
         Ok(Response::new(self.answer(request.into_inner()).await?))
     }
+
+    async fn list_worklist(
+        &self,
+        request: Request<pb::ListWorklistRequest>,
+    ) -> Result<Response<pb::ListWorklistResponse>, Status> {
+        Ok(Response::new(self.worklist(request.into_inner()).await?))
+    }
+}
+
+fn metrics_error(err: MetricsError) -> Error {
+    match err {
+        MetricsError::Calendar(out) => Error::OutsideCalendar(out.to_string()),
+    }
 }
 
 impl Metrics {
     async fn answer(&self, request: pb::QueryMetricsRequest) -> Result<pb::QueryMetricsResponse, Error> {
         let query = query_of(&request)?;
-        let (position, cases) = match request.as_of {
+        let calendar = WorkingCalendar::england_and_wales();
+        let (position, results) = match request.as_of {
             Some(as_of) => {
                 let at =
                     chrono::DateTime::from_timestamp(as_of.seconds, as_of.nanos.max(0) as u32).ok_or_else(|| {
                         Error::invalid(vec![FieldViolation::new("as_of", "as_of is not a valid instant")])
                     })?;
-                (0, fold_cases(&self.log.read_recorded_by(at).await?)?)
+                let cases = fold_cases(&self.log.read_recorded_by(at).await?)?;
+                (
+                    0,
+                    caselog_projections::compute(&query, &cases, calendar).map_err(metrics_error)?,
+                )
             }
             None => {
-                self.wait_for(request.min_position).await?;
-                let (position, rows) = self.log.load_case_facts().await?;
-                let cases = rows
-                    .into_iter()
-                    .map(serde_json::from_value::<CaseFacts>)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Error::Internal(format!("unreadable case facts: {e}")))?;
-                (position, cases)
+                let facts = self.current_facts(request.min_position).await?;
+                (
+                    facts.position,
+                    caselog_projections::compute(&query, facts.cases.values(), calendar).map_err(metrics_error)?,
+                )
             }
         };
-        let results = caselog_projections::compute(&query, &cases, WorkingCalendar::england_and_wales())
-            .map_err(|MetricsError::Calendar(out)| Error::OutsideCalendar(out.to_string()))?;
         Ok(pb::QueryMetricsResponse {
             results: results.into_iter().map(result_out).collect(),
             position: position as u64,
+        })
+    }
+
+    async fn worklist(&self, request: pb::ListWorklistRequest) -> Result<pb::ListWorklistResponse, Error> {
+        let mut violations = Vec::new();
+        let kind = match pb::WorklistKind::try_from(request.kind).unwrap_or(pb::WorklistKind::Unspecified) {
+            pb::WorklistKind::Unspecified => {
+                violations.push(FieldViolation::new(
+                    "kind",
+                    "a worklist kind other than UNSPECIFIED is required",
+                ));
+                None
+            }
+            pb::WorklistKind::ChildrenNotSeen => Some(WorklistKind::ChildrenNotSeen),
+            pb::WorklistKind::ReportsDue => Some(WorklistKind::ReportsDue),
+            pb::WorklistKind::ReportsOverdue => Some(WorklistKind::ReportsOverdue),
+            pb::WorklistKind::CasesOpenOver52Weeks => Some(WorklistKind::CasesOpenOver52Weeks),
+            pb::WorklistKind::CasesOpenOver100Weeks => Some(WorklistKind::CasesOpenOver100Weeks),
+        };
+        if caselog_domain::reference::service_areas()
+            .iter()
+            .all(|a| a.code != request.service_area)
+        {
+            violations.push(FieldViolation::new(
+                "service_area",
+                "a Cafcass service area code is required, e.g. \"A5\"",
+            ));
+        }
+        let as_at = if request.as_at.is_empty() {
+            Some(date_in_england(chrono::Utc::now()))
+        } else {
+            let parsed = date(&request.as_at);
+            if parsed.is_none() {
+                violations.push(FieldViolation::new("as_at", "not a date \"YYYY-MM-DD\""));
+            }
+            parsed
+        };
+        if request.page_size > MAX_PAGE_SIZE {
+            violations.push(FieldViolation::new(
+                "page_size",
+                format!("page_size is at most {MAX_PAGE_SIZE}"),
+            ));
+        }
+        let offset = match request.page_token.as_str() {
+            "" => Some(0),
+            token => token.strip_prefix("v1.offset.").and_then(|n| n.parse::<usize>().ok()),
+        };
+        if offset.is_none() {
+            violations.push(FieldViolation::new(
+                "page_token",
+                "not a page token from a previous response; send it unchanged",
+            ));
+        }
+        let (Some(kind), Some(as_at), Some(offset), true) = (kind, as_at, offset, violations.is_empty()) else {
+            return Err(Error::invalid(violations));
+        };
+        let within = if request.within_working_days == 0 {
+            DEFAULT_WITHIN_WORKING_DAYS
+        } else {
+            request.within_working_days
+        };
+        let page_size = if request.page_size == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            request.page_size
+        } as usize;
+        let facts = self.current_facts(request.min_position).await?;
+        let calendar = WorkingCalendar::england_and_wales();
+        let items = caselog_projections::worklist(
+            kind,
+            &request.service_area,
+            facts.cases.values(),
+            as_at,
+            within,
+            calendar,
+        )
+        .map_err(metrics_error)?;
+        let page: Vec<pb::WorklistItem> = items
+            .iter()
+            .skip(offset)
+            .take(page_size)
+            .map(|item| pb::WorklistItem {
+                case_id: item.case_id.clone(),
+                child_id: item.child_id.clone().unwrap_or_default(),
+                report_id: item.report_id.clone().unwrap_or_default(),
+                report_type: item.report_type.unwrap_or_default().to_owned(),
+                date: item.date.to_string(),
+                working_days_left: item.working_days_left,
+                weeks_open: item.weeks_open,
+                practitioner_id: item.practitioner_id.clone().unwrap_or_default(),
+            })
+            .collect();
+        let next = offset + page.len();
+        Ok(pb::ListWorklistResponse {
+            items: page,
+            next_page_token: if next < items.len() {
+                format!("v1.offset.{next}")
+            } else {
+                String::new()
+            },
+            position: facts.position as u64,
         })
     }
 

@@ -118,9 +118,10 @@ impl EventLog {
         Ok(true)
     }
 
-    /// Every case-facts row, with the checkpoint it reflects (read in one snapshot).
+    /// The checkpoint, and the case-facts rows written after position `since` (all rows for a
+    /// negative `since`), read in one snapshot.
     #[instrument(skip(self), err(level = "debug"))]
-    pub async fn load_case_facts(&self) -> Result<(i64, Vec<serde_json::Value>), Error> {
+    pub async fn case_facts_since(&self, since: i64) -> Result<(i64, Vec<serde_json::Value>), Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
@@ -129,9 +130,11 @@ impl EventLog {
             .bind(CASE_FACTS)
             .fetch_one(&mut *tx)
             .await?;
-        let facts: Vec<serde_json::Value> = sqlx::query_scalar("SELECT facts FROM case_facts")
-            .fetch_all(&mut *tx)
-            .await?;
+        let facts: Vec<serde_json::Value> =
+            sqlx::query_scalar("SELECT facts FROM case_facts WHERE as_of_position > $1")
+                .bind(since)
+                .fetch_all(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok((position, facts))
     }

@@ -4,6 +4,7 @@
 mod convert;
 pub mod error;
 pub mod feed;
+pub mod generate;
 pub mod import;
 pub mod ingest;
 pub mod metrics;

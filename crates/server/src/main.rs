@@ -1,9 +1,11 @@
 //! The `caselog` command: `serve`, `migrate` and `import`.
 
 use anyhow::Context;
+use caselog_server::generate::{GenerateOptions, compare_with_reference, write_ndjson};
 use caselog_server::import::{ImportOptions, LineOutcome, import};
 use caselog_server::{ServerLimits, shutdown_signal, telemetry};
 use caselog_store::{ConnectSettings, EventLog};
+use caselog_workload::WorkloadSettings;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +35,29 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Push an NDJSON file of events to a running service.
     Import(ImportArgs),
+    /// Write a synthetic national workload as NDJSON, and compare its metrics with the reference figures.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// Years of history, ending on --until.
+    #[arg(long, default_value_t = 1)]
+    years: u32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Last day of the window (default: today in England).
+    #[arg(long)]
+    until: Option<chrono::NaiveDate>,
+    /// New cases per working day.
+    #[arg(long, default_value_t = 220.0)]
+    cases_per_day: f64,
+    /// Share of lines written twice, as a retrying sender would.
+    #[arg(long, default_value_t = 0.002)]
+    resend_rate: f64,
+    /// Output file (standard output when absent).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -136,6 +161,47 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ..ServerLimits::default()
             };
             caselog_server::run(listener, EventLog::new(pool), limits, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate(args) => {
+            let until = args
+                .until
+                .unwrap_or_else(|| caselog_domain::england::date_in_england(chrono::Utc::now()));
+            let first_day = until
+                .checked_sub_months(chrono::Months::new(12 * args.years))
+                .context("--years reaches before the calendar")?
+                .succ_opt()
+                .unwrap_or(until);
+            let options = GenerateOptions {
+                workload: WorkloadSettings {
+                    seed: args.seed,
+                    first_day,
+                    last_day: until,
+                    cases_per_working_day: args.cases_per_day,
+                },
+                resend_rate: args.resend_rate,
+            };
+            let started = std::time::Instant::now();
+            let generated = match &args.out {
+                Some(path) => {
+                    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+                    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+                    let generated = write_ndjson(&options, &mut out)?;
+                    std::io::Write::flush(&mut out)?;
+                    generated
+                }
+                None => write_ndjson(&options, &mut std::io::BufWriter::new(std::io::stdout().lock()))?,
+            };
+            eprintln!(
+                "generated {} cases, {} events, {} lines ({first_day} to {until}) in {:.1} s",
+                generated.cases,
+                generated.events,
+                generated.lines,
+                started.elapsed().as_secs_f64()
+            );
+            for line in compare_with_reference(&generated.facts, until) {
+                eprintln!("{line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Import(args) => {

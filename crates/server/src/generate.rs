@@ -1,0 +1,141 @@
+//! `caselog generate`: writes a synthetic national workload as NDJSON (the interchange format),
+//! and prints how its metrics compare with the published reference figures.
+
+use caselog_calendar::WorkingCalendar;
+use caselog_domain::interchange::to_line;
+use caselog_domain::{CaseHistory, HistoryEvent};
+use caselog_projections::metrics::Settings;
+use caselog_projections::{CaseFacts, MetricId, MetricsQuery, Period, facts_of};
+use caselog_workload::{Rng, WorkloadSettings, generate};
+use chrono::{Datelike, NaiveDate};
+use std::io::Write;
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub workload: WorkloadSettings,
+    /// Share of lines written twice (a sender's retry).
+    pub resend_rate: f64,
+}
+
+/// What was written.
+#[derive(Debug, Default)]
+pub struct Generated {
+    pub cases: u64,
+    pub events: u64,
+    pub lines: u64,
+    pub facts: Vec<CaseFacts>,
+}
+
+/// Writes the workload to `out`, one case after another, each in its recording order.
+pub fn write_ndjson(options: &GenerateOptions, out: &mut impl Write) -> std::io::Result<Generated> {
+    let calendar = WorkingCalendar::england_and_wales();
+    let mut noise = Rng::new(options.workload.seed ^ 0x5EED);
+    let mut generated = Generated::default();
+    let mut failure = None;
+    generate(&options.workload, calendar, |case| {
+        if failure.is_some() {
+            return;
+        }
+        generated.cases += 1;
+        let mut history = Vec::with_capacity(case.len());
+        for event in &case {
+            let line = to_line(&event.case_id, &event.event);
+            let copies = if noise.chance(options.resend_rate) { 2 } else { 1 };
+            for _ in 0..copies {
+                if let Err(err) = writeln!(out, "{line}") {
+                    failure = Some(err);
+                    return;
+                }
+                generated.lines += 1;
+            }
+            generated.events += 1;
+            history.push(HistoryEvent::from(&event.event));
+        }
+        if let (Some(first), Some(facts)) = (
+            case.first(),
+            case.first()
+                .and_then(|e| facts_of(&e.case_id, &CaseHistory::new(history))),
+        ) {
+            debug_assert_eq!(first.case_id, facts.case_id);
+            generated.facts.push(facts);
+        }
+    });
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(generated),
+    }
+}
+
+/// The catalogue figures of the generated data next to the published reference figures.
+pub fn compare_with_reference(facts: &[CaseFacts], last_day: NaiveDate) -> Vec<String> {
+    let calendar = WorkingCalendar::england_and_wales();
+    // The latest complete financial year, its Q3, and the 31 March that ends it.
+    let fy_start = if last_day.month() >= 4 {
+        last_day.year() - 1
+    } else {
+        last_day.year() - 2
+    };
+    let (Some(year), Some(q3)) = (Period::financial_year(fy_start), Period::financial_quarter(fy_start, 3)) else {
+        return vec!["no complete financial year in the generated window".into()];
+    };
+    let query = |metrics: &[MetricId], period: &Period| MetricsQuery {
+        metrics: metrics.to_vec(),
+        period: period.clone(),
+        snapshot: Some(year.last),
+        group_by: vec![],
+        filters: vec![],
+        suppress_small_numbers: false,
+        settings: Settings::default(),
+    };
+    let rows = [
+        (MetricId::T1, &q3, "39 weeks"),
+        (MetricId::T2, &q3, "34.6%"),
+        (MetricId::T3, &q3, "58.9%"),
+        (MetricId::T4, &year, "every child (policy)"),
+        (MetricId::T5, &year, "70% (historic target)"),
+        (
+            MetricId::T6,
+            &year,
+            "public 9.2, safeguarding 4.1, s7 14.6 working weeks",
+        ),
+        (MetricId::T7, &year, "29.8%"),
+        (MetricId::E1, &year, "93%"),
+        (MetricId::E2, &year, "97%"),
+        (MetricId::E3, &year, "62% public, 80% private"),
+        (MetricId::E4, &year, "75.3% public, 73.2% private"),
+        (MetricId::S1Cases, &year, "27,529 cases"),
+        (MetricId::S1Children, &year, "44,216 children"),
+        (MetricId::S2ChildrenOver52, &year, "8,143 children"),
+        (MetricId::S2ChildrenOver100, &year, "2,195 children"),
+        (MetricId::D1Cases, &year, "55,377 cases"),
+        (MetricId::D1Children, &year, "85,272 children"),
+        (MetricId::W1Mean, &year, "18.2 (long-term teams)"),
+    ];
+    let mut lines = vec![format!(
+        "{:<28} {:>14}   {}",
+        "metric (period)", "generated", "reference"
+    )];
+    for (metric, period, reference) in rows {
+        let text = match caselog_projections::compute(&query(&[metric], period), facts, calendar) {
+            Ok(results) => results
+                .into_iter()
+                .flat_map(|r| r.rows.into_iter().map(move |row| (r.value_unit, row)))
+                .map(|(unit, row)| match row.value {
+                    Some(v) if unit == "percent" => format!("{v:.1}%"),
+                    Some(v) => format!("{v:.1}"),
+                    None => "-".into(),
+                })
+                .collect::<Vec<_>>()
+                .join(" / "),
+            Err(err) => err.to_string(),
+        };
+        let label = format!(
+            "{} ({})",
+            metric.id(),
+            if std::ptr::eq(period, &q3) { "FY Q3" } else { "FY" }
+        );
+        lines.push(format!("{label:<28} {text:>14}   {reference}"));
+    }
+    lines.push(format!("period: {} ; snapshot {}", year.label, year.last));
+    lines
+}

@@ -200,3 +200,25 @@ async fn a_rejected_line_does_not_stop_the_lines_around_it(pool: PgPool) {
     let case1_lines = relabelled.lines().filter(|l| l.contains("AN00001")).count();
     assert_eq!(report.appended(), case1_lines);
 }
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_line_repeated_in_the_file_is_already_present_and_a_reused_id_is_rejected(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let mut lines: Vec<String> = ndjson(2).lines().map(str::to_owned).collect();
+    let total = lines.len();
+    let repeated = lines[1].clone();
+    lines.insert(3, repeated.clone()); // line 4 repeats line 2 within the same case
+    let reused = repeated.replace("\"practitioner_id\":\"fca-0\"", "\"practitioner_id\":\"fca-99\"");
+    assert_ne!(reused, repeated);
+    lines.push(reused); // the same event id with other content
+    let report = import(&lines.join("\n"), server.channel.clone(), &ImportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.appended(), total);
+    assert_eq!(report.lines[&4], LineOutcome::AlreadyPresent);
+    let LineOutcome::Rejected(why) = &report.lines[&lines.len()] else {
+        panic!("{:?}", report.lines[&lines.len()])
+    };
+    assert!(why.contains("used on line 2 with different content"), "{why}");
+    assert_eq!(event_count(&pool).await, total as i64);
+}

@@ -13,7 +13,7 @@ use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
 use caselog_domain::NewEvent;
 use caselog_domain::interchange::parse_line;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -82,6 +82,8 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
     let mut report = ImportReport::default();
     let mut cases: BTreeMap<String, Vec<Line>> = BTreeMap::new();
     let mut first_seen: Vec<String> = Vec::new();
+    let mut seen_ids: HashMap<uuid::Uuid, (usize, String, NewEvent)> = HashMap::new();
+    let mut duplicates: Vec<(usize, usize)> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
         if raw.trim().is_empty() {
@@ -89,6 +91,29 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
         }
         match parse_line(raw) {
             Ok(parsed) => {
+                // A line repeated in the file (a sender's retry) is the same event: it is already
+                // present once the first copy is; the same id with other content is refused here,
+                // since one batch cannot hold both.
+                match seen_ids.get(&parsed.event.event_id) {
+                    Some((first, case_id, event)) if *case_id == parsed.case_id && *event == parsed.event => {
+                        duplicates.push((line_no, *first));
+                        continue;
+                    }
+                    Some((first, _, _)) => {
+                        let reason = format!(
+                            "event_id {} is used on line {first} with different content; a new event needs a new event_id",
+                            parsed.event.event_id
+                        );
+                        report.lines.insert(line_no, LineOutcome::Rejected(reason));
+                        continue;
+                    }
+                    None => {
+                        seen_ids.insert(
+                            parsed.event.event_id,
+                            (line_no, parsed.case_id.clone(), parsed.event.clone()),
+                        );
+                    }
+                }
                 let lines = cases.entry(parsed.case_id.clone()).or_default();
                 if lines.is_empty() {
                     first_seen.push(parsed.case_id);
@@ -132,6 +157,15 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
     }
     while let Some(joined) = tasks.join_next().await {
         report.lines.extend(joined?);
+    }
+    for (line_no, first) in duplicates {
+        let outcome = match report.lines.get(&first) {
+            Some(LineOutcome::Rejected(_)) => {
+                LineOutcome::Rejected(format!("repeats line {first}, which was rejected"))
+            }
+            _ => LineOutcome::AlreadyPresent,
+        };
+        report.lines.insert(line_no, outcome);
     }
     Ok(report)
 }

@@ -44,6 +44,9 @@ enum Bench {
         /// gRPC writers sharing that rate.
         #[arg(long, default_value_t = 32)]
         latency_writers: u64,
+        /// Events per AppendEvents request in the latency measurement.
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
         /// Seconds of the latency measurement.
         #[arg(long, default_value_t = 15)]
         latency_seconds: u64,
@@ -70,10 +73,16 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             rate,
             latency_writers,
+            batch,
             latency_seconds,
         } => {
             append_cost(&pool, writers, Duration::from_secs(seconds)).await?;
-            delivery_latency(&pool, rate, latency_writers, Duration::from_secs(latency_seconds)).await?;
+            let load = Load {
+                rate,
+                writers: latency_writers,
+                batch: batch.max(1),
+            };
+            delivery_latency(&pool, load, Duration::from_secs(latency_seconds)).await?;
         }
     }
     Ok(())
@@ -199,9 +208,18 @@ async fn append_cost(pool: &PgPool, writers: usize, duration: Duration) -> anyho
     Ok(())
 }
 
-async fn delivery_latency(pool: &PgPool, rate: u64, writers: u64, duration: Duration) -> anyhow::Result<()> {
+/// The offered load of the latency measurement.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    rate: u64,
+    writers: u64,
+    batch: u64,
+}
+
+async fn delivery_latency(pool: &PgPool, load: Load, duration: Duration) -> anyhow::Result<()> {
+    let Load { rate, writers, batch } = load;
     println!(
-        "\n== feed: commit-to-delivery latency, {rate} events/s for {} s, one live gRPC subscriber",
+        "\n== feed: commit-to-delivery latency, {rate} events/s ({batch} per request, {writers} writers) for {} s, one live gRPC subscriber",
         duration.as_secs()
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -262,7 +280,7 @@ async fn delivery_latency(pool: &PgPool, rate: u64, writers: u64, duration: Dura
     };
 
     // Each writer paces its share of the rate over 50 cases of its own.
-    let per_writer = Duration::from_secs_f64(writers as f64 / rate as f64);
+    let per_writer = Duration::from_secs_f64((writers * batch) as f64 / rate as f64);
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..writers {
@@ -278,8 +296,16 @@ async fn delivery_latency(pool: &PgPool, rate: u64, writers: u64, duration: Dura
             let mut i = 0usize;
             while start.elapsed() < duration {
                 ticker.tick().await;
-                client.append_events(hearing(&cases[i % cases.len()])).await?;
-                i += 1;
+                let mut request = hearing(&cases[i % cases.len()]);
+                let one = request.events[0].clone();
+                request.events = (0..batch)
+                    .map(|_| pb::NewEvent {
+                        event_id: uuid::Uuid::new_v4().to_string(),
+                        ..one.clone()
+                    })
+                    .collect();
+                client.append_events(request).await?;
+                i += batch as usize;
             }
             anyhow::Ok(i)
         });

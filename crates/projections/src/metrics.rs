@@ -406,7 +406,7 @@ impl<'q> Collector<'q> {
 }
 
 /// The group keys a unit belongs to (several when grouping by application type), or none when
-/// it is filtered out. `age_on` gives the child and the date for the age band.
+/// it is filtered out. `child_age` gives the child and the date for the age band.
 fn keys(
     query: &MetricsQuery,
     case: &CaseFacts,

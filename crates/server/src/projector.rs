@@ -8,7 +8,6 @@ use crate::ingest::history_of;
 use caselog_projections::{CaseFacts, facts_of};
 use caselog_store::projection::CASE_FACTS;
 use caselog_store::{EventLog, FeedFilter, StoredEvent};
-use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::{debug, info, instrument, warn};
 
@@ -121,13 +120,9 @@ pub async fn apply_next_page(log: &EventLog, page_size: i64) -> Result<Applied, 
 
 /// Folds rows ordered by case then version into the facts of each case.
 pub fn fold_cases(rows: &[StoredEvent]) -> Result<Vec<CaseFacts>, Error> {
-    let mut by_case: BTreeMap<&str, Vec<StoredEvent>> = BTreeMap::new();
-    for row in rows {
-        by_case.entry(row.case_id.as_str()).or_default().push(row.clone());
-    }
-    let mut out = Vec::with_capacity(by_case.len());
-    for (case_id, events) in by_case {
-        if let Some(facts) = facts_of(case_id, &history_of(&events)?) {
+    let mut out = Vec::new();
+    for events in rows.chunk_by(|a, b| a.case_id == b.case_id) {
+        if let Some(facts) = facts_of(&events[0].case_id, &history_of(events)?) {
             out.push(facts);
         }
     }

@@ -46,30 +46,27 @@ impl Period {
 
     /// Financial quarter `q` (1: Apr-Jun .. 4: Jan-Mar) of the financial year starting in `start_year`.
     pub fn financial_quarter(start_year: i32, q: u32) -> Option<Period> {
-        if !(1..=4).contains(&q) {
-            return None;
-        }
-        let first = NaiveDate::from_ymd_opt(start_year, 4, 1)?.checked_add_months(Months::new(3 * (q - 1)))?;
-        let last = first.checked_add_months(Months::new(3))?.pred_opt()?;
-        Some(Period {
-            first,
-            last,
-            label: format!("financial quarter {start_year}-{:02} Q{q}", (start_year + 1) % 100),
-        })
+        let label = format!("financial quarter {start_year}-{:02} Q{q}", (start_year + 1) % 100);
+        Period::quarter(NaiveDate::from_ymd_opt(start_year, 4, 1)?, q, label)
     }
 
     /// Calendar quarter `q` (1: Jan-Mar .. 4: Oct-Dec) of `year`.
     pub fn calendar_quarter(year: i32, q: u32) -> Option<Period> {
+        Period::quarter(
+            NaiveDate::from_ymd_opt(year, 1, 1)?,
+            q,
+            format!("calendar quarter {year} Q{q}"),
+        )
+    }
+
+    /// Quarter `q` (1-4) of the year starting on `year_start`.
+    fn quarter(year_start: NaiveDate, q: u32, label: String) -> Option<Period> {
         if !(1..=4).contains(&q) {
             return None;
         }
-        let first = NaiveDate::from_ymd_opt(year, 3 * (q - 1) + 1, 1)?;
+        let first = year_start.checked_add_months(Months::new(3 * (q - 1)))?;
         let last = first.checked_add_months(Months::new(3))?.pred_opt()?;
-        Some(Period {
-            first,
-            last,
-            label: format!("calendar quarter {year} Q{q}"),
-        })
+        Some(Period { first, last, label })
     }
 
     pub fn custom(first: NaiveDate, last: NaiveDate) -> Option<Period> {

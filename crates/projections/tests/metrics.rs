@@ -399,3 +399,23 @@ fn small_numbers_are_suppressed_below_national_level_with_a_secondary_cell() {
     q.group_by.clear();
     assert_eq!(figure(&q, &cases, MetricId::S1Cases).0, 13.0);
 }
+
+#[test]
+fn periods_are_the_catalogue_periods() {
+    let p = Period::financial_quarter(2024, 3).unwrap();
+    assert_eq!(
+        (p.first, p.last, p.label.as_str()),
+        (d("2024-10-01"), d("2024-12-31"), "financial quarter 2024-25 Q3")
+    );
+    let p = Period::financial_quarter(2024, 4).unwrap();
+    assert_eq!((p.first, p.last), (d("2025-01-01"), d("2025-03-31")));
+    let p = Period::calendar_quarter(2024, 1).unwrap();
+    assert_eq!((p.first, p.last), (d("2024-01-01"), d("2024-03-31")));
+    let p = Period::financial_year(2024).unwrap();
+    assert_eq!(
+        (p.first, p.last, p.label.as_str()),
+        (d("2024-04-01"), d("2025-03-31"), "financial year 2024-25")
+    );
+    assert!(Period::calendar_quarter(2024, 5).is_none());
+    assert_eq!(Period::month(2024, 2).unwrap().last, d("2024-02-29"));
+}

@@ -78,11 +78,7 @@ async fn sixteen_writers_over_five_cases_leave_contiguous_versions(pool: PgPool)
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn with_an_expected_version_exactly_one_concurrent_append_wins(pool: PgPool) {
     let server = TestServer::start(pool.clone()).await;
-    server
-        .client()
-        .append_events(append("LS1", vec![event("2025-04-17", issued_public(&["c1"]))]))
-        .await
-        .unwrap();
+    server.issue_case("LS1").await;
     let mut racers = tokio::task::JoinSet::new();
     for _ in 0..12 {
         let mut client = server.client();
@@ -113,11 +109,7 @@ async fn with_an_expected_version_exactly_one_concurrent_append_wins(pool: PgPoo
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn concurrent_resends_of_one_event_record_it_once(pool: PgPool) {
     let server = TestServer::start(pool.clone()).await;
-    server
-        .client()
-        .append_events(append("LS1", vec![event("2025-04-17", issued_public(&["c1"]))]))
-        .await
-        .unwrap();
+    server.issue_case("LS1").await;
     let visit = event("2025-05-01", seen("c1"));
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..8 {

@@ -119,11 +119,7 @@ async fn an_append_held_invisible_holds_readers_back_and_is_then_delivered_once(
 
     let server = TestServer::start(pool.clone()).await;
     let log = EventLog::new(pool.clone());
-    server
-        .client()
-        .append_events(append("OPEN1", vec![event("2025-04-17", issued_public(&["c1"]))]))
-        .await
-        .unwrap();
+    server.issue_case("OPEN1").await;
     let (received, _subscriber) = subscribe(&server, 0, None);
 
     let mut held_client = server.client();
@@ -182,11 +178,7 @@ async fn rolled_back_appends_leave_gaps_but_never_stall_readers(pool: PgPool) {
     let server = TestServer::start(pool.clone()).await;
     let log = EventLog::new(pool.clone());
     let (received, _subscriber) = subscribe(&server, 0, None);
-    server
-        .client()
-        .append_events(append("OPEN1", vec![event("2025-04-17", issued_public(&["c1"]))]))
-        .await
-        .unwrap();
+    server.issue_case("OPEN1").await;
     for round in 0..10 {
         let mut tx = pool.begin().await.unwrap();
         sqlx::query("SELECT caselog_allocate_positions(3)")
@@ -439,11 +431,7 @@ async fn a_subscriber_that_does_not_keep_up_is_told_where_to_resume(pool: PgPool
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn shutting_down_ends_subscriptions_with_a_resume_position(pool: PgPool) {
     let server = TestServer::start(pool.clone()).await;
-    server
-        .client()
-        .append_events(append("OPEN1", vec![event("2025-04-17", issued_public(&["c1"]))]))
-        .await
-        .unwrap();
+    server.issue_case("OPEN1").await;
     let (received, subscriber) = subscribe(&server, 0, None);
     wait_until_reached(&received, 1).await;
     tokio::time::timeout(Duration::from_secs(10), server.stop())

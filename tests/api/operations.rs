@@ -118,11 +118,7 @@ async fn reflection_lists_and_describes_the_services(pool: PgPool) {
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn the_log_refuses_updates_deletes_and_truncation(pool: PgPool) {
     let server = TestServer::start(pool.clone()).await;
-    server
-        .client()
-        .append_events(append("LS1", vec![event("2025-04-17", issued_public(&["c1"]))]))
-        .await
-        .unwrap();
+    server.issue_case("LS1").await;
     for statement in [
         "UPDATE events SET occurred_on = occurred_on + 1",
         "DELETE FROM events",

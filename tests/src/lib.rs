@@ -63,6 +63,15 @@ impl TestServer {
         CaseEventServiceClient::new(self.channel.clone())
     }
 
+    /// Issues a public-law case with one child "c1" on 17 April 2025.
+    pub async fn issue_case(&self, case_id: &str) -> pb::AppendEventsResponse {
+        self.client()
+            .append_events(append(case_id, vec![event("2025-04-17", issued_public(&["c1"]))]))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Stops the server and waits for it to drain.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

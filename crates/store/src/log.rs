@@ -59,10 +59,6 @@ impl EventLog {
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Appends `rows` to a case as versions `after_version + 1 ..`, in one statement: all or none.
     /// Fails with `VersionConflict` when another append took one of those versions first, and with
     /// `DuplicateEventId` when one of the ids is already recorded.

@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "caselog/v1/events.proto",
         "caselog/v1/feed.proto",
         "caselog/v1/metrics.proto",
+        "caselog/v1/admin.proto",
     ]
     .map(|f| proto_root.join(f));
     let descriptors = protox::compile(&files, [&proto_root])?;

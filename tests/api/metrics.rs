@@ -3,7 +3,8 @@
 
 use caselog_api::v1 as pb;
 use caselog_api::v1::metrics_service_client::MetricsServiceClient;
-use caselog_server::projector::{apply_next_page, fold_cases};
+use caselog_server::projector::{apply_next_page, facts_at};
+use caselog_store::rebuild::Cut;
 use caselog_store::EventLog;
 use caselog_tests::*;
 use chrono::{Duration, NaiveDate};
@@ -165,11 +166,8 @@ async fn projected_facts(pool: &PgPool) -> Vec<serde_json::Value> {
 }
 
 async fn rebuilt_facts(pool: &PgPool) -> Vec<serde_json::Value> {
-    let rows = EventLog::new(pool.clone())
-        .read_recorded_by(chrono::Utc::now())
+    facts_at(&EventLog::new(pool.clone()), Cut::RecordedBy(chrono::Utc::now()))
         .await
-        .unwrap();
-    fold_cases(&rows)
         .unwrap()
         .into_iter()
         .map(|f| serde_json::to_value(f).unwrap())

@@ -165,8 +165,37 @@ impl Payload {
     }
 
     /// Rebuilds a payload from its type and `data` object, rejecting unknown or missing fields.
-    pub fn from_data(event_type: EventType, data: serde_json::Value) -> Result<Payload, serde_json::Error> {
-        serde_json::from_value(serde_json::json!({ "type": event_type.as_str(), "data": data }))
+    pub fn from_data(event_type: EventType, data: &serde_json::Value) -> Result<Payload, serde_json::Error> {
+        Payload::deserialize_data(event_type, data)
+    }
+
+    /// [`Payload::from_data`] from the `data` object as JSON text.
+    pub fn from_data_text(event_type: EventType, data: &str) -> Result<Payload, serde_json::Error> {
+        let mut deserializer = serde_json::Deserializer::from_str(data);
+        let payload = Payload::deserialize_data(event_type, &mut deserializer)?;
+        deserializer.end()?;
+        Ok(payload)
+    }
+
+    /// Deserialises `data` straight into the variant's struct: replay reads millions of rows
+    /// through here, and the adjacently tagged form would buffer each one first.
+    fn deserialize_data<'de, D: serde::Deserializer<'de>>(event_type: EventType, data: D) -> Result<Payload, D::Error> {
+        use serde::Deserialize as _;
+        Ok(match event_type {
+            EventType::CaseIssued => Payload::CaseIssued(CaseIssued::deserialize(data)?),
+            EventType::ChildJoined => Payload::ChildJoined(Child::deserialize(data)?),
+            EventType::CaseAllocated => Payload::CaseAllocated(CaseAllocated::deserialize(data)?),
+            EventType::ChildSeen => Payload::ChildSeen(ChildSeen::deserialize(data)?),
+            EventType::LetterSent => Payload::LetterSent(LetterSent::deserialize(data)?),
+            EventType::EngagementRecordCompleted => Payload::EngagementRecordCompleted(ChildRef::deserialize(data)?),
+            EventType::RecommendationShared => Payload::RecommendationShared(ChildRef::deserialize(data)?),
+            EventType::ReportOrdered => Payload::ReportOrdered(ReportOrdered::deserialize(data)?),
+            EventType::FilingDateExtended => Payload::FilingDateExtended(FilingDateExtended::deserialize(data)?),
+            EventType::ReportFiled => Payload::ReportFiled(ReportFiled::deserialize(data)?),
+            EventType::HearingListed => Payload::HearingListed(HearingListed::deserialize(data)?),
+            EventType::CaseClosed => Payload::CaseClosed(CaseClosed::deserialize(data)?),
+            EventType::EventVoided => Payload::EventVoided(EventVoided::deserialize(data)?),
+        })
     }
 }
 
@@ -407,16 +436,21 @@ mod tests {
             serde_json::json!({"report_id": "r-1", "report_type": "rule16_4_analysis"})
         );
         assert_eq!(
-            Payload::from_data(EventType::ReportFiled, data).expect("parses"),
+            Payload::from_data(EventType::ReportFiled, &data).expect("parses"),
             payload
         );
+        assert_eq!(
+            Payload::from_data_text(EventType::ReportFiled, &data.to_string()).expect("parses"),
+            payload
+        );
+        assert!(Payload::from_data_text(EventType::ReportFiled, &format!("{data} {{}}")).is_err());
     }
 
     #[test]
     fn unknown_data_fields_are_refused() {
         let err = Payload::from_data(
             EventType::ChildSeen,
-            serde_json::json!({"child_id": "c", "mode": "virtual", "name": "Alice"}),
+            &serde_json::json!({"child_id": "c", "mode": "virtual", "name": "Alice"}),
         );
         assert!(err.is_err(), "free text must not slip into the log");
     }

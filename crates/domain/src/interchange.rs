@@ -41,7 +41,7 @@ pub enum LineError {
 pub fn parse_line(line: &str) -> Result<InterchangeEvent, LineError> {
     let raw: Line = serde_json::from_str(line).map_err(|e| LineError::Malformed(e.to_string()))?;
     let event_type = EventType::parse(&raw.event_type).ok_or(LineError::UnknownType(raw.event_type))?;
-    let payload = Payload::from_data(event_type, raw.data).map_err(|e| LineError::BadData {
+    let payload = Payload::from_data(event_type, &raw.data).map_err(|e| LineError::BadData {
         event_type,
         message: e.to_string(),
     })?;

@@ -20,6 +20,16 @@ pub enum WorklistKind {
     CasesOpenOver100Weeks,
 }
 
+impl WorklistKind {
+    pub const ALL: [WorklistKind; 5] = [
+        WorklistKind::ChildrenNotSeen,
+        WorklistKind::ReportsDue,
+        WorklistKind::ReportsOverdue,
+        WorklistKind::CasesOpenOver52Weeks,
+        WorklistKind::CasesOpenOver100Weeks,
+    ];
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorklistItem {
     pub case_id: String,

@@ -1,7 +1,13 @@
 //! `caselog generate`: writes a synthetic national workload as NDJSON (the interchange format),
 //! and prints how its metrics compare with the published reference figures.
 
+use crate::error::Error;
+use crate::ingest::row_of;
 use caselog_calendar::WorkingCalendar;
+use caselog_domain::NewEvent;
+use caselog_domain::england::date_in_england;
+use caselog_store::{EventLog, LoadRow};
+use tokio::sync::mpsc;
 use caselog_domain::interchange::to_line;
 use caselog_domain::{CaseHistory, HistoryEvent};
 use caselog_projections::metrics::Settings;
@@ -64,6 +70,80 @@ pub fn write_ndjson(options: &GenerateOptions, out: &mut impl Write) -> std::io:
         Some(err) => Err(err),
         None => Ok(generated),
     }
+}
+
+/// Events per load transaction.
+const LOAD_CHUNK_EVENTS: usize = 20_000;
+
+/// Generates the workload and loads it straight into the log (bulk `COPY`, positions allocated as
+/// for any append), each case checked by the domain rules first. Resends are not simulated: they
+/// belong to a sender, and `import` exercises them. The database must not hold these cases yet.
+pub async fn load(options: &GenerateOptions, log: &EventLog, source: &str) -> Result<Generated, Error> {
+    let (chunks, mut received) = mpsc::channel::<Vec<LoadRow>>(2);
+    let workload = options.workload.clone();
+    let source = source.to_owned();
+    let producer = tokio::task::spawn_blocking(move || -> Result<Generated, Error> {
+        let calendar = WorkingCalendar::england_and_wales();
+        let today = date_in_england(chrono::Utc::now()).max(workload.last_day);
+        let mut generated = Generated::default();
+        let mut chunk = Vec::with_capacity(LOAD_CHUNK_EVENTS + 256);
+        let mut failure = None;
+        generate(&workload, calendar, |case| {
+            if failure.is_some() {
+                return;
+            }
+            let Some(case_id) = case.first().map(|e| e.case_id.clone()) else {
+                return;
+            };
+            let events: Vec<NewEvent> = case.into_iter().map(|e| e.event).collect();
+            let history = match CaseHistory::default().decide(&events, today) {
+                Ok(history) => history,
+                Err(rejection) => {
+                    failure = Some(Error::Internal(format!(
+                        "generated case {case_id} breaks a rule at event {}: {:?}",
+                        rejection.index, rejection.rejection
+                    )));
+                    return;
+                }
+            };
+            generated.cases += 1;
+            generated.events += events.len() as u64;
+            generated.lines += events.len() as u64;
+            if let Some(facts) = facts_of(&case_id, &history) {
+                generated.facts.push(facts);
+            }
+            for (i, event) in events.iter().enumerate() {
+                chunk.push(LoadRow {
+                    case_id: case_id.clone(),
+                    version: i as i32 + 1,
+                    source: source.clone(),
+                    row: row_of(event),
+                });
+            }
+            if chunk.len() >= LOAD_CHUNK_EVENTS {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(LOAD_CHUNK_EVENTS + 256));
+                if chunks.blocking_send(full).is_err() {
+                    failure = Some(Error::Internal("the loader stopped".into()));
+                }
+            }
+        });
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        if !chunk.is_empty() {
+            chunks
+                .blocking_send(chunk)
+                .map_err(|_| Error::Internal("the loader stopped".into()))?;
+        }
+        Ok(generated)
+    });
+    while let Some(chunk) = received.recv().await {
+        log.load_new_cases(&chunk).await?;
+    }
+    log.analyze_events().await?;
+    producer
+        .await
+        .map_err(|e| Error::Internal(format!("the generator failed: {e}")))?
 }
 
 /// The catalogue figures of the generated data next to the published reference figures.

@@ -182,7 +182,7 @@ pub(crate) fn payload_of(stored: &StoredEvent) -> Result<Payload, Error> {
             stored.event_id, stored.event_type
         ))
     })?;
-    Payload::from_data(event_type, stored.data.clone())
+    Payload::from_data(event_type, &stored.data)
         .map_err(|e| Error::Internal(format!("event {} has unreadable data: {e}", stored.event_id)))
 }
 

@@ -2,6 +2,7 @@
 //! and the `caselog import` client. Errors become `tonic::Status` in `error.rs` only.
 
 mod convert;
+pub mod admin;
 pub mod error;
 pub mod feed;
 pub mod generate;
@@ -9,9 +10,11 @@ pub mod import;
 pub mod ingest;
 pub mod metrics;
 pub mod projector;
+pub mod rebuild;
 pub mod service;
 pub mod telemetry;
 
+use caselog_api::v1::admin_service_server::AdminServiceServer;
 use caselog_api::v1::case_event_service_server::CaseEventServiceServer;
 use caselog_api::v1::event_feed_service_server::EventFeedServiceServer;
 use caselog_api::v1::metrics_service_server::MetricsServiceServer;
@@ -91,11 +94,12 @@ pub async fn run(
 
     let signalling_task = tokio::spawn(log.clone().run_feed_signalling());
     let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
-    let event_feed = EventFeed::new(log.clone(), limits.feed.clone(), draining_rx);
+    let event_feed = EventFeed::new(log.clone(), limits.feed.clone(), draining_rx.clone());
     let metrics_task = tokio::spawn(event_feed.clone().publish_metrics(Duration::from_secs(10)));
     let feed = EventFeedServiceServer::new(event_feed);
     let projector_task = tokio::spawn(projector::run(log.clone(), limits.projector.clone()));
     let metrics = MetricsServiceServer::new(metrics::Metrics::new(log.clone()));
+    let admin = AdminServiceServer::new(admin::Admin::new(log.clone(), draining_rx.clone()));
     let shutdown = async move {
         shutdown.await;
         let _ = draining_tx.send(true);
@@ -122,6 +126,7 @@ pub async fn run(
         .add_service(case_events)
         .add_service(feed)
         .add_service(metrics)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     health_task.abort();

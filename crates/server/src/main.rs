@@ -1,8 +1,9 @@
-//! The `caselog` command: `serve`, `migrate` and `import`.
+//! The `caselog` command: `serve`, `migrate`, `import`, `generate` and `rebuild`.
 
 use anyhow::Context;
-use caselog_server::generate::{GenerateOptions, compare_with_reference, write_ndjson};
+use caselog_server::generate::{GenerateOptions, compare_with_reference, load, write_ndjson};
 use caselog_server::import::{ImportOptions, LineOutcome, import};
+use caselog_server::rebuild::{Outcome, Phase, Progress, RebuildOptions, rebuild};
 use caselog_server::{ServerLimits, shutdown_signal, telemetry};
 use caselog_store::{ConnectSettings, EventLog};
 use caselog_workload::WorkloadSettings;
@@ -37,6 +38,21 @@ enum Command {
     Import(ImportArgs),
     /// Write a synthetic national workload as NDJSON, and compare its metrics with the reference figures.
     Generate(GenerateArgs),
+    /// Rebuild the projections from the log beside the live ones and switch them in (or, with
+    /// --verify, compare and discard). Needs no running service; safe to run beside one.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Args, Debug)]
+struct RebuildArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Compare with the live projections instead of switching; exit status 3 when they differ.
+    #[arg(long)]
+    verify: bool,
+    /// Events read from the log per page.
+    #[arg(long, default_value_t = 20_000)]
+    page_events: i64,
 }
 
 #[derive(Args, Debug)]
@@ -56,8 +72,18 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 0.002)]
     resend_rate: f64,
     /// Output file (standard output when absent).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "load")]
     out: Option<PathBuf>,
+    /// Load straight into the database instead of writing NDJSON (bulk COPY; the database must
+    /// not hold these cases yet).
+    #[arg(long, requires = "database_url")]
+    load: bool,
+    /// PostgreSQL connection URL, for --load.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Source organisation recorded with loaded events.
+    #[arg(long, default_value = "workload-generator")]
+    source: String,
 }
 
 #[derive(Args, Debug)]
@@ -182,27 +208,71 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 resend_rate: args.resend_rate,
             };
             let started = std::time::Instant::now();
-            let generated = match &args.out {
-                Some(path) => {
+            let generated = match (&args.out, &args.database_url) {
+                (_, Some(database_url)) if args.load => {
+                    caselog_store::create_database_if_missing(database_url).await?;
+                    let pool = caselog_store::connect(database_url, &ConnectSettings::default())?;
+                    caselog_store::MIGRATOR
+                        .run(&pool)
+                        .await
+                        .context("applying migrations")?;
+                    load(&options, &EventLog::new(pool), &args.source).await?
+                }
+                (Some(path), _) => {
                     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
                     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
                     let generated = write_ndjson(&options, &mut out)?;
                     std::io::Write::flush(&mut out)?;
                     generated
                 }
-                None => write_ndjson(&options, &mut std::io::BufWriter::new(std::io::stdout().lock()))?,
+                _ => write_ndjson(&options, &mut std::io::BufWriter::new(std::io::stdout().lock()))?,
             };
+            let seconds = started.elapsed().as_secs_f64();
             eprintln!(
-                "generated {} cases, {} events, {} lines ({first_day} to {until}) in {:.1} s",
+                "{} {} cases, {} events, {} lines ({first_day} to {until}) in {seconds:.1} s ({:.0} events/s)",
+                if args.load { "generated and loaded" } else { "generated" },
                 generated.cases,
                 generated.events,
                 generated.lines,
-                started.elapsed().as_secs_f64()
+                generated.events as f64 / seconds.max(1e-3)
             );
             for line in compare_with_reference(&generated.facts, until) {
                 eprintln!("{line}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Rebuild(args) => {
+            let pool = caselog_store::connect(&args.database.database_url, &ConnectSettings::default())?;
+            caselog_store::MIGRATOR
+                .run(&pool)
+                .await
+                .context("applying migrations")?;
+            let log = EventLog::new(pool);
+            let options = RebuildOptions {
+                verify_only: args.verify,
+                page_events: args.page_events,
+            };
+            let (progress, mut seen) = tokio::sync::watch::channel(None);
+            let bar = tokio::spawn(async move {
+                while seen.changed().await.is_ok() {
+                    if let Some(current) = seen.borrow_and_update().clone() {
+                        eprint!("\r{}", progress_bar(&current));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            });
+            let result = rebuild(&log, &options, &progress).await;
+            drop(progress);
+            let _ = bar.await;
+            eprintln!();
+            let summary = result?;
+            for line in summary.describe() {
+                println!("{line}");
+            }
+            Ok(match summary.outcome {
+                Outcome::Verified(report) if !report.identical() => ExitCode::from(3),
+                _ => ExitCode::SUCCESS,
+            })
         }
         Command::Import(args) => {
             let text = tokio::fs::read_to_string(&args.file)
@@ -237,4 +307,35 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// One line of progress, redrawn in place: phase, bar, counts, rate and time left.
+fn progress_bar(p: &Progress) -> String {
+    const WIDTH: usize = 30;
+    let done = if p.events_total == 0 {
+        1.0
+    } else {
+        (p.events_processed as f64 / p.events_total as f64).min(1.0)
+    };
+    let filled = (done * WIDTH as f64).round() as usize;
+    let phase = match p.phase {
+        Phase::Loading => "loading",
+        Phase::Indexing => "indexing",
+        Phase::CatchingUp => "catching up",
+        Phase::Finishing => "finishing",
+    };
+    let left = p
+        .time_left()
+        .map(|t| format!(", about {} s left", t.as_secs()))
+        .unwrap_or_default();
+    format!(
+        "{phase:>11} [{}{}] {:>3.0}% {}/{} events, {} cases, {:.0} events/s{left}   ",
+        "#".repeat(filled),
+        ".".repeat(WIDTH - filled),
+        done * 100.0,
+        p.events_processed,
+        p.events_total,
+        p.cases,
+        p.events_per_second()
+    )
 }

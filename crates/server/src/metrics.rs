@@ -2,7 +2,7 @@
 //! log cut at an instant (`as_of`).
 
 use crate::error::Error;
-use crate::projector::fold_cases;
+use crate::projector::facts_at;
 use caselog_api::v1 as pb;
 use caselog_api::v1::metrics_service_server::MetricsService;
 use caselog_calendar::WorkingCalendar;
@@ -12,6 +12,7 @@ use caselog_projections::metrics::{MetricsError, Settings};
 use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, WorklistKind};
 use caselog_store::EventLog;
 use caselog_store::projection::CASE_FACTS;
+use caselog_store::rebuild::Cut;
 use chrono::NaiveDate;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub struct Metrics {
 /// position it reflects (so a query reads only what changed).
 #[derive(Debug)]
 struct FactsCache {
+    generation: i64,
     position: i64,
     cases: HashMap<String, CaseFacts>,
 }
@@ -44,6 +46,7 @@ impl Metrics {
         Metrics {
             log,
             cache: Arc::new(RwLock::new(FactsCache {
+                generation: 0,
                 position: -1,
                 cases: HashMap::new(),
             })),
@@ -54,13 +57,17 @@ impl Metrics {
     async fn current_facts(&self, min_position: u64) -> Result<RwLockReadGuard<'_, FactsCache>, Error> {
         self.wait_for(min_position).await?;
         let mut cache = self.cache.write().await;
-        let (position, rows) = self.log.case_facts_since(cache.position).await?;
-        for row in rows {
+        let changes = self.log.case_facts_since(cache.generation, cache.position).await?;
+        if changes.replaced {
+            cache.cases.clear();
+        }
+        for row in changes.rows {
             let facts: CaseFacts =
                 serde_json::from_value(row).map_err(|e| Error::Internal(format!("unreadable case facts: {e}")))?;
             cache.cases.insert(facts.case_id.clone(), facts);
         }
-        cache.position = position;
+        cache.generation = changes.generation;
+        cache.position = changes.position;
         Ok(cache.downgrade())
     }
 }
@@ -98,7 +105,7 @@ impl Metrics {
                     chrono::DateTime::from_timestamp(as_of.seconds, as_of.nanos.max(0) as u32).ok_or_else(|| {
                         Error::invalid(vec![FieldViolation::new("as_of", "as_of is not a valid instant")])
                     })?;
-                let cases = fold_cases(&self.log.read_recorded_by(at).await?)?;
+                let cases = facts_at(&self.log, Cut::RecordedBy(at)).await?;
                 (
                     0,
                     caselog_projections::compute(&query, &cases, calendar).map_err(metrics_error)?,

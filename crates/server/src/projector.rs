@@ -4,10 +4,11 @@
 //! and the checkpoint itself.
 
 use crate::error::Error;
-use crate::ingest::history_of;
+use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload};
 use caselog_projections::{CaseFacts, facts_of};
 use caselog_store::projection::CASE_FACTS;
-use caselog_store::{EventLog, FeedFilter, StoredEvent};
+use caselog_store::rebuild::Cut;
+use caselog_store::{EventLog, FeedFilter, ReplayRow};
 use std::time::Duration;
 use tracing::{debug, info, instrument, warn};
 
@@ -119,12 +120,46 @@ pub async fn apply_next_page(log: &EventLog, page_size: i64) -> Result<Applied, 
 }
 
 /// Folds rows ordered by case then version into the facts of each case.
-pub fn fold_cases(rows: &[StoredEvent]) -> Result<Vec<CaseFacts>, Error> {
+pub fn fold_cases(rows: &[ReplayRow]) -> Result<Vec<CaseFacts>, Error> {
     let mut out = Vec::new();
     for events in rows.chunk_by(|a, b| a.case_id == b.case_id) {
-        if let Some(facts) = facts_of(&events[0].case_id, &history_of(events)?) {
+        if let Some(facts) = facts_of(&events[0].case_id, &replayed_history(events)?) {
             out.push(facts);
         }
     }
     Ok(out)
+}
+
+/// The facts of every case, from the log cut at `cut`, read a page of cases at a time.
+pub async fn facts_at(log: &EventLog, cut: Cut) -> Result<Vec<CaseFacts>, Error> {
+    let mut facts = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = log.read_cases_in_order(after.as_deref(), cut, FOLD_PAGE_EVENTS).await?;
+        let Some(last) = page.last() else {
+            return Ok(facts);
+        };
+        after = Some(last.case_id.clone());
+        facts.extend(fold_cases(&page)?);
+    }
+}
+
+/// Events read per page when folding the whole log.
+const FOLD_PAGE_EVENTS: i64 = 20_000;
+
+fn replayed_history(rows: &[ReplayRow]) -> Result<CaseHistory, Error> {
+    rows.iter()
+        .map(|row| {
+            let unreadable = |detail: String| Error::Internal(format!("event {}: {detail}", row.event_id));
+            let event_type = EventType::parse(&row.event_type)
+                .ok_or_else(|| unreadable(format!("unknown type {:?}", row.event_type)))?;
+            Ok(HistoryEvent {
+                event_id: row.event_id,
+                occurred_on: row.occurred_on,
+                payload: Payload::from_data_text(event_type, &row.data)
+                    .map_err(|e| unreadable(format!("unreadable data: {e}")))?,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()
+        .map(CaseHistory::new)
 }

@@ -4,14 +4,16 @@
 //! is or which events are allowed (that is `caselog-domain`). Every append is one SQL statement,
 //! so it is atomic without an explicit transaction, and its commit time is its `recorded_at`.
 
+mod copy_text;
 mod error;
 pub mod feed;
 mod log;
 pub mod projection;
+pub mod rebuild;
 
 pub use error::Error;
 pub use feed::{FeedFilter, FeedPage, Horizon};
-pub use log::{AppendedRow, EventLog, NewRow, StoredEvent};
+pub use log::{AppendedRow, EventLog, LoadRow, NewRow, ReplayRow, StoredEvent};
 
 /// The workspace migrations (`migrations/`), embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

@@ -18,6 +18,15 @@ pub struct NewRow {
     pub metadata: serde_json::Value,
 }
 
+/// A row for [`EventLog::load_new_cases`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadRow {
+    pub case_id: String,
+    pub version: i32,
+    pub source: String,
+    pub row: NewRow,
+}
+
 /// Where an appended row landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendedRow {
@@ -40,6 +49,20 @@ pub struct StoredEvent {
     pub source: String,
     pub recorded_at: DateTime<Utc>,
 }
+
+/// What folding a case needs of an event row: `data` stays JSON text, so a replay parses it once,
+/// straight into the payload.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ReplayRow {
+    pub case_id: String,
+    pub event_id: Uuid,
+    pub version: i32,
+    pub event_type: String,
+    pub occurred_on: NaiveDate,
+    pub data: String,
+}
+
+pub(crate) const REPLAY_COLUMNS: &str = "case_id, event_id, version, event_type, occurred_on, data::text AS data";
 
 pub(crate) const COLUMNS: &str =
     "position, event_id, case_id, version, event_type, occurred_on, data, metadata, source, recorded_at";
@@ -109,6 +132,65 @@ impl EventLog {
         appended.sort_by_key(|row| row.version);
         self.signal.appended();
         Ok(appended)
+    }
+
+    /// Appends whole new cases in one transaction with `COPY`: the bulk path for loading a
+    /// generated or migrated history. Positions are allocated as for any append (so the feed
+    /// never skips them) in the order of `rows`; each case's versions are given by the caller,
+    /// from 1. Writes nothing when a case or an event id is already recorded.
+    #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]
+    pub async fn load_new_cases(&self, rows: &[LoadRow]) -> Result<(), Error> {
+        let Ok(count) = i32::try_from(rows.len()) else {
+            return Err(Error::DuplicateEventId);
+        };
+        if count == 0 {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let positions: Vec<i64> = sqlx::query_scalar("SELECT caselog_allocate_positions($1)")
+            .bind(count)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut buffer = Vec::with_capacity(rows.len() * 400);
+        for (row, position) in rows.iter().zip(&positions) {
+            crate::copy_text::copy_text_row(
+                &mut buffer,
+                &[
+                    &position.to_string(),
+                    &row.row.event_id.to_string(),
+                    &row.case_id,
+                    &row.version.to_string(),
+                    &row.row.event_type,
+                    &row.row.occurred_on.to_string(),
+                    &row.row.data.to_string(),
+                    &row.row.metadata.to_string(),
+                    &row.source,
+                ],
+            );
+        }
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY events (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source) FROM STDIN",
+            )
+            .await?;
+        if let Err(err) = copy.send(buffer).await {
+            copy.abort("send failed").await.ok();
+            return Err(err.into());
+        }
+        let first = &rows[0];
+        copy.finish()
+            .await
+            .map_err(|e| Error::from_sqlx(e, &first.case_id, i64::from(first.version)))?;
+        tx.commit().await?;
+        self.signal.appended();
+        Ok(())
+    }
+
+    /// Refreshes the planner's statistics of the log, after a bulk load.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn analyze_events(&self) -> Result<(), Error> {
+        sqlx::query("ANALYZE events").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Every event of a case, in version order.

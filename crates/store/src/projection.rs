@@ -2,7 +2,7 @@
 //! transaction so that a crash at any instant leaves a state a clean rebuild would reach. The
 //! store sees facts as opaque JSON.
 
-use crate::log::{COLUMNS, StoredEvent};
+use crate::log::{REPLAY_COLUMNS, ReplayRow};
 use crate::{Error, EventLog};
 use sqlx::PgConnection;
 use tracing::instrument;
@@ -13,6 +13,17 @@ const PROJECTOR_LOCK: (i32, i32) = (0x6361_7365, 1);
 
 /// The name of the case-facts projection's checkpoint.
 pub const CASE_FACTS: &str = "case_facts";
+
+/// Case-facts rows a reader has not seen yet.
+#[derive(Debug, Clone)]
+pub struct FactsChanges {
+    pub generation: i64,
+    /// The checkpoint the rows reflect.
+    pub position: i64,
+    /// A rebuild replaced the table: `rows` is all of it and the reader's copy is stale.
+    pub replaced: bool,
+    pub rows: Vec<serde_json::Value>,
+}
 
 /// Proof of projection leadership: the session holding the advisory lock. Dropping it (or the
 /// process dying) releases leadership.
@@ -58,23 +69,12 @@ impl EventLog {
 
     /// Every event of `case_ids` at or below `up_to`, ordered by case then version.
     #[instrument(skip(self, case_ids), fields(cases = case_ids.len()), err(level = "debug"))]
-    pub async fn read_cases_up_to(&self, case_ids: &[String], up_to: i64) -> Result<Vec<StoredEvent>, Error> {
+    pub async fn read_cases_up_to(&self, case_ids: &[String], up_to: i64) -> Result<Vec<ReplayRow>, Error> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM events WHERE case_id = ANY($1) AND position <= $2 ORDER BY case_id, version"
+            "SELECT {REPLAY_COLUMNS} FROM events WHERE case_id = ANY($1) AND position <= $2 ORDER BY case_id, version"
         )))
         .bind(case_ids)
         .bind(up_to)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// Every event recorded at or before `as_of`, ordered by case then version.
-    #[instrument(skip(self), err(level = "debug"))]
-    pub async fn read_recorded_by(&self, as_of: chrono::DateTime<chrono::Utc>) -> Result<Vec<StoredEvent>, Error> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM events WHERE recorded_at <= $1 ORDER BY case_id, version"
-        )))
-        .bind(as_of)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -118,24 +118,32 @@ impl EventLog {
         Ok(true)
     }
 
-    /// The checkpoint, and the case-facts rows written after position `since` (all rows for a
-    /// negative `since`), read in one snapshot.
+    /// What changed in the case-facts projection since a reader's copy was at `since` of
+    /// `generation`, read in one snapshot: the rows written after `since`, or every row when a
+    /// rebuild has replaced the table since (another generation).
     #[instrument(skip(self), err(level = "debug"))]
-    pub async fn case_facts_since(&self, since: i64) -> Result<(i64, Vec<serde_json::Value>), Error> {
+    pub async fn case_facts_since(&self, generation: i64, since: i64) -> Result<FactsChanges, Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
-        let position: i64 = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
-            .bind(CASE_FACTS)
-            .fetch_one(&mut *tx)
-            .await?;
+        let (position, current): (i64, i64) =
+            sqlx::query_as("SELECT position, generation FROM projection_checkpoints WHERE projection = $1")
+                .bind(CASE_FACTS)
+                .fetch_one(&mut *tx)
+                .await?;
+        let replaced = current != generation;
         let facts: Vec<serde_json::Value> =
             sqlx::query_scalar("SELECT facts FROM case_facts WHERE as_of_position > $1")
-                .bind(since)
+                .bind(if replaced { i64::MIN } else { since })
                 .fetch_all(&mut *tx)
                 .await?;
         tx.commit().await?;
-        Ok((position, facts))
+        Ok(FactsChanges {
+            generation: current,
+            position,
+            replaced,
+            rows: facts,
+        })
     }
 }

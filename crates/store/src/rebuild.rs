@@ -1,0 +1,351 @@
+//! Storage for rebuilding the case-facts projection beside the live one.
+//!
+//! A rebuild writes every row into `case_facts_rebuild` (bulk `COPY`, indexes built afterwards),
+//! catches it up with the events appended meanwhile, and then, in one transaction that holds the
+//! live checkpoint row, catches up the last few events, drops the live table, renames the new
+//! one into its place and moves the checkpoint and generation. Readers answer from the live
+//! table until that commit, and from the new one after it. An interrupted rebuild leaves only
+//! `case_facts_rebuild`, which the next rebuild drops.
+
+use crate::copy_text::copy_text_row;
+use crate::log::{REPLAY_COLUMNS, ReplayRow};
+use crate::projection::CASE_FACTS;
+use crate::{Error, EventLog};
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
+use tracing::instrument;
+
+/// Advisory lock (two-int4 form) held by the one session that may rebuild.
+const REBUILD_LOCK: (i32, i32) = (0x6361_7365, 2);
+
+/// Which events a case-ordered read includes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Events at or below a position that is safe to read (see the feed's horizon).
+    Position(i64),
+    /// Events recorded at or before an instant.
+    RecordedBy(DateTime<Utc>),
+}
+
+/// One of the two case-facts tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactsTable {
+    Live,
+    Rebuild,
+}
+
+impl FactsTable {
+    fn name(self) -> &'static str {
+        match self {
+            FactsTable::Live => "case_facts",
+            FactsTable::Rebuild => "case_facts_rebuild",
+        }
+    }
+}
+
+/// A case whose facts differ between the live and the rebuilt table (`None`: no row there).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactsDifference {
+    pub case_id: String,
+    pub live: Option<serde_json::Value>,
+    pub rebuilt: Option<serde_json::Value>,
+}
+
+impl EventLog {
+    /// Up to about `limit` events of the cases after `after_case`, ordered by case then version
+    /// and cut at `cut`. Pages end on a case boundary, so each case arrives whole in one page
+    /// (a case with more than `limit` events makes its page longer than `limit`).
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn read_cases_in_order(
+        &self,
+        after_case: Option<&str>,
+        cut: Cut,
+        limit: i64,
+    ) -> Result<Vec<ReplayRow>, Error> {
+        // No "$n IS NULL OR" forms: a generic plan could not use them as index bounds, and
+        // every page would scan the index from its start.
+        let cut_column = match cut {
+            Cut::Position(_) => "position",
+            Cut::RecordedBy(_) => "recorded_at",
+        };
+        let sql = format!(
+            "SELECT {REPLAY_COLUMNS} FROM events WHERE case_id > $1 AND {cut_column} <= $2 ORDER BY case_id, version LIMIT $3"
+        );
+        let mut limit = limit.max(1);
+        loop {
+            let query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(after_case.unwrap_or(""));
+            let query = match cut {
+                Cut::Position(p) => query.bind(p),
+                Cut::RecordedBy(t) => query.bind(t),
+            };
+            // Walk the (case_id, version) index whatever the statistics say: without them (a
+            // freshly loaded table) the planner sorts the whole table for every page.
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SET LOCAL enable_sort = off").execute(&mut *tx).await?;
+            let mut rows: Vec<ReplayRow> = query.bind(limit).fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            if (rows.len() as i64) < limit {
+                return Ok(rows);
+            }
+            // A full page may have cut its last case short: leave that case to the next page.
+            let last = rows.last().map(|e| e.case_id.clone()).unwrap_or_default();
+            let whole = rows.partition_point(|e| e.case_id != last);
+            if whole > 0 {
+                rows.truncate(whole);
+                return Ok(rows);
+            }
+            limit *= 2;
+        }
+    }
+
+    /// How many events have a position at or below `up_to`.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn count_events_up_to(&self, up_to: i64) -> Result<i64, Error> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM events WHERE position <= $1")
+            .bind(up_to)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Takes the rebuild lock, unless another session holds it.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn try_lock_rebuild(&self) -> Result<Option<RebuildSession>, Error> {
+        let mut connection = self.pool.acquire().await?;
+        let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(REBUILD_LOCK.0)
+            .bind(REBUILD_LOCK.1)
+            .fetch_one(&mut *connection)
+            .await?;
+        if !won {
+            return Ok(None);
+        }
+        let mut connection = connection.detach();
+        // Building indexes over a national table can take longer than a request may.
+        sqlx::query("SET statement_timeout = 0")
+            .execute(&mut connection)
+            .await?;
+        Ok(Some(RebuildSession { connection }))
+    }
+}
+
+/// The session that holds the rebuild lock and writes the rebuilt table. Dropping it (or the
+/// process dying) releases the lock.
+#[derive(Debug)]
+pub struct RebuildSession {
+    connection: PgConnection,
+}
+
+impl RebuildSession {
+    /// Starts an empty rebuilt table, dropping what an interrupted rebuild left.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn create_table(&mut self) -> Result<(), Error> {
+        sqlx::query("DROP TABLE IF EXISTS case_facts_rebuild")
+            .execute(&mut self.connection)
+            .await?;
+        sqlx::query(
+            "CREATE TABLE case_facts_rebuild (case_id text NOT NULL, facts jsonb NOT NULL, as_of_position bigint NOT NULL)",
+        )
+        .execute(&mut self.connection)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends rows (case id, facts as JSON text) to the rebuilt table in one `COPY`.
+    #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]
+    pub async fn copy_rows(&mut self, rows: &[(String, String)], position: i64) -> Result<(), Error> {
+        let mut buffer = Vec::with_capacity(rows.iter().map(|(id, f)| id.len() + f.len() + 24).sum());
+        let position = position.to_string();
+        for (case_id, facts) in rows {
+            copy_text_row(&mut buffer, &[case_id, facts, &position]);
+        }
+        let mut copy = self
+            .connection
+            .copy_in_raw("COPY case_facts_rebuild (case_id, facts, as_of_position) FROM STDIN")
+            .await?;
+        if let Err(err) = copy.send(buffer).await {
+            copy.abort("send failed").await.ok();
+            return Err(err.into());
+        }
+        copy.finish().await?;
+        Ok(())
+    }
+
+    /// Builds the rebuilt table's indexes (after the bulk load: cheaper than maintaining them).
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn index_table(&mut self) -> Result<(), Error> {
+        sqlx::query("ALTER TABLE case_facts_rebuild ADD CONSTRAINT case_facts_rebuild_pkey PRIMARY KEY (case_id)")
+            .execute(&mut self.connection)
+            .await?;
+        sqlx::query("CREATE INDEX case_facts_rebuild_by_position ON case_facts_rebuild (as_of_position)")
+            .execute(&mut self.connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Every event of each case that has an event in (`after`, `up_to`], up to `up_to`, ordered
+    /// by case then version: what catching up from `after` to `up_to` must refold.
+    pub async fn changed_cases(&mut self, after: i64, up_to: i64) -> Result<Vec<ReplayRow>, Error> {
+        changed_cases(&mut self.connection, after, up_to).await
+    }
+
+    /// Writes catch-up rows into the rebuilt table.
+    pub async fn upsert_rows(&mut self, rows: &[(String, String)], position: i64) -> Result<(), Error> {
+        upsert_rebuilt(&mut self.connection, rows, position).await
+    }
+
+    /// The feed's safe position now.
+    pub async fn safe_position(&mut self) -> Result<i64, Error> {
+        safe_position(&mut self.connection).await
+    }
+
+    /// Opens the finishing transaction: it holds the live checkpoint row (the live projector
+    /// waits) until it switches or is dropped. `exclusive` locks the row for update (to switch);
+    /// otherwise for share (to compare).
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn finish(&mut self, exclusive: bool) -> Result<Finish<'_>, Error> {
+        let mut tx = sqlx::Connection::begin(&mut self.connection).await?;
+        sqlx::query("SET LOCAL lock_timeout = '10s'").execute(&mut *tx).await?;
+        let (live_position, generation): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT position, generation FROM projection_checkpoints WHERE projection = $1 FOR {}",
+            if exclusive { "UPDATE" } else { "SHARE" }
+        )))
+        .bind(CASE_FACTS)
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(Finish {
+            tx,
+            live_position,
+            generation,
+        })
+    }
+
+    /// Drops the rebuilt table (after a verification).
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn drop_table(&mut self) -> Result<(), Error> {
+        sqlx::query("DROP TABLE IF EXISTS case_facts_rebuild")
+            .execute(&mut self.connection)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The transaction that ends a rebuild, holding the live checkpoint row.
+#[derive(Debug)]
+pub struct Finish<'a> {
+    tx: Transaction<'a, Postgres>,
+    /// The live projection's checkpoint, which cannot move while this transaction is open.
+    pub live_position: i64,
+    pub generation: i64,
+}
+
+impl Finish<'_> {
+    pub async fn safe_position(&mut self) -> Result<i64, Error> {
+        safe_position(&mut *self.tx).await
+    }
+
+    pub async fn changed_cases(&mut self, after: i64, up_to: i64) -> Result<Vec<ReplayRow>, Error> {
+        changed_cases(&mut *self.tx, after, up_to).await
+    }
+
+    pub async fn upsert_rows(&mut self, rows: &[(String, String)], position: i64) -> Result<(), Error> {
+        upsert_rebuilt(&mut *self.tx, rows, position).await
+    }
+
+    /// Every row of `table`, ordered by case id.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn rows(&mut self, table: FactsTable) -> Result<Vec<serde_json::Value>, Error> {
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT facts FROM {} ORDER BY case_id",
+            table.name()
+        )))
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    /// The cases whose facts differ between the two tables (JSON equality, so key order and
+    /// whitespace do not count), ordered by case id.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn differences(&mut self) -> Result<Vec<FactsDifference>, Error> {
+        let rows: Vec<(String, Option<serde_json::Value>, Option<serde_json::Value>)> = sqlx::query_as(
+            "SELECT case_id, l.facts, r.facts
+               FROM case_facts l FULL JOIN case_facts_rebuild r USING (case_id)
+              WHERE l.facts IS DISTINCT FROM r.facts
+              ORDER BY case_id",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(case_id, live, rebuilt)| FactsDifference { case_id, live, rebuilt })
+            .collect())
+    }
+
+    /// Ends the transaction without switching (undoing what it wrote).
+    pub async fn release(self) -> Result<(), Error> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+
+    /// Puts the rebuilt table in the live one's place at `position` and commits; returns the new
+    /// generation.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn switch(mut self, position: i64) -> Result<i64, Error> {
+        for statement in [
+            "DROP TABLE case_facts",
+            "ALTER TABLE case_facts_rebuild RENAME TO case_facts",
+            "ALTER INDEX case_facts_rebuild_pkey RENAME TO case_facts_pkey",
+            "ALTER INDEX case_facts_rebuild_by_position RENAME TO case_facts_by_position",
+        ] {
+            sqlx::query(statement).execute(&mut *self.tx).await?;
+        }
+        let generation: i64 = sqlx::query_scalar(
+            "UPDATE projection_checkpoints SET position = $1, generation = generation + 1, updated_at = now()
+              WHERE projection = $2 RETURNING generation",
+        )
+        .bind(position)
+        .bind(CASE_FACTS)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        self.tx.commit().await?;
+        Ok(generation)
+    }
+}
+
+async fn safe_position(executor: impl PgExecutor<'_>) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar("SELECT safe FROM caselog_feed_horizon()")
+        .fetch_one(executor)
+        .await?)
+}
+
+async fn changed_cases(executor: impl PgExecutor<'_>, after: i64, up_to: i64) -> Result<Vec<ReplayRow>, Error> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {REPLAY_COLUMNS} FROM events
+          WHERE case_id IN (SELECT case_id FROM events WHERE position > $1 AND position <= $2)
+            AND position <= $2
+          ORDER BY case_id, version"
+    )))
+    .bind(after)
+    .bind(up_to)
+    .fetch_all(executor)
+    .await?)
+}
+
+async fn upsert_rebuilt(executor: impl PgExecutor<'_>, rows: &[(String, String)], position: i64) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+    let facts: Vec<&str> = rows.iter().map(|(_, f)| f.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO case_facts_rebuild (case_id, facts, as_of_position)
+         SELECT id, f::jsonb, $3 FROM UNNEST($1::text[], $2::text[]) AS r(id, f)
+         ON CONFLICT (case_id) DO UPDATE SET facts = EXCLUDED.facts, as_of_position = EXCLUDED.as_of_position",
+    )
+    .bind(&ids)
+    .bind(&facts)
+    .bind(position)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+

@@ -9,5 +9,6 @@ mod idempotency;
 mod import;
 mod metrics;
 mod operations;
+mod rebuild;
 mod rules;
 mod write_path;

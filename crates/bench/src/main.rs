@@ -6,6 +6,8 @@
 //! takes positions from a plain sequence; (2) delivery latency to a live gRPC subscriber while
 //! writers append at a steady rate through the gRPC service.
 
+mod suite;
+
 use anyhow::Context;
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
@@ -30,6 +32,33 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Bench {
+    /// Every figure of the workload issue against raw PostgreSQL: replay, query latency, batch
+    /// and single-event ingest, projection keep-up, service memory.
+    Suite {
+        /// Years of national workload to generate and load first (0: use what the database holds).
+        #[arg(long, default_value_t = 0)]
+        load_years: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The caselog binary (default: next to this one).
+        #[arg(long)]
+        caselog: Option<std::path::PathBuf>,
+        /// Seconds per throughput measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// 1,000-event requests per side of the batch ingest comparison.
+        #[arg(long, default_value_t = 200)]
+        batches: usize,
+        /// Queries in the latency measurement.
+        #[arg(long, default_value_t = 100)]
+        queries: usize,
+        /// Client counts for single-event appends.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,32")]
+        clients: Vec<usize>,
+        /// Events per second offered while measuring projection lag.
+        #[arg(long, default_value_t = 2000)]
+        keep_up_rate: u64,
+    },
     /// The cost of the never-skipping feed on appends, and commit-to-delivery latency.
     Feed {
         /// Concurrent writers for the append comparison.
@@ -66,8 +95,34 @@ async fn main() -> anyhow::Result<()> {
         .run(&pool)
         .await
         .context("migrating the benchmark database")?;
-    print_machine(&pool).await?;
     match cli.bench {
+        Bench::Suite {
+            load_years,
+            seed,
+            caselog,
+            seconds,
+            batches,
+            queries,
+            clients,
+            keep_up_rate,
+        } => {
+            let caselog = match caselog {
+                Some(path) => path,
+                None => std::env::current_exe()?.with_file_name("caselog"),
+            };
+            let options = suite::SuiteOptions {
+                database_url: cli.database_url.clone(),
+                load_years,
+                seed,
+                caselog,
+                seconds,
+                batches,
+                queries,
+                clients,
+                keep_up_rate,
+            };
+            suite::run(&pool, &options).await?;
+        }
         Bench::Feed {
             writers,
             seconds,
@@ -76,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
             batch,
             latency_seconds,
         } => {
+            print_machine(&pool).await?;
             append_cost(&pool, writers, Duration::from_secs(seconds)).await?;
             let load = Load {
                 rate,

@@ -1,0 +1,637 @@
+//! `caselog-bench suite`: every figure of the workload issue, each next to the raw PostgreSQL
+//! figure for the same schema and data, measured in the same run on the same machine.
+//!
+//! The service under test is the real `caselog` binary, started as a child process (so its peak
+//! memory is its own), and the rebuild is `caselog rebuild`, also a child process.
+
+use crate::{hearing, issue, print_machine};
+use anyhow::{Context, bail};
+use caselog_api::v1 as pb;
+use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
+use caselog_api::v1::metrics_service_client::MetricsServiceClient;
+use caselog_projections::MetricId;
+use caselog_server::generate::{GenerateOptions, compare_with_reference, load};
+use caselog_store::EventLog;
+use caselog_workload::WorkloadSettings;
+use chrono::Datelike;
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Clone)]
+pub struct SuiteOptions {
+    pub database_url: String,
+    /// Years of national workload to generate and load first (0: use what the database holds).
+    pub load_years: u32,
+    pub seed: u64,
+    /// The `caselog` binary to start.
+    pub caselog: PathBuf,
+    /// Seconds per throughput measurement.
+    pub seconds: u64,
+    /// 1,000-event requests per side of the batch ingest comparison.
+    pub batches: usize,
+    /// Queries in the latency measurement.
+    pub queries: usize,
+    /// Client counts for single-event appends.
+    pub clients: Vec<usize>,
+    /// Events per second offered while measuring projection lag.
+    pub keep_up_rate: u64,
+}
+
+pub async fn run(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
+    print_machine(pool).await?;
+    if options.load_years > 0 {
+        load_workload(pool, options).await?;
+    }
+    setup_plain_table(pool).await?;
+    replay(pool, options).await?;
+    let service = Service::start(options).await?;
+    let result = async {
+        let head = EventLog::new(pool.clone()).horizon().await?.safe;
+        wait_for_projection(&service.channel, head).await?;
+        query_latency(pool, &service.channel, options.queries).await?;
+        batch_ingest(pool, &service.channel, options.batches).await?;
+        for &clients in &options.clients {
+            single_appends(pool, &service.channel, clients, Duration::from_secs(options.seconds)).await?;
+        }
+        projection_keep_up(pool, &service.channel, options.keep_up_rate, Duration::from_secs(options.seconds)).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let peak = service.stop().await;
+    println!(
+        "\n== service: peak resident memory of `caselog serve` over the run: {}",
+        peak.map_or("unknown".into(), mib)
+    );
+    result
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.0} MiB", kib as f64 / 1024.0)
+}
+
+async fn load_workload(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
+    let until = caselog_domain::england::date_in_england(chrono::Utc::now());
+    let first_day = until
+        .checked_sub_months(chrono::Months::new(12 * options.load_years))
+        .context("--load-years reaches outside the calendar")?;
+    let generate = GenerateOptions {
+        workload: WorkloadSettings {
+            seed: options.seed,
+            first_day,
+            last_day: until,
+            cases_per_working_day: 220.0,
+        },
+        resend_rate: 0.0,
+    };
+    println!(
+        "\n== load: {} years of national workload (seed {}), generated and loaded with COPY",
+        options.load_years, options.seed
+    );
+    let started = Instant::now();
+    let generated = load(&generate, &EventLog::new(pool.clone()), "workload-generator").await?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "loaded {} cases, {} events in {seconds:.1} s ({:.0} events/s)",
+        generated.cases,
+        generated.events,
+        generated.events as f64 / seconds
+    );
+    for line in compare_with_reference(&generated.facts, until) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+async fn setup_plain_table(pool: &PgPool) -> anyhow::Result<()> {
+    for statement in crate::PLAIN_TABLE_SETUP {
+        sqlx::query(statement).execute(pool).await?;
+    }
+    Ok(())
+}
+
+/// Full replay (`caselog rebuild`) against `COPY (SELECT ... ORDER BY position) TO STDOUT`.
+async fn replay(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await?;
+    println!("\n== replay: {events} events");
+    let mut connection = pool.acquire().await?;
+    let started = Instant::now();
+    let mut stream = connection
+        .copy_out_raw(
+            "COPY (SELECT position, event_id, case_id, version, event_type, occurred_on, data, metadata, source, recorded_at
+                     FROM events ORDER BY position) TO STDOUT",
+        )
+        .await?;
+    let mut bytes = 0usize;
+    while let Some(chunk) = stream.next().await {
+        bytes += chunk?.len();
+    }
+    let raw_seconds = started.elapsed().as_secs_f64();
+    drop(stream);
+    let raw_rate = events as f64 / raw_seconds;
+    println!(
+        "raw PostgreSQL COPY (SELECT ... ORDER BY position) TO STDOUT: {raw_seconds:.1} s, {raw_rate:.0} events/s ({} MiB)",
+        bytes / (1 << 20)
+    );
+    let (summary, peak) = run_child(&options.caselog, &["rebuild"], &options.database_url).await?;
+    let rate = summary
+        .lines()
+        .find_map(|l| l.split("s, ").nth(1)?.strip_suffix(" events/s)")?.parse::<f64>().ok())
+        .context("no rate in the rebuild summary")?;
+    for line in summary.lines() {
+        println!("caselog rebuild: {line}");
+    }
+    println!(
+        "caselog rebuild peak resident memory: {}",
+        peak.map_or("unknown".into(), mib)
+    );
+    println!(
+        "ratio rebuild/raw: {:.2} (rebuild loading rate {rate:.0} vs raw {raw_rate:.0} events/s; goal: at least 0.5)",
+        rate / raw_rate
+    );
+    Ok(())
+}
+
+/// Runs `caselog <args>` to completion: its standard output and its sampled peak memory.
+async fn run_child(caselog: &PathBuf, args: &[&str], database_url: &str) -> anyhow::Result<(String, Option<u64>)> {
+    let mut child = tokio::process::Command::new(caselog)
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", caselog.display()))?;
+    let pid = child.id();
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let sampler = tokio::spawn(sample_peak(pid));
+    let mut output = String::new();
+    stdout.read_to_string(&mut output).await?;
+    let status = child.wait().await?;
+    let peak = sampler.await.ok().flatten();
+    if !status.success() {
+        bail!("caselog {} failed ({status}): {output}", args.join(" "));
+    }
+    Ok((output, peak))
+}
+
+/// The largest resident set of process `pid`, sampled every 50 ms until it exits.
+async fn sample_peak(pid: Option<u32>) -> Option<u64> {
+    let pid = pid?;
+    let mut peak = None;
+    loop {
+        match resident_kib(pid, "VmHWM:") {
+            Some(kib) => peak = Some(peak.unwrap_or(0).max(kib)),
+            None => return peak,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn resident_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// `caselog serve` as a child process on a free loopback port.
+struct Service {
+    child: tokio::process::Child,
+    channel: Channel,
+}
+
+impl Service {
+    async fn start(options: &SuiteOptions) -> anyhow::Result<Service> {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?.port()
+        };
+        let child = tokio::process::Command::new(&options.caselog)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db-max-connections", "40"])
+            .env("DATABASE_URL", &options.database_url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", options.caselog.display()))?;
+        let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?;
+        for _ in 0..100 {
+            if let Ok(channel) = endpoint.connect().await {
+                return Ok(Service { child, channel });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("caselog serve did not start listening on port {port}")
+    }
+
+    /// Stops the service; returns its peak resident memory.
+    async fn stop(mut self) -> Option<u64> {
+        let peak = self.child.id().and_then(|pid| resident_kib(pid, "VmHWM:"));
+        let _ = self.child.kill().await;
+        peak
+    }
+}
+
+fn year_query(start_year: i32, min_position: u64) -> pb::QueryMetricsRequest {
+    pb::QueryMetricsRequest {
+        metric_ids: MetricId::ALL.iter().map(|m| m.id().to_owned()).collect(),
+        period: Some(pb::PeriodSpec {
+            kind: Some(pb::period_spec::Kind::FinancialYear(format!(
+                "{start_year}-{:02}",
+                (start_year + 1) % 100
+            ))),
+        }),
+        group_by: vec![pb::Dimension::ServiceArea as i32],
+        min_position,
+        ..Default::default()
+    }
+}
+
+fn latest_complete_financial_year() -> i32 {
+    let today = caselog_domain::england::date_in_england(chrono::Utc::now());
+    if today.month() >= 4 { today.year() - 1 } else { today.year() - 2 }
+}
+
+async fn wait_for_projection(channel: &Channel, head: i64) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut metrics = MetricsServiceClient::new(channel.clone());
+    let query = pb::QueryMetricsRequest {
+        metric_ids: vec!["S1".into()],
+        period: Some(pb::PeriodSpec {
+            kind: Some(pb::period_spec::Kind::Month("2025-01".into())),
+        }),
+        min_position: head.max(0) as u64,
+        ..Default::default()
+    };
+    loop {
+        match metrics.query_metrics(query.clone()).await {
+            Ok(_) => return Ok(started.elapsed()),
+            Err(status) if status.code() == tonic::Code::Unavailable => {}
+            Err(status) => bail!("waiting for the projection: {status}"),
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            bail!("the projection did not reach position {head} within an hour");
+        }
+    }
+}
+
+fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    sorted_ms
+        .get(((sorted_ms.len() as f64 * p) as usize).min(sorted_ms.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+fn sorted(mut ms: Vec<f64>) -> Vec<f64> {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    ms
+}
+
+/// Every metric of one financial year grouped by service area, against a grouped count over the
+/// same projection table in SQL.
+async fn query_latency(pool: &PgPool, channel: &Channel, queries: usize) -> anyhow::Result<()> {
+    let year = latest_complete_financial_year();
+    let request = year_query(year, 0);
+    println!(
+        "\n== query: all {} metrics of financial year {year}-{:02} grouped by service area, {queries} sequential queries",
+        MetricId::ALL.len(),
+        (year + 1) % 100
+    );
+    let mut metrics = MetricsServiceClient::new(channel.clone());
+    let first = Instant::now();
+    let response = metrics.query_metrics(request.clone()).await?.into_inner();
+    println!(
+        "first query (loads the projection into the service's memory): {:.0} ms, {} result sets",
+        first.elapsed().as_secs_f64() * 1000.0,
+        response.results.len()
+    );
+    let mut ours = Vec::with_capacity(queries);
+    for _ in 0..queries {
+        let started = Instant::now();
+        metrics.query_metrics(request.clone()).await?;
+        ours.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut raw = Vec::with_capacity(queries);
+    for _ in 0..queries {
+        let started = Instant::now();
+        let _: Vec<(Option<String>, i64)> =
+            sqlx::query_as("SELECT facts->>'service_area', count(*) FROM case_facts GROUP BY 1")
+                .fetch_all(pool)
+                .await?;
+        raw.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (ours, raw) = (sorted(ours), sorted(raw));
+    println!(
+        "raw PostgreSQL (one grouped count over case_facts): p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&raw, 0.5),
+        percentile(&raw, 0.99)
+    );
+    println!(
+        "caselog QueryMetrics over gRPC:                      p50 {:.1} ms, p99 {:.1} ms (goal: p99 under 100 ms)",
+        percentile(&ours, 0.5),
+        percentile(&ours, 0.99)
+    );
+    Ok(())
+}
+
+/// 1,000-event AppendEvents requests (a new case each) from 4 clients, against `COPY FROM` of
+/// the same rows, 1,000 per COPY, from 4 connections, into an identical table.
+async fn batch_ingest(pool: &PgPool, channel: &Channel, batches: usize) -> anyhow::Result<()> {
+    const PER_BATCH: usize = 1000;
+    const CLIENTS: usize = 4;
+    println!("\n== batch ingest: {batches} requests of {PER_BATCH} events from {CLIENTS} clients");
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let requests: Vec<pb::AppendEventsRequest> = (0..batches)
+        .map(|b| {
+            let case_id = format!("BATCH-{}-{b}", &run[..8]);
+            let mut request = issue(&case_id);
+            let hearing_event = hearing(&case_id).events[0].clone();
+            request.events.extend((1..PER_BATCH).map(|_| pb::NewEvent {
+                event_id: uuid::Uuid::new_v4().to_string(),
+                ..hearing_event.clone()
+            }));
+            request
+        })
+        .collect();
+    // The same rows as COPY text, positions from the plain table's sequence range.
+    let first: i64 = sqlx::query_scalar("SELECT nextval('bench_plain_position')")
+        .fetch_one(pool)
+        .await?;
+    sqlx::query("SELECT setval('bench_plain_position', $1)")
+        .bind(first + (batches * PER_BATCH) as i64)
+        .execute(pool)
+        .await?;
+    let copies: Vec<Vec<u8>> = requests
+        .iter()
+        .enumerate()
+        .map(|(b, request)| copy_rows(request, first + (b * PER_BATCH) as i64 + 1))
+        .collect();
+
+    let raw_started = Instant::now();
+    let copies = Arc::new(copies);
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..CLIENTS {
+        let (pool, copies) = (pool.clone(), copies.clone());
+        tasks.spawn(async move {
+            let mut connection = pool.acquire().await?;
+            for rows in copies.iter().skip(c).step_by(CLIENTS) {
+                let mut copy = connection
+                    .copy_in_raw(
+                        "COPY bench_events_plain (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source) FROM STDIN",
+                    )
+                    .await?;
+                copy.send(rows.as_slice()).await?;
+                copy.finish().await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let raw_rate = (batches * PER_BATCH) as f64 / raw_started.elapsed().as_secs_f64();
+
+    let ours_started = Instant::now();
+    let requests = Arc::new(requests);
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..CLIENTS {
+        let (mut client, requests) = (CaseEventServiceClient::new(channel.clone()), requests.clone());
+        tasks.spawn(async move {
+            for request in requests.iter().skip(c).step_by(CLIENTS) {
+                client.append_events(request.clone()).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let rate = (batches * PER_BATCH) as f64 / ours_started.elapsed().as_secs_f64();
+    println!("raw PostgreSQL COPY FROM (identical table and indexes): {raw_rate:>9.0} events/s");
+    println!("caselog AppendEvents over gRPC (validated, idempotent):   {rate:>9.0} events/s");
+    println!("ratio caselog/raw: {:.2} (goal: at least 0.5)", rate / raw_rate);
+    Ok(())
+}
+
+fn copy_rows(request: &pb::AppendEventsRequest, first_position: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(request.events.len() * 200);
+    for (i, event) in request.events.iter().enumerate() {
+        let (event_type, data) = match event.payload.as_ref().and_then(|p| p.kind.as_ref()) {
+            Some(pb::event_payload::Kind::CaseIssued(_)) => (
+                "case_issued",
+                r#"{"law_type": "private", "application_types": ["s8_child_arrangements"], "court_code": "LS", "service_area": "A5", "local_authority_code": null, "children": [{"child_id": "c-1", "birth_month": "2018-05"}], "received_on": null}"#,
+            ),
+            _ => ("hearing_listed", r#"{"hearing_type": "cmh", "listed_for": "2025-07-01"}"#),
+        };
+        out.extend_from_slice(
+            format!(
+                "{}\t{}\t{}\t{}\t{event_type}\t{}\t{data}\t{{}}\tbench\n",
+                first_position + i as i64,
+                event.event_id,
+                request.case_id,
+                i + 1,
+                event.occurred_on
+            )
+            .as_bytes(),
+        );
+    }
+    out
+}
+
+/// Single-event AppendEvents from `clients` concurrent clients (each its own case), against
+/// single-row INSERT transactions at the same concurrency (what pgbench would run).
+async fn single_appends(pool: &PgPool, channel: &Channel, clients: usize, duration: Duration) -> anyhow::Result<()> {
+    println!(
+        "\n== single-event appends: {clients} concurrent clients, {} s each side",
+        duration.as_secs()
+    );
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let raw = timed_loop(clients, duration, |c| {
+        let pool = pool.clone();
+        let case_id = format!("RAW-{}-{c}", &run[..8]);
+        let mut version = 0i32;
+        move || {
+            let (pool, case_id) = (pool.clone(), case_id.clone());
+            version += 1;
+            async move {
+                sqlx::query(
+                    "INSERT INTO bench_events_plain (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source)
+                     VALUES (nextval('bench_plain_position'), $1, $2, $3, 'hearing_listed', '2025-05-01',
+                             '{\"hearing_type\": \"cmh\", \"listed_for\": \"2025-07-01\"}', '{}', 'bench')",
+                )
+                .bind(uuid::Uuid::new_v4())
+                .bind(case_id)
+                .bind(version)
+                .execute(&pool)
+                .await?;
+                anyhow::Ok(())
+            }
+        }
+    })
+    .await?;
+    let mut cases = Vec::new();
+    let mut client = CaseEventServiceClient::new(channel.clone());
+    for c in 0..clients {
+        let case_id = format!("ONE-{}-{c}", &run[..8]);
+        client.append_events(issue(&case_id)).await?;
+        cases.push(case_id);
+    }
+    let ours = timed_loop(clients, duration, |c| {
+        let client = CaseEventServiceClient::new(channel.clone());
+        let case_id = cases[c].clone();
+        move || {
+            let (mut client, case_id) = (client.clone(), case_id.clone());
+            async move {
+                client.append_events(hearing(&case_id)).await?;
+                anyhow::Ok(())
+            }
+        }
+    })
+    .await?;
+    println!(
+        "raw PostgreSQL single-row INSERT transactions: {:>7.0} events/s, p50 {:.1} ms, p99 {:.1} ms",
+        raw.rate,
+        percentile(&raw.latencies, 0.5),
+        percentile(&raw.latencies, 0.99)
+    );
+    println!(
+        "caselog AppendEvents, one event each:          {:>7.0} events/s, p50 {:.1} ms, p99 {:.1} ms",
+        ours.rate,
+        percentile(&ours.latencies, 0.5),
+        percentile(&ours.latencies, 0.99)
+    );
+    println!(
+        "ratio caselog/raw: {:.2}{}",
+        ours.rate / raw.rate,
+        if clients >= 16 { " (goal: at least 0.6)" } else { "" }
+    );
+    Ok(())
+}
+
+struct Timed {
+    rate: f64,
+    latencies: Vec<f64>,
+}
+
+/// Runs `clients` loops of the operation each makes, for `duration`.
+async fn timed_loop<M, O, F>(clients: usize, duration: Duration, mut make: M) -> anyhow::Result<Timed>
+where
+    M: FnMut(usize) -> O,
+    O: FnMut() -> F + Send + 'static,
+    F: Future<Output = anyhow::Result<()>> + Send,
+{
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let mut operation = make(c);
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            while started.elapsed() < duration {
+                let one = Instant::now();
+                operation().await?;
+                latencies.push(one.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        latencies.extend(done??);
+    }
+    Ok(Timed {
+        rate: latencies.len() as f64 / started.elapsed().as_secs_f64(),
+        latencies: sorted(latencies),
+    })
+}
+
+/// Offers `rate` events/s (10-event requests from 16 clients) and samples, every 100 ms, how far
+/// behind the log the projection's checkpoint is, in time: the age of the oldest event the
+/// projection has not applied.
+async fn projection_keep_up(pool: &PgPool, channel: &Channel, rate: u64, duration: Duration) -> anyhow::Result<()> {
+    const CLIENTS: u64 = 16;
+    const BATCH: u64 = 10;
+    println!(
+        "\n== projection keep-up: {rate} events/s offered ({BATCH} per request, {CLIENTS} clients) for {} s",
+        duration.as_secs()
+    );
+    let log = EventLog::new(pool.clone());
+    let writing = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (log, pool, writing) = (log.clone(), pool.clone(), writing.clone());
+        tokio::spawn(async move {
+            let mut lags = Vec::new();
+            while writing.load(Ordering::Relaxed) {
+                let checkpoint = log.checkpoint(caselog_store::projection::CASE_FACTS).await?;
+                let oldest: Option<chrono::DateTime<chrono::Utc>> =
+                    sqlx::query_scalar("SELECT min(recorded_at) FROM events WHERE position > $1")
+                        .bind(checkpoint)
+                        .fetch_one(&pool)
+                        .await?;
+                let lag = oldest.map_or(0.0, |t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64);
+                lags.push(lag);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::Ok(lags)
+        })
+    };
+    let per_client = Duration::from_secs_f64((CLIENTS * BATCH) as f64 / rate as f64);
+    let started = Instant::now();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..CLIENTS {
+        let mut client = CaseEventServiceClient::new(channel.clone());
+        let prefix = format!("KEEP-{}-{c}", &run[..8]);
+        tasks.spawn(async move {
+            let cases: Vec<String> = (0..20).map(|i| format!("{prefix}-{i}")).collect();
+            for case_id in &cases {
+                client.append_events(issue(case_id)).await?;
+            }
+            let mut ticker = tokio::time::interval(per_client);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut sent = 0u64;
+            while started.elapsed() < duration {
+                ticker.tick().await;
+                let mut request = hearing(&cases[(sent / BATCH) as usize % cases.len()]);
+                let one = request.events[0].clone();
+                request.events = (0..BATCH)
+                    .map(|_| pb::NewEvent {
+                        event_id: uuid::Uuid::new_v4().to_string(),
+                        ..one.clone()
+                    })
+                    .collect();
+                client.append_events(request).await?;
+                sent += BATCH;
+            }
+            anyhow::Ok(sent)
+        });
+    }
+    let mut sent = 0;
+    while let Some(done) = tasks.join_next().await {
+        sent += done??;
+    }
+    let achieved = sent as f64 / started.elapsed().as_secs_f64();
+    writing.store(false, Ordering::Relaxed);
+    let lags = sorted(sampler.await??);
+    println!("appended {sent} events at {achieved:.0} events/s");
+    println!(
+        "projection lag (age of the oldest unapplied event), {} samples: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (goal: under 1 s)",
+        lags.len(),
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+        lags.last().copied().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}

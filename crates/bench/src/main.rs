@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     caselog_store::create_database_if_missing(&cli.database_url).await?;
     let settings = ConnectSettings {
-        max_connections: 64,
+        max_connections: 40,
         ..ConnectSettings::default()
     };
     let pool = caselog_store::connect(&cli.database_url, &settings)?;

@@ -219,7 +219,7 @@ impl Service {
             probe.local_addr()?.port()
         };
         let child = tokio::process::Command::new(&options.caselog)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db-max-connections", "40"])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db-max-connections", "32"])
             .env("DATABASE_URL", &options.database_url)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -461,11 +461,13 @@ async fn single_appends(pool: &PgPool, channel: &Channel, clients: usize, durati
     let run = uuid::Uuid::new_v4().simple().to_string();
     let raw = timed_loop(clients, duration, |c| {
         let pool = pool.clone();
-        let case_id = format!("RAW-{}-{c}", &run[..8]);
-        let mut version = 0i32;
+        let prefix = format!("RAW-{}-{c}", &run[..8]);
+        let mut sent = 0usize;
         move || {
-            let (pool, case_id) = (pool.clone(), case_id.clone());
-            version += 1;
+            let pool = pool.clone();
+            let case_id = format!("{prefix}-{}", sent % CASES_PER_CLIENT);
+            let version = (sent / CASES_PER_CLIENT + 1) as i32;
+            sent += 1;
             async move {
                 sqlx::query(
                     "INSERT INTO bench_events_plain (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source)
@@ -482,20 +484,16 @@ async fn single_appends(pool: &PgPool, channel: &Channel, clients: usize, durati
         }
     })
     .await?;
-    let mut cases = Vec::new();
-    let mut client = CaseEventServiceClient::new(channel.clone());
-    for c in 0..clients {
-        let case_id = format!("ONE-{}-{c}", &run[..8]);
-        client.append_events(issue(&case_id)).await?;
-        cases.push(case_id);
-    }
     let ours = timed_loop(clients, duration, |c| {
         let client = CaseEventServiceClient::new(channel.clone());
-        let case_id = cases[c].clone();
+        let prefix = format!("ONE-{}-{c}", &run[..8]);
+        let mut sent = 0usize;
         move || {
-            let (mut client, case_id) = (client.clone(), case_id.clone());
+            let mut client = client.clone();
+            let request = rotating_request(&prefix, sent, 1);
+            sent += 1;
             async move {
-                client.append_events(hearing(&case_id)).await?;
+                client.append_events(request).await?;
                 anyhow::Ok(())
             }
         }
@@ -519,6 +517,28 @@ async fn single_appends(pool: &PgPool, channel: &Channel, clients: usize, durati
         if clients >= 16 { " (goal: at least 0.6)" } else { "" }
     );
     Ok(())
+}
+
+/// Each client spreads its appends over this many cases of its own (a case's history stays the
+/// size of a real one: appending to one case forever would measure ever longer histories).
+const CASES_PER_CLIENT: usize = 100;
+
+/// The `n`th request of a client: the first to each of its cases issues it, later ones list a
+/// hearing (`batch` events per request).
+fn rotating_request(prefix: &str, n: usize, batch: usize) -> pb::AppendEventsRequest {
+    let case_id = format!("{prefix}-{}", n % CASES_PER_CLIENT);
+    if n < CASES_PER_CLIENT {
+        return issue(&case_id);
+    }
+    let mut request = hearing(&case_id);
+    let one = request.events[0].clone();
+    request.events = (0..batch)
+        .map(|_| pb::NewEvent {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            ..one.clone()
+        })
+        .collect();
+    request
 }
 
 struct Timed {
@@ -595,25 +615,15 @@ async fn projection_keep_up(pool: &PgPool, channel: &Channel, rate: u64, duratio
         let mut client = CaseEventServiceClient::new(channel.clone());
         let prefix = format!("KEEP-{}-{c}", &run[..8]);
         tasks.spawn(async move {
-            let cases: Vec<String> = (0..20).map(|i| format!("{prefix}-{i}")).collect();
-            for case_id in &cases {
-                client.append_events(issue(case_id)).await?;
-            }
             let mut ticker = tokio::time::interval(per_client);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut sent = 0u64;
+            let (mut requests, mut sent) = (0usize, 0u64);
             while started.elapsed() < duration {
                 ticker.tick().await;
-                let mut request = hearing(&cases[(sent / BATCH) as usize % cases.len()]);
-                let one = request.events[0].clone();
-                request.events = (0..BATCH)
-                    .map(|_| pb::NewEvent {
-                        event_id: uuid::Uuid::new_v4().to_string(),
-                        ..one.clone()
-                    })
-                    .collect();
+                let request = rotating_request(&prefix, requests, BATCH as usize);
+                sent += request.events.len() as u64;
                 client.append_events(request).await?;
-                sent += BATCH;
+                requests += 1;
             }
             anyhow::Ok(sent)
         });

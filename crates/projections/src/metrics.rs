@@ -378,29 +378,120 @@ struct Acc {
     denominator: f64,
 }
 
-struct Collector<'q> {
-    query: &'q MetricsQuery,
-    acc: HashMap<MetricId, BTreeMap<GroupKey, Acc>>,
+/// Accumulates contributions per metric and group. Group keys are interned once per unit (a
+/// query visits every case, and comparing keys per contribution dominated its cost).
+struct Collector {
+    /// Indexed by `MetricId as usize`.
+    wanted: [bool; MetricId::ALL.len()],
+    groups: Vec<GroupKey>,
+    ids: HashMap<GroupKey, GroupId>,
+    /// `[metric][group]`: `Some` once the group has had a unit of the metric.
+    acc: Vec<Vec<Option<Acc>>>,
 }
 
-impl<'q> Collector<'q> {
+type GroupId = usize;
+
+impl Collector {
+    fn new(query: &MetricsQuery) -> Collector {
+        let mut wanted = [false; MetricId::ALL.len()];
+        for metric in &query.metrics {
+            wanted[*metric as usize] = true;
+        }
+        Collector {
+            wanted,
+            groups: Vec::new(),
+            ids: HashMap::new(),
+            acc: vec![Vec::new(); MetricId::ALL.len()],
+        }
+    }
+
     fn wants(&self, metric: MetricId) -> bool {
-        self.query.metrics.contains(&metric)
+        self.wanted[metric as usize]
+    }
+
+    fn intern(&mut self, keys: Vec<GroupKey>) -> Vec<GroupId> {
+        keys.into_iter()
+            .map(|key| match self.ids.get(&key) {
+                Some(id) => *id,
+                None => {
+                    let id = self.groups.len();
+                    self.groups.push(key.clone());
+                    self.ids.insert(key, id);
+                    id
+                }
+            })
+            .collect()
+    }
+
+    /// The interned keys of a unit (see [`keys`]).
+    fn keys(
+        &mut self,
+        query: &MetricsQuery,
+        case: &CaseFacts,
+        child_age: Option<(&ChildFacts, NaiveDate)>,
+        report_type: Option<ReportType>,
+    ) -> Vec<GroupId> {
+        self.intern(keys(query, case, child_age, report_type))
     }
 
     /// Adds one unit to `metric`: `numerator` and `denominator` are its contributions.
-    fn add(&mut self, metric: MetricId, keys: &[GroupKey], numerator: f64, denominator: f64) {
+    fn add(&mut self, metric: MetricId, groups: &[GroupId], numerator: f64, denominator: f64) {
         if !self.wants(metric) {
             return;
         }
-        let groups = self.acc.entry(metric).or_default();
-        for key in keys {
-            let acc = groups.entry(key.clone()).or_default();
+        let row = &mut self.acc[metric as usize];
+        for &group in groups {
+            if row.len() <= group {
+                row.resize(group + 1, None);
+            }
+            let acc = row[group].get_or_insert_default();
             acc.numerator += numerator;
             acc.denominator += denominator;
         }
     }
+
+    /// Adds one unit of the case itself (keys built the first time the case counts).
+    fn add_case(
+        &mut self,
+        metric: MetricId,
+        case_keys: &mut CaseKeys,
+        (query, case): (&MetricsQuery, &CaseFacts),
+        numerator: f64,
+        denominator: f64,
+    ) {
+        if self.wants(metric) {
+            let groups = self.case_keys(case_keys, query, case);
+            self.add(metric, &groups, numerator, denominator);
+        }
+    }
+
+    fn case_keys(&mut self, case_keys: &mut CaseKeys, query: &MetricsQuery, case: &CaseFacts) -> Vec<GroupId> {
+        match &case_keys.0 {
+            Some(groups) => groups.clone(),
+            None => {
+                let groups = self.keys(query, case, None, None);
+                case_keys.0 = Some(groups.clone());
+                groups
+            }
+        }
+    }
+
+    /// The groups of `metric` in key order.
+    fn take(&mut self, metric: MetricId) -> Vec<(GroupKey, Acc)> {
+        let row = std::mem::take(&mut self.acc[metric as usize]);
+        let mut out: Vec<(GroupKey, Acc)> = row
+            .into_iter()
+            .enumerate()
+            .filter_map(|(group, acc)| Some((self.groups[group].clone(), acc?)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
 }
+
+/// A case's own group keys, interned the first time a metric counts the case.
+#[derive(Default)]
+struct CaseKeys(Option<Vec<GroupId>>);
 
 /// The group keys a unit belongs to (several when grouping by application type), or none when
 /// it is filtered out. `child_age` gives the child and the date for the age band.
@@ -528,14 +619,14 @@ pub fn compute<'a>(
     let period = &query.period;
     let snapshot = query.snapshot.unwrap_or(period.last);
     let settings = &query.settings;
-    let mut c = Collector {
-        query,
-        acc: HashMap::new(),
-    };
+    let mut c = Collector::new(query);
     // practitioner -> group -> open cases, for W1
-    let mut caseloads: BTreeMap<GroupKey, HashMap<String, u32>> = BTreeMap::new();
+    let mut caseloads: HashMap<GroupId, HashMap<&str, u32>> = HashMap::new();
+    let wants_caseloads = [MetricId::W1Mean, MetricId::W1Share20Plus, MetricId::W1Share25Plus]
+        .into_iter()
+        .any(|m| c.wants(m));
     for case in cases {
-        let case_keys = keys(query, case, None, None);
+        let mut case_keys = CaseKeys::default();
         let within_limit =
             |closed: NaiveDate| (closed - case.issued_on).num_days() <= settings.twenty_six_week_limit_days;
         let seen_dates = |child: &ChildFacts| -> Vec<NaiveDate> {
@@ -547,20 +638,18 @@ pub fn compute<'a>(
         };
         if let Some(closed) = case.closed_on.filter(|d| period.contains(*d)) {
             if case.has_application(is_s31) {
-                c.add(
-                    MetricId::T1,
-                    &case_keys,
+                c.add_case(MetricId::T1, &mut case_keys, (query, case),
                     (closed - case.issued_on).num_days() as f64 / 7.0,
                     1.0,
                 );
-                c.add(MetricId::T2, &case_keys, flag(within_limit(closed)), 1.0);
+                c.add_case(MetricId::T2, &mut case_keys, (query, case), flag(within_limit(closed)), 1.0);
             }
             if case.law_type == LawType::Private && case.has_application(is_s8) {
-                c.add(MetricId::T3, &case_keys, flag(within_limit(closed)), 1.0);
+                c.add_case(MetricId::T3, &mut case_keys, (query, case), flag(within_limit(closed)), 1.0);
             }
             let first_lead = case.first_lead_allocation();
             for child in case.children_on(closed) {
-                let k = keys(query, case, Some((child, closed)), None);
+                let k = c.keys(query, case, Some((child, closed)), None);
                 let seen = first_lead.is_some_and(|from| seen_dates(child).iter().any(|d| from <= *d && *d <= closed));
                 c.add(MetricId::E1, &k, flag(seen), 1.0);
                 c.add(
@@ -577,13 +666,13 @@ pub fn compute<'a>(
                 for child in case.children_on(deadline) {
                     let seen_in_time = seen_dates(child).iter().any(|d| *d <= deadline && *d <= period.last);
                     if deadline <= period.last || seen_in_time {
-                        let k = keys(query, case, Some((child, first_lead)), None);
+                        let k = c.keys(query, case, Some((child, first_lead)), None);
                         c.add(MetricId::T4, &k, flag(seen_in_time), 1.0);
                     }
                 }
             }
             for child in &case.children {
-                let k = keys(query, case, Some((child, first_lead)), None);
+                let k = c.keys(query, case, Some((child, first_lead)), None);
                 c.add(
                     MetricId::E3,
                     &k,
@@ -597,15 +686,15 @@ pub fn compute<'a>(
             && (c.wants(MetricId::T5) || c.wants(MetricId::T5MeanWorkingDays))
         {
             let days = calendar.working_days_between(case.received(), first_lead)?;
-            c.add(MetricId::T5, &case_keys, flag(days <= 2), 1.0);
-            c.add(MetricId::T5MeanWorkingDays, &case_keys, days as f64, 1.0);
+            c.add_case(MetricId::T5, &mut case_keys, (query, case), flag(days <= 2), 1.0);
+            c.add_case(MetricId::T5MeanWorkingDays, &mut case_keys, (query, case), days as f64, 1.0);
         }
         let mut latest_recommendation_filing: Option<NaiveDate> = None;
         for report in &case.reports {
             let Some(filed) = report.filed_on.filter(|d| period.contains(*d)) else {
                 continue;
             };
-            let k = keys(query, case, None, Some(report.report_type));
+            let k = c.keys(query, case, None, Some(report.report_type));
             if c.wants(MetricId::T6) {
                 let start = report_start(case, report);
                 c.add(
@@ -635,7 +724,7 @@ pub fn compute<'a>(
         }
         if let Some(filed) = latest_recommendation_filing {
             for child in case.children_on(filed) {
-                let k = keys(query, case, Some((child, filed)), None);
+                let k = c.keys(query, case, Some((child, filed)), None);
                 c.add(
                     MetricId::E4,
                     &k,
@@ -646,61 +735,55 @@ pub fn compute<'a>(
         }
         if case.open_on(snapshot) {
             let weeks = (snapshot - case.issued_on).num_days() as f64 / 7.0;
-            c.add(MetricId::S1Cases, &case_keys, 1.0, 0.0);
-            c.add(MetricId::S2CasesOver52, &case_keys, flag(weeks > 52.0), 0.0);
-            c.add(MetricId::S2CasesOver100, &case_keys, flag(weeks > 100.0), 0.0);
+            c.add_case(MetricId::S1Cases, &mut case_keys, (query, case), 1.0, 0.0);
+            c.add_case(MetricId::S2CasesOver52, &mut case_keys, (query, case), flag(weeks > 52.0), 0.0);
+            c.add_case(MetricId::S2CasesOver100, &mut case_keys, (query, case), flag(weeks > 100.0), 0.0);
             for child in case.children_on(snapshot) {
-                let k = keys(query, case, Some((child, snapshot)), None);
+                let k = c.keys(query, case, Some((child, snapshot)), None);
                 c.add(MetricId::S1Children, &k, 1.0, 0.0);
                 c.add(MetricId::S2ChildrenOver52, &k, flag(weeks > 52.0), 0.0);
                 c.add(MetricId::S2ChildrenOver100, &k, flag(weeks > 100.0), 0.0);
             }
-            if let Some(practitioner) = case.lead_practitioner_on(snapshot) {
-                for key in &case_keys {
-                    *caseloads
-                        .entry(key.clone())
-                        .or_default()
-                        .entry(practitioner.to_owned())
-                        .or_default() += 1;
+            if wants_caseloads && let Some(practitioner) = case.lead_practitioner_on(snapshot) {
+                for group in c.case_keys(&mut case_keys, query, case) {
+                    *caseloads.entry(group).or_default().entry(practitioner).or_default() += 1;
                 }
             }
         }
         if period.contains(case.received()) {
-            c.add(MetricId::D1Cases, &case_keys, 1.0, 0.0);
-            c.add(MetricId::D2, &case_keys, 1.0, 0.0);
+            c.add_case(MetricId::D1Cases, &mut case_keys, (query, case), 1.0, 0.0);
+            c.add_case(MetricId::D2, &mut case_keys, (query, case), 1.0, 0.0);
             for child in case.children.iter().filter(|ch| ch.joined_on.is_none()) {
-                let k = keys(query, case, Some((child, case.received())), None);
+                let k = c.keys(query, case, Some((child, case.received())), None);
                 c.add(MetricId::D1Children, &k, 1.0, 0.0);
             }
         }
     }
     if c.wants(MetricId::D2) {
         let working_days = calendar.working_days_in(period.first, period.last)? as f64;
-        if let Some(groups) = c.acc.get_mut(&MetricId::D2) {
-            for acc in groups.values_mut() {
-                acc.denominator = working_days;
-            }
+        for acc in c.acc[MetricId::D2 as usize].iter_mut().flatten() {
+            acc.denominator = working_days;
         }
     }
-    for (key, loads) in &caseloads {
+    for (group, loads) in &caseloads {
         let practitioners = loads.len() as f64;
         let total: u32 = loads.values().sum();
         let at_least = |n: u32| loads.values().filter(|l| **l >= n).count() as f64;
         c.add(
             MetricId::W1Mean,
-            std::slice::from_ref(key),
+            std::slice::from_ref(group),
             f64::from(total),
             practitioners,
         );
         c.add(
             MetricId::W1Share20Plus,
-            std::slice::from_ref(key),
+            std::slice::from_ref(group),
             at_least(20),
             practitioners,
         );
         c.add(
             MetricId::W1Share25Plus,
-            std::slice::from_ref(key),
+            std::slice::from_ref(group),
             at_least(25),
             practitioners,
         );
@@ -710,7 +793,7 @@ pub fn compute<'a>(
         .metrics
         .iter()
         .map(|metric| {
-            let groups = c.acc.remove(metric).unwrap_or_default();
+            let groups = c.take(*metric);
             let mut rows: Vec<Row> = groups
                 .into_iter()
                 .map(|(group, acc)| Row {

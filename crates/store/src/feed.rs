@@ -17,6 +17,9 @@ use tracing::{debug, instrument, warn};
 /// The NOTIFY channel on which appends are announced.
 pub const FEED_CHANNEL: &str = "caselog_events";
 
+/// The shortest interval between two NOTIFYs from one process.
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
+
 /// Which events a reader wants; empty lists mean all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FeedFilter {
@@ -161,6 +164,9 @@ impl EventLog {
                     {
                         debug!(error = %err, "feed NOTIFY failed; readers elsewhere fall back to polling");
                     }
+                    // At most one NOTIFY per interval: under load each costs a transaction and
+                    // wakes every listener, while one wake-up serves all appends before it.
+                    tokio::time::sleep(NOTIFY_INTERVAL).await;
                 }
             }
         };

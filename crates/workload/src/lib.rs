@@ -278,11 +278,34 @@ impl<'a> CaseBuilder<'a> {
         on
     }
 
+    /// `count` further hearings listed between `from` and `until` (directions, interim and final
+    /// hearings: most of a case's events are court listings).
+    fn hearings(&mut self, from: NaiveDate, until: NaiveDate, count: i64) {
+        let span = (until - from).num_days().max(1);
+        for i in 0..count {
+            let listed_on = from + Duration::days(span * (i + 1) / (count + 1));
+            let hearing_type = if i + 1 == count {
+                HearingType::Final
+            } else {
+                *self.rng.pick(&[HearingType::Irh, HearingType::Cmh, HearingType::Other])
+            };
+            let listed_for = wd(self.calendar, listed_on, self.rng.between(10, 30));
+            self.push(
+                listed_on,
+                Payload::HearingListed(HearingListed {
+                    hearing_type,
+                    listed_for,
+                }),
+            );
+        }
+    }
+
     fn practitioner(&mut self) -> String {
         format!("fca-{:04}", self.rng.between(1, 1300))
     }
 
     /// Visits, letter, engagement record and recommendation for each child.
+    #[allow(clippy::too_many_arguments)]
     fn engage(
         &mut self,
         children: &[Child],
@@ -291,6 +314,7 @@ impl<'a> CaseBuilder<'a> {
         closed: NaiveDate,
         personalised: f64,
         shared: f64,
+        follow_up_visits: (i64, i64),
     ) {
         for child in children {
             let id = child.child_id.clone();
@@ -307,6 +331,24 @@ impl<'a> CaseBuilder<'a> {
                         mode: SeenMode::InPerson,
                     }),
                 );
+                // Later visits, spread between the first and the report.
+                let later = self.rng.between(follow_up_visits.0, follow_up_visits.1);
+                let span = (report_due - on).num_days();
+                for v in 0..later.min(span.max(0)) {
+                    let visit_on = on + Duration::days(span * (v + 1) / (later + 1));
+                    let mode = if self.rng.chance(0.8) {
+                        SeenMode::InPerson
+                    } else {
+                        SeenMode::Virtual
+                    };
+                    self.push(
+                        visit_on,
+                        Payload::ChildSeen(ChildSeen {
+                            child_id: id.clone(),
+                            mode,
+                        }),
+                    );
+                }
                 // One visit in two hundred is entered on the wrong date, voided and re-entered.
                 if let Some(wrong) = visit.filter(|_| self.rng.chance(0.005)) {
                     self.push(
@@ -389,7 +431,9 @@ impl<'a> CaseBuilder<'a> {
                 due_on: due,
             }),
         );
-        self.engage(children, allocated, filed, closed, 0.62, 0.753);
+        self.engage(children, allocated, filed, closed, 0.62, 0.753, (1, 3));
+        let hearings = self.rng.between(5, 9);
+        self.hearings(listed_on, closed, hearings);
         self.push(
             filed,
             Payload::ReportFiled(ReportFiled {
@@ -431,6 +475,8 @@ impl<'a> CaseBuilder<'a> {
         };
         let closed = issued_on + Duration::days(weeks * 7 + self.rng.between(0, 6));
         let allocated = self.allocate(received, AllocationRole::Lead);
+        let further = self.rng.between(4, 7);
+        self.hearings(fhdra, closed, further);
         if self.rng.chance(0.5) && fhdra < closed {
             let report_id = format!("{}-S7", self.case_id);
             let due = wd(self.calendar, fhdra, 60);
@@ -459,7 +505,7 @@ impl<'a> CaseBuilder<'a> {
                 .min(latest_due + Duration::days(self.rng.between(-5, 5)));
             let filed = filed.max(fhdra);
             let closed = closed.max(filed);
-            self.engage(children, allocated, filed, closed, 0.80, 0.732);
+            self.engage(children, allocated, filed, closed, 0.80, 0.732, (0, 2));
             self.push(
                 filed,
                 Payload::ReportFiled(ReportFiled {
@@ -475,7 +521,7 @@ impl<'a> CaseBuilder<'a> {
             );
         } else {
             let closed = closed.max(letter);
-            self.engage(children, allocated, closed, closed, 0.80, 0.0);
+            self.engage(children, allocated, closed, closed, 0.80, 0.0, (0, 1));
             let outcome = if self.rng.chance(0.8) {
                 CaseOutcome::FinalOrder
             } else {

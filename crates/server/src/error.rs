@@ -49,6 +49,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// The message with internal detail, for operators (logs, the command line); never sent to
+    /// a client.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Internal(detail) => format!("internal error: {detail}"),
+            Error::Unavailable(source) => format!("{self}: {source}"),
+            other => other.to_string(),
+        }
+    }
+
     pub fn invalid(violations: Vec<FieldViolation>) -> Error {
         let event_index = violations.iter().find_map(|v| v.event_index);
         Error::Invalid {

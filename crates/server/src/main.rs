@@ -216,7 +216,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         .run(&pool)
                         .await
                         .context("applying migrations")?;
-                    load(&options, &EventLog::new(pool), &args.source).await?
+                    load(&options, &EventLog::new(pool), &args.source)
+                        .await
+                        .map_err(|e| anyhow::anyhow!(e.detail()))?
                 }
                 (Some(path), _) => {
                     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -265,7 +267,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             drop(progress);
             let _ = bar.await;
             eprintln!();
-            let summary = result?;
+            let summary = result.map_err(|e| anyhow::anyhow!(e.detail()))?;
             for line in summary.describe() {
                 println!("{line}");
             }

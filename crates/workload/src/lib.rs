@@ -281,8 +281,8 @@ impl<'a> CaseBuilder<'a> {
     /// `count` further hearings listed between `from` and `until` (directions, interim and final
     /// hearings: most of a case's events are court listings).
     fn hearings(&mut self, from: NaiveDate, until: NaiveDate, count: i64) {
-        let span = (until - from).num_days().max(1);
-        for i in 0..count {
+        let span = (until - from).num_days();
+        for i in 0..count.min(span - 1) {
             let listed_on = from + Duration::days(span * (i + 1) / (count + 1));
             let hearing_type = if i + 1 == count {
                 HearingType::Final

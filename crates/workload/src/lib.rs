@@ -121,11 +121,11 @@ pub fn generate(settings: &WorkloadSettings, calendar: &WorkingCalendar, mut emi
     }
 }
 
-/// Weeks drawn uniformly from `lo..=hi`, except one case in twelve that runs on for up to three
-/// years (the long-running proceedings of S2).
-fn long_tail(rng: &mut Rng, lo: i64, hi: i64) -> i64 {
-    if rng.chance(1.0 / 12.0) {
-        rng.between(hi, 160)
+/// Weeks drawn uniformly from `lo..=hi`, except a share `tail` that runs on from a year to about
+/// three (the long-running proceedings of S2).
+fn long_tail(rng: &mut Rng, lo: i64, hi: i64, tail: f64) -> i64 {
+    if rng.chance(tail) {
+        rng.between(52, 160)
     } else {
         rng.between(lo, hi)
     }
@@ -407,7 +407,7 @@ impl<'a> CaseBuilder<'a> {
         let weeks = if self.rng.chance(0.35) {
             self.rng.between(12, 25)
         } else {
-            long_tail(self.rng, 27, 62)
+            long_tail(self.rng, 27, 52, 1.0 / 6.0)
         };
         let closed = issued_on + Duration::days(weeks * 7 + self.rng.between(0, 6));
         let listed_on = wd(self.calendar, issued_on, self.rng.between(10, 20));
@@ -471,7 +471,7 @@ impl<'a> CaseBuilder<'a> {
         let weeks = if self.rng.chance(0.59) {
             self.rng.between(6, 25)
         } else {
-            long_tail(self.rng, 27, 70)
+            long_tail(self.rng, 27, 45, 1.0 / 8.0)
         };
         let closed = issued_on + Duration::days(weeks * 7 + self.rng.between(0, 6));
         let allocated = self.allocate(received, AllocationRole::Lead);

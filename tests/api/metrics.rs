@@ -4,8 +4,8 @@
 use caselog_api::v1 as pb;
 use caselog_api::v1::metrics_service_client::MetricsServiceClient;
 use caselog_server::projector::{apply_next_page, facts_at};
-use caselog_store::rebuild::Cut;
 use caselog_store::EventLog;
+use caselog_store::rebuild::Cut;
 use caselog_tests::*;
 use chrono::{Duration, NaiveDate};
 use sqlx::PgPool;

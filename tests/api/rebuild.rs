@@ -27,7 +27,9 @@ async fn load_history(pool: &PgPool, seed: u64, days: u64, cases_per_day: f64) {
         },
         resend_rate: 0.0,
     };
-    load(&options, &EventLog::new(pool.clone()), "test-loader").await.unwrap();
+    load(&options, &EventLog::new(pool.clone()), "test-loader")
+        .await
+        .unwrap();
 }
 
 /// Waits until the live projection has applied everything in the log; returns that position.
@@ -65,7 +67,11 @@ async fn figures(server: &TestServer, min_position: u64) -> Vec<(String, f64, f6
     response
         .results
         .iter()
-        .flat_map(|r| r.rows.iter().map(|row| (r.metric_id.clone(), row.numerator, row.denominator)))
+        .flat_map(|r| {
+            r.rows
+                .iter()
+                .map(|row| (r.metric_id.clone(), row.numerator, row.denominator))
+        })
         .collect()
 }
 
@@ -109,7 +115,10 @@ async fn a_rebuild_equals_the_incremental_projection_and_repeats_exactly(pool: P
     assert_eq!(report.live_digest, verified.digest);
     assert!(!verified.switched);
     assert_eq!(verified.position, head);
-    assert_eq!(rows_in(&pool, "pg_tables WHERE tablename = 'case_facts_rebuild'").await, 0);
+    assert_eq!(
+        rows_in(&pool, "pg_tables WHERE tablename = 'case_facts_rebuild'").await,
+        0
+    );
 
     let (first, _) = rebuild_over_grpc(server.channel.clone(), false).await.unwrap();
     let (second, _) = rebuild_over_grpc(server.channel.clone(), false).await.unwrap();
@@ -123,7 +132,11 @@ async fn a_rebuild_equals_the_incremental_projection_and_repeats_exactly(pool: P
         .unwrap();
     assert_eq!(first.cases as i64, cases);
     assert_eq!(rows_in(&pool, "case_facts").await, cases);
-    assert_eq!(figures(&server, head).await, before, "queries answer the same after the switch");
+    assert_eq!(
+        figures(&server, head).await,
+        before,
+        "queries answer the same after the switch"
+    );
 
     // The switched-in table goes on being projected incrementally.
     let appended = server.issue_case("AFTER-REBUILD").await.events[0].position;
@@ -192,7 +205,10 @@ async fn a_rebuild_racing_appends_loses_and_doubles_nothing(pool: PgPool) {
                         event("2025-04-22", allocated("fca-1", pb::AllocationRole::Guardian)),
                         event("2025-04-24", seen("c1")),
                     ];
-                    client.append_events(append(&format!("RACE-{w}-{i}"), events)).await.unwrap();
+                    client
+                        .append_events(append(&format!("RACE-{w}-{i}"), events))
+                        .await
+                        .unwrap();
                 }
             })
         })
@@ -213,12 +229,11 @@ async fn a_rebuild_racing_appends_loses_and_doubles_nothing(pool: PgPool) {
     caught_up(&server, &pool).await;
     let (verified, _) = rebuild_over_grpc(server.channel.clone(), true).await.unwrap();
     assert!(verified.verify.unwrap().identical);
-    let (cases, facts): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(DISTINCT case_id) FROM events), (SELECT count(*) FROM case_facts)",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let (cases, facts): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(DISTINCT case_id) FROM events), (SELECT count(*) FROM case_facts)")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(facts, cases);
     let raced: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM case_facts WHERE case_id LIKE 'RACE-%' AND jsonb_array_length(facts->'children'->0->'seen_in_person') = 1",
@@ -246,7 +261,9 @@ async fn an_interrupted_rebuild_leaves_the_live_projection_answering(pool: PgPoo
     let killer = {
         let pool = pool.clone();
         tokio::spawn(async move {
-            seen.wait_for(|p| p.as_ref().is_some_and(|p| p.events_processed > 0)).await.unwrap();
+            seen.wait_for(|p| p.as_ref().is_some_and(|p| p.events_processed > 0))
+                .await
+                .unwrap();
             sqlx::query(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks
                   WHERE locktype = 'advisory' AND classid = x'63617365'::int::oid AND objid = 2

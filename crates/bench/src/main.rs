@@ -58,6 +58,9 @@ enum Bench {
         /// Events per second offered while measuring projection lag.
         #[arg(long, default_value_t = 2000)]
         keep_up_rate: u64,
+        /// Run only these measurements (replay, query, batch, single, keep-up).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// The cost of the never-skipping feed on appends, and commit-to-delivery latency.
     Feed {
@@ -105,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
             queries,
             clients,
             keep_up_rate,
+            only,
         } => {
             let caselog = match caselog {
                 Some(path) => path,
@@ -120,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
                 queries,
                 clients,
                 keep_up_rate,
+                only,
             };
             suite::run(&pool, &options).await?;
         }

@@ -42,6 +42,14 @@ pub struct SuiteOptions {
     pub clients: Vec<usize>,
     /// Events per second offered while measuring projection lag.
     pub keep_up_rate: u64,
+    /// Which measurements to run: replay, query, batch, single, keep-up (all when empty).
+    pub only: Vec<String>,
+}
+
+impl SuiteOptions {
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
 }
 
 pub async fn run(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
@@ -50,17 +58,32 @@ pub async fn run(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
         load_workload(pool, options).await?;
     }
     setup_plain_table(pool).await?;
-    replay(pool, options).await?;
+    if options.runs("replay") {
+        replay(pool, options).await?;
+    }
     let service = Service::start(options).await?;
     let result = async {
         let head = EventLog::new(pool.clone()).horizon().await?.safe;
-        wait_for_projection(&service.channel, head).await?;
-        query_latency(pool, &service.channel, options.queries).await?;
-        batch_ingest(pool, &service.channel, options.batches).await?;
-        for &clients in &options.clients {
-            single_appends(pool, &service.channel, clients, Duration::from_secs(options.seconds)).await?;
+        let waited = wait_for_projection(&service.channel, head).await?;
+        println!(
+            "\n(the service's projection reached position {head} {:.1} s after it started)",
+            waited.as_secs_f64()
+        );
+        if options.runs("query") {
+            query_latency(pool, &service.channel, options.queries).await?;
         }
-        projection_keep_up(pool, &service.channel, options.keep_up_rate, Duration::from_secs(options.seconds)).await?;
+        if options.runs("batch") {
+            batch_ingest(pool, &service.channel, options.batches).await?;
+        }
+        if options.runs("single") {
+            for &clients in &options.clients {
+                single_appends(pool, &service.channel, clients, Duration::from_secs(options.seconds)).await?;
+            }
+        }
+        if options.runs("keep-up") {
+            let duration = Duration::from_secs(options.seconds);
+            projection_keep_up(pool, &service.channel, options.keep_up_rate, duration).await?;
+        }
         anyhow::Ok(())
     }
     .await;
@@ -118,7 +141,9 @@ async fn setup_plain_table(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Full replay (`caselog rebuild`) against `COPY (SELECT ... ORDER BY position) TO STDOUT`.
 async fn replay(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await?;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?;
     println!("\n== replay: {events} events");
     let mut connection = pool.acquire().await?;
     let started = Instant::now();
@@ -219,7 +244,13 @@ impl Service {
             probe.local_addr()?.port()
         };
         let child = tokio::process::Command::new(&options.caselog)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db-max-connections", "32"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--db-max-connections",
+                "32",
+            ])
             .env("DATABASE_URL", &options.database_url)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -262,7 +293,11 @@ fn year_query(start_year: i32, min_position: u64) -> pb::QueryMetricsRequest {
 
 fn latest_complete_financial_year() -> i32 {
     let today = caselog_domain::england::date_in_england(chrono::Utc::now());
-    if today.month() >= 4 { today.year() - 1 } else { today.year() - 2 }
+    if today.month() >= 4 {
+        today.year() - 1
+    } else {
+        today.year() - 2
+    }
 }
 
 async fn wait_for_projection(channel: &Channel, head: i64) -> anyhow::Result<Duration> {
@@ -334,6 +369,22 @@ async fn query_latency(pool: &PgPool, channel: &Channel, queries: usize) -> anyh
         raw.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     let (ours, raw) = (sorted(ours), sorted(raw));
+    // as_of folds the log cut at an instant instead of reading the projection.
+    let mut as_of = request.clone();
+    let now = chrono::Utc::now();
+    as_of.as_of = Some(prost_types::Timestamp {
+        seconds: now.timestamp(),
+        nanos: 0,
+    });
+    let started = Instant::now();
+    let outcome = match metrics.query_metrics(as_of).await {
+        Ok(_) => "answered".to_owned(),
+        Err(status) => format!("failed: {:?} {}", status.code(), status.message()),
+    };
+    println!(
+        "one as_of query (folds the whole log instead of the projection): {:.1} s, {outcome}",
+        started.elapsed().as_secs_f64()
+    );
     println!(
         "raw PostgreSQL (one grouped count over case_facts): p50 {:.1} ms, p99 {:.1} ms",
         percentile(&raw, 0.5),
@@ -434,7 +485,10 @@ fn copy_rows(request: &pb::AppendEventsRequest, first_position: i64) -> Vec<u8> 
                 "case_issued",
                 r#"{"law_type": "private", "application_types": ["s8_child_arrangements"], "court_code": "LS", "service_area": "A5", "local_authority_code": null, "children": [{"child_id": "c-1", "birth_month": "2018-05"}], "received_on": null}"#,
             ),
-            _ => ("hearing_listed", r#"{"hearing_type": "cmh", "listed_for": "2025-07-01"}"#),
+            _ => (
+                "hearing_listed",
+                r#"{"hearing_type": "cmh", "listed_for": "2025-07-01"}"#,
+            ),
         };
         out.extend_from_slice(
             format!(

@@ -50,6 +50,46 @@ pub struct ReportFacts {
     pub filed_on: Option<NaiveDate>,
 }
 
+/// The dates at which a case can count in any metric, in 16 bytes: a query over ten years
+/// skips the cases outside its period from a compact array instead of visiting each case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    /// The earliest and latest of the dates a metric anchors on: issue, receipt, first lead
+    /// allocation, report filings and closure.
+    pub first: NaiveDate,
+    pub last: NaiveDate,
+    pub issued_on: NaiveDate,
+    pub closed_on: Option<NaiveDate>,
+}
+
+impl Reach {
+    /// Open at the end of `day` (as [`CaseFacts::open_on`]).
+    pub fn open_on(&self, day: NaiveDate) -> bool {
+        self.issued_on <= day && self.closed_on.is_none_or(|closed| closed > day)
+    }
+}
+
+impl CaseFacts {
+    pub fn reach(&self) -> Reach {
+        let anchors = [
+            Some(self.issued_on),
+            Some(self.received()),
+            self.closed_on,
+            self.first_lead_allocation(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.reports.iter().filter_map(|r| r.filed_on));
+        let (first, last) = anchors.fold((self.issued_on, self.issued_on), |(lo, hi), d| (lo.min(d), hi.max(d)));
+        Reach {
+            first,
+            last,
+            issued_on: self.issued_on,
+            closed_on: self.closed_on,
+        }
+    }
+}
+
 impl CaseFacts {
     /// The first lead allocation: the earliest with role lead or guardian.
     pub fn first_lead_allocation(&self) -> Option<NaiveDate> {

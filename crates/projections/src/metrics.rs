@@ -4,7 +4,7 @@
 //! practitioner) to the accumulators of the groups it belongs to. Product conventions where the
 //! catalogue is silent are stated in `MetricId::definition`, which every result carries.
 
-use crate::facts::{CaseFacts, ChildFacts, ReportFacts};
+use crate::facts::{CaseFacts, ChildFacts, Reach, ReportFacts};
 use caselog_calendar::{OutOfRange, WorkingCalendar};
 use caselog_domain::event::{ApplicationType, LawType, ReportType};
 use chrono::{Datelike, Months, NaiveDate};
@@ -372,10 +372,27 @@ pub enum MetricsError {
 
 type GroupKey = BTreeMap<Dimension, String>;
 
+/// Numerators are gathered in whole days (T1) and working days (T6), so that they are sums of
+/// integers, exact in any order (shares counted on several threads add up to the same figure),
+/// and turned into weeks once, at the end.
 #[derive(Debug, Default, Clone, Copy)]
 struct Acc {
     numerator: f64,
     denominator: f64,
+}
+
+impl MetricId {
+    fn in_unit(self, acc: Acc) -> Acc {
+        let days_per_unit = match self {
+            MetricId::T1 => 7.0,
+            MetricId::T6 => 5.0,
+            _ => return acc,
+        };
+        Acc {
+            numerator: acc.numerator / days_per_unit,
+            ..acc
+        }
+    }
 }
 
 /// Accumulates contributions per metric and group. Group keys are interned once per unit (a
@@ -387,6 +404,8 @@ struct Collector {
     ids: HashMap<GroupKey, GroupId>,
     /// `[metric][group]`: `Some` once the group has had a unit of the metric.
     acc: Vec<Vec<Option<Acc>>>,
+    /// Whether a child's keys can differ from its case's (only by age band).
+    by_age: bool,
 }
 
 type GroupId = usize;
@@ -402,6 +421,8 @@ impl Collector {
             groups: Vec::new(),
             ids: HashMap::new(),
             acc: vec![Vec::new(); MetricId::ALL.len()],
+            by_age: query.group_by.contains(&Dimension::AgeBand)
+                || query.filters.iter().any(|(d, _)| *d == Dimension::AgeBand),
         }
     }
 
@@ -410,17 +431,19 @@ impl Collector {
     }
 
     fn intern(&mut self, keys: Vec<GroupKey>) -> Vec<GroupId> {
-        keys.into_iter()
-            .map(|key| match self.ids.get(&key) {
-                Some(id) => *id,
-                None => {
-                    let id = self.groups.len();
-                    self.groups.push(key.clone());
-                    self.ids.insert(key, id);
-                    id
-                }
-            })
-            .collect()
+        keys.iter().map(|key| self.intern_one(key)).collect()
+    }
+
+    fn intern_one(&mut self, key: &GroupKey) -> GroupId {
+        match self.ids.get(key) {
+            Some(id) => *id,
+            None => {
+                let id = self.groups.len();
+                self.groups.push(key.clone());
+                self.ids.insert(key.clone(), id);
+                id
+            }
+        }
     }
 
     /// The interned keys of a unit (see [`keys`]).
@@ -462,6 +485,22 @@ impl Collector {
         if self.wants(metric) {
             let groups = self.case_keys(case_keys, query, case);
             self.add(metric, &groups, numerator, denominator);
+        }
+    }
+
+    /// The keys of a child unit with its age taken on `on`: its case's keys unless the query
+    /// groups or filters by age band.
+    fn child_keys(
+        &mut self,
+        case_keys: &mut CaseKeys,
+        (query, case): (&MetricsQuery, &CaseFacts),
+        child: &ChildFacts,
+        on: NaiveDate,
+    ) -> Vec<GroupId> {
+        if self.by_age {
+            self.keys(query, case, Some((child, on)), None)
+        } else {
+            self.case_keys(case_keys, query, case)
         }
     }
 
@@ -611,228 +650,362 @@ fn is_s8(a: ApplicationType) -> bool {
 }
 
 /// Computes the asked metrics over `cases`.
+impl MetricsQuery {
+    /// Whether a case with this reach can count in this query: an anchor date in the period, or
+    /// open at the snapshot. Leaving out the cases for which this is false changes no figure of
+    /// [`compute`].
+    pub fn may_count(&self, reach: &Reach) -> bool {
+        let snapshot = self.snapshot.unwrap_or(self.period.last);
+        (reach.first <= self.period.last && reach.last >= self.period.first) || reach.open_on(snapshot)
+    }
+}
+
 pub fn compute<'a>(
     query: &MetricsQuery,
     cases: impl IntoIterator<Item = &'a CaseFacts>,
     calendar: &WorkingCalendar,
 ) -> Result<Vec<MetricResult>, MetricsError> {
-    let period = &query.period;
-    let snapshot = query.snapshot.unwrap_or(period.last);
-    let settings = &query.settings;
-    let mut c = Collector::new(query);
-    // practitioner -> group -> open cases, for W1
-    let mut caseloads: HashMap<GroupId, HashMap<&str, u32>> = HashMap::new();
-    let wants_caseloads = [MetricId::W1Mean, MetricId::W1Share20Plus, MetricId::W1Share25Plus]
-        .into_iter()
-        .any(|m| c.wants(m));
-    for case in cases {
-        let mut case_keys = CaseKeys::default();
-        let within_limit =
-            |closed: NaiveDate| (closed - case.issued_on).num_days() <= settings.twenty_six_week_limit_days;
-        let seen_dates = |child: &ChildFacts| -> Vec<NaiveDate> {
-            let mut dates = child.seen_in_person.clone();
-            if settings.virtual_visits_count {
-                dates.extend(&child.seen_virtually);
-            }
-            dates
-        };
-        if let Some(closed) = case.closed_on.filter(|d| period.contains(*d)) {
-            if case.has_application(is_s31) {
-                c.add_case(MetricId::T1, &mut case_keys, (query, case),
-                    (closed - case.issued_on).num_days() as f64 / 7.0,
-                    1.0,
-                );
-                c.add_case(MetricId::T2, &mut case_keys, (query, case), flag(within_limit(closed)), 1.0);
-            }
-            if case.law_type == LawType::Private && case.has_application(is_s8) {
-                c.add_case(MetricId::T3, &mut case_keys, (query, case), flag(within_limit(closed)), 1.0);
-            }
-            let first_lead = case.first_lead_allocation();
-            for child in case.children_on(closed) {
-                let k = c.keys(query, case, Some((child, closed)), None);
-                let seen = first_lead.is_some_and(|from| seen_dates(child).iter().any(|d| from <= *d && *d <= closed));
-                c.add(MetricId::E1, &k, flag(seen), 1.0);
-                c.add(
-                    MetricId::E2,
-                    &k,
-                    flag(child.engagement_records.iter().any(|d| *d <= closed)),
-                    1.0,
-                );
+    let mut counts = Counts::new(query);
+    counts.count(query, cases, calendar)?;
+    counts.finish(query, calendar)
+}
+
+/// [`compute`] on `threads` threads, each counting a share of `cases`.
+pub fn compute_parallel(
+    query: &MetricsQuery,
+    cases: &[&CaseFacts],
+    calendar: &WorkingCalendar,
+    threads: usize,
+) -> Result<Vec<MetricResult>, MetricsError> {
+    let share = cases.len().div_ceil(threads.max(1)).max(1);
+    let partials: Vec<Result<Counts<'_>, MetricsError>> = std::thread::scope(|scope| {
+        let running: Vec<_> = cases
+            .chunks(share)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut counts = Counts::new(query);
+                    counts.count(query, chunk.iter().copied(), calendar)?;
+                    Ok(counts)
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|thread| thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    let mut total = Counts::new(query);
+    for partial in partials {
+        total.merge(partial?);
+    }
+    total.finish(query, calendar)
+}
+
+/// What counting some cases gathered: contributions per metric and group, and the caseloads
+/// (which only become W1 figures once every case has been counted).
+struct Counts<'a> {
+    c: Collector,
+    /// group -> practitioner -> open cases, for W1
+    caseloads: HashMap<GroupId, HashMap<&'a str, u32>>,
+}
+
+impl<'a> Counts<'a> {
+    fn new(query: &MetricsQuery) -> Counts<'a> {
+        Counts {
+            c: Collector::new(query),
+            caseloads: HashMap::new(),
+        }
+    }
+
+    /// Adds another share's counts to these.
+    fn merge(&mut self, other: Counts<'a>) {
+        let ids: Vec<GroupId> = other.c.groups.iter().map(|key| self.c.intern_one(key)).collect();
+        for (metric, row) in other.c.acc.into_iter().enumerate() {
+            let mine = &mut self.c.acc[metric];
+            for (group, acc) in row.into_iter().enumerate() {
+                let Some(acc) = acc else { continue };
+                let id = ids[group];
+                if mine.len() <= id {
+                    mine.resize(id + 1, None);
+                }
+                let total = mine[id].get_or_insert_default();
+                total.numerator += acc.numerator;
+                total.denominator += acc.denominator;
             }
         }
-        if let Some(first_lead) = case.first_lead_allocation().filter(|d| period.contains(*d)) {
-            if case.law_type == LawType::Public && c.wants(MetricId::T4) {
-                let deadline = calendar.add_working_days(first_lead, 15)?;
-                for child in case.children_on(deadline) {
-                    let seen_in_time = seen_dates(child).iter().any(|d| *d <= deadline && *d <= period.last);
-                    if deadline <= period.last || seen_in_time {
-                        let k = c.keys(query, case, Some((child, first_lead)), None);
-                        c.add(MetricId::T4, &k, flag(seen_in_time), 1.0);
+        for (group, loads) in other.caseloads {
+            let mine = self.caseloads.entry(ids[group]).or_default();
+            for (practitioner, cases) in loads {
+                *mine.entry(practitioner).or_default() += cases;
+            }
+        }
+    }
+
+    fn count(
+        &mut self,
+        query: &MetricsQuery,
+        cases: impl IntoIterator<Item = &'a CaseFacts>,
+        calendar: &WorkingCalendar,
+    ) -> Result<(), MetricsError> {
+        let period = &query.period;
+        let snapshot = query.snapshot.unwrap_or(period.last);
+        let settings = &query.settings;
+        let Counts { c, caseloads } = self;
+        let wants_caseloads = [MetricId::W1Mean, MetricId::W1Share20Plus, MetricId::W1Share25Plus]
+            .into_iter()
+            .any(|m| c.wants(m));
+        for case in cases {
+            let mut case_keys = CaseKeys::default();
+            let within_limit =
+                |closed: NaiveDate| (closed - case.issued_on).num_days() <= settings.twenty_six_week_limit_days;
+            let seen_dates = |child: &ChildFacts| -> Vec<NaiveDate> {
+                let mut dates = child.seen_in_person.clone();
+                if settings.virtual_visits_count {
+                    dates.extend(&child.seen_virtually);
+                }
+                dates
+            };
+            if let Some(closed) = case.closed_on.filter(|d| period.contains(*d)) {
+                if case.has_application(is_s31) {
+                    c.add_case(
+                        MetricId::T1,
+                        &mut case_keys,
+                        (query, case),
+                        (closed - case.issued_on).num_days() as f64,
+                        1.0,
+                    );
+                    c.add_case(
+                        MetricId::T2,
+                        &mut case_keys,
+                        (query, case),
+                        flag(within_limit(closed)),
+                        1.0,
+                    );
+                }
+                if case.law_type == LawType::Private && case.has_application(is_s8) {
+                    c.add_case(
+                        MetricId::T3,
+                        &mut case_keys,
+                        (query, case),
+                        flag(within_limit(closed)),
+                        1.0,
+                    );
+                }
+                let first_lead = case.first_lead_allocation();
+                for child in case.children_on(closed) {
+                    let k = c.child_keys(&mut case_keys, (query, case), child, closed);
+                    let seen =
+                        first_lead.is_some_and(|from| seen_dates(child).iter().any(|d| from <= *d && *d <= closed));
+                    c.add(MetricId::E1, &k, flag(seen), 1.0);
+                    c.add(
+                        MetricId::E2,
+                        &k,
+                        flag(child.engagement_records.iter().any(|d| *d <= closed)),
+                        1.0,
+                    );
+                }
+            }
+            if let Some(first_lead) = case.first_lead_allocation().filter(|d| period.contains(*d)) {
+                if case.law_type == LawType::Public && c.wants(MetricId::T4) {
+                    let deadline = calendar.add_working_days(first_lead, 15)?;
+                    for child in case.children_on(deadline) {
+                        let seen_in_time = seen_dates(child).iter().any(|d| *d <= deadline && *d <= period.last);
+                        if deadline <= period.last || seen_in_time {
+                            let k = c.child_keys(&mut case_keys, (query, case), child, first_lead);
+                            c.add(MetricId::T4, &k, flag(seen_in_time), 1.0);
+                        }
+                    }
+                }
+                for child in &case.children {
+                    let k = c.child_keys(&mut case_keys, (query, case), child, first_lead);
+                    c.add(
+                        MetricId::E3,
+                        &k,
+                        flag(child.letters.iter().any(|(_, personalised)| *personalised)),
+                        1.0,
+                    );
+                }
+            }
+            if period.contains(case.issued_on)
+                && let Some(first_lead) = case.first_lead_allocation()
+                && (c.wants(MetricId::T5) || c.wants(MetricId::T5MeanWorkingDays))
+            {
+                let days = calendar.working_days_between(case.received(), first_lead)?;
+                c.add_case(MetricId::T5, &mut case_keys, (query, case), flag(days <= 2), 1.0);
+                c.add_case(
+                    MetricId::T5MeanWorkingDays,
+                    &mut case_keys,
+                    (query, case),
+                    days as f64,
+                    1.0,
+                );
+            }
+            let mut latest_recommendation_filing: Option<NaiveDate> = None;
+            for report in &case.reports {
+                let Some(filed) = report.filed_on.filter(|d| period.contains(*d)) else {
+                    continue;
+                };
+                let k = c.keys(query, case, None, Some(report.report_type));
+                if c.wants(MetricId::T6) {
+                    let start = report_start(case, report);
+                    c.add(
+                        MetricId::T6,
+                        &k,
+                        calendar.working_days_between(start, filed)? as f64,
+                        1.0,
+                    );
+                }
+                if report.report_type == ReportType::Section7 {
+                    c.add(
+                        MetricId::T7,
+                        &k,
+                        flag(report.extensions.iter().any(|d| *d <= filed)),
+                        1.0,
+                    );
+                }
+                if let Some((_, due)) = report.due_dates.iter().rev().find(|(agreed, _)| *agreed <= filed) {
+                    c.add(MetricId::T8, &k, flag(filed > *due), 1.0);
+                }
+                if matches!(
+                    report.report_type,
+                    ReportType::Section7 | ReportType::Rule16_4Analysis | ReportType::FinalAnalysis
+                ) {
+                    latest_recommendation_filing = latest_recommendation_filing.max(Some(filed));
+                }
+            }
+            if let Some(filed) = latest_recommendation_filing {
+                for child in case.children_on(filed) {
+                    let k = c.child_keys(&mut case_keys, (query, case), child, filed);
+                    c.add(
+                        MetricId::E4,
+                        &k,
+                        flag(child.recommendations_shared.iter().any(|d| *d <= filed)),
+                        1.0,
+                    );
+                }
+            }
+            if case.open_on(snapshot) {
+                let weeks = (snapshot - case.issued_on).num_days() as f64 / 7.0;
+                c.add_case(MetricId::S1Cases, &mut case_keys, (query, case), 1.0, 0.0);
+                c.add_case(
+                    MetricId::S2CasesOver52,
+                    &mut case_keys,
+                    (query, case),
+                    flag(weeks > 52.0),
+                    0.0,
+                );
+                c.add_case(
+                    MetricId::S2CasesOver100,
+                    &mut case_keys,
+                    (query, case),
+                    flag(weeks > 100.0),
+                    0.0,
+                );
+                for child in case.children_on(snapshot) {
+                    let k = c.child_keys(&mut case_keys, (query, case), child, snapshot);
+                    c.add(MetricId::S1Children, &k, 1.0, 0.0);
+                    c.add(MetricId::S2ChildrenOver52, &k, flag(weeks > 52.0), 0.0);
+                    c.add(MetricId::S2ChildrenOver100, &k, flag(weeks > 100.0), 0.0);
+                }
+                if wants_caseloads && let Some(practitioner) = case.lead_practitioner_on(snapshot) {
+                    for group in c.case_keys(&mut case_keys, query, case) {
+                        *caseloads.entry(group).or_default().entry(practitioner).or_default() += 1;
                     }
                 }
             }
-            for child in &case.children {
-                let k = c.keys(query, case, Some((child, first_lead)), None);
-                c.add(
-                    MetricId::E3,
-                    &k,
-                    flag(child.letters.iter().any(|(_, personalised)| *personalised)),
-                    1.0,
-                );
-            }
-        }
-        if period.contains(case.issued_on)
-            && let Some(first_lead) = case.first_lead_allocation()
-            && (c.wants(MetricId::T5) || c.wants(MetricId::T5MeanWorkingDays))
-        {
-            let days = calendar.working_days_between(case.received(), first_lead)?;
-            c.add_case(MetricId::T5, &mut case_keys, (query, case), flag(days <= 2), 1.0);
-            c.add_case(MetricId::T5MeanWorkingDays, &mut case_keys, (query, case), days as f64, 1.0);
-        }
-        let mut latest_recommendation_filing: Option<NaiveDate> = None;
-        for report in &case.reports {
-            let Some(filed) = report.filed_on.filter(|d| period.contains(*d)) else {
-                continue;
-            };
-            let k = c.keys(query, case, None, Some(report.report_type));
-            if c.wants(MetricId::T6) {
-                let start = report_start(case, report);
-                c.add(
-                    MetricId::T6,
-                    &k,
-                    calendar.working_days_between(start, filed)? as f64 / 5.0,
-                    1.0,
-                );
-            }
-            if report.report_type == ReportType::Section7 {
-                c.add(
-                    MetricId::T7,
-                    &k,
-                    flag(report.extensions.iter().any(|d| *d <= filed)),
-                    1.0,
-                );
-            }
-            if let Some((_, due)) = report.due_dates.iter().rev().find(|(agreed, _)| *agreed <= filed) {
-                c.add(MetricId::T8, &k, flag(filed > *due), 1.0);
-            }
-            if matches!(
-                report.report_type,
-                ReportType::Section7 | ReportType::Rule16_4Analysis | ReportType::FinalAnalysis
-            ) {
-                latest_recommendation_filing = latest_recommendation_filing.max(Some(filed));
-            }
-        }
-        if let Some(filed) = latest_recommendation_filing {
-            for child in case.children_on(filed) {
-                let k = c.keys(query, case, Some((child, filed)), None);
-                c.add(
-                    MetricId::E4,
-                    &k,
-                    flag(child.recommendations_shared.iter().any(|d| *d <= filed)),
-                    1.0,
-                );
-            }
-        }
-        if case.open_on(snapshot) {
-            let weeks = (snapshot - case.issued_on).num_days() as f64 / 7.0;
-            c.add_case(MetricId::S1Cases, &mut case_keys, (query, case), 1.0, 0.0);
-            c.add_case(MetricId::S2CasesOver52, &mut case_keys, (query, case), flag(weeks > 52.0), 0.0);
-            c.add_case(MetricId::S2CasesOver100, &mut case_keys, (query, case), flag(weeks > 100.0), 0.0);
-            for child in case.children_on(snapshot) {
-                let k = c.keys(query, case, Some((child, snapshot)), None);
-                c.add(MetricId::S1Children, &k, 1.0, 0.0);
-                c.add(MetricId::S2ChildrenOver52, &k, flag(weeks > 52.0), 0.0);
-                c.add(MetricId::S2ChildrenOver100, &k, flag(weeks > 100.0), 0.0);
-            }
-            if wants_caseloads && let Some(practitioner) = case.lead_practitioner_on(snapshot) {
-                for group in c.case_keys(&mut case_keys, query, case) {
-                    *caseloads.entry(group).or_default().entry(practitioner).or_default() += 1;
+            if period.contains(case.received()) {
+                c.add_case(MetricId::D1Cases, &mut case_keys, (query, case), 1.0, 0.0);
+                c.add_case(MetricId::D2, &mut case_keys, (query, case), 1.0, 0.0);
+                for child in case.children.iter().filter(|ch| ch.joined_on.is_none()) {
+                    let k = c.child_keys(&mut case_keys, (query, case), child, case.received());
+                    c.add(MetricId::D1Children, &k, 1.0, 0.0);
                 }
             }
         }
-        if period.contains(case.received()) {
-            c.add_case(MetricId::D1Cases, &mut case_keys, (query, case), 1.0, 0.0);
-            c.add_case(MetricId::D2, &mut case_keys, (query, case), 1.0, 0.0);
-            for child in case.children.iter().filter(|ch| ch.joined_on.is_none()) {
-                let k = c.keys(query, case, Some((child, case.received())), None);
-                c.add(MetricId::D1Children, &k, 1.0, 0.0);
+        Ok(())
+    }
+
+    fn finish(self, query: &MetricsQuery, calendar: &WorkingCalendar) -> Result<Vec<MetricResult>, MetricsError> {
+        let Counts { mut c, caseloads } = self;
+        let period = &query.period;
+        let snapshot = query.snapshot.unwrap_or(period.last);
+        let settings = &query.settings;
+        if c.wants(MetricId::D2) {
+            let working_days = calendar.working_days_in(period.first, period.last)? as f64;
+            for acc in c.acc[MetricId::D2 as usize].iter_mut().flatten() {
+                acc.denominator = working_days;
             }
         }
-    }
-    if c.wants(MetricId::D2) {
-        let working_days = calendar.working_days_in(period.first, period.last)? as f64;
-        for acc in c.acc[MetricId::D2 as usize].iter_mut().flatten() {
-            acc.denominator = working_days;
+        for (group, loads) in &caseloads {
+            let practitioners = loads.len() as f64;
+            let total: u32 = loads.values().sum();
+            let at_least = |n: u32| loads.values().filter(|l| **l >= n).count() as f64;
+            c.add(
+                MetricId::W1Mean,
+                std::slice::from_ref(group),
+                f64::from(total),
+                practitioners,
+            );
+            c.add(
+                MetricId::W1Share20Plus,
+                std::slice::from_ref(group),
+                at_least(20),
+                practitioners,
+            );
+            c.add(
+                MetricId::W1Share25Plus,
+                std::slice::from_ref(group),
+                at_least(25),
+                practitioners,
+            );
         }
+        let national = query.group_by.is_empty();
+        let results = query
+            .metrics
+            .iter()
+            .map(|metric| {
+                let groups = c.take(*metric);
+                let mut rows: Vec<Row> = groups
+                    .into_iter()
+                    .map(|(group, acc)| (group, metric.in_unit(acc)))
+                    .map(|(group, acc)| Row {
+                        value: value_of(metric.kind(), acc),
+                        group,
+                        numerator: acc.numerator,
+                        denominator: acc.denominator,
+                        suppressed: false,
+                    })
+                    .collect();
+                if rows.is_empty() && national {
+                    let empty = Acc::default();
+                    rows.push(Row {
+                        group: GroupKey::new(),
+                        numerator: 0.0,
+                        denominator: empty.denominator,
+                        value: value_of(metric.kind(), empty),
+                        suppressed: false,
+                    });
+                }
+                if query.suppress_small_numbers && !national {
+                    suppress(&mut rows, metric.kind());
+                }
+                MetricResult {
+                    metric: *metric,
+                    unit: metric.unit(),
+                    value_unit: match metric.kind() {
+                        Kind::Share => "percent",
+                        Kind::Mean(unit) => unit,
+                        Kind::Count => metric.unit(),
+                    },
+                    definition: metric.definition(settings),
+                    period: period.clone(),
+                    snapshot: metric.is_stock().then_some(snapshot),
+                    rows,
+                }
+            })
+            .collect();
+        Ok(results)
     }
-    for (group, loads) in &caseloads {
-        let practitioners = loads.len() as f64;
-        let total: u32 = loads.values().sum();
-        let at_least = |n: u32| loads.values().filter(|l| **l >= n).count() as f64;
-        c.add(
-            MetricId::W1Mean,
-            std::slice::from_ref(group),
-            f64::from(total),
-            practitioners,
-        );
-        c.add(
-            MetricId::W1Share20Plus,
-            std::slice::from_ref(group),
-            at_least(20),
-            practitioners,
-        );
-        c.add(
-            MetricId::W1Share25Plus,
-            std::slice::from_ref(group),
-            at_least(25),
-            practitioners,
-        );
-    }
-    let national = query.group_by.is_empty();
-    let results = query
-        .metrics
-        .iter()
-        .map(|metric| {
-            let groups = c.take(*metric);
-            let mut rows: Vec<Row> = groups
-                .into_iter()
-                .map(|(group, acc)| Row {
-                    value: value_of(metric.kind(), acc),
-                    group,
-                    numerator: acc.numerator,
-                    denominator: acc.denominator,
-                    suppressed: false,
-                })
-                .collect();
-            if rows.is_empty() && national {
-                let empty = Acc::default();
-                rows.push(Row {
-                    group: GroupKey::new(),
-                    numerator: 0.0,
-                    denominator: empty.denominator,
-                    value: value_of(metric.kind(), empty),
-                    suppressed: false,
-                });
-            }
-            if query.suppress_small_numbers && !national {
-                suppress(&mut rows, metric.kind());
-            }
-            MetricResult {
-                metric: *metric,
-                unit: metric.unit(),
-                value_unit: match metric.kind() {
-                    Kind::Share => "percent",
-                    Kind::Mean(unit) => unit,
-                    Kind::Count => metric.unit(),
-                },
-                definition: metric.definition(settings),
-                period: period.clone(),
-                snapshot: metric.is_stock().then_some(snapshot),
-                rows,
-            }
-        })
-        .collect();
-    Ok(results)
 }
 
 fn value_of(kind: Kind, acc: Acc) -> Option<f64> {

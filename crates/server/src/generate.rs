@@ -6,15 +6,15 @@ use crate::ingest::row_of;
 use caselog_calendar::WorkingCalendar;
 use caselog_domain::NewEvent;
 use caselog_domain::england::date_in_england;
-use caselog_store::{EventLog, LoadRow};
-use tokio::sync::mpsc;
 use caselog_domain::interchange::to_line;
 use caselog_domain::{CaseHistory, HistoryEvent};
 use caselog_projections::metrics::Settings;
 use caselog_projections::{CaseFacts, MetricId, MetricsQuery, Period, facts_of};
+use caselog_store::{EventLog, LoadRow};
 use caselog_workload::{Rng, WorkloadSettings, generate};
 use chrono::{Datelike, NaiveDate};
 use std::io::Write;
+use tokio::sync::mpsc;
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {

@@ -1,8 +1,8 @@
 //! The caselog service: gRPC wiring (`caselog.v1` services, health, reflection), the write path
 //! and the `caselog import` client. Errors become `tonic::Status` in `error.rs` only.
 
-mod convert;
 pub mod admin;
+mod convert;
 pub mod error;
 pub mod feed;
 pub mod generate;

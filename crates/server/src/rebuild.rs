@@ -77,9 +77,8 @@ impl Progress {
     /// An estimate of the loading time left, from the rate so far.
     pub fn time_left(&self) -> Option<Duration> {
         let rate = self.events_per_second();
-        (self.phase == Phase::Loading && self.events_processed > 0 && rate > 0.0).then(|| {
-            Duration::from_secs_f64(self.events_total.saturating_sub(self.events_processed) as f64 / rate)
-        })
+        (self.phase == Phase::Loading && self.events_processed > 0 && rate > 0.0)
+            .then(|| Duration::from_secs_f64(self.events_total.saturating_sub(self.events_processed) as f64 / rate))
     }
 }
 
@@ -119,9 +118,9 @@ impl Summary {
             format!("digest {}", self.digest),
         ];
         match &self.outcome {
-            Outcome::Switched { generation } => {
-                lines.push(format!("switched: the rebuilt projection is live (generation {generation})"))
-            }
+            Outcome::Switched { generation } => lines.push(format!(
+                "switched: the rebuilt projection is live (generation {generation})"
+            )),
             Outcome::Verified(report) => {
                 lines.push(format!("live digest {}", report.live_digest));
                 if report.identical() {
@@ -235,7 +234,12 @@ pub async fn rebuild(
         elapsed: Duration::ZERO,
     };
     progress.send_replace(Some(state.clone()));
-    info!(start_at, events_total, verify_only = options.verify_only, "rebuild started");
+    info!(
+        start_at,
+        events_total,
+        verify_only = options.verify_only,
+        "rebuild started"
+    );
 
     let mut digests: BTreeMap<String, [u8; 32]> = BTreeMap::new();
     let mut pages = read_pages(log.clone(), start_at, options.page_events);
@@ -396,7 +400,10 @@ fn remember(rows: Vec<Row>, digests: &mut BTreeMap<String, [u8; 32]>) -> Vec<(St
         .collect()
 }
 
-async fn refold(events: Vec<ReplayRow>, digests: &mut BTreeMap<String, [u8; 32]>) -> Result<Vec<(String, String)>, Error> {
+async fn refold(
+    events: Vec<ReplayRow>,
+    digests: &mut BTreeMap<String, [u8; 32]>,
+) -> Result<Vec<(String, String)>, Error> {
     let rows = tokio::task::spawn_blocking(move || rows_of(&events))
         .await
         .map_err(join_error)??;
@@ -521,7 +528,14 @@ fn financial_year_of(day: NaiveDate) -> i32 {
 
 fn figures(rows: &[caselog_projections::Row]) -> String {
     rows.iter()
-        .map(|r| format!("{}/{} = {}", r.numerator, r.denominator, r.value.map_or("-".to_owned(), |v| format!("{v:.4}"))))
+        .map(|r| {
+            format!(
+                "{}/{} = {}",
+                r.numerator,
+                r.denominator,
+                r.value.map_or("-".to_owned(), |v| format!("{v:.4}"))
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -534,8 +548,14 @@ fn worklist_differences(live: &[CaseFacts], rebuilt: &[CaseFacts]) -> Vec<Workli
         format!(
             "case {} {}{}due {}",
             item.case_id,
-            item.child_id.as_deref().map(|c| format!("child {c} ")).unwrap_or_default(),
-            item.report_id.as_deref().map(|r| format!("report {r} ")).unwrap_or_default(),
+            item.child_id
+                .as_deref()
+                .map(|c| format!("child {c} "))
+                .unwrap_or_default(),
+            item.report_id
+                .as_deref()
+                .map(|r| format!("report {r} "))
+                .unwrap_or_default(),
             item.date
         )
     };

@@ -22,7 +22,8 @@ pub struct FactsChanges {
     pub position: i64,
     /// A rebuild replaced the table: `rows` is all of it and the reader's copy is stale.
     pub replaced: bool,
-    pub rows: Vec<serde_json::Value>,
+    /// The facts of each case, as JSON text.
+    pub rows: Vec<String>,
 }
 
 /// Proof of projection leadership: the session holding the advisory lock. Dropping it (or the
@@ -133,11 +134,12 @@ impl EventLog {
                 .fetch_one(&mut *tx)
                 .await?;
         let replaced = current != generation;
-        let facts: Vec<serde_json::Value> =
-            sqlx::query_scalar("SELECT facts FROM case_facts WHERE as_of_position > $1")
-                .bind(if replaced { i64::MIN } else { since })
-                .fetch_all(&mut *tx)
-                .await?;
+        // As text: a reader parses it straight into its own types (a JSON value tree of every
+        // case first would cost several times the facts' own memory).
+        let facts: Vec<String> = sqlx::query_scalar("SELECT facts::text FROM case_facts WHERE as_of_position > $1")
+            .bind(if replaced { i64::MIN } else { since })
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(FactsChanges {
             generation: current,

@@ -179,6 +179,11 @@ impl RebuildSession {
         sqlx::query("CREATE INDEX case_facts_rebuild_by_position ON case_facts_rebuild (as_of_position)")
             .execute(&mut self.connection)
             .await?;
+        // Without statistics the planner scans the whole table to find the few rows a reader
+        // asks for; autovacuum would get there, but only later.
+        sqlx::query("ANALYZE case_facts_rebuild")
+            .execute(&mut self.connection)
+            .await?;
         Ok(())
     }
 
@@ -348,4 +353,3 @@ async fn upsert_rebuilt(executor: impl PgExecutor<'_>, rows: &[(String, String)]
     .await?;
     Ok(())
 }
-

@@ -1,0 +1,63 @@
+//! Leaving out the cases a query cannot count (by their reach), or counting them in several
+//! shares on several threads, changes no figure.
+
+#![allow(clippy::unwrap_used)]
+
+use caselog_calendar::WorkingCalendar;
+use caselog_domain::{CaseHistory, HistoryEvent};
+use caselog_projections::metrics::Settings;
+use caselog_projections::metrics::compute_parallel;
+use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, compute, facts_of};
+use caselog_workload::{WorkloadSettings, generate};
+use chrono::NaiveDate;
+
+fn national_history() -> Vec<CaseFacts> {
+    let settings = WorkloadSettings {
+        seed: 9,
+        first_day: NaiveDate::from_ymd_opt(2021, 1, 4).unwrap(),
+        last_day: NaiveDate::from_ymd_opt(2025, 6, 30).unwrap(),
+        cases_per_working_day: 6.0,
+    };
+    let mut facts = Vec::new();
+    generate(&settings, WorkingCalendar::england_and_wales(), |case| {
+        let history = CaseHistory::new(case.iter().map(|e| HistoryEvent::from(&e.event)).collect());
+        facts.extend(facts_of(&case[0].case_id, &history));
+    });
+    facts
+}
+
+#[test]
+fn cases_out_of_reach_of_a_query_do_not_change_its_figures() {
+    let cases = national_history();
+    assert!(cases.len() > 5_000);
+    let calendar = WorkingCalendar::england_and_wales();
+    let mut periods: Vec<(Period, Option<NaiveDate>)> = (2020..=2025)
+        .map(|year| (Period::financial_year(year).unwrap(), None))
+        .collect();
+    periods.push((Period::month(2023, 2).unwrap(), None));
+    periods.push((Period::financial_quarter(2022, 3).unwrap(), None));
+    periods.push((
+        Period::financial_year(2022).unwrap(),
+        NaiveDate::from_ymd_opt(2024, 9, 30),
+    ));
+    for (period, snapshot) in periods {
+        for group_by in [vec![], vec![Dimension::ServiceArea, Dimension::LawType]] {
+            let query = MetricsQuery {
+                metrics: MetricId::ALL.to_vec(),
+                period: period.clone(),
+                snapshot,
+                group_by,
+                filters: vec![],
+                suppress_small_numbers: false,
+                settings: Settings::default(),
+            };
+            let all = compute(&query, &cases, calendar).unwrap();
+            let reachable: Vec<&CaseFacts> = cases.iter().filter(|c| query.may_count(&c.reach())).collect();
+            assert!(reachable.len() < cases.len(), "{}: nothing was left out", period.label);
+            let parallel = compute_parallel(&query, &reachable, calendar, 3).unwrap();
+            let pruned = compute(&query, reachable, calendar).unwrap();
+            assert_eq!(all, pruned, "{} snapshot {snapshot:?}", period.label);
+            assert_eq!(all, parallel, "counted in three shares: {}", period.label);
+        }
+    }
+}

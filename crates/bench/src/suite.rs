@@ -157,8 +157,7 @@ async fn setup_plain_table(pool: &PgPool) -> anyhow::Result<()> {
             .execute(&mut *connection)
             .await?;
         println!(
-            "\n(raw side: bench_events_plain created as a copy of the {} log in {:.0} s)",
-            "events",
+            "\n(raw side: bench_events_plain created as a copy of the events log in {:.0} s)",
             started.elapsed().as_secs_f64()
         );
     }

@@ -38,6 +38,8 @@ pub enum Error {
     OutsideCalendar(String),
     #[error("the projections have applied position {checkpoint}, not yet {wanted}; retry shortly")]
     ProjectionBehind { checkpoint: i64, wanted: i64 },
+    #[error("{what}; retry shortly")]
+    Busy { what: String },
     #[error("another rebuild of the projections is running; wait for it to finish")]
     RebuildInProgress,
     #[error("the appends to this case kept conflicting; retry later")]
@@ -139,6 +141,7 @@ pub fn to_status(err: Error) -> Status {
         Error::NotFound(_) => (Code::NotFound, "NOT_FOUND"),
         Error::Contention => (Code::Aborted, "CONTENTION"),
         Error::RebuildInProgress => (Code::FailedPrecondition, "REBUILD_IN_PROGRESS"),
+        Error::Busy { .. } => (Code::ResourceExhausted, "BUSY"),
         Error::OutsideCalendar(_) => (Code::FailedPrecondition, "OUTSIDE_CALENDAR"),
         Error::ProjectionBehind { checkpoint, wanted } => {
             metadata.insert("checkpoint".to_owned(), checkpoint.to_string());

@@ -30,6 +30,8 @@ const MAX_PAGE_SIZE: u32 = 1000;
 pub struct Metrics {
     log: EventLog,
     cache: Arc<RwLock<FactsCache>>,
+    /// One `as_of` fold at a time per process: each holds every case's facts in memory.
+    as_of_folds: Arc<tokio::sync::Semaphore>,
 }
 
 /// This process's copy of the case-facts projection, refreshed with the rows written since the
@@ -85,6 +87,7 @@ impl Metrics {
                 position: -1,
                 ..FactsCache::default()
             })),
+            as_of_folds: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -140,6 +143,9 @@ impl Metrics {
                     chrono::DateTime::from_timestamp(as_of.seconds, as_of.nanos.max(0) as u32).ok_or_else(|| {
                         Error::invalid(vec![FieldViolation::new("as_of", "as_of is not a valid instant")])
                     })?;
+                let _fold = self.as_of_folds.try_acquire().map_err(|_| Error::Busy {
+                    what: "an as_of query is already being answered by this server".into(),
+                })?;
                 let cases = facts_at(&self.log, Cut::RecordedBy(at)).await?;
                 (
                     0,

@@ -11,7 +11,6 @@ use caselog_domain::england::date_in_england;
 use caselog_projections::metrics::{MetricsError, Settings, compute_parallel};
 use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, Reach, WorklistKind};
 use caselog_store::EventLog;
-use caselog_store::projection::CASE_FACTS;
 use caselog_store::rebuild::Cut;
 use chrono::NaiveDate;
 use std::collections::HashMap;
@@ -93,7 +92,14 @@ impl Metrics {
 
     /// The projection as of its latest checkpoint, after waiting for `min_position`.
     async fn current_facts(&self, min_position: u64) -> Result<RwLockReadGuard<'_, FactsCache>, Error> {
-        self.wait_for(min_position).await?;
+        let (generation, position) = self.wait_for(min_position).await?;
+        // Concurrent queries share the copy while it is current; only a refresh is exclusive.
+        {
+            let cache = self.cache.read().await;
+            if cache.generation == generation && cache.position >= position {
+                return Ok(cache);
+            }
+        }
         let mut cache = self.cache.write().await;
         let changes = self.log.case_facts_since(cache.generation, cache.position).await?;
         if changes.replaced {
@@ -261,13 +267,15 @@ impl Metrics {
         })
     }
 
-    async fn wait_for(&self, min_position: u64) -> Result<(), Error> {
+    /// Waits until the projection has applied `min_position`; returns its generation and
+    /// checkpoint then.
+    async fn wait_for(&self, min_position: u64) -> Result<(i64, i64), Error> {
         let wanted = i64::try_from(min_position).unwrap_or(i64::MAX);
         let started = Instant::now();
         loop {
-            let checkpoint = self.log.checkpoint(CASE_FACTS).await?;
+            let (generation, checkpoint) = self.log.case_facts_version().await?;
             if checkpoint >= wanted {
-                return Ok(());
+                return Ok((generation, checkpoint));
             }
             if started.elapsed() >= MAX_CATCH_UP_WAIT {
                 return Err(Error::ProjectionBehind { checkpoint, wanted });

@@ -119,6 +119,17 @@ impl EventLog {
         Ok(true)
     }
 
+    /// The case-facts projection's generation and checkpoint.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn case_facts_version(&self) -> Result<(i64, i64), Error> {
+        Ok(
+            sqlx::query_as("SELECT generation, position FROM projection_checkpoints WHERE projection = $1")
+                .bind(CASE_FACTS)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// What changed in the case-facts projection since a reader's copy was at `since` of
     /// `generation`, read in one snapshot: the rows written after `since`, or every row when a
     /// rebuild has replaced the table since (another generation).

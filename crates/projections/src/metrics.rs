@@ -401,7 +401,9 @@ struct Collector {
     /// Indexed by `MetricId as usize`.
     wanted: [bool; MetricId::ALL.len()],
     groups: Vec<GroupKey>,
-    ids: HashMap<GroupKey, GroupId>,
+    /// Looked up for every unit a query counts: a fast hash, not a DoS-resistant one (the keys
+    /// are reference codes, not attacker-chosen strings).
+    ids: HashMap<GroupKey, GroupId, foldhash::fast::FixedState>,
     /// `[metric][group]`: `Some` once the group has had a unit of the metric.
     acc: Vec<Vec<Option<Acc>>>,
     /// Whether a child's keys can differ from its case's (only by age band).
@@ -419,7 +421,7 @@ impl Collector {
         Collector {
             wanted,
             groups: Vec::new(),
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             acc: vec![Vec::new(); MetricId::ALL.len()],
             by_age: query.group_by.contains(&Dimension::AgeBand)
                 || query.filters.iter().any(|(d, _)| *d == Dimension::AgeBand),
@@ -544,11 +546,7 @@ fn keys(
         LawType::Public => "public",
         LawType::Private => "private",
     };
-    let apps: Vec<&'static str> = case
-        .application_types
-        .iter()
-        .map(|a| application_type_name(*a))
-        .collect();
+    let apps = || case.application_types.iter().map(|a| application_type_name(*a));
     let age = child_age.map_or(NOT_APPLICABLE, |(child, on)| age_band(child, on));
     let report = report_type.map_or(NOT_APPLICABLE, report_type_name);
     let single = |d: Dimension| -> &str {
@@ -564,26 +562,24 @@ fn keys(
     };
     for (dimension, allowed) in &query.filters {
         let matches = match dimension {
-            Dimension::ApplicationType => apps.iter().any(|a| allowed.iter().any(|v| v == a)),
+            Dimension::ApplicationType => apps().any(|a| allowed.iter().any(|v| v == a)),
             d => allowed.iter().any(|v| v == single(*d)),
         };
         if !matches {
             return Vec::new();
         }
     }
-    let mut group_by = query.group_by.clone();
-    if report_type.is_some() && !group_by.contains(&Dimension::ReportType) {
-        group_by.push(Dimension::ReportType);
-    }
+    let report_dimension =
+        (report_type.is_some() && !query.group_by.contains(&Dimension::ReportType)).then_some(Dimension::ReportType);
     let mut out = vec![GroupKey::new()];
-    for dimension in group_by {
+    for dimension in query.group_by.iter().copied().chain(report_dimension) {
         if dimension == Dimension::ApplicationType {
             out = out
                 .into_iter()
                 .flat_map(|key| {
-                    apps.iter().map(move |app| {
+                    apps().map(move |app| {
                         let mut key = key.clone();
-                        key.insert(Dimension::ApplicationType, (*app).to_owned());
+                        key.insert(Dimension::ApplicationType, app.to_owned());
                         key
                     })
                 })

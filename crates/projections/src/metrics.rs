@@ -397,13 +397,13 @@ impl MetricId {
 
 /// Accumulates contributions per metric and group. Group keys are interned once per unit (a
 /// query visits every case, and comparing keys per contribution dominated its cost).
-struct Collector {
+struct Collector<'a> {
     /// Indexed by `MetricId as usize`.
     wanted: [bool; MetricId::ALL.len()],
-    groups: Vec<GroupKey>,
+    groups: Vec<UnitKey<'a>>,
     /// Looked up for every unit a query counts: a fast hash, not a DoS-resistant one (the keys
     /// are reference codes, not attacker-chosen strings).
-    ids: HashMap<GroupKey, GroupId, foldhash::fast::FixedState>,
+    ids: HashMap<UnitKey<'a>, GroupId, foldhash::fast::FixedState>,
     /// `[metric][group]`: `Some` once the group has had a unit of the metric.
     acc: Vec<Vec<Option<Acc>>>,
     /// Whether a child's keys can differ from its case's (only by age band).
@@ -412,8 +412,31 @@ struct Collector {
 
 type GroupId = usize;
 
-impl Collector {
-    fn new(query: &MetricsQuery) -> Collector {
+/// A group key while counting: the value of each dimension by `Dimension as usize`, "" where
+/// the query does not group by it. Borrowed from the cases, so building one allocates nothing.
+type UnitKey<'a> = [&'a str; DIMENSIONS];
+const DIMENSIONS: usize = 7;
+const ALL_DIMENSIONS: [Dimension; DIMENSIONS] = [
+    Dimension::LawType,
+    Dimension::ApplicationType,
+    Dimension::ServiceArea,
+    Dimension::Court,
+    Dimension::LocalAuthority,
+    Dimension::AgeBand,
+    Dimension::ReportType,
+];
+
+fn group_key(key: &UnitKey<'_>) -> GroupKey {
+    ALL_DIMENSIONS
+        .iter()
+        .zip(key)
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(dimension, value)| (*dimension, (*value).to_owned()))
+        .collect()
+}
+
+impl<'a> Collector<'a> {
+    fn new(query: &MetricsQuery) -> Collector<'a> {
         let mut wanted = [false; MetricId::ALL.len()];
         for metric in &query.metrics {
             wanted[*metric as usize] = true;
@@ -432,17 +455,17 @@ impl Collector {
         self.wanted[metric as usize]
     }
 
-    fn intern(&mut self, keys: Vec<GroupKey>) -> Vec<GroupId> {
+    fn intern(&mut self, keys: Vec<UnitKey<'a>>) -> Vec<GroupId> {
         keys.iter().map(|key| self.intern_one(key)).collect()
     }
 
-    fn intern_one(&mut self, key: &GroupKey) -> GroupId {
+    fn intern_one(&mut self, key: &UnitKey<'a>) -> GroupId {
         match self.ids.get(key) {
             Some(id) => *id,
             None => {
                 let id = self.groups.len();
-                self.groups.push(key.clone());
-                self.ids.insert(key.clone(), id);
+                self.groups.push(*key);
+                self.ids.insert(*key, id);
                 id
             }
         }
@@ -452,7 +475,7 @@ impl Collector {
     fn keys(
         &mut self,
         query: &MetricsQuery,
-        case: &CaseFacts,
+        case: &'a CaseFacts,
         child_age: Option<(&ChildFacts, NaiveDate)>,
         report_type: Option<ReportType>,
     ) -> Vec<GroupId> {
@@ -480,7 +503,7 @@ impl Collector {
         &mut self,
         metric: MetricId,
         case_keys: &mut CaseKeys,
-        (query, case): (&MetricsQuery, &CaseFacts),
+        (query, case): (&MetricsQuery, &'a CaseFacts),
         numerator: f64,
         denominator: f64,
     ) {
@@ -495,7 +518,7 @@ impl Collector {
     fn child_keys(
         &mut self,
         case_keys: &mut CaseKeys,
-        (query, case): (&MetricsQuery, &CaseFacts),
+        (query, case): (&MetricsQuery, &'a CaseFacts),
         child: &ChildFacts,
         on: NaiveDate,
     ) -> Vec<GroupId> {
@@ -506,7 +529,7 @@ impl Collector {
         }
     }
 
-    fn case_keys(&mut self, case_keys: &mut CaseKeys, query: &MetricsQuery, case: &CaseFacts) -> Vec<GroupId> {
+    fn case_keys(&mut self, case_keys: &mut CaseKeys, query: &MetricsQuery, case: &'a CaseFacts) -> Vec<GroupId> {
         match &case_keys.0 {
             Some(groups) => groups.clone(),
             None => {
@@ -523,7 +546,7 @@ impl Collector {
         let mut out: Vec<(GroupKey, Acc)> = row
             .into_iter()
             .enumerate()
-            .filter_map(|(group, acc)| Some((self.groups[group].clone(), acc?)))
+            .filter_map(|(group, acc)| Some((group_key(&self.groups[group]), acc?)))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -536,12 +559,12 @@ struct CaseKeys(Option<Vec<GroupId>>);
 
 /// The group keys a unit belongs to (several when grouping by application type), or none when
 /// it is filtered out. `child_age` gives the child and the date for the age band.
-fn keys(
+fn keys<'a>(
     query: &MetricsQuery,
-    case: &CaseFacts,
+    case: &'a CaseFacts,
     child_age: Option<(&ChildFacts, NaiveDate)>,
     report_type: Option<ReportType>,
-) -> Vec<GroupKey> {
+) -> Vec<UnitKey<'a>> {
     let law = match case.law_type {
         LawType::Public => "public",
         LawType::Private => "private",
@@ -549,7 +572,7 @@ fn keys(
     let apps = || case.application_types.iter().map(|a| application_type_name(*a));
     let age = child_age.map_or(NOT_APPLICABLE, |(child, on)| age_band(child, on));
     let report = report_type.map_or(NOT_APPLICABLE, report_type_name);
-    let single = |d: Dimension| -> &str {
+    let single = |d: Dimension| -> &'a str {
         match d {
             Dimension::LawType => law,
             Dimension::ServiceArea => &case.service_area,
@@ -571,22 +594,22 @@ fn keys(
     }
     let report_dimension =
         (report_type.is_some() && !query.group_by.contains(&Dimension::ReportType)).then_some(Dimension::ReportType);
-    let mut out = vec![GroupKey::new()];
+    let mut out: Vec<UnitKey<'a>> = vec![[""; DIMENSIONS]];
     for dimension in query.group_by.iter().copied().chain(report_dimension) {
         if dimension == Dimension::ApplicationType {
             out = out
                 .into_iter()
                 .flat_map(|key| {
                     apps().map(move |app| {
-                        let mut key = key.clone();
-                        key.insert(Dimension::ApplicationType, app.to_owned());
+                        let mut key = key;
+                        key[Dimension::ApplicationType as usize] = app;
                         key
                     })
                 })
                 .collect();
         } else {
             for key in &mut out {
-                key.insert(dimension, single(dimension).to_owned());
+                key[dimension as usize] = single(dimension);
             }
         }
     }
@@ -700,7 +723,7 @@ pub fn compute_parallel(
 /// What counting some cases gathered: contributions per metric and group, and the caseloads
 /// (which only become W1 figures once every case has been counted).
 struct Counts<'a> {
-    c: Collector,
+    c: Collector<'a>,
     /// group -> practitioner -> open cases, for W1
     caseloads: HashMap<GroupId, HashMap<&'a str, u32>>,
 }
@@ -1054,5 +1077,20 @@ fn suppress(rows: &mut [Row], kind: Kind) {
         row.value = None;
         row.numerator = 0.0;
         row.denominator = 0.0;
+    }
+}
+
+#[cfg(test)]
+mod unit_key_tests {
+    use super::{ALL_DIMENSIONS, group_key};
+
+    #[test]
+    fn unit_key_slots_follow_the_dimension_order() {
+        for (slot, dimension) in ALL_DIMENSIONS.iter().enumerate() {
+            assert_eq!(*dimension as usize, slot, "{dimension:?}");
+            let mut key = [""; ALL_DIMENSIONS.len()];
+            key[slot] = "x";
+            assert_eq!(group_key(&key).get(dimension).map(String::as_str), Some("x"));
+        }
     }
 }

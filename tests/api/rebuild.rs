@@ -313,3 +313,31 @@ async fn only_one_rebuild_runs_at_a_time(pool: PgPool) {
     assert_eq!(reason(&status), "REBUILD_IN_PROGRESS");
     drop(held);
 }
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn loading_cases_that_are_already_recorded_fails_and_writes_nothing(pool: PgPool) {
+    load_history(&pool, 15, 30, 10.0).await;
+    let before: (i64, i64) = sqlx::query_as("SELECT count(*), max(position) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let last_day = NaiveDate::from_ymd_opt(2025, 9, 30).unwrap();
+    let again = GenerateOptions {
+        workload: WorkloadSettings {
+            seed: 15,
+            first_day: last_day - chrono::Days::new(30),
+            last_day,
+            cases_per_working_day: 10.0,
+        },
+        resend_rate: 0.0,
+    };
+    let err = load(&again, &EventLog::new(pool.clone()), "test-loader")
+        .await
+        .unwrap_err();
+    assert!(err.detail().contains("already"), "{}", err.detail());
+    let after: (i64, i64) = sqlx::query_as("SELECT count(*), max(position) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(after.0, before.0, "nothing was written");
+}

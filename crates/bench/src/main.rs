@@ -357,15 +357,9 @@ async fn delivery_latency(pool: &PgPool, load: Load, duration: Duration) -> anyh
             let mut i = 0usize;
             while start.elapsed() < duration {
                 ticker.tick().await;
-                let mut request = hearing(&cases[i % cases.len()]);
-                let one = request.events[0].clone();
-                request.events = (0..batch)
-                    .map(|_| pb::NewEvent {
-                        event_id: uuid::Uuid::new_v4().to_string(),
-                        ..one.clone()
-                    })
-                    .collect();
-                client.append_events(request).await?;
+                client
+                    .append_events(hearings(&cases[i % cases.len()], batch as usize))
+                    .await?;
                 i += batch as usize;
             }
             anyhow::Ok(i)
@@ -377,16 +371,11 @@ async fn delivery_latency(pool: &PgPool, load: Load, duration: Duration) -> anyh
     }
     let achieved = appended as f64 / start.elapsed().as_secs_f64();
     writing.store(false, Ordering::Relaxed);
-    let mut latencies = subscriber.await?;
+    let latencies = subscriber.await?;
     let _ = stop_tx.send(());
     let _ = server.await;
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let latencies = sorted(latencies);
+    let pct = |p: f64| percentile(&latencies, p);
     println!(
         "appended {appended} events at {achieved:.0} events/s through gRPC; delivered {}",
         latencies.len()
@@ -416,12 +405,34 @@ fn issue(case_id: &str) -> pb::AppendEventsRequest {
     request(case_id, "2025-04-17", kind)
 }
 
-fn hearing(case_id: &str) -> pb::AppendEventsRequest {
+/// `count` hearing listings for one case, each with its own event id.
+fn hearings(case_id: &str, count: usize) -> pb::AppendEventsRequest {
     let kind = pb::event_payload::Kind::HearingListed(pb::HearingListed {
         hearing_type: pb::HearingType::Cmh as i32,
         listed_for: "2025-07-01".into(),
     });
-    request(case_id, "2025-05-01", kind)
+    let mut request = request(case_id, "2025-05-01", kind);
+    let one = request.events[0].clone();
+    request.events = (0..count)
+        .map(|_| pb::NewEvent {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            ..one.clone()
+        })
+        .collect();
+    request
+}
+
+/// The value at quantile `p` of ascending `sorted_ms` (NaN when empty).
+fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    sorted_ms
+        .get(((sorted_ms.len() as f64 * p) as usize).min(sorted_ms.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+fn sorted(mut ms: Vec<f64>) -> Vec<f64> {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    ms
 }
 
 fn request(case_id: &str, occurred_on: &str, kind: pb::event_payload::Kind) -> pb::AppendEventsRequest {

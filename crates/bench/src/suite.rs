@@ -4,7 +4,7 @@
 //! The service under test is the real `caselog` binary, started as a child process (so its peak
 //! memory is its own), and the rebuild is `caselog rebuild`, also a child process.
 
-use crate::{hearing, issue, print_machine};
+use crate::{hearings, issue, percentile, print_machine, sorted};
 use anyhow::{Context, bail};
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
@@ -348,18 +348,6 @@ async fn wait_for_projection(channel: &Channel, head: i64) -> anyhow::Result<Dur
     }
 }
 
-fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
-    sorted_ms
-        .get(((sorted_ms.len() as f64 * p) as usize).min(sorted_ms.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(f64::NAN)
-}
-
-fn sorted(mut ms: Vec<f64>) -> Vec<f64> {
-    ms.sort_by(|a, b| a.total_cmp(b));
-    ms
-}
-
 /// Every metric of one financial year grouped by service area, against a grouped count over the
 /// same projection table in SQL.
 async fn query_latency(pool: &PgPool, channel: &Channel, queries: usize) -> anyhow::Result<()> {
@@ -434,11 +422,7 @@ async fn batch_ingest(pool: &PgPool, channel: &Channel, batches: usize) -> anyho
         .map(|b| {
             let case_id = format!("BATCH-{}-{b}", &run[..8]);
             let mut request = issue(&case_id);
-            let hearing_event = hearing(&case_id).events[0].clone();
-            request.events.extend((1..PER_BATCH).map(|_| pb::NewEvent {
-                event_id: uuid::Uuid::new_v4().to_string(),
-                ..hearing_event.clone()
-            }));
+            request.events.extend(hearings(&case_id, PER_BATCH - 1).events);
             request
         })
         .collect();
@@ -609,15 +593,7 @@ fn rotating_request(prefix: &str, n: usize, batch: usize) -> pb::AppendEventsReq
     if n < CASES_PER_CLIENT {
         return issue(&case_id);
     }
-    let mut request = hearing(&case_id);
-    let one = request.events[0].clone();
-    request.events = (0..batch)
-        .map(|_| pb::NewEvent {
-            event_id: uuid::Uuid::new_v4().to_string(),
-            ..one.clone()
-        })
-        .collect();
-    request
+    hearings(&case_id, batch)
 }
 
 struct Timed {

@@ -10,6 +10,7 @@ use caselog_store::projection::CASE_FACTS;
 use caselog_store::rebuild::Cut;
 use caselog_store::{EventLog, FeedFilter, ReplayRow};
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tracing::{debug, info, instrument, warn};
 
 #[derive(Debug, Clone)]
@@ -137,15 +138,35 @@ pub fn fold_cases(rows: &[ReplayRow]) -> Result<Vec<CaseFacts>, Error> {
 /// The facts of every case, from the log cut at `cut`, read a page of cases at a time.
 pub async fn facts_at(log: &EventLog, cut: Cut) -> Result<Vec<CaseFacts>, Error> {
     let mut facts = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = log.read_cases_in_order(after.as_deref(), cut, FOLD_PAGE_EVENTS).await?;
-        let Some(last) = page.last() else {
-            return Ok(facts);
-        };
-        after = Some(last.case_id.clone());
-        facts.extend(fold_cases(&page)?);
+    let mut pages = read_pages(log.clone(), cut, FOLD_PAGE_EVENTS);
+    while let Some(page) = pages.recv().await {
+        facts.extend(fold_cases(&page?)?);
     }
+    Ok(facts)
+}
+
+/// Reads the log cut at `cut`, case by case (each case whole), on a task of its own that stays
+/// a page ahead of the reader. Dropping the receiver stops it.
+pub(crate) fn read_pages(log: EventLog, cut: Cut, page_events: i64) -> mpsc::Receiver<Result<Vec<ReplayRow>, Error>> {
+    let (sender, receiver) = mpsc::channel(2);
+    tokio::spawn(async move {
+        let mut after: Option<String> = None;
+        loop {
+            let page = match log.read_cases_in_order(after.as_deref(), cut, page_events).await {
+                Ok(page) if page.is_empty() => return,
+                Ok(page) => page,
+                Err(err) => {
+                    let _ = sender.send(Err(err.into())).await;
+                    return;
+                }
+            };
+            after = page.last().map(|e| e.case_id.clone());
+            if sender.send(Ok(page)).await.is_err() {
+                return;
+            }
+        }
+    });
+    receiver
 }
 
 /// Events read per page when folding the whole log.

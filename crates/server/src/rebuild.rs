@@ -7,19 +7,19 @@
 //! and the last few inside the transaction that switches (see `caselog_store::rebuild`).
 
 use crate::error::Error;
-use crate::projector::fold_cases;
+use crate::projector::{fold_cases, read_pages};
 use caselog_calendar::WorkingCalendar;
 use caselog_domain::england::date_in_england;
 use caselog_projections::metrics::Settings;
 use caselog_projections::{CaseFacts, MetricId, MetricsQuery, Period, WorklistItem, WorklistKind, compute, worklist};
-use caselog_store::rebuild::{Cut, FactsDifference, FactsTable};
+use caselog_store::rebuild::{Cut, FactsDifference, FactsTable, RebuildSession};
 use caselog_store::{EventLog, ReplayRow};
 use chrono::{Datelike, NaiveDate};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
-use tracing::{info, instrument};
+use tokio::sync::watch;
+use tracing::{info, instrument, warn};
 
 /// The catch-up loop stops and switches once fewer positions than this remain.
 const SWITCH_WITHIN: i64 = 5_000;
@@ -222,6 +222,22 @@ pub async fn rebuild(
 ) -> Result<Summary, Error> {
     let started = Instant::now();
     let mut session = log.try_lock_rebuild().await?.ok_or(Error::RebuildInProgress)?;
+    let result = rebuild_holding(log, options, progress, &mut session, started).await;
+    // Let go of the lock before answering, so that a rebuild asked for next is not refused
+    // while the dropped session's connection is still being torn down.
+    if let Err(err) = session.close().await {
+        warn!(error = %err, "closing the rebuild session");
+    }
+    result
+}
+
+async fn rebuild_holding(
+    log: &EventLog,
+    options: &RebuildOptions,
+    progress: &watch::Sender<Option<Progress>>,
+    session: &mut RebuildSession,
+    started: Instant,
+) -> Result<Summary, Error> {
     session.create_table().await?;
     let start_at = log.horizon().await?.safe;
     let events_total = log.count_events_up_to(start_at).await? as u64;
@@ -242,7 +258,7 @@ pub async fn rebuild(
     );
 
     let mut digests: BTreeMap<String, [u8; 32]> = BTreeMap::new();
-    let mut pages = read_pages(log.clone(), start_at, options.page_events);
+    let mut pages = read_pages(log.clone(), Cut::Position(start_at), options.page_events);
     let mut unwritten: Vec<(String, String)> = Vec::new();
     while let Some(page) = pages.recv().await {
         let page = page?;
@@ -350,32 +366,6 @@ pub async fn rebuild(
         "rebuild finished"
     );
     Ok(summary)
-}
-
-/// Reads the log case by case up to `up_to` on a task of its own, a page ahead of the folding.
-fn read_pages(log: EventLog, up_to: i64, page_events: i64) -> mpsc::Receiver<Result<Vec<ReplayRow>, Error>> {
-    let (sender, receiver) = mpsc::channel(2);
-    tokio::spawn(async move {
-        let mut after: Option<String> = None;
-        loop {
-            let page = match log
-                .read_cases_in_order(after.as_deref(), Cut::Position(up_to), page_events)
-                .await
-            {
-                Ok(page) if page.is_empty() => return,
-                Ok(page) => page,
-                Err(err) => {
-                    let _ = sender.send(Err(err.into())).await;
-                    return;
-                }
-            };
-            after = page.last().map(|e| e.case_id.clone());
-            if sender.send(Ok(page)).await.is_err() {
-                return;
-            }
-        }
-    });
-    receiver
 }
 
 fn rows_of(events: &[ReplayRow]) -> Result<Vec<Row>, Error> {

@@ -224,6 +224,18 @@ impl RebuildSession {
         })
     }
 
+    /// Releases the rebuild lock and closes the session (dropping it does the same, but the
+    /// lock then outlives the call until the server notices the closed connection).
+    pub async fn close(mut self) -> Result<(), Error> {
+        sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+            .bind(REBUILD_LOCK.0)
+            .bind(REBUILD_LOCK.1)
+            .execute(&mut self.connection)
+            .await?;
+        sqlx::Connection::close(self.connection).await?;
+        Ok(())
+    }
+
     /// Drops the rebuilt table (after a verification).
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn drop_table(&mut self) -> Result<(), Error> {

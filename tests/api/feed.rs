@@ -391,7 +391,7 @@ async fn a_subscriber_that_does_not_keep_up_is_told_where_to_resume(pool: PgPool
         .connect()
         .await
         .unwrap();
-    let mut client = EventFeedServiceClient::new(channel);
+    let mut client = EventFeedServiceClient::new(caselog_tests::with_token(channel, caselog_tests::HARNESS_TOKEN));
     let mut stream = client
         .subscribe_events(pb::SubscribeEventsRequest {
             from_position: 0,

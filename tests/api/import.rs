@@ -124,7 +124,7 @@ async fn importing_a_file_twice_writes_it_once(pool: PgPool) {
     let total = text.lines().count();
     assert!(total > 2500, "a few thousand events ({total})");
 
-    let first = import(&text, server.channel.clone(), &ImportOptions::default())
+    let first = import(&text, server.anonymous.clone(), &harness_import())
         .await
         .unwrap();
     assert_eq!(
@@ -137,9 +137,9 @@ async fn importing_a_file_twice_writes_it_once(pool: PgPool) {
 
     let options = ImportOptions {
         batch_size: 3,
-        ..ImportOptions::default()
+        ..harness_import()
     };
-    let second = import(&text, server.channel.clone(), &options).await.unwrap();
+    let second = import(&text, server.anonymous.clone(), &options).await.unwrap();
     assert_eq!(
         (second.appended(), second.already_present(), second.rejected()),
         (0, total, 0)
@@ -164,7 +164,7 @@ async fn a_rejected_line_does_not_stop_the_lines_around_it(pool: PgPool) {
     lines.insert(5, "{not json".into());
     let text = lines.join("\n");
 
-    let report = import(&text, server.channel.clone(), &ImportOptions::default())
+    let report = import(&text, server.anonymous.clone(), &harness_import())
         .await
         .unwrap();
     assert_eq!(report.appended(), good);
@@ -188,9 +188,9 @@ async fn a_rejected_line_does_not_stop_the_lines_around_it(pool: PgPool) {
         .join("\n");
     let options = ImportOptions {
         all_or_nothing: true,
-        ..ImportOptions::default()
+        ..harness_import()
     };
-    let report = import(&relabelled, fresh.channel.clone(), &options).await.unwrap();
+    let report = import(&relabelled, fresh.anonymous.clone(), &options).await.unwrap();
     let case0_lines = relabelled.lines().filter(|l| l.contains("AN00000")).count();
     assert_eq!(
         report.rejected(),
@@ -211,7 +211,7 @@ async fn a_line_repeated_in_the_file_is_already_present_and_a_reused_id_is_rejec
     let reused = repeated.replace("\"practitioner_id\":\"fca-0\"", "\"practitioner_id\":\"fca-99\"");
     assert_ne!(reused, repeated);
     lines.push(reused); // the same event id with other content
-    let report = import(&lines.join("\n"), server.channel.clone(), &ImportOptions::default())
+    let report = import(&lines.join("\n"), server.anonymous.clone(), &harness_import())
         .await
         .unwrap();
     assert_eq!(report.appended(), total);
@@ -221,4 +221,12 @@ async fn a_line_repeated_in_the_file_is_already_present_and_a_reused_id_is_rejec
     };
     assert!(why.contains("used on line 2 with different content"), "{why}");
     assert_eq!(event_count(&pool).await, total as i64);
+}
+
+/// Import options of the test harness, which may migrate any history.
+fn harness_import() -> ImportOptions {
+    ImportOptions {
+        token: Some(caselog_tests::HARNESS_TOKEN.to_owned()),
+        ..ImportOptions::default()
+    }
 }

@@ -16,7 +16,7 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 /// Polls health until it reports `wanted` (true) or 10 seconds pass (false).
 async fn health_becomes(server: &TestServer, service: &str, wanted: ServingStatus) -> bool {
-    let mut client = HealthClient::new(server.channel.clone());
+    let mut client = HealthClient::new(server.anonymous.clone());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
         let status = client

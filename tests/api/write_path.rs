@@ -156,7 +156,7 @@ async fn list_case_events_pages_in_version_order_with_void_flags(pool: PgPool) {
         for e in &page.events {
             seen_versions.push(e.version);
             assert!(e.recorded_at.is_some());
-            assert_eq!(e.source, "anonymous");
+            assert_eq!(e.source, "test-harness");
             if e.event_id == mistake.event_id {
                 assert!(e.voided);
                 assert_eq!(e.voided_by, void.event_id);
@@ -186,14 +186,15 @@ async fn list_case_events_pages_in_version_order_with_void_flags(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
-async fn the_source_header_is_recorded(pool: PgPool) {
+async fn the_authenticated_organisation_is_recorded_as_the_source(pool: PgPool) {
     let server = TestServer::start(pool).await;
-    let mut client = server.client();
+    let mut court = caselog_api::v1::case_event_service_client::CaseEventServiceClient::new(server.channel_with(&caselog_tests::dev_token("court:LS")));
     let mut request = tonic::Request::new(append("LS25C00123", vec![event("2025-04-17", issued_public(&["c1"]))]));
     request
         .metadata_mut()
         .insert(caselog_server::SOURCE_HEADER, "court:LS".parse().unwrap());
-    client.append_events(request).await.unwrap();
+    court.append_events(request).await.unwrap();
+    let mut client = server.client();
     let page = client
         .list_case_events(pb::ListCaseEventsRequest {
             case_id: "LS25C00123".into(),

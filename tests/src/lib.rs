@@ -3,10 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod security;
+
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
 use caselog_api::v1::event_payload::Kind;
-use caselog_server::ServerLimits;
+use caselog_server::{Security, ServerLimits};
+pub use security::{AuthChannel, HARNESS_TOKEN, Pki, TokenSpec, dev_token, with_token};
 use caselog_store::EventLog;
 use sqlx::PgPool;
 use std::net::SocketAddr;
@@ -21,7 +24,10 @@ use uuid::Uuid;
 #[derive(Debug)]
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub channel: Channel,
+    /// Carries the harness token (migration and administrator grants).
+    pub channel: AuthChannel,
+    /// Carries no credentials.
+    pub anonymous: Channel,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
 }
@@ -39,6 +45,52 @@ impl TestServer {
     }
 
     pub async fn start_with(pool: PgPool, limits: ServerLimits) -> TestServer {
+        let security = Security {
+            authenticator: security::authenticator(false, 64),
+            tls: None,
+            plaintext_health: None,
+        };
+        let (addr, shutdown, handle) = TestServer::spawn(pool, limits, security).await;
+        let anonymous = connect(addr).await;
+        TestServer::new(addr, anonymous, shutdown, handle)
+    }
+
+    fn new(addr: SocketAddr, anonymous: Channel, shutdown: oneshot::Sender<()>, handle: JoinHandle<()>) -> TestServer {
+        TestServer {
+            addr,
+            channel: with_token(anonymous.clone(), HARNESS_TOKEN),
+            anonymous,
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+        }
+    }
+
+    /// A server on TLS with client certificates from `pki`; `channel` is a TLS channel without a
+    /// client certificate carrying the harness token.
+    pub async fn start_tls(pool: PgPool, pki: &Pki, max_concurrent_per_client: usize) -> TestServer {
+        let security = Security {
+            authenticator: security::authenticator(true, max_concurrent_per_client),
+            tls: Some(pki.server_tls()),
+            plaintext_health: None,
+        };
+        let (addr, shutdown, handle) = TestServer::spawn(pool, ServerLimits::default(), security).await;
+        let mut anonymous = None;
+        for _ in 0..50 {
+            if let Ok(channel) = pki.channel(addr, None).await {
+                anonymous = Some(channel);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let anonymous = anonymous.expect("the TLS server accepts connections");
+        TestServer::new(addr, anonymous, shutdown, handle)
+    }
+
+    async fn spawn(
+        pool: PgPool,
+        limits: ServerLimits,
+        security: Security,
+    ) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -46,21 +98,20 @@ impl TestServer {
             let shutdown = async {
                 let _ = rx.await;
             };
-            caselog_server::run(listener, EventLog::new(pool), limits, shutdown)
+            caselog_server::run(listener, EventLog::new(pool), limits, security, shutdown)
                 .await
                 .unwrap();
         });
-        let channel = connect(addr).await;
-        TestServer {
-            addr,
-            channel,
-            shutdown: Some(tx),
-            handle: Some(handle),
-        }
+        (addr, tx, handle)
     }
 
-    pub fn client(&self) -> CaseEventServiceClient<Channel> {
+    pub fn client(&self) -> CaseEventServiceClient<AuthChannel> {
         CaseEventServiceClient::new(self.channel.clone())
+    }
+
+    /// A channel carrying `token`.
+    pub fn channel_with(&self, token: &str) -> AuthChannel {
+        with_token(self.anonymous.clone(), token)
     }
 
     /// Issues a public-law case with one child "c1" on 17 April 2025.

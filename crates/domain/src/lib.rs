@@ -4,6 +4,7 @@
 //! This crate does no I/O, is not async and knows nothing of PostgreSQL or gRPC: callers hand it
 //! the case's recorded history and "today", and it answers with a decision.
 
+pub mod access;
 pub mod case;
 pub mod england;
 pub mod event;
@@ -12,6 +13,7 @@ pub mod reference;
 pub mod rules;
 mod validate;
 
+pub use access::{Denial, Grant, MetricsAccess, Principal};
 pub use case::{CaseHistory, CaseView, HistoryEvent};
 pub use event::{EventType, Metadata, NewEvent, Payload};
 pub use rules::{BatchRejection, FieldViolation, Rejection, Rule};

@@ -1,10 +1,14 @@
 //! `caselog.v1.AdminService`: rebuilding and verifying the projections, with streamed progress.
 
-use crate::error::to_status;
+use crate::audit;
+use crate::auth::caller;
+use crate::error::{Error, to_status};
 use crate::rebuild::{Outcome, Phase, Progress, RebuildOptions, Summary, rebuild};
 use caselog_api::v1 as pb;
 use caselog_api::v1::admin_service_server::AdminService;
-use caselog_store::EventLog;
+use caselog_domain::FieldViolation;
+use caselog_store::{AuditQuery, EventLog};
+use serde_json::json;
 use std::pin::pin;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -14,6 +18,12 @@ use tracing::{Instrument, info_span};
 
 /// How often a rebuild stream reports progress.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+const REBUILD: &str = "caselog.v1.AdminService/RebuildProjections";
+const LIST_AUDIT_RECORDS: &str = "caselog.v1.AdminService/ListAuditRecords";
+const PROJECTIONS: &str = "projections";
+const ABANDONED_BY_CALLER: &str = "Cancelled (the caller went away; rebuild abandoned)";
+const DEFAULT_AUDIT_PAGE: u32 = 100;
+const MAX_AUDIT_PAGE: u32 = 1000;
 
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -37,40 +47,112 @@ impl AdminService for Admin {
         &self,
         request: Request<pb::RebuildProjectionsRequest>,
     ) -> Result<Response<Self::RebuildProjectionsStream>, Status> {
+        let principal = caller(&request)?;
         let options = RebuildOptions {
             verify_only: request.into_inner().verify_only,
             ..RebuildOptions::default()
         };
+        let detail = json!({"verify_only": options.verify_only});
+        if let Err(denial) = principal.require_admin("rebuild the projections") {
+            let refused = Error::from(denial);
+            audit::record(&self.log, &principal, REBUILD, PROJECTIONS, detail, refused.outcome()).await?;
+            return Err(refused.into());
+        }
         let (updates, receiver) = mpsc::channel(4);
         let log = self.log.clone();
         let draining = self.draining.clone();
-        tokio::spawn(stream_rebuild(log, options, updates, draining).instrument(info_span!("rebuild_stream")));
+        let run = async move {
+            let outcome = stream_rebuild(log.clone(), options, updates, draining).await;
+            // The caller may be gone; the record is for the trail, not for it.
+            let _ = audit::record(&log, &principal, REBUILD, PROJECTIONS, detail, outcome).await;
+        };
+        tokio::spawn(run.instrument(info_span!("rebuild_stream")));
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn list_audit_records(
+        &self,
+        request: Request<pb::ListAuditRecordsRequest>,
+    ) -> Result<Response<pb::ListAuditRecordsResponse>, Status> {
+        let principal = caller(&request)?;
+        let request = request.into_inner();
+        let detail = json!({"after_id": request.after_id, "limit": request.limit, "actor": request.actor, "target": request.target});
+        let result = match principal.require_admin("read the audit trail") {
+            Ok(()) => self.audit_page(request).await,
+            Err(denial) => Err(denial.into()),
+        };
+        let page = audit::recorded(&self.log, &principal, LIST_AUDIT_RECORDS, "audit trail", detail, result).await?;
+        Ok(Response::new(page))
+    }
+}
+
+impl Admin {
+    async fn audit_page(&self, request: pb::ListAuditRecordsRequest) -> Result<pb::ListAuditRecordsResponse, Error> {
+        if request.limit > MAX_AUDIT_PAGE {
+            return Err(Error::invalid(vec![FieldViolation::new(
+                "limit",
+                format!("limit is at most {MAX_AUDIT_PAGE}"),
+            )]));
+        }
+        let query = AuditQuery {
+            after_id: i64::try_from(request.after_id).unwrap_or(i64::MAX),
+            limit: i64::from(if request.limit == 0 { DEFAULT_AUDIT_PAGE } else { request.limit }),
+            actor: Some(request.actor).filter(|a| !a.is_empty()),
+            target: Some(request.target).filter(|t| !t.is_empty()),
+        };
+        let records = self.log.read_audit(&query).await?;
+        let next_after_id = records.last().map_or(request.after_id, |r| r.id as u64);
+        Ok(pb::ListAuditRecordsResponse {
+            records: records
+                .into_iter()
+                .map(|r| pb::AuditRecord {
+                    id: r.id as u64,
+                    recorded_at: Some(prost_types::Timestamp {
+                        seconds: r.recorded_at.timestamp(),
+                        nanos: r.recorded_at.timestamp_subsec_nanos() as i32,
+                    }),
+                    actor: r.actor,
+                    grants: r.grants,
+                    action: r.action,
+                    target: r.target,
+                    outcome: r.outcome,
+                    detail_json: r.detail.to_string(),
+                })
+                .collect(),
+            next_after_id,
+        })
     }
 }
 
 /// Runs the rebuild while the caller listens; dropping it (caller gone, server draining) abandons
-/// the rebuild, which leaves the live projections untouched.
+/// the rebuild, which leaves the live projections untouched. Returns the outcome for the audit
+/// trail.
 async fn stream_rebuild(
     log: EventLog,
     options: RebuildOptions,
     updates: mpsc::Sender<Updates>,
     mut draining: watch::Receiver<bool>,
-) {
+) -> String {
     let (progress, mut progress_seen) = watch::channel(None);
     let mut run = pin!(rebuild(&log, &options, &progress));
     let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
     loop {
         tokio::select! {
             result = &mut run => {
-                let last = match result {
-                    Ok(summary) => Ok(pb::RebuildProjectionsResponse {
-                        update: Some(pb::rebuild_projections_response::Update::Summary(summary_out(&summary))),
-                    }),
-                    Err(err) => Err(to_status(err)),
+                let (last, outcome) = match result {
+                    Ok(summary) => (
+                        Ok(pb::RebuildProjectionsResponse {
+                            update: Some(pb::rebuild_projections_response::Update::Summary(summary_out(&summary))),
+                        }),
+                        format!("{} {}", audit::OK, summary.describe().join("; ")),
+                    ),
+                    Err(err) => {
+                        let outcome = err.outcome();
+                        (Err(to_status(err)), outcome)
+                    }
                 };
                 let _ = updates.send(last).await;
-                return;
+                return outcome;
             }
             _ = ticker.tick() => {
                 let current = progress_seen.borrow_and_update().clone();
@@ -79,18 +161,18 @@ async fn stream_rebuild(
                         update: Some(pb::rebuild_projections_response::Update::Progress(progress_out(&current))),
                     };
                     if updates.send(Ok(update)).await.is_err() {
-                        return;
+                        return ABANDONED_BY_CALLER.to_owned();
                     }
                 }
             }
-            () = updates.closed() => return,
+            () = updates.closed() => return ABANDONED_BY_CALLER.to_owned(),
             true = async { draining.wait_for(|d| *d).await.is_ok() } => {
                 let _ = updates
                     .send(Err(Status::unavailable(
                         "the server is shutting down; the rebuild was abandoned and the live projections are unchanged; run it again",
                     )))
                     .await;
-                return;
+                return "Unavailable SERVER_SHUTTING_DOWN (abandoned)".to_owned();
             }
         }
     }

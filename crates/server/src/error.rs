@@ -4,7 +4,7 @@
 //! `BadRequest` naming every bad field. Internal detail (SQL, driver errors) goes to the log,
 //! never onto the wire.
 
-use caselog_domain::{BatchRejection, FieldViolation, Rejection, Rule};
+use caselog_domain::{BatchRejection, Denial, FieldViolation, Rejection, Rule};
 use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -42,6 +42,14 @@ pub enum Error {
     Busy { what: String },
     #[error("another rebuild of the projections is running; wait for it to finish")]
     RebuildInProgress,
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("permission denied: {0}")]
+    Denied(#[from] Denial),
+    #[error("this client already has {limit} requests in flight; retry when one has finished")]
+    TooManyConcurrentRequests { limit: usize },
+    #[error("the audit trail could not record this access, so it was not served; retry later")]
+    AuditUnavailable,
     #[error("the appends to this case kept conflicting; retry later")]
     Contention,
     #[error("the event store is unavailable; retry later")]
@@ -117,54 +125,12 @@ impl From<Error> for Status {
 /// Maps an error to the status sent to the client.
 pub fn to_status(err: Error) -> Status {
     let mut metadata = HashMap::new();
-    let (code, reason) = match &err {
-        Error::Invalid { event_index, .. } => {
-            if let Some(i) = event_index {
-                metadata.insert("event_index".to_owned(), i.to_string());
-            }
-            (Code::InvalidArgument, "INVALID_ARGUMENT")
-        }
-        Error::Rejected { rule, event_index, .. } => {
-            metadata.insert("event_index".to_owned(), event_index.to_string());
-            (Code::FailedPrecondition, rule.reason())
-        }
-        Error::VersionConflict { expected, actual } => {
-            metadata.insert("expected_version".to_owned(), expected.to_string());
-            metadata.insert("actual_version".to_owned(), actual.to_string());
-            (Code::Aborted, "VERSION_CONFLICT")
-        }
-        Error::EventIdReused { event_id, event_index } => {
-            metadata.insert("event_id".to_owned(), event_id.clone());
-            metadata.insert("event_index".to_owned(), event_index.to_string());
-            (Code::AlreadyExists, "EVENT_ID_REUSED")
-        }
-        Error::NotFound(_) => (Code::NotFound, "NOT_FOUND"),
-        Error::Contention => (Code::Aborted, "CONTENTION"),
-        Error::RebuildInProgress => (Code::FailedPrecondition, "REBUILD_IN_PROGRESS"),
-        Error::Busy { .. } => (Code::ResourceExhausted, "BUSY"),
-        Error::OutsideCalendar(_) => (Code::FailedPrecondition, "OUTSIDE_CALENDAR"),
-        Error::ProjectionBehind { checkpoint, wanted } => {
-            metadata.insert("checkpoint".to_owned(), checkpoint.to_string());
-            metadata.insert("min_position".to_owned(), wanted.to_string());
-            (Code::Unavailable, "PROJECTION_BEHIND")
-        }
-        Error::ShuttingDown { resume_from } => {
-            metadata.insert("resume_from".to_owned(), resume_from.to_string());
-            (Code::Unavailable, "SERVER_SHUTTING_DOWN")
-        }
-        Error::SubscriberTooSlow { resume_from } => {
-            metadata.insert("resume_from".to_owned(), resume_from.to_string());
-            (Code::Aborted, "SUBSCRIBER_TOO_SLOW")
-        }
-        Error::Unavailable(source) => {
-            tracing::warn!(error = %source, "store unavailable");
-            (Code::Unavailable, "STORE_UNAVAILABLE")
-        }
-        Error::Internal(detail) => {
-            tracing::error!(%detail, "internal error");
-            (Code::Internal, "INTERNAL")
-        }
-    };
+    let (code, reason) = err.classify(&mut metadata);
+    match &err {
+        Error::Internal(detail) => tracing::error!(%detail, "internal error"),
+        Error::Unavailable(source) => tracing::warn!(error = %source, "store unavailable"),
+        _ => {}
+    }
     let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
     if let Error::Invalid { violations, .. } = &err {
         for v in violations {
@@ -172,4 +138,70 @@ pub fn to_status(err: Error) -> Status {
         }
     }
     Status::with_error_details(code, err.to_string(), details)
+}
+
+impl Error {
+    /// What the audit trail records of a refused or failed request: code and reason, as sent.
+    pub fn outcome(&self) -> String {
+        let (code, reason) = self.classify(&mut HashMap::new());
+        format!("{code:?} {reason}")
+    }
+
+    /// The status code and `ErrorInfo` reason, adding the `ErrorInfo` metadata to `metadata`.
+    fn classify(&self, metadata: &mut HashMap<String, String>) -> (Code, &'static str) {
+        match self {
+            Error::Invalid { event_index, .. } => {
+                if let Some(i) = event_index {
+                    metadata.insert("event_index".to_owned(), i.to_string());
+                }
+                (Code::InvalidArgument, "INVALID_ARGUMENT")
+            }
+            Error::Rejected { rule, event_index, .. } => {
+                metadata.insert("event_index".to_owned(), event_index.to_string());
+                (Code::FailedPrecondition, rule.reason())
+            }
+            Error::VersionConflict { expected, actual } => {
+                metadata.insert("expected_version".to_owned(), expected.to_string());
+                metadata.insert("actual_version".to_owned(), actual.to_string());
+                (Code::Aborted, "VERSION_CONFLICT")
+            }
+            Error::EventIdReused { event_id, event_index } => {
+                metadata.insert("event_id".to_owned(), event_id.clone());
+                metadata.insert("event_index".to_owned(), event_index.to_string());
+                (Code::AlreadyExists, "EVENT_ID_REUSED")
+            }
+            Error::NotFound(_) => (Code::NotFound, "NOT_FOUND"),
+            Error::Contention => (Code::Aborted, "CONTENTION"),
+            Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+            Error::Denied(denial) => {
+                if let Some(i) = denial.event_index() {
+                    metadata.insert("event_index".to_owned(), i.to_string());
+                }
+                (Code::PermissionDenied, denial.reason())
+            }
+            Error::TooManyConcurrentRequests { limit } => {
+                metadata.insert("limit".to_owned(), limit.to_string());
+                (Code::ResourceExhausted, "TOO_MANY_CONCURRENT_REQUESTS")
+            }
+            Error::AuditUnavailable => (Code::Unavailable, "AUDIT_UNAVAILABLE"),
+            Error::RebuildInProgress => (Code::FailedPrecondition, "REBUILD_IN_PROGRESS"),
+            Error::Busy { .. } => (Code::ResourceExhausted, "BUSY"),
+            Error::OutsideCalendar(_) => (Code::FailedPrecondition, "OUTSIDE_CALENDAR"),
+            Error::ProjectionBehind { checkpoint, wanted } => {
+                metadata.insert("checkpoint".to_owned(), checkpoint.to_string());
+                metadata.insert("min_position".to_owned(), wanted.to_string());
+                (Code::Unavailable, "PROJECTION_BEHIND")
+            }
+            Error::ShuttingDown { resume_from } => {
+                metadata.insert("resume_from".to_owned(), resume_from.to_string());
+                (Code::Unavailable, "SERVER_SHUTTING_DOWN")
+            }
+            Error::SubscriberTooSlow { resume_from } => {
+                metadata.insert("resume_from".to_owned(), resume_from.to_string());
+                (Code::Aborted, "SUBSCRIBER_TOO_SLOW")
+            }
+            Error::Unavailable(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
+            Error::Internal(_) => (Code::Internal, "INTERNAL"),
+        }
+    }
 }

@@ -2,12 +2,15 @@
 //! itself (catch-up and live are the same loop), so a slow subscriber costs a bounded buffer and
 //! never memory that grows with the log.
 
+use crate::audit;
+use crate::auth::caller;
 use crate::error::Error;
 use crate::service::recorded_event;
 use caselog_api::v1 as pb;
 use caselog_api::v1::event_feed_service_server::EventFeedService;
 use caselog_domain::{EventType, FieldViolation};
 use caselog_store::{EventLog, FeedFilter};
+use serde_json::json;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +50,8 @@ impl Default for FeedSettings {
     }
 }
 
+const READ_ALL: &str = "caselog.v1.EventFeedService/ReadAll";
+const SUBSCRIBE_EVENTS: &str = "caselog.v1.EventFeedService/SubscribeEvents";
 const MAX_READ_LIMIT: u32 = 1000;
 const DEFAULT_READ_LIMIT: u32 = 100;
 
@@ -150,15 +155,53 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeEventsResponse,
 #[tonic::async_trait]
 impl EventFeedService for EventFeed {
     async fn read_all(&self, request: Request<pb::ReadAllRequest>) -> Result<Response<pb::ReadAllResponse>, Status> {
+        let principal = caller(&request)?;
         let request = request.into_inner();
+        let target = format!("positions after {}", request.from_position);
+        let detail = json!({"limit": request.limit});
+        let result = match principal.require_admin("read the global feed") {
+            Ok(()) => self.read_page(request).await,
+            Err(denial) => Err(denial.into()),
+        };
+        let page = audit::recorded(&self.log, &principal, READ_ALL, &target, detail, result).await?;
+        Ok(Response::new(page))
+    }
+
+    type SubscribeEventsStream = EventStream;
+
+    async fn subscribe_events(
+        &self,
+        request: Request<pb::SubscribeEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let principal = caller(&request)?;
+        let request = request.into_inner();
+        let target = format!("positions after {}", request.from_position);
+        let result = match principal.require_admin("subscribe to the global feed") {
+            Ok(()) => self.subscribe(request),
+            Err(denial) => Err(denial.into()),
+        };
+        let stream = audit::recorded(&self.log, &principal, SUBSCRIBE_EVENTS, &target, json!({}), result).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn get_feed_status(
+        &self,
+        request: Request<pb::GetFeedStatusRequest>,
+    ) -> Result<Response<pb::GetFeedStatusResponse>, Status> {
+        caller(&request)?.require_admin("read the feed's status").map_err(Error::from)?;
+        Ok(Response::new(self.status().await?))
+    }
+}
+
+impl EventFeed {
+    async fn read_page(&self, request: pb::ReadAllRequest) -> Result<pb::ReadAllResponse, Error> {
         let filter = filter_of(request.filter)?;
         let after = position_of(request.from_position)?;
         if request.limit > MAX_READ_LIMIT {
             return Err(Error::invalid(vec![FieldViolation::new(
                 "limit",
                 format!("limit is at most {MAX_READ_LIMIT}"),
-            )])
-            .into());
+            )]));
         }
         let limit = if request.limit == 0 {
             DEFAULT_READ_LIMIT
@@ -175,20 +218,14 @@ impl EventFeedService for EventFeed {
             .iter()
             .map(|e| recorded_event(e, None))
             .collect::<Result<Vec<_>, Error>>()?;
-        Ok(Response::new(pb::ReadAllResponse {
+        Ok(pb::ReadAllResponse {
             events,
             next_from_position: page.next_after as u64,
             safe_position: page.horizon.safe as u64,
-        }))
+        })
     }
 
-    type SubscribeEventsStream = EventStream;
-
-    async fn subscribe_events(
-        &self,
-        request: Request<pb::SubscribeEventsRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        let request = request.into_inner();
+    fn subscribe(&self, request: pb::SubscribeEventsRequest) -> Result<EventStream, Error> {
         let filter = filter_of(request.filter)?;
         let from = position_of(request.from_position)?;
         let (events_tx, events_rx) = mpsc::channel(self.settings.subscriber_buffer.max(1));
@@ -210,18 +247,9 @@ impl EventFeedService for EventFeed {
         let stream = ReceiverStream::new(events_rx)
             .map(Ok)
             .chain(ReceiverStream::new(end_rx).map(Err));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Box::pin(stream))
     }
 
-    async fn get_feed_status(
-        &self,
-        _request: Request<pb::GetFeedStatusRequest>,
-    ) -> Result<Response<pb::GetFeedStatusResponse>, Status> {
-        Ok(Response::new(self.status().await?))
-    }
-}
-
-impl EventFeed {
     /// The feed's lag, open transactions and subscribers, now.
     pub async fn status(&self) -> Result<pb::GetFeedStatusResponse, Error> {
         let horizon = self.log.horizon().await?;

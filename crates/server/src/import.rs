@@ -6,8 +6,8 @@
 //! bad line never stops the lines around it, unless `all_or_nothing` asks for each case to be
 //! recorded whole or not at all.
 
-use crate::SOURCE_HEADER;
 use crate::convert::new_event_out;
+use anyhow::Context;
 use crate::ingest::MAX_BATCH;
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
@@ -29,8 +29,8 @@ pub struct ImportOptions {
     pub batch_size: usize,
     /// Cases sent at the same time.
     pub concurrency: usize,
-    /// Sent as the source header.
-    pub source: Option<String>,
+    /// Bearer token sent with every request (none: the connection's client certificate alone).
+    pub token: Option<String>,
     /// Record each case whole or not at all (one batch per case).
     pub all_or_nothing: bool,
 }
@@ -40,7 +40,7 @@ impl Default for ImportOptions {
         ImportOptions {
             batch_size: 500,
             concurrency: 8,
-            source: None,
+            token: None,
             all_or_nothing: false,
         }
     }
@@ -125,8 +125,10 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
             }
         }
     }
-    let source = match &options.source {
-        Some(s) => Some(MetadataValue::try_from(s.as_str())?),
+    let authorization = match &options.token {
+        Some(token) => Some(
+            MetadataValue::try_from(format!("Bearer {token}")).context("the token is not a valid header value")?,
+        ),
         None => None,
     };
     let batch_size = if options.all_or_nothing {
@@ -142,13 +144,13 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
             .max_decoding_message_size(16 * 1024 * 1024)
             .max_encoding_message_size(16 * 1024 * 1024);
         let permits = permits.clone();
-        let source = source.clone();
+        let authorization = authorization.clone();
         let all_or_nothing = options.all_or_nothing;
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let sender = CaseSender {
                 client,
-                source,
+                authorization,
                 case_id,
                 all_or_nothing,
             };
@@ -172,7 +174,7 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
 
 struct CaseSender {
     client: CaseEventServiceClient<Channel>,
-    source: Option<MetadataValue<tonic::metadata::Ascii>>,
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     case_id: String,
     all_or_nothing: bool,
 }
@@ -210,8 +212,8 @@ impl CaseSender {
                 events: batch.iter().map(|(_, e)| new_event_out(e)).collect(),
                 expected_version: None,
             });
-            if let Some(source) = &self.source {
-                request.metadata_mut().insert(SOURCE_HEADER, source.clone());
+            if let Some(authorization) = &self.authorization {
+                request.metadata_mut().insert("authorization", authorization.clone());
             }
             let status = match self.client.append_events(request).await {
                 Ok(response) => {

@@ -3,7 +3,7 @@
 //! Transport-agnostic: the gRPC service converts requests to calls here.
 
 use crate::error::Error;
-use caselog_domain::{CaseHistory, EventType, FieldViolation, HistoryEvent, NewEvent, Payload};
+use caselog_domain::{CaseHistory, EventType, FieldViolation, HistoryEvent, NewEvent, Payload, Principal};
 use caselog_store::{EventLog, NewRow, StoredEvent};
 use chrono::NaiveDate;
 use std::collections::HashMap;
@@ -31,16 +31,18 @@ pub struct Appended {
     pub events: Vec<EventOutcome>,
 }
 
-/// Appends `events` to a case, all or none. `today` is the civil date in England.
-#[instrument(skip(log, events), fields(events = events.len()))]
+/// Appends `events` to a case for `writer`, all or none; the writer is recorded as their source.
+/// `today` is the civil date in England.
+#[instrument(skip(log, events, writer), fields(events = events.len(), source = %writer.organisation))]
 pub async fn append(
     log: &EventLog,
     case_id: &str,
     events: &[NewEvent],
     expected_version: Option<u64>,
-    source: &str,
+    writer: &Principal,
     today: NaiveDate,
 ) -> Result<Appended, Error> {
+    let source = writer.organisation.as_str();
     let mut violations = caselog_domain::validate_case_id(case_id);
     if events.is_empty() || events.len() > MAX_BATCH {
         violations.push(FieldViolation::new(
@@ -60,6 +62,8 @@ pub async fn append(
         }
         let (stored, elsewhere) = log.read_case_and_events(case_id, &ids).await?;
         let history = history_of(&stored)?;
+        // Before anything tells whether the case or its events exist.
+        writer.may_append(&history, events)?;
         let recorded: HashMap<Uuid, &StoredEvent> = stored.iter().chain(&elsewhere).map(|e| (e.event_id, e)).collect();
 
         let mut new_indices = Vec::new();

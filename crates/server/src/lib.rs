@@ -2,6 +2,8 @@
 //! and the `caselog import` client. Errors become `tonic::Status` in `error.rs` only.
 
 pub mod admin;
+pub mod audit;
+pub mod auth;
 mod convert;
 pub mod error;
 pub mod feed;
@@ -19,12 +21,14 @@ use caselog_api::v1::case_event_service_server::CaseEventServiceServer;
 use caselog_api::v1::event_feed_service_server::EventFeedServiceServer;
 use caselog_api::v1::metrics_service_server::MetricsServiceServer;
 use caselog_store::EventLog;
+use auth::{AuthLayer, Authenticator};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
@@ -63,12 +67,24 @@ impl Default for ServerLimits {
     }
 }
 
+/// How the server knows its callers: the authenticator every request passes, and TLS (with
+/// client certificates when the authenticator accepts them).
+#[derive(Debug)]
+pub struct Security {
+    pub authenticator: Arc<Authenticator>,
+    pub tls: Option<ServerTlsConfig>,
+    /// Serves gRPC health alone, in plain text and without credentials, for probes that cannot
+    /// do mutual TLS.
+    pub plaintext_health: Option<TcpListener>,
+}
+
 /// Serves gRPC on `listener` until `shutdown` completes, then drains in-flight requests.
 /// The listener is passed in so that tests can bind port 0.
 pub async fn run(
     listener: TcpListener,
     log: EventLog,
     limits: ServerLimits,
+    security: Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -98,12 +114,32 @@ pub async fn run(
     let metrics_task = tokio::spawn(event_feed.clone().publish_metrics(Duration::from_secs(10)));
     let feed = EventFeedServiceServer::new(event_feed);
     let projector_task = tokio::spawn(projector::run(log.clone(), limits.projector.clone()));
-    let metrics = MetricsServiceServer::new(metrics::Metrics::new(log.clone()));
-    let admin = AdminServiceServer::new(admin::Admin::new(log.clone(), draining_rx.clone()));
+    let metrics = MetricsServiceServer::new(metrics::Metrics::new(log.clone()))
+        .max_decoding_message_size(limits.max_request_bytes);
+    let admin = AdminServiceServer::new(admin::Admin::new(log.clone(), draining_rx.clone()))
+        .max_decoding_message_size(limits.max_request_bytes);
+    let feed = feed.max_decoding_message_size(limits.max_request_bytes);
     let shutdown = async move {
         shutdown.await;
         let _ = draining_tx.send(true);
     };
+    let health_only_task = security.plaintext_health.map(|listener| {
+        let mut draining = draining_rx.clone();
+        let health = health_service.clone();
+        tokio::spawn(async move {
+            info!(address = ?listener.local_addr().ok(), "serving plain-text gRPC health");
+            let stopped = async move {
+                let _ = draining.wait_for(|d| *d).await;
+            };
+            if let Err(err) = Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
+                .await
+            {
+                warn!(error = %err, "plain-text health server failed");
+            }
+        })
+    });
     let case_events =
         CaseEventServiceServer::new(CaseEvents::new(log)).max_decoding_message_size(limits.max_request_bytes);
     info!(address = %listener.local_addr()?, "serving gRPC");
@@ -115,11 +151,16 @@ pub async fn run(
         }
         stream
     });
-    let result = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = security.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let result = builder
         .timeout(limits.request_timeout)
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path(), caller = tracing::field::Empty))
+        .layer(AuthLayer::new(security.authenticator))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -133,6 +174,9 @@ pub async fn run(
     signalling_task.abort();
     metrics_task.abort();
     projector_task.abort();
+    if let Some(task) = health_only_task {
+        task.abort();
+    }
     info!("server stopped");
     Ok(result?)
 }

@@ -4,15 +4,17 @@ use anyhow::Context;
 use caselog_server::generate::{GenerateOptions, compare_with_reference, load, write_ndjson};
 use caselog_server::import::{ImportOptions, LineOutcome, import};
 use caselog_server::rebuild::{Outcome, Phase, Progress, RebuildOptions, rebuild};
-use caselog_server::{ServerLimits, shutdown_signal, telemetry};
+use caselog_server::auth::{AuthSettings, Authenticator, DevTokens, JwtSettings};
+use caselog_server::{Security, ServerLimits, shutdown_signal, telemetry};
 use caselog_store::{ConnectSettings, EventLog};
 use caselog_workload::WorkloadSettings;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,8 +34,8 @@ struct Cli {
 enum Command {
     /// Run the gRPC service.
     Serve(ServeArgs),
-    /// Apply the database migrations and exit.
-    Migrate(DatabaseArgs),
+    /// Apply the database migrations and exit (run as the schema's owner).
+    Migrate(MigrateArgs),
     /// Push an NDJSON file of events to a running service.
     Import(ImportArgs),
     /// Write a synthetic national workload as NDJSON, and compare its metrics with the reference figures.
@@ -87,6 +89,16 @@ struct GenerateArgs {
 }
 
 #[derive(Args, Debug)]
+struct MigrateArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// After migrating, grant this existing database role what the service needs and no more:
+    /// it can read and append events and audit records but never change or delete them.
+    #[arg(long, env = "CASELOG_SERVICE_ROLE")]
+    service_role: Option<String>,
+}
+
+#[derive(Args, Debug)]
 struct DatabaseArgs {
     /// PostgreSQL connection URL.
     #[arg(long, env = "DATABASE_URL")]
@@ -112,18 +124,131 @@ struct ServeArgs {
     /// Largest request message, in bytes.
     #[arg(long, env = "CASELOG_MAX_REQUEST_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_request_bytes: usize,
+    /// Requests one organisation may have in flight; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CASELOG_MAX_CONCURRENT_PER_CLIENT", default_value_t = 64)]
+    max_concurrent_per_client: usize,
+    /// Server certificate (PEM); with --tls-key, serve TLS.
+    #[arg(long, env = "CASELOG_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "CASELOG_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates authenticate callers (mutual TLS); the certificate's
+    /// subject common name is the caller's grant, e.g. "court:LS".
+    #[arg(long, env = "CASELOG_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Issuer (`iss`) of accepted JWT bearer tokens.
+    #[arg(long, env = "CASELOG_JWT_ISSUER", requires_all = ["jwt_audience", "jwt_key"])]
+    jwt_issuer: Option<String>,
+    /// Audience (`aud`) accepted JWT bearer tokens must name.
+    #[arg(long, env = "CASELOG_JWT_AUDIENCE", requires = "jwt_issuer")]
+    jwt_audience: Option<String>,
+    /// Public key (PEM, ECDSA P-256 or Ed25519) verifying JWTs; repeat for several. The file
+    /// stem is the key id (`kid`).
+    #[arg(long, env = "CASELOG_JWT_KEYS", value_delimiter = ',', requires = "jwt_issuer")]
+    jwt_key: Vec<PathBuf>,
+    /// Static bearer tokens (JSON) for local development; refused without --allow-dev-tokens.
+    #[arg(long, env = "CASELOG_DEV_TOKENS")]
+    dev_tokens: Option<PathBuf>,
+    /// Allow --dev-tokens. Never in production: static tokens do not expire.
+    #[arg(long, env = "CASELOG_ALLOW_DEV_TOKENS", default_value_t = false)]
+    allow_dev_tokens: bool,
+    /// Also serve gRPC health in plain text here (for probes that cannot do mutual TLS).
+    #[arg(long, env = "CASELOG_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
+}
+
+impl ServeArgs {
+    fn security(&self) -> anyhow::Result<Security> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |path: &PathBuf| {
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+                };
+                let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+                if let Some(ca) = &self.tls_client_ca {
+                    // Optional at the TLS layer so that bearer-token callers connect too; a caller
+                    // with neither is refused UNAUTHENTICATED by the authenticator.
+                    tls = tls
+                        .client_ca_root(Certificate::from_pem(read(ca)?))
+                        .client_auth_optional(true);
+                }
+                Some(tls)
+            }
+            _ => None,
+        };
+        let jwt = match (&self.jwt_issuer, &self.jwt_audience) {
+            (Some(issuer), Some(audience)) => Some(JwtSettings::load(issuer.clone(), audience.clone(), &self.jwt_key)?),
+            _ => None,
+        };
+        let dev_tokens = match &self.dev_tokens {
+            Some(path) => Some(DevTokens::load(path, self.allow_dev_tokens)?),
+            None => None,
+        };
+        if dev_tokens.is_some() {
+            tracing::warn!("static development tokens are accepted: never do this in production");
+        }
+        let authenticator = Authenticator::new(AuthSettings {
+            jwt,
+            client_certificates: self.tls_client_ca.is_some(),
+            dev_tokens,
+            max_concurrent_per_client: self.max_concurrent_per_client,
+        })?;
+        Ok(Security {
+            authenticator: Arc::new(authenticator),
+            tls,
+            plaintext_health: None,
+        })
+    }
+}
+
+/// How a client command reaches the service.
+#[derive(Args, Debug)]
+struct ClientArgs {
+    /// URL of the caselog service (https:// for TLS).
+    #[arg(long, env = "CASELOG_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// Bearer token (a JWT, or a development token).
+    #[arg(long, env = "CASELOG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA (PEM) that signed the server's certificate.
+    #[arg(long, env = "CASELOG_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, env = "CASELOG_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, env = "CASELOG_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    async fn connect(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let mut endpoint = Endpoint::from_shared(self.server.clone())?;
+        if self.server.starts_with("https://") || self.ca_cert.is_some() || self.client_cert.is_some() {
+            let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &self.ca_cert {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+            }
+            if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        endpoint
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", self.server))
+    }
 }
 
 #[derive(Args, Debug)]
 struct ImportArgs {
     /// NDJSON file, one event per line.
     file: PathBuf,
-    /// URL of the caselog service.
-    #[arg(long, env = "CASELOG_SERVER", default_value = "http://127.0.0.1:50051")]
-    server: String,
-    /// Source organisation recorded with each event.
-    #[arg(long, env = "CASELOG_SOURCE")]
-    source: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
     /// Events per request (1-1000).
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
@@ -138,6 +263,8 @@ struct ImportArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the process, chosen before any TLS configuration is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let _telemetry = match telemetry::init(cli.log_format == "json") {
         Ok(telemetry) => telemetry,
         Err(err) => {
@@ -157,13 +284,20 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Migrate(args) => {
-            caselog_store::create_database_if_missing(&args.database_url).await?;
-            let pool = caselog_store::connect(&args.database_url, &ConnectSettings::default())?;
+            let database_url = &args.database.database_url;
+            caselog_store::create_database_if_missing(database_url).await?;
+            let pool = caselog_store::connect(database_url, &ConnectSettings::default())?;
             caselog_store::MIGRATOR
                 .run(&pool)
                 .await
                 .context("applying migrations")?;
             println!("migrations applied");
+            if let Some(role) = &args.service_role {
+                caselog_store::grant_service_role(&pool, role)
+                    .await
+                    .with_context(|| format!("granting the service role {role}"))?;
+                println!("granted {role}: read and append events and audit records; owns the projections");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => {
@@ -178,15 +312,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .await
                     .context("applying migrations")?;
             }
+            let mut security = args.security()?;
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("binding {}", args.listen))?;
+            if let Some(address) = args.health_listen {
+                let health = tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding {address}"))?;
+                security.plaintext_health = Some(health);
+            }
             let limits = ServerLimits {
                 request_timeout: Duration::from_secs(args.request_timeout_secs),
                 max_request_bytes: args.max_request_bytes,
                 ..ServerLimits::default()
             };
-            caselog_server::run(listener, EventLog::new(pool), limits, shutdown_signal()).await?;
+            caselog_server::run(listener, EventLog::new(pool), limits, security, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate(args) => {
@@ -280,14 +421,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let text = tokio::fs::read_to_string(&args.file)
                 .await
                 .with_context(|| format!("reading {}", args.file.display()))?;
-            let channel = Endpoint::from_shared(args.server.clone())?
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {}", args.server))?;
+            let channel = args.client.connect().await?;
             let options = ImportOptions {
                 batch_size: args.batch_size,
                 concurrency: args.concurrency,
-                source: args.source,
+                token: args.client.token.clone(),
                 all_or_nothing: args.all_or_nothing,
             };
             let report = import(&text, channel, &options).await?;

@@ -1,6 +1,8 @@
 //! `caselog.v1.MetricsService`: the metric catalogue over the case-facts projection, or over the
 //! log cut at an instant (`as_of`).
 
+use crate::audit;
+use crate::auth::caller;
 use crate::error::Error;
 use crate::projector::facts_at;
 use caselog_api::v1 as pb;
@@ -13,6 +15,7 @@ use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, 
 use caselog_store::EventLog;
 use caselog_store::rebuild::Cut;
 use chrono::NaiveDate;
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +23,7 @@ use tokio::sync::{RwLock, RwLockReadGuard};
 use tonic::{Request, Response, Status};
 
 /// The longest a query waits for the projections to reach `min_position`.
+const LIST_WORKLIST: &str = "caselog.v1.MetricsService/ListWorklist";
 const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 const DEFAULT_WITHIN_WORKING_DAYS: u32 = 5;
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -122,14 +126,31 @@ impl MetricsService for Metrics {
         &self,
         request: Request<pb::QueryMetricsRequest>,
     ) -> Result<Response<pb::QueryMetricsResponse>, Status> {
-        Ok(Response::new(self.answer(request.into_inner()).await?))
+        let access = caller(&request)?.metrics_access().map_err(Error::from)?;
+        let mut request = request.into_inner();
+        // Reporting and practice clients see aggregates only with small numbers suppressed.
+        request.suppress_small_numbers |= access.suppression_forced;
+        Ok(Response::new(self.answer(request).await?))
     }
 
     async fn list_worklist(
         &self,
         request: Request<pb::ListWorklistRequest>,
     ) -> Result<Response<pb::ListWorklistResponse>, Status> {
-        Ok(Response::new(self.worklist(request.into_inner()).await?))
+        let principal = caller(&request)?;
+        let mut request = request.into_inner();
+        let requested = request.service_area.clone();
+        let detail = json!({"kind": request.kind, "as_at": request.as_at, "page_token": request.page_token});
+        let result = match principal.worklist_scope(Some(requested.as_str()).filter(|a| !a.is_empty())) {
+            Ok(scope) => {
+                request.service_area = scope.unwrap_or_default();
+                self.worklist(request).await
+            }
+            Err(denial) => Err(denial.into()),
+        };
+        let target = format!("service_area:{requested}");
+        let response = audit::recorded(&self.log, &principal, LIST_WORKLIST, &target, detail, result).await?;
+        Ok(Response::new(response))
     }
 }
 

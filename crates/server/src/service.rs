@@ -1,21 +1,25 @@
 //! `caselog.v1.CaseEventService`: converts requests to domain calls and results to responses.
 
+use crate::audit;
+use crate::auth::caller;
 use crate::convert;
 use crate::error::Error;
 use crate::ingest::{self, history_of, payload_of};
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_server::CaseEventService;
 use caselog_domain::england::date_in_england;
-use caselog_domain::{CaseHistory, FieldViolation, Metadata};
+use caselog_domain::{CaseHistory, FieldViolation, Metadata, Principal};
 use caselog_store::{EventLog, StoredEvent};
 use chrono::Utc;
+use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-/// Metadata header naming the sending organisation until authentication (issue 7) replaces it
-/// with the authenticated identity.
+/// Optional metadata header naming the sending organisation. The source recorded is always the
+/// authenticated organisation; a request naming another one is refused (SOURCE_MISMATCH).
 pub const SOURCE_HEADER: &str = "x-caselog-source";
-const ANONYMOUS_SOURCE: &str = "anonymous";
+const GET_CASE: &str = "caselog.v1.CaseEventService/GetCase";
+const LIST_CASE_EVENTS: &str = "caselog.v1.CaseEventService/ListCaseEvents";
 const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1000;
 
@@ -30,36 +34,35 @@ impl CaseEvents {
     }
 }
 
-fn source_of<T>(request: &Request<T>) -> Result<String, Error> {
-    let Some(value) = request.metadata().get(SOURCE_HEADER) else {
-        return Ok(ANONYMOUS_SOURCE.to_owned());
-    };
-    let text = value.to_str().unwrap_or_default();
-    let valid = !text.is_empty()
-        && text.len() <= 64
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '.'));
-    if valid {
-        Ok(text.to_owned())
-    } else {
-        Err(Error::invalid(vec![FieldViolation::new(
-            SOURCE_HEADER,
-            "the source header must be 1-64 characters of letters, digits, '-', '_', ':', '.'",
-        )]))
-    }
+/// The authenticated writer, after checking that a source the request names is its own.
+fn writer_of<T>(request: &Request<T>) -> Result<std::sync::Arc<Principal>, Error> {
+    let principal = caller(request)?;
+    let claimed = request
+        .metadata()
+        .get(SOURCE_HEADER)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    principal.check_claimed_source(claimed)?;
+    Ok(principal)
 }
 
-async fn load_case(log: &EventLog, case_id: &str) -> Result<(Vec<caselog_store::StoredEvent>, CaseHistory), Error> {
+/// Reads a case for `principal`. Whether the caller may see it is decided before whether it
+/// exists is told: a practice client gets the same refusal for a case elsewhere as for none.
+async fn load_case(
+    log: &EventLog,
+    principal: &Principal,
+    case_id: &str,
+) -> Result<(Vec<caselog_store::StoredEvent>, CaseHistory), Error> {
+    principal.may_read_timelines()?;
     let violations = caselog_domain::validate_case_id(case_id);
     if !violations.is_empty() {
         return Err(Error::invalid(violations));
     }
     let stored = log.read_case(case_id).await?;
+    let history = history_of(&stored)?;
+    principal.may_read_case(history.view().as_ref())?;
     if stored.is_empty() {
         return Err(Error::NotFound(format!("no case {case_id:?} is recorded")));
     }
-    let history = history_of(&stored)?;
     Ok((stored, history))
 }
 
@@ -69,7 +72,7 @@ impl CaseEventService for CaseEvents {
         &self,
         request: Request<pb::AppendEventsRequest>,
     ) -> Result<Response<pb::AppendEventsResponse>, Status> {
-        let source = source_of(&request)?;
+        let principal = writer_of(&request)?;
         let request = request.into_inner();
         let mut violations = Vec::new();
         let mut events = Vec::with_capacity(request.events.len());
@@ -88,7 +91,7 @@ impl CaseEventService for CaseEvents {
             &request.case_id,
             &events,
             request.expected_version,
-            &source,
+            &principal,
             today,
         )
         .await?;
@@ -108,8 +111,38 @@ impl CaseEventService for CaseEvents {
     }
 
     async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
+        let principal = caller(&request)?;
         let case_id = request.into_inner().case_id;
-        let (_, history) = load_case(&self.log, &case_id).await?;
+        let result = self.get_case_for(&principal, case_id.clone()).await;
+        let case = audit::recorded(&self.log, &principal, GET_CASE, &case_id, json!({}), result).await?;
+        Ok(Response::new(pb::GetCaseResponse { case: Some(case) }))
+    }
+
+    async fn list_case_events(
+        &self,
+        request: Request<pb::ListCaseEventsRequest>,
+    ) -> Result<Response<pb::ListCaseEventsResponse>, Status> {
+        let principal = caller(&request)?;
+        let request = request.into_inner();
+        let case_id = request.case_id.clone();
+        let detail = json!({"page_token": request.page_token, "page_size": request.page_size});
+        let result = self.list_case_events_for(&principal, request).await;
+        let response = audit::recorded(
+            &self.log,
+            &principal,
+            LIST_CASE_EVENTS,
+            &case_id,
+            detail,
+            result,
+        )
+        .await?;
+        Ok(Response::new(response))
+    }
+}
+
+impl CaseEvents {
+    async fn get_case_for(&self, principal: &Principal, case_id: String) -> Result<pb::Case, Error> {
+        let (_, history) = load_case(&self.log, principal, &case_id).await?;
         let view = history
             .view()
             .ok_or_else(|| Error::Internal(format!("case {case_id} has events but no case_issued")))?;
@@ -142,14 +175,15 @@ impl CaseEventService for CaseEvents {
                 .map_or(pb::CaseOutcome::Unspecified, |c| convert::outcome_out(c.outcome)) as i32,
             version: history.version(),
         };
-        Ok(Response::new(pb::GetCaseResponse { case: Some(case) }))
+        Ok(case)
     }
 
-    async fn list_case_events(
+    async fn list_case_events_for(
         &self,
-        request: Request<pb::ListCaseEventsRequest>,
-    ) -> Result<Response<pb::ListCaseEventsResponse>, Status> {
-        let request = request.into_inner();
+        principal: &Principal,
+        request: pb::ListCaseEventsRequest,
+    ) -> Result<pb::ListCaseEventsResponse, Error> {
+        principal.may_read_timelines()?;
         let mut violations = caselog_domain::validate_case_id(&request.case_id);
         if request.page_size > MAX_PAGE_SIZE {
             violations.push(FieldViolation::new(
@@ -168,7 +202,7 @@ impl CaseEventService for CaseEvents {
             }
         };
         if !violations.is_empty() {
-            return Err(Error::invalid(violations).into());
+            return Err(Error::invalid(violations));
         }
         let page_size = if request.page_size == 0 {
             DEFAULT_PAGE_SIZE
@@ -176,7 +210,7 @@ impl CaseEventService for CaseEvents {
             request.page_size
         };
         // Voids can come after the page, so voided flags need the whole case; a case has tens of events.
-        let (stored, history) = load_case(&self.log, &request.case_id).await?;
+        let (stored, history) = load_case(&self.log, principal, &request.case_id).await?;
         let voided_by = history.voided_by();
         let page: Vec<_> = stored
             .iter()
@@ -194,10 +228,10 @@ impl CaseEventService for CaseEvents {
             (true, Some(last)) => encode_page_token(i64::from(last.version)),
             _ => String::new(),
         };
-        Ok(Response::new(pb::ListCaseEventsResponse {
+        Ok(pb::ListCaseEventsResponse {
             events,
             next_page_token,
-        }))
+        })
     }
 }
 

@@ -15,6 +15,8 @@ pub enum Error {
     Unavailable(#[source] sqlx::Error),
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    #[error("{0:?} is not a database role name this tool will grant to (lower-case letters, digits, '_')")]
+    InvalidRoleName(String),
     #[error("stored event {event_id} cannot be read: {message}")]
     Corrupt { event_id: Uuid, message: String },
 }

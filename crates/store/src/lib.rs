@@ -4,6 +4,7 @@
 //! is or which events are allowed (that is `caselog-domain`). Every append is one SQL statement,
 //! so it is atomic without an explicit transaction, and its commit time is its `recorded_at`.
 
+pub mod audit;
 mod copy_text;
 mod error;
 pub mod feed;
@@ -11,6 +12,7 @@ mod log;
 pub mod projection;
 pub mod rebuild;
 
+pub use audit::{AuditEntry, AuditQuery, AuditRecord, grant_service_role};
 pub use error::Error;
 pub use feed::{FeedFilter, FeedPage, Horizon};
 pub use log::{AppendedRow, EventLog, LoadRow, NewRow, ReplayRow, StoredEvent};

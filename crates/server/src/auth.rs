@@ -1,0 +1,397 @@
+//! Who is calling: every request but health checks is authenticated here, before any service
+//! sees it, by a bearer token (a JWT from the configured issuer, or in development only a static
+//! token) or by the client certificate of a mutual-TLS connection. The result is a
+//! [`Principal`] in the request's extensions; what it may do is decided by
+//! `caselog_domain::access` in the services.
+//!
+//! The same layer bounds each organisation's concurrent requests: the excess is refused at once
+//! with RESOURCE_EXHAUSTED rather than queued.
+
+use crate::error::{Error, to_status};
+use caselog_domain::{Grant, Principal};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+/// Requests that need no credentials: health checks (load balancers and Kubernetes probes
+/// cannot present client certificates or tokens). They reveal only whether the service serves.
+const UNAUTHENTICATED_PREFIXES: &[&str] = &["/grpc.health.v1.Health/"];
+
+/// How callers prove who they are. At least one way must be configured.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    pub jwt: Option<JwtSettings>,
+    /// Client certificates are accepted (the TLS layer has verified them against the client CA).
+    pub client_certificates: bool,
+    /// Static development tokens, already checked to be switched on explicitly.
+    pub dev_tokens: Option<DevTokens>,
+    /// Concurrent requests one organisation may have in flight.
+    pub max_concurrent_per_client: usize,
+}
+
+/// JWT bearer tokens: signed by one of `keys`, from `issuer`, for `audience`, not expired.
+#[derive(Clone)]
+pub struct JwtSettings {
+    pub issuer: String,
+    pub audience: String,
+    /// Verification keys by key id (the `kid` header); a token without `kid` may match any.
+    pub keys: Vec<(String, Algorithm, DecodingKey)>,
+}
+
+impl std::fmt::Debug for JwtSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSettings")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("keys", &self.keys.iter().map(|(kid, alg, _)| (kid, alg)).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl JwtSettings {
+    /// Reads public keys (PEM: ECDSA P-256 or Ed25519); each file's stem is its key id.
+    pub fn load(issuer: String, audience: String, key_files: &[PathBuf]) -> anyhow::Result<JwtSettings> {
+        let mut pems = Vec::new();
+        for path in key_files {
+            let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading JWT key {}: {e}", path.display()))?;
+            let kid = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+            pems.push((kid, pem));
+        }
+        JwtSettings::from_pems(issuer, audience, &pems)
+    }
+
+    /// Public keys as PEM text, by key id.
+    pub fn from_pems(issuer: String, audience: String, pems: &[(String, Vec<u8>)]) -> anyhow::Result<JwtSettings> {
+        anyhow::ensure!(!pems.is_empty(), "JWT verification needs at least one key (--jwt-key)");
+        let mut keys = Vec::new();
+        for (kid, pem) in pems {
+            let (algorithm, key) = if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+                (Algorithm::ES256, key)
+            } else if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+                (Algorithm::EdDSA, key)
+            } else {
+                anyhow::bail!("JWT key {kid:?} is not a PEM ECDSA P-256 or Ed25519 public key (RSA is not accepted)");
+            };
+            keys.push((kid.clone(), algorithm, key));
+        }
+        Ok(JwtSettings { issuer, audience, keys })
+    }
+}
+
+/// Static tokens for local development, from a JSON file:
+/// `{"tokens": [{"token": "...", "organisation": "court:LS", "grants": ["court:LS"]}]}`.
+#[derive(Debug, Clone, Default)]
+pub struct DevTokens {
+    by_token: HashMap<String, Principal>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevTokenFile {
+    tokens: Vec<DevTokenEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevTokenEntry {
+    token: String,
+    organisation: String,
+    grants: Vec<String>,
+}
+
+impl DevTokens {
+    /// Reads the file; refused unless `switched_on` (static tokens never expire and are kept in a
+    /// file, so they are for a developer's machine only).
+    pub fn load(path: &Path, switched_on: bool) -> anyhow::Result<DevTokens> {
+        anyhow::ensure!(
+            switched_on,
+            "refusing static development tokens from {}: they are for local development only; \
+             pass --allow-dev-tokens (CASELOG_ALLOW_DEV_TOKENS=true) to use them",
+            path.display()
+        );
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading dev tokens {}: {e}", path.display()))?;
+        let file: DevTokenFile =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("dev tokens {}: {e}", path.display()))?;
+        let mut by_token = HashMap::new();
+        for entry in file.tokens {
+            anyhow::ensure!(entry.token.len() >= 16, "dev token for {} is shorter than 16 characters", entry.organisation);
+            let principal = principal_of(entry.organisation, &entry.grants).map_err(|e| anyhow::anyhow!(e))?;
+            by_token.insert(entry.token, principal);
+        }
+        Ok(DevTokens { by_token })
+    }
+
+    pub fn from_entries(entries: impl IntoIterator<Item = (String, Principal)>) -> DevTokens {
+        DevTokens {
+            by_token: entries.into_iter().collect(),
+        }
+    }
+}
+
+/// The claims caselog reads from a JWT. `org` names the organisation (defaults to `sub`);
+/// `grants` holds textual grants such as `court:LS` or `reporting`.
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    org: Option<String>,
+    #[serde(default)]
+    grants: Vec<String>,
+}
+
+fn principal_of(organisation: String, grants: &[String]) -> Result<Principal, String> {
+    let valid_name = !organisation.is_empty()
+        && organisation.len() <= 64
+        && organisation
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '.'));
+    if !valid_name {
+        return Err(format!(
+            "organisation {organisation:?} must be 1-64 characters of letters, digits, '-', '_', ':', '.'"
+        ));
+    }
+    if grants.is_empty() {
+        return Err(format!("{organisation} holds no caselog grants"));
+    }
+    let grants = grants
+        .iter()
+        .map(|g| Grant::parse(g))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Principal { organisation, grants })
+}
+
+/// Turns credentials into a principal.
+#[derive(Debug)]
+pub struct Authenticator {
+    settings: AuthSettings,
+    in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Authenticator {
+    pub fn new(settings: AuthSettings) -> anyhow::Result<Authenticator> {
+        anyhow::ensure!(
+            settings.jwt.is_some() || settings.client_certificates || settings.dev_tokens.is_some(),
+            "no way to authenticate callers is configured: give --jwt-issuer/--jwt-audience/--jwt-key, \
+             --tls-client-ca, or for local development --dev-tokens with --allow-dev-tokens"
+        );
+        anyhow::ensure!(settings.max_concurrent_per_client > 0, "the per-client concurrency limit must be positive");
+        Ok(Authenticator {
+            settings,
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A bearer token if the request carries one, else the client certificate.
+    pub fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        peer_certificates: Option<&[tonic::transport::CertificateDer<'static>]>,
+    ) -> Result<Principal, Error> {
+        if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| Error::Unauthenticated("the authorization header must be \"Bearer <token>\"".into()))?;
+            return self.from_token(token);
+        }
+        if self.settings.client_certificates
+            && let Some(leaf) = peer_certificates.and_then(|certs| certs.first())
+        {
+            return from_certificate(leaf);
+        }
+        Err(Error::Unauthenticated(
+            "no credentials: send \"authorization: Bearer <token>\" or connect with a client certificate".into(),
+        ))
+    }
+
+    fn from_token(&self, token: &str) -> Result<Principal, Error> {
+        if let Some(dev) = &self.settings.dev_tokens
+            && let Some(principal) = dev.by_token.get(token)
+        {
+            return Ok(principal.clone());
+        }
+        let Some(jwt) = &self.settings.jwt else {
+            return Err(Error::Unauthenticated("the bearer token is not recognised".into()));
+        };
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Error::Unauthenticated("the bearer token is not a well-formed JWT".into()))?;
+        let candidates = jwt
+            .keys
+            .iter()
+            .filter(|(kid, algorithm, _)| *algorithm == header.alg && header.kid.as_ref().is_none_or(|k| k == kid));
+        let mut last_error = Error::Unauthenticated(format!(
+            "no configured key verifies tokens signed with {:?}{}",
+            header.alg,
+            header.kid.as_deref().map(|k| format!(" and key id {k:?}")).unwrap_or_default()
+        ));
+        for (_, algorithm, key) in candidates {
+            let mut validation = Validation::new(*algorithm);
+            validation.set_issuer(&[&jwt.issuer]);
+            validation.set_audience(&[&jwt.audience]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            validation.leeway = 30;
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => {
+                    let claims = data.claims;
+                    let organisation = claims.org.unwrap_or(claims.sub);
+                    return principal_of(organisation, &claims.grants)
+                        .map_err(|e| Error::Unauthenticated(format!("the token's claims are not usable: {e}")));
+                }
+                Err(err) => last_error = Error::Unauthenticated(token_problem(err.kind())),
+            }
+        }
+        Err(last_error)
+    }
+
+    /// A permit for one request of `organisation`, or RESOURCE_EXHAUSTED when it has as many in
+    /// flight as it may.
+    fn admit(&self, organisation: &str) -> Result<OwnedSemaphorePermit, Error> {
+        let limit = self.settings.max_concurrent_per_client;
+        let semaphore = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            in_flight
+                .entry(organisation.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+                .clone()
+        };
+        semaphore
+            .try_acquire_owned()
+            .map_err(|_| Error::TooManyConcurrentRequests { limit })
+    }
+}
+
+fn token_problem(kind: &jsonwebtoken::errors::ErrorKind) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::ExpiredSignature => "the bearer token has expired; obtain a new one".into(),
+        ErrorKind::ImmatureSignature => "the bearer token is not valid yet".into(),
+        ErrorKind::InvalidAudience => "the bearer token is not for this service (audience)".into(),
+        ErrorKind::InvalidIssuer => "the bearer token is from an issuer this service does not trust".into(),
+        ErrorKind::InvalidSignature => "the bearer token's signature does not verify".into(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("the bearer token lacks the {claim:?} claim"),
+        _ => "the bearer token is not valid".into(),
+    }
+}
+
+/// The principal of a verified client certificate: its subject common name is a grant
+/// (`court:LS`, `practice:A5`, ...) and also names the organisation.
+fn from_certificate(leaf: &[u8]) -> Result<Principal, Error> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|_| Error::Unauthenticated("the client certificate cannot be read".into()))?;
+    let common_name = certificate
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| Error::Unauthenticated("the client certificate has no subject common name".into()))?
+        .to_owned();
+    principal_of(common_name.clone(), &[common_name]).map_err(|e| {
+        Error::Unauthenticated(format!("the client certificate's common name is not a caselog grant: {e}"))
+    })
+}
+
+/// The authenticated caller of a request (put there by [`AuthLayer`]).
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<Arc<Principal>, Error> {
+    request
+        .extensions()
+        .get::<Arc<Principal>>()
+        .cloned()
+        .ok_or_else(|| Error::Unauthenticated("the request was not authenticated".into()))
+}
+
+/// Authenticates every request and bounds each organisation's concurrency.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    authenticator: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(authenticator: Arc<Authenticator>) -> AuthLayer {
+        AuthLayer { authenticator }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticated<S>;
+
+    fn layer(&self, inner: S) -> Authenticated<S> {
+        Authenticated {
+            inner,
+            authenticator: self.authenticator.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Authenticated<S> {
+    inner: S,
+    authenticator: Arc<Authenticator>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Authenticated<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        // The service that was polled ready serves this request; its clone serves the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = request.uri().path().to_owned();
+        if UNAUTHENTICATED_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            return Box::pin(inner.call(request));
+        }
+        let certificates = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs);
+        let admitted = self
+            .authenticator
+            .authenticate(request.headers(), certificates.as_deref().map(Vec::as_slice))
+            .and_then(|principal| {
+                let permit = self.authenticator.admit(&principal.organisation)?;
+                Ok((principal, permit))
+            });
+        match admitted {
+            Ok((principal, permit)) => {
+                tracing::Span::current().record("caller", principal.organisation.as_str());
+                request.extensions_mut().insert(Arc::new(principal));
+                let response = inner.call(request);
+                Box::pin(async move {
+                    let response = response.await;
+                    drop(permit);
+                    response
+                })
+            }
+            Err(err) => {
+                tracing::info!(error = %err, %path, "request refused before any service");
+                let status = to_status(err);
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The audit trail (`audit_records`): who read child-level data or acted as an administrator,
+//! what, when, and with what outcome. Append-only, like the log.
+
+use crate::{Error, EventLog};
+use chrono::{DateTime, Utc};
+use tracing::instrument;
+
+/// A record to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub actor: String,
+    pub grants: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub detail: serde_json::Value,
+}
+
+/// A written record.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub actor: String,
+    pub grants: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub detail: serde_json::Value,
+}
+
+/// Which records to read, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Records with a greater id (0: from the start).
+    pub after_id: i64,
+    pub limit: i64,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+}
+
+impl EventLog {
+    #[instrument(skip(self, entry), fields(action = %entry.action, outcome = %entry.outcome), err)]
+    pub async fn record_audit(&self, entry: &AuditEntry) -> Result<i64, Error> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO audit_records (actor, grants, action, target, outcome, detail)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(&entry.actor)
+        .bind(&entry.grants)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(&entry.outcome)
+        .bind(&entry.detail)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    #[instrument(skip(self), err)]
+    pub async fn read_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT id, recorded_at, actor, grants, action, target, outcome, detail FROM audit_records
+             WHERE id > $1 AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR target = $3)
+             ORDER BY id LIMIT $4",
+        )
+        .bind(query.after_id)
+        .bind(&query.actor)
+        .bind(&query.target)
+        .bind(query.limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// Grants the service's database role what it needs and no more: it reads and appends to the
+/// log and the audit trail but cannot change or remove a row of either; it owns the projection
+/// tables, which it rebuilds by creating a table beside them and switching. Run by the owner of
+/// the schema after the migrations (`caselog migrate --service-role`); idempotent.
+#[instrument(skip(pool), err)]
+pub async fn grant_service_role(pool: &sqlx::PgPool, role: &str) -> Result<(), Error> {
+    let valid = !role.is_empty()
+        && role.len() <= 63
+        && role
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        return Err(Error::InvalidRoleName(role.to_owned()));
+    }
+    let statements = [
+        format!("GRANT USAGE, CREATE ON SCHEMA public TO {role}"),
+        format!("REVOKE ALL ON events, audit_records FROM {role}"),
+        format!("GRANT SELECT, INSERT ON events, audit_records TO {role}"),
+        format!("GRANT USAGE ON SEQUENCE caselog_event_position TO {role}"),
+        format!("ALTER TABLE case_facts OWNER TO {role}"),
+        format!("ALTER TABLE projection_checkpoints OWNER TO {role}"),
+    ];
+    let mut tx = pool.begin().await?;
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -118,7 +118,9 @@ async fn a_retry_after_a_lost_reply_is_acknowledged_with_the_original_positions(
     let lossy = CaseEventServiceServer::new(LosesReplies(CaseEvents::new(EventLog::new(pool.clone()))));
     let lossy_server = tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(caselog_server::auth::AuthLayer::new(caselog_tests::security::authenticator(false, 64)))
+            .layer(caselog_server::auth::AuthLayer::new(
+                caselog_tests::security::authenticator(false, 64),
+            ))
             .add_service(lossy)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
@@ -126,7 +128,10 @@ async fn a_retry_after_a_lost_reply_is_acknowledged_with_the_original_positions(
         event("2025-04-17", issued_public(&["c1"])),
         event("2025-05-01", seen("c1")),
     ];
-    let mut lossy_client = CaseEventServiceClient::new(caselog_tests::with_token(connect(addr).await, caselog_tests::HARNESS_TOKEN));
+    let mut lossy_client = CaseEventServiceClient::new(caselog_tests::with_token(
+        connect(addr).await,
+        caselog_tests::HARNESS_TOKEN,
+    ));
     let lost = lossy_client
         .append_events(append("LS1", batch.clone()))
         .await

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod auth;
 mod concurrency;
 mod feed;
 mod idempotency;

@@ -7,13 +7,13 @@ use caselog_api::v1::metrics_service_client::MetricsServiceClient;
 use caselog_server::generate::{GenerateOptions, load};
 use caselog_server::rebuild::{Outcome, Progress, RebuildOptions, rebuild};
 use caselog_store::EventLog;
+use caselog_tests::AuthChannel;
 use caselog_tests::*;
 use caselog_workload::WorkloadSettings;
 use chrono::NaiveDate;
 use sqlx::PgPool;
 use std::time::Duration;
 use tonic::Code;
-use caselog_tests::AuthChannel;
 
 /// Loads about `days` working days of national-shaped history ending 30 September 2025.
 async fn load_history(pool: &PgPool, seed: u64, days: u64, cases_per_day: f64) {
@@ -76,7 +76,10 @@ async fn figures(server: &TestServer, min_position: u64) -> Vec<(String, f64, f6
 }
 
 /// Runs a rebuild over gRPC to the end: the summary and how many progress messages came first.
-async fn rebuild_over_grpc(channel: AuthChannel, verify_only: bool) -> Result<(pb::RebuildSummary, usize), tonic::Status> {
+async fn rebuild_over_grpc(
+    channel: AuthChannel,
+    verify_only: bool,
+) -> Result<(pb::RebuildSummary, usize), tonic::Status> {
     let mut stream = AdminServiceClient::new(channel)
         .rebuild_projections(pb::RebuildProjectionsRequest { verify_only })
         .await?

@@ -188,7 +188,9 @@ async fn list_case_events_pages_in_version_order_with_void_flags(pool: PgPool) {
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn the_authenticated_organisation_is_recorded_as_the_source(pool: PgPool) {
     let server = TestServer::start(pool).await;
-    let mut court = caselog_api::v1::case_event_service_client::CaseEventServiceClient::new(server.channel_with(&caselog_tests::dev_token("court:LS")));
+    let mut court = caselog_api::v1::case_event_service_client::CaseEventServiceClient::new(
+        server.channel_with(&caselog_tests::dev_token("court:LS")),
+    );
     let mut request = tonic::Request::new(append("LS25C00123", vec![event("2025-04-17", issued_public(&["c1"]))]));
     request
         .metadata_mut()

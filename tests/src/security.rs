@@ -136,7 +136,9 @@ impl Pki {
         let ca = Issuer::new(ca_params, ca_key);
         let server_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut server_params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        server_params.distinguished_name.push(DnType::CommonName, "caselog test server");
+        server_params
+            .distinguished_name
+            .push(DnType::CommonName, "caselog test server");
         let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
         Pki {
             ca_pem: ca_cert.pem(),
@@ -165,7 +167,11 @@ impl Pki {
     }
 
     /// A TLS channel to `addr`, presenting `identity` when given.
-    pub async fn channel(&self, addr: SocketAddr, identity: Option<Identity>) -> Result<Channel, tonic::transport::Error> {
+    pub async fn channel(
+        &self,
+        addr: SocketAddr,
+        identity: Option<Identity>,
+    ) -> Result<Channel, tonic::transport::Error> {
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .domain_name("localhost");

@@ -287,15 +287,21 @@ async fn delivery_latency(pool: &PgPool, load: Load, duration: Duration) -> anyh
     let addr = listener.local_addr()?;
     let log = EventLog::new(pool.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let security = caselog_server::Security {
+        authenticator: bench_authenticator()?,
+        tls: None,
+        plaintext_health: None,
+    };
     let server = tokio::spawn(caselog_server::run(
         listener,
         log.clone(),
         caselog_server::ServerLimits::default(),
+        security,
         async {
             let _ = stop_rx.await;
         },
     ));
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    let channel = authed(Endpoint::from_shared(format!("http://{addr}"))?.connect().await?);
     let head = log.horizon().await?.safe;
 
     let mut feed = EventFeedServiceClient::new(channel.clone());
@@ -446,4 +452,69 @@ fn request(case_id: &str, occurred_on: &str, kind: pb::event_payload::Kind) -> p
         }],
         expected_version: None,
     }
+}
+
+/// The development token of the servers the bench starts (migration and administrator grants):
+/// the bench measures the service, not an identity provider.
+const BENCH_TOKEN: &str = "caselog-bench-dev-token-migration-admin";
+const BENCH_ORGANISATION: &str = "caselog-bench";
+
+fn bench_authenticator() -> anyhow::Result<Arc<caselog_server::auth::Authenticator>> {
+    use caselog_domain::{Grant, Principal};
+    let principal = Principal {
+        organisation: BENCH_ORGANISATION.to_owned(),
+        grants: vec![Grant::Migration, Grant::Administrator],
+    };
+    let settings = caselog_server::auth::AuthSettings {
+        dev_tokens: Some(caselog_server::auth::DevTokens::from_entries([(
+            BENCH_TOKEN.to_owned(),
+            principal,
+        )])),
+        max_concurrent_per_client: 256,
+        ..Default::default()
+    };
+    Ok(Arc::new(caselog_server::auth::Authenticator::new(settings)?))
+}
+
+/// The bench's development token file for a `caselog serve` child; removed when dropped.
+struct DevTokenFile {
+    path: std::path::PathBuf,
+}
+
+impl DevTokenFile {
+    fn write() -> anyhow::Result<DevTokenFile> {
+        let path = std::env::temp_dir().join(format!("caselog-bench-tokens-{}.json", std::process::id()));
+        let body = serde_json::json!({"tokens": [{
+            "token": BENCH_TOKEN,
+            "organisation": BENCH_ORGANISATION,
+            "grants": ["migration", "admin"],
+        }]});
+        std::fs::write(&path, body.to_string())?;
+        Ok(DevTokenFile { path })
+    }
+}
+
+impl Drop for DevTokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Adds the bench's bearer token to every request.
+#[derive(Debug, Clone)]
+struct BenchToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for BenchToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Authed = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BenchToken>;
+
+fn authed(channel: tonic::transport::Channel) -> Authed {
+    let value = tonic::metadata::MetadataValue::try_from(format!("Bearer {BENCH_TOKEN}"))
+        .expect("the bench token is a valid header value");
+    Authed::new(channel, BenchToken(value))
 }

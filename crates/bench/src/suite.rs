@@ -4,6 +4,7 @@
 //! The service under test is the real `caselog` binary, started as a child process (so its peak
 //! memory is its own), and the rebuild is `caselog rebuild`, also a child process.
 
+use crate::{Authed, DevTokenFile, authed};
 use crate::{hearings, issue, percentile, print_machine, sorted};
 use anyhow::{Context, bail};
 use caselog_api::v1 as pb;
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 #[derive(Debug, Clone)]
 pub struct SuiteOptions {
@@ -259,7 +260,8 @@ fn resident_kib(pid: u32, field: &str) -> Option<u64> {
 /// `caselog serve` as a child process on a free loopback port.
 struct Service {
     child: tokio::process::Child,
-    channel: Channel,
+    channel: Authed,
+    _dev_tokens: DevTokenFile,
 }
 
 impl Service {
@@ -268,6 +270,7 @@ impl Service {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
             probe.local_addr()?.port()
         };
+        let dev_tokens = DevTokenFile::write()?;
         let child = tokio::process::Command::new(&options.caselog)
             .args([
                 "serve",
@@ -275,7 +278,10 @@ impl Service {
                 &format!("127.0.0.1:{port}"),
                 "--db-max-connections",
                 "32",
+                "--allow-dev-tokens",
+                "--dev-tokens",
             ])
+            .arg(&dev_tokens.path)
             .env("DATABASE_URL", &options.database_url)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -286,7 +292,11 @@ impl Service {
         let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?;
         for _ in 0..100 {
             if let Ok(channel) = endpoint.connect().await {
-                return Ok(Service { child, channel });
+                return Ok(Service {
+                    child,
+                    channel: authed(channel),
+                    _dev_tokens: dev_tokens,
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -325,7 +335,7 @@ fn latest_complete_financial_year() -> i32 {
     }
 }
 
-async fn wait_for_projection(channel: &Channel, head: i64) -> anyhow::Result<Duration> {
+async fn wait_for_projection(channel: &Authed, head: i64) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut metrics = MetricsServiceClient::new(channel.clone());
     let query = pb::QueryMetricsRequest {
@@ -350,7 +360,7 @@ async fn wait_for_projection(channel: &Channel, head: i64) -> anyhow::Result<Dur
 
 /// Every metric of one financial year grouped by service area, against a grouped count over the
 /// same projection table in SQL.
-async fn query_latency(pool: &PgPool, channel: &Channel, queries: usize) -> anyhow::Result<()> {
+async fn query_latency(pool: &PgPool, channel: &Authed, queries: usize) -> anyhow::Result<()> {
     let year = latest_complete_financial_year();
     let request = year_query(year, 0);
     println!(
@@ -413,7 +423,7 @@ async fn query_latency(pool: &PgPool, channel: &Channel, queries: usize) -> anyh
 
 /// 1,000-event AppendEvents requests (a new case each) from 4 clients, against `COPY FROM` of
 /// the same rows, 1,000 per COPY, from 4 connections, into an identical table.
-async fn batch_ingest(pool: &PgPool, channel: &Channel, batches: usize) -> anyhow::Result<()> {
+async fn batch_ingest(pool: &PgPool, channel: &Authed, batches: usize) -> anyhow::Result<()> {
     const PER_BATCH: usize = 1000;
     const CLIENTS: usize = 4;
     println!("\n== batch ingest: {batches} requests of {PER_BATCH} events from {CLIENTS} clients");
@@ -516,7 +526,7 @@ fn copy_rows(request: &pb::AppendEventsRequest, first_position: i64) -> Vec<u8> 
 
 /// Single-event AppendEvents from `clients` concurrent clients (each its own case), against
 /// single-row INSERT transactions at the same concurrency (what pgbench would run).
-async fn single_appends(pool: &PgPool, channel: &Channel, clients: usize, duration: Duration) -> anyhow::Result<()> {
+async fn single_appends(pool: &PgPool, channel: &Authed, clients: usize, duration: Duration) -> anyhow::Result<()> {
     println!(
         "\n== single-event appends: {clients} concurrent clients, {} s each side",
         duration.as_secs()
@@ -635,7 +645,7 @@ where
 /// Offers `rate` events/s (10-event requests from 16 clients) and samples, every 100 ms, how far
 /// behind the log the projection's checkpoint is, in time: the age of the oldest event the
 /// projection has not applied.
-async fn projection_keep_up(pool: &PgPool, channel: &Channel, rate: u64, duration: Duration) -> anyhow::Result<()> {
+async fn projection_keep_up(pool: &PgPool, channel: &Authed, rate: u64, duration: Duration) -> anyhow::Result<()> {
     const CLIENTS: u64 = 16;
     const BATCH: u64 = 10;
     println!(

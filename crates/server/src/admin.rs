@@ -96,7 +96,11 @@ impl Admin {
         }
         let query = AuditQuery {
             after_id: i64::try_from(request.after_id).unwrap_or(i64::MAX),
-            limit: i64::from(if request.limit == 0 { DEFAULT_AUDIT_PAGE } else { request.limit }),
+            limit: i64::from(if request.limit == 0 {
+                DEFAULT_AUDIT_PAGE
+            } else {
+                request.limit
+            }),
             actor: Some(request.actor).filter(|a| !a.is_empty()),
             target: Some(request.target).filter(|t| !t.is_empty()),
         };

@@ -50,7 +50,10 @@ impl std::fmt::Debug for JwtSettings {
         f.debug_struct("JwtSettings")
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
-            .field("keys", &self.keys.iter().map(|(kid, alg, _)| (kid, alg)).collect::<Vec<_>>())
+            .field(
+                "keys",
+                &self.keys.iter().map(|(kid, alg, _)| (kid, alg)).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -116,13 +119,17 @@ impl DevTokens {
              pass --allow-dev-tokens (CASELOG_ALLOW_DEV_TOKENS=true) to use them",
             path.display()
         );
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading dev tokens {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading dev tokens {}: {e}", path.display()))?;
         let file: DevTokenFile =
             serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("dev tokens {}: {e}", path.display()))?;
         let mut by_token = HashMap::new();
         for entry in file.tokens {
-            anyhow::ensure!(entry.token.len() >= 16, "dev token for {} is shorter than 16 characters", entry.organisation);
+            anyhow::ensure!(
+                entry.token.len() >= 16,
+                "dev token for {} is shorter than 16 characters",
+                entry.organisation
+            );
             let principal = principal_of(entry.organisation, &entry.grants).map_err(|e| anyhow::anyhow!(e))?;
             by_token.insert(entry.token, principal);
         }
@@ -161,10 +168,7 @@ fn principal_of(organisation: String, grants: &[String]) -> Result<Principal, St
     if grants.is_empty() {
         return Err(format!("{organisation} holds no caselog grants"));
     }
-    let grants = grants
-        .iter()
-        .map(|g| Grant::parse(g))
-        .collect::<Result<Vec<_>, _>>()?;
+    let grants = grants.iter().map(|g| Grant::parse(g)).collect::<Result<Vec<_>, _>>()?;
     Ok(Principal { organisation, grants })
 }
 
@@ -182,7 +186,10 @@ impl Authenticator {
             "no way to authenticate callers is configured: give --jwt-issuer/--jwt-audience/--jwt-key, \
              --tls-client-ca, or for local development --dev-tokens with --allow-dev-tokens"
         );
-        anyhow::ensure!(settings.max_concurrent_per_client > 0, "the per-client concurrency limit must be positive");
+        anyhow::ensure!(
+            settings.max_concurrent_per_client > 0,
+            "the per-client concurrency limit must be positive"
+        );
         Ok(Authenticator {
             settings,
             in_flight: Mutex::new(HashMap::new()),
@@ -233,7 +240,11 @@ impl Authenticator {
         let mut last_error = Error::Unauthenticated(format!(
             "no configured key verifies tokens signed with {:?}{}",
             header.alg,
-            header.kid.as_deref().map(|k| format!(" and key id {k:?}")).unwrap_or_default()
+            header
+                .kid
+                .as_deref()
+                .map(|k| format!(" and key id {k:?}"))
+                .unwrap_or_default()
         ));
         for (_, algorithm, key) in candidates {
             let mut validation = Validation::new(*algorithm);
@@ -297,7 +308,9 @@ fn from_certificate(leaf: &[u8]) -> Result<Principal, Error> {
         .ok_or_else(|| Error::Unauthenticated("the client certificate has no subject common name".into()))?
         .to_owned();
     principal_of(common_name.clone(), &[common_name]).map_err(|e| {
-        Error::Unauthenticated(format!("the client certificate's common name is not a caselog grant: {e}"))
+        Error::Unauthenticated(format!(
+            "the client certificate's common name is not a caselog grant: {e}"
+        ))
     })
 }
 

@@ -188,7 +188,9 @@ impl EventFeedService for EventFeed {
         &self,
         request: Request<pb::GetFeedStatusRequest>,
     ) -> Result<Response<pb::GetFeedStatusResponse>, Status> {
-        caller(&request)?.require_admin("read the feed's status").map_err(Error::from)?;
+        caller(&request)?
+            .require_admin("read the feed's status")
+            .map_err(Error::from)?;
         Ok(Response::new(self.status().await?))
     }
 }

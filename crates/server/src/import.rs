@@ -7,8 +7,8 @@
 //! recorded whole or not at all.
 
 use crate::convert::new_event_out;
-use anyhow::Context;
 use crate::ingest::MAX_BATCH;
+use anyhow::Context;
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
 use caselog_domain::NewEvent;
@@ -126,9 +126,9 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
         }
     }
     let authorization = match &options.token {
-        Some(token) => Some(
-            MetadataValue::try_from(format!("Bearer {token}")).context("the token is not a valid header value")?,
-        ),
+        Some(token) => {
+            Some(MetadataValue::try_from(format!("Bearer {token}")).context("the token is not a valid header value")?)
+        }
         None => None,
     };
     let batch_size = if options.all_or_nothing {

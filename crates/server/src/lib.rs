@@ -16,12 +16,12 @@ pub mod rebuild;
 pub mod service;
 pub mod telemetry;
 
+use auth::{AuthLayer, Authenticator};
 use caselog_api::v1::admin_service_server::AdminServiceServer;
 use caselog_api::v1::case_event_service_server::CaseEventServiceServer;
 use caselog_api::v1::event_feed_service_server::EventFeedServiceServer;
 use caselog_api::v1::metrics_service_server::MetricsServiceServer;
 use caselog_store::EventLog;
-use auth::{AuthLayer, Authenticator};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

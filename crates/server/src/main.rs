@@ -1,10 +1,10 @@
 //! The `caselog` command: `serve`, `migrate`, `import`, `generate` and `rebuild`.
 
 use anyhow::Context;
+use caselog_server::auth::{AuthSettings, Authenticator, DevTokens, JwtSettings};
 use caselog_server::generate::{GenerateOptions, compare_with_reference, load, write_ndjson};
 use caselog_server::import::{ImportOptions, LineOutcome, import};
 use caselog_server::rebuild::{Outcome, Phase, Progress, RebuildOptions, rebuild};
-use caselog_server::auth::{AuthSettings, Authenticator, DevTokens, JwtSettings};
 use caselog_server::{Security, ServerLimits, shutdown_signal, telemetry};
 use caselog_store::{ConnectSettings, EventLog};
 use caselog_workload::WorkloadSettings;
@@ -162,9 +162,7 @@ impl ServeArgs {
     fn security(&self) -> anyhow::Result<Security> {
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
-                let read = |path: &PathBuf| {
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-                };
+                let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
                 let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
                 if let Some(ca) = &self.tls_client_ca {
                     // Optional at the TLS layer so that bearer-token callers connect too; a caller

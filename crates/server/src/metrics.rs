@@ -141,14 +141,16 @@ impl MetricsService for Metrics {
         let mut request = request.into_inner();
         let requested = request.service_area.clone();
         let detail = json!({"kind": request.kind, "as_at": request.as_at, "page_token": request.page_token});
-        let result = match principal.worklist_scope(Some(requested.as_str()).filter(|a| !a.is_empty())) {
+        let (target, result) = match principal.worklist_scope(Some(requested.as_str()).filter(|a| !a.is_empty())) {
             Ok(scope) => {
                 request.service_area = scope.unwrap_or_default();
-                self.worklist(request).await
+                (
+                    format!("service_area:{}", request.service_area),
+                    self.worklist(request).await,
+                )
             }
-            Err(denial) => Err(denial.into()),
+            Err(denial) => (format!("service_area:{requested}"), Err(denial.into())),
         };
-        let target = format!("service_area:{requested}");
         let response = audit::recorded(&self.log, &principal, LIST_WORKLIST, &target, detail, result).await?;
         Ok(Response::new(response))
     }

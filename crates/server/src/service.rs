@@ -127,15 +127,7 @@ impl CaseEventService for CaseEvents {
         let case_id = request.case_id.clone();
         let detail = json!({"page_token": request.page_token, "page_size": request.page_size});
         let result = self.list_case_events_for(&principal, request).await;
-        let response = audit::recorded(
-            &self.log,
-            &principal,
-            LIST_CASE_EVENTS,
-            &case_id,
-            detail,
-            result,
-        )
-        .await?;
+        let response = audit::recorded(&self.log, &principal, LIST_CASE_EVENTS, &case_id, detail, result).await?;
         Ok(Response::new(response))
     }
 }

@@ -8,6 +8,7 @@ mod concurrency;
 mod feed;
 mod idempotency;
 mod import;
+mod least_privilege;
 mod metrics;
 mod operations;
 mod rebuild;

@@ -91,7 +91,7 @@ pub async fn grant_service_role(pool: &sqlx::PgPool, role: &str) -> Result<(), E
         format!("GRANT USAGE, CREATE ON SCHEMA public TO {role}"),
         format!("REVOKE ALL ON events, audit_records FROM {role}"),
         format!("GRANT SELECT, INSERT ON events, audit_records TO {role}"),
-        format!("GRANT USAGE ON SEQUENCE caselog_event_position TO {role}"),
+        format!("GRANT USAGE, SELECT ON SEQUENCE caselog_event_position TO {role}"),
         format!("ALTER TABLE case_facts OWNER TO {role}"),
         format!("ALTER TABLE projection_checkpoints OWNER TO {role}"),
     ];

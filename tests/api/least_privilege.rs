@@ -1,0 +1,129 @@
+//! The service's database role: everything the service does works under it, and it cannot
+//! change or remove a row of the log or of the audit trail.
+
+use caselog_api::v1 as pb;
+use caselog_api::v1::admin_service_client::AdminServiceClient;
+use caselog_api::v1::metrics_service_client::MetricsServiceClient;
+use caselog_tests::*;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// A login role for this test only, dropped with everything it owns when the test ends.
+struct ServiceRole {
+    name: String,
+    owner: PgPool,
+}
+
+impl ServiceRole {
+    async fn create(owner: &PgPool) -> ServiceRole {
+        let name = format!("caselog_service_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {name} LOGIN PASSWORD 'service-test'"
+        )))
+        .execute(owner)
+        .await
+        .unwrap();
+        ServiceRole {
+            name,
+            owner: owner.clone(),
+        }
+    }
+
+    async fn pool(&self) -> PgPool {
+        let options = self
+            .owner
+            .connect_options()
+            .as_ref()
+            .clone()
+            .username(&self.name)
+            .password("service-test");
+        PgPoolOptions::new().max_connections(8).connect_with(options).await.unwrap()
+    }
+
+    async fn drop_role(self) {
+        for statement in [format!("DROP OWNED BY {}", self.name), format!("DROP ROLE {}", self.name)] {
+            sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&self.owner).await.unwrap();
+        }
+    }
+}
+
+fn sql_state(err: &sqlx::Error) -> String {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned())
+        .unwrap_or_default()
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn the_service_role_serves_everything_but_cannot_change_the_log_or_the_trail(pool: PgPool) {
+    let role = ServiceRole::create(&pool).await;
+    caselog_store::grant_service_role(&pool, &role.name).await.unwrap();
+    let service_pool = role.pool().await;
+    let server = TestServer::start(service_pool.clone()).await;
+
+    // Appends, reads (audited), projections and a rebuild, all as the service role.
+    let appended = server.issue_case("LS1").await;
+    let mut client = server.client();
+    client
+        .get_case(pb::GetCaseRequest { case_id: "LS1".into() })
+        .await
+        .unwrap();
+    MetricsServiceClient::new(server.channel.clone())
+        .query_metrics(pb::QueryMetricsRequest {
+            metric_ids: vec!["S1".into()],
+            period: Some(pb::PeriodSpec {
+                kind: Some(pb::period_spec::Kind::FinancialYear("2025-26".into())),
+            }),
+            min_position: appended.events[0].position,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut rebuild = AdminServiceClient::new(server.channel.clone())
+        .rebuild_projections(pb::RebuildProjectionsRequest { verify_only: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut summary = None;
+    while let Some(message) = rebuild.message().await.unwrap() {
+        if let Some(pb::rebuild_projections_response::Update::Summary(s)) = message.update {
+            summary = Some(s);
+        }
+    }
+    assert_eq!(summary.unwrap().cases, 1);
+
+    // What the role must not do.
+    for statement in [
+        "UPDATE events SET source = 'forged'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+        "UPDATE audit_records SET outcome = 'OK'",
+        "DELETE FROM audit_records",
+        "TRUNCATE audit_records",
+        "DROP TABLE events",
+    ] {
+        let err = sqlx::query(statement).execute(&service_pool).await.unwrap_err();
+        assert!(
+            sql_state(&err) == "42501",
+            "{statement}: expected insufficient_privilege (42501), got {err}"
+        );
+    }
+    assert_eq!(event_count(&pool).await, 1);
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_records")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, 2, "the case read and the rebuild");
+
+    server.stop().await;
+    service_pool.close().await;
+    role.drop_role().await;
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_role_name_that_is_not_plain_is_refused(pool: PgPool) {
+    let err = caselog_store::grant_service_role(&pool, "caselog; DROP TABLE events")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("role name"), "{err}");
+}

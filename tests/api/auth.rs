@@ -255,9 +255,9 @@ async fn another_court_is_refused_exactly_as_for_a_case_that_does_not_exist(pool
     .unwrap_err();
     assert_denied(&elsewhere, Code::PermissionDenied, "NOT_A_PARTY");
     assert_eq!(
-        (elsewhere.code(), elsewhere.message(), reason(&elsewhere)),
-        (nowhere.code(), nowhere.message(), reason(&nowhere)),
-        "the refusal must not tell whether the case exists"
+        (elsewhere.code(), elsewhere.message(), elsewhere.details()),
+        (nowhere.code(), nowhere.message(), nowhere.details()),
+        "the refusal, details included, must not tell whether the case exists"
     );
     // Issuing a case at another court is refused too.
     let status = append_as(
@@ -312,8 +312,8 @@ async fn a_practice_system_writes_and_reads_only_its_service_area(pool: PgPool) 
     let nowhere = get_case_as(&server, &other_area, "NO-SUCH").await.unwrap_err();
     assert_denied(&elsewhere, Code::PermissionDenied, "NOT_A_PARTY");
     assert_eq!(
-        (elsewhere.code(), elsewhere.message()),
-        (nowhere.code(), nowhere.message())
+        (elsewhere.code(), elsewhere.message(), elsewhere.details()),
+        (nowhere.code(), nowhere.message(), nowhere.details())
     );
     let own = jwt("practice:A5");
     append_as(&server, &own, "LS1", vec![event("2025-05-01", seen("c1"))])

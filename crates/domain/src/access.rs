@@ -152,11 +152,10 @@ pub enum Denial {
         event_index: usize,
         sends: String,
     },
+    /// Carries nothing about the case or the batch (not even which event), so that it reads the
+    /// same whether or not the case is recorded.
     #[error("{organisation} is not a party to this case, or the case is not recorded")]
-    NotAParty {
-        organisation: String,
-        event_index: Option<usize>,
-    },
+    NotAParty { organisation: String },
     #[error("{organisation} may read worklists of service area {allowed} only, not {requested:?}")]
     ServiceAreaNotPermitted {
         organisation: String,
@@ -182,7 +181,6 @@ impl Denial {
     pub fn event_index(&self) -> Option<usize> {
         match self {
             Denial::EventTypeNotPermitted { event_index, .. } => Some(*event_index),
-            Denial::NotAParty { event_index, .. } => *event_index,
             _ => None,
         }
     }
@@ -219,10 +217,9 @@ impl Principal {
         }
     }
 
-    fn not_a_party(&self, event_index: Option<usize>) -> Denial {
+    fn not_a_party(&self) -> Denial {
         Denial::NotAParty {
             organisation: self.organisation.clone(),
-            event_index,
         }
     }
 
@@ -275,7 +272,7 @@ impl Principal {
         }
         match view {
             Some(view) if self.practice_areas().any(|a| a == view.issue.service_area) => Ok(()),
-            _ => Err(self.not_a_party(None)),
+            _ => Err(self.not_a_party()),
         }
     }
 
@@ -351,9 +348,9 @@ impl Principal {
             if self.has(&Grant::Migration) {
                 return Ok(());
             }
-            return Err(self.not_a_party(None));
+            return Err(self.not_a_party());
         };
-        for (index, event) in batch.iter().enumerate() {
+        for event in batch {
             let issue = match &event.payload {
                 // An issue names the parties it claims; a second issue of a recorded case is
                 // also checked against the case (and then refused by the lifecycle rules).
@@ -369,7 +366,7 @@ impl Principal {
                 .iter()
                 .any(|g| g.writes() && g.is_party(issue) && event_type.is_none_or(|t| g.sends(t)));
             if !permitted {
-                return Err(self.not_a_party(Some(index)));
+                return Err(self.not_a_party());
             }
         }
         Ok(())

@@ -130,3 +130,59 @@ async fn concurrent_resends_of_one_event_record_it_once(pool: PgPool) {
     assert_eq!(positions.len(), 1, "every sender is told the one position");
     assert_eq!(event_count(&pool).await, 2);
 }
+
+/// Each server caches the cases it wrote. A case written meanwhile through another server makes
+/// that copy stale: the stale server must neither refuse what the log allows nor accept what it
+/// refuses, and versions stay contiguous.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_server_whose_cached_case_is_stale_decides_on_the_log(pool: PgPool) {
+    let first = TestServer::start(pool.clone()).await;
+    let second = TestServer::start(pool.clone()).await;
+    first.issue_case("STALE1").await;
+    first
+        .client()
+        .append_events(append("STALE1", vec![event("2025-04-20", seen("c1"))]))
+        .await
+        .unwrap();
+    // The second server adds a child the first has not seen.
+    second
+        .client()
+        .append_events(append("STALE1", vec![event("2025-04-21", joined("c2"))]))
+        .await
+        .unwrap();
+    // Allowed by the log, refused by the first server's stale copy: accepted.
+    let appended = first
+        .client()
+        .append_events(append("STALE1", vec![event("2025-04-22", seen("c2"))]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(appended.version, 4);
+    // The second server closes the case; the first's copy still has it open.
+    second
+        .client()
+        .append_events(append(
+            "STALE1",
+            vec![event("2025-04-23", closed(pb::CaseOutcome::Withdrawn))],
+        ))
+        .await
+        .unwrap();
+    let refused = first
+        .client()
+        .append_events(append("STALE1", vec![event("2025-04-25", seen("c1"))]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(reason(&refused), "CASE_CLOSED");
+    // A stale expected version is judged against the log, not the copy.
+    let mut request = append("STALE1", vec![event("2025-04-22", seen("c1"))]);
+    request.expected_version = Some(4);
+    let conflict = first.client().append_events(request).await.unwrap_err();
+    assert_eq!(conflict.code(), Code::Aborted);
+    assert_eq!(error_metadata(&conflict, "actual_version").as_deref(), Some("5"));
+    let versions: Vec<i32> = sqlx::query_scalar("SELECT version FROM events WHERE case_id = 'STALE1' ORDER BY version")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+}

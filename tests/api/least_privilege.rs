@@ -37,12 +37,22 @@ impl ServiceRole {
             .clone()
             .username(&self.name)
             .password("service-test");
-        PgPoolOptions::new().max_connections(8).connect_with(options).await.unwrap()
+        PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .unwrap()
     }
 
     async fn drop_role(self) {
-        for statement in [format!("DROP OWNED BY {}", self.name), format!("DROP ROLE {}", self.name)] {
-            sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&self.owner).await.unwrap();
+        for statement in [
+            format!("DROP OWNED BY {}", self.name),
+            format!("DROP ROLE {}", self.name),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&self.owner)
+                .await
+                .unwrap();
         }
     }
 }

@@ -7,6 +7,7 @@ use caselog_domain::{CaseHistory, EventType, FieldViolation, HistoryEvent, NewEv
 use caselog_store::{EventLog, NewRow, StoredEvent};
 use chrono::NaiveDate;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use tracing::{debug, instrument};
 use uuid::Uuid;
 
@@ -31,18 +32,73 @@ pub struct Appended {
     pub events: Vec<EventOutcome>,
 }
 
+/// A case as recorded: its rows (for resend checks) and its history (for the rules).
+#[derive(Debug, Clone)]
+struct CaseState {
+    stored: Vec<StoredEvent>,
+    history: CaseHistory,
+}
+
+/// Recently written cases, so that the next append to one needs no read: one round trip instead
+/// of two. Safe across processes because the log is append-only: a cached case is a prefix of
+/// the recorded one, and an append decided against it commits only if the prefix is whole, since
+/// it claims the next version and `UNIQUE (case_id, version)` refuses it otherwise. A refused
+/// claim, a rule refusal (a later event might change it) or an expected version that differs
+/// send the append down the read path, which is always authoritative.
+#[derive(Debug)]
+pub struct CaseCache {
+    cases: Mutex<HashMap<String, Arc<CaseState>>>,
+    capacity: usize,
+}
+
+impl CaseCache {
+    /// Holds at most `capacity` cases (0 turns caching off).
+    pub fn new(capacity: usize) -> CaseCache {
+        CaseCache {
+            cases: Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<CaseState>>> {
+        self.cases.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, case_id: &str) -> Option<Arc<CaseState>> {
+        self.lock().get(case_id).cloned()
+    }
+
+    fn put(&self, case_id: &str, state: CaseState) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut cases = self.lock();
+        if cases.len() >= self.capacity && !cases.contains_key(case_id) {
+            // Any case will do: the map's order is arbitrary, and a miss only costs a read.
+            if let Some(evicted) = cases.keys().next().cloned() {
+                cases.remove(&evicted);
+            }
+        }
+        cases.insert(case_id.to_owned(), Arc::new(state));
+    }
+
+    fn forget(&self, case_id: &str) {
+        self.lock().remove(case_id);
+    }
+}
+
 /// Appends `events` to a case for `writer`, all or none; the writer is recorded as their source.
 /// `today` is the civil date in England.
-#[instrument(skip(log, events, writer), fields(events = events.len(), source = %writer.organisation))]
+#[instrument(skip(log, cache, events, writer), fields(events = events.len(), source = %writer.organisation))]
 pub async fn append(
     log: &EventLog,
+    cache: &CaseCache,
     case_id: &str,
     events: &[NewEvent],
     expected_version: Option<u64>,
     writer: &Principal,
     today: NaiveDate,
 ) -> Result<Appended, Error> {
-    let source = writer.organisation.as_str();
     let mut violations = caselog_domain::validate_case_id(case_id);
     if events.is_empty() || events.len() > MAX_BATCH {
         violations.push(FieldViolation::new(
@@ -53,6 +109,28 @@ pub async fn append(
     if !violations.is_empty() {
         return Err(Error::invalid(violations));
     }
+    let request = AppendRequest {
+        log,
+        case_id,
+        events,
+        expected_version,
+        writer,
+        today,
+    };
+    if let Some(cached) = cache.get(case_id) {
+        match request.attempt(&cached, &[], Authority::Cached).await? {
+            Attempt::Done(appended, state) => {
+                if let Some(state) = state {
+                    cache.put(case_id, state);
+                }
+                return Ok(appended);
+            }
+            Attempt::Undecided => {
+                debug!(case_id, "cached case is behind the log; reading it");
+                cache.forget(case_id);
+            }
+        }
+    }
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
@@ -62,10 +140,65 @@ pub async fn append(
         }
         let (stored, elsewhere) = log.read_case_and_events(case_id, &ids).await?;
         let history = history_of(&stored)?;
-        // Before anything tells whether the case or its events exist.
-        writer.may_append(&history, events)?;
-        let recorded: HashMap<Uuid, &StoredEvent> = stored.iter().chain(&elsewhere).map(|e| (e.event_id, e)).collect();
+        let state = CaseState { stored, history };
+        match request.attempt(&state, &elsewhere, Authority::Recorded).await? {
+            Attempt::Done(appended, next) => {
+                cache.put(case_id, next.unwrap_or(state));
+                return Ok(appended);
+            }
+            Attempt::Undecided => debug!(case_id, "lost a race with a concurrent append; deciding again"),
+        }
+    }
+    Err(Error::Contention)
+}
 
+/// Whether a case state is the recorded case (read just now) or a cached prefix of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Authority {
+    Recorded,
+    Cached,
+}
+
+enum Attempt {
+    /// Appended (with the case as it now stands), or every event was already recorded.
+    Done(Appended, Option<CaseState>),
+    /// The case moved on meanwhile (or, when cached, may have): read it and decide again.
+    Undecided,
+}
+
+struct AppendRequest<'a> {
+    log: &'a EventLog,
+    case_id: &'a str,
+    events: &'a [NewEvent],
+    expected_version: Option<u64>,
+    writer: &'a Principal,
+    today: NaiveDate,
+}
+
+impl AppendRequest<'_> {
+    /// Decides the batch against `state` and appends what is new. `elsewhere` holds rows of other
+    /// cases with the batch's event ids (read with the case; unknown for a cached case, where the
+    /// unique event id refuses the append instead).
+    async fn attempt(
+        &self,
+        state: &CaseState,
+        elsewhere: &[StoredEvent],
+        authority: Authority,
+    ) -> Result<Attempt, Error> {
+        let AppendRequest {
+            log,
+            case_id,
+            events,
+            expected_version,
+            writer,
+            today,
+        } = *self;
+        let history = &state.history;
+        // Before anything tells whether the case or its events exist. The parties of a case never
+        // change, so a cached case answers this as well as a read one.
+        writer.may_append(history, events)?;
+        let recorded: HashMap<Uuid, &StoredEvent> =
+            state.stored.iter().chain(elsewhere).map(|e| (e.event_id, e)).collect();
         let mut new_indices = Vec::new();
         for (index, event) in events.iter().enumerate() {
             match recorded.get(&event.event_id) {
@@ -81,20 +214,29 @@ pub async fn append(
         }
         if new_indices.is_empty() {
             debug!(case_id, "every event already recorded");
-            return Ok(outcomes(events, &recorded, history.version() as i64, &[]));
+            return Ok(Attempt::Done(
+                outcomes(events, &recorded, history.version() as i64, &[]),
+                None,
+            ));
         }
         if let Some(expected) = expected_version
             && expected != history.version()
         {
-            return Err(Error::VersionConflict {
-                expected,
-                actual: history.version(),
-            });
+            return match authority {
+                Authority::Recorded => Err(Error::VersionConflict {
+                    expected,
+                    actual: history.version(),
+                }),
+                Authority::Cached => Ok(Attempt::Undecided),
+            };
         }
         let batch: Vec<NewEvent> = new_indices.iter().map(|&i| events[i].clone()).collect();
-        history
-            .decide(&batch, today)
-            .map_err(|r| Error::from_rejection(r, &new_indices))?;
+        let decided = match history.decide(&batch, today) {
+            Ok(decided) => decided,
+            Err(_) if authority == Authority::Cached => return Ok(Attempt::Undecided),
+            Err(rejection) => return Err(Error::from_rejection(rejection, &new_indices)),
+        };
+        let source = writer.organisation.as_str();
         let rows: Vec<NewRow> = batch.iter().map(row_of).collect();
         match log.append(case_id, history.version() as i64, source, &rows).await {
             Ok(appended) => {
@@ -104,22 +246,43 @@ pub async fn append(
                     .zip(&appended)
                     .map(|(e, a)| (e.event_id, a.position, a.version))
                     .collect();
-                return Ok(outcomes(events, &recorded, version, &fresh));
+                let result = outcomes(events, &recorded, version, &fresh);
+                let mut stored = state.stored.clone();
+                stored.extend(rows.into_iter().zip(&appended).map(|(row, at)| StoredEvent {
+                    position: at.position,
+                    event_id: row.event_id,
+                    case_id: case_id.to_owned(),
+                    version: at.version as i32,
+                    event_type: row.event_type,
+                    occurred_on: row.occurred_on,
+                    data: row.data,
+                    metadata: row.metadata,
+                    source: source.to_owned(),
+                    recorded_at: at.recorded_at,
+                }));
+                Ok(Attempt::Done(
+                    result,
+                    Some(CaseState {
+                        stored,
+                        history: decided,
+                    }),
+                ))
             }
-            Err(caselog_store::Error::VersionConflict { .. }) if expected_version.is_some() => {
+            Err(caselog_store::Error::VersionConflict { .. })
+                if expected_version.is_some() && authority == Authority::Recorded =>
+            {
                 let actual = log.read_case(case_id).await?.len() as u64;
-                return Err(Error::VersionConflict {
+                Err(Error::VersionConflict {
                     expected: expected_version.unwrap_or_default(),
                     actual,
-                });
+                })
             }
             Err(caselog_store::Error::VersionConflict { .. } | caselog_store::Error::DuplicateEventId) => {
-                debug!(case_id, "lost a race with a concurrent append; deciding again");
+                Ok(Attempt::Undecided)
             }
-            Err(other) => return Err(other.into()),
+            Err(other) => Err(other.into()),
         }
     }
-    Err(Error::Contention)
 }
 
 fn outcomes(

@@ -50,6 +50,8 @@ pub struct ServerLimits {
     pub concurrency_per_connection: usize,
     /// How often health checks the database.
     pub health_interval: Duration,
+    /// Recently written cases kept in memory so that the next append to one needs no read.
+    pub cached_cases: usize,
     pub feed: FeedSettings,
     pub projector: projector::ProjectorSettings,
 }
@@ -61,6 +63,7 @@ impl Default for ServerLimits {
             max_request_bytes: 8 * 1024 * 1024,
             concurrency_per_connection: 64,
             health_interval: Duration::from_secs(2),
+            cached_cases: service::DEFAULT_CACHED_CASES,
             feed: FeedSettings::default(),
             projector: projector::ProjectorSettings::default(),
         }
@@ -140,8 +143,8 @@ pub async fn run(
             }
         })
     });
-    let case_events =
-        CaseEventServiceServer::new(CaseEvents::new(log)).max_decoding_message_size(limits.max_request_bytes);
+    let case_events = CaseEventServiceServer::new(CaseEvents::with_cache(log, limits.cached_cases))
+        .max_decoding_message_size(limits.max_request_bytes);
     info!(address = %listener.local_addr()?, "serving gRPC");
     // Small request/response exchanges must not wait on Nagle's algorithm (40 ms stalls);
     // tonic sets TCP_NODELAY only on listeners it binds itself.

@@ -124,6 +124,10 @@ struct ServeArgs {
     /// Largest request message, in bytes.
     #[arg(long, env = "CASELOG_MAX_REQUEST_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_request_bytes: usize,
+    /// Recently written cases kept in memory so that the next append to one needs no read
+    /// (0: read every time).
+    #[arg(long, env = "CASELOG_CACHED_CASES", default_value_t = caselog_server::service::DEFAULT_CACHED_CASES)]
+    cached_cases: usize,
     /// Requests one organisation may have in flight; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "CASELOG_MAX_CONCURRENT_PER_CLIENT", default_value_t = 64)]
     max_concurrent_per_client: usize,
@@ -323,6 +327,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let limits = ServerLimits {
                 request_timeout: Duration::from_secs(args.request_timeout_secs),
                 max_request_bytes: args.max_request_bytes,
+                cached_cases: args.cached_cases,
                 ..ServerLimits::default()
             };
             caselog_server::run(listener, EventLog::new(pool), limits, security, shutdown_signal()).await?;

@@ -4,7 +4,7 @@ use crate::audit;
 use crate::auth::caller;
 use crate::convert;
 use crate::error::Error;
-use crate::ingest::{self, history_of, payload_of};
+use crate::ingest::{self, CaseCache, history_of, payload_of};
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_server::CaseEventService;
 use caselog_domain::england::date_in_england;
@@ -12,12 +12,15 @@ use caselog_domain::{CaseHistory, FieldViolation, Metadata, Principal};
 use caselog_store::{EventLog, StoredEvent};
 use chrono::Utc;
 use serde_json::json;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 /// Optional metadata header naming the sending organisation. The source recorded is always the
 /// authenticated organisation; a request naming another one is refused (SOURCE_MISMATCH).
 pub const SOURCE_HEADER: &str = "x-caselog-source";
+/// Recently written cases kept per process: at about 10 KB a case, 10,000 cases is ~100 MB at most.
+pub const DEFAULT_CACHED_CASES: usize = 10_000;
 const GET_CASE: &str = "caselog.v1.CaseEventService/GetCase";
 const LIST_CASE_EVENTS: &str = "caselog.v1.CaseEventService/ListCaseEvents";
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -26,11 +29,20 @@ const MAX_PAGE_SIZE: u32 = 1000;
 #[derive(Debug, Clone)]
 pub struct CaseEvents {
     log: EventLog,
+    cache: Arc<CaseCache>,
 }
 
 impl CaseEvents {
     pub fn new(log: EventLog) -> CaseEvents {
-        CaseEvents { log }
+        CaseEvents::with_cache(log, DEFAULT_CACHED_CASES)
+    }
+
+    /// Keeps up to `cached_cases` recently written cases in memory (see `ingest::CaseCache`).
+    pub fn with_cache(log: EventLog, cached_cases: usize) -> CaseEvents {
+        CaseEvents {
+            log,
+            cache: Arc::new(CaseCache::new(cached_cases)),
+        }
     }
 }
 
@@ -88,6 +100,7 @@ impl CaseEventService for CaseEvents {
         let today = date_in_england(Utc::now());
         let appended = ingest::append(
             &self.log,
+            &self.cache,
             &request.case_id,
             &events,
             request.expected_version,

@@ -627,3 +627,37 @@ fn development_tokens_are_refused_unless_switched_on() {
     assert!(caselog_server::auth::DevTokens::load(&path, true).is_ok());
     std::fs::remove_file(&path).unwrap();
 }
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn probes_get_plain_text_health_and_nothing_else(pool: PgPool) {
+    let pki = Pki::new();
+    let health_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let health_addr = health_listener.local_addr().unwrap();
+    let _server = TestServer::start_tls_with(pool, &pki, 64, Some(health_listener)).await;
+    let plain = connect(health_addr).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = tonic_health::pb::health_client::HealthClient::new(plain.clone())
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "liveness".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "liveness never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = CaseEventServiceClient::new(with_token(plain, HARNESS_TOKEN))
+        .get_case(pb::GetCaseRequest { case_id: "LS1".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unimplemented,
+        "only health is served in plain text"
+    );
+}

@@ -3,7 +3,7 @@
 
 use caselog_api::v1 as pb;
 use caselog_api::v1::metrics_service_client::MetricsServiceClient;
-use caselog_server::projector::{apply_next_page, facts_at};
+use caselog_server::projector::{HistoryCache, apply_next_page, apply_next_page_with, facts_at};
 use caselog_store::EventLog;
 use caselog_store::rebuild::Cut;
 use caselog_tests::*;
@@ -194,11 +194,14 @@ async fn a_projection_interrupted_anywhere_ends_where_a_clean_rebuild_does(pool:
         .unwrap();
     sqlx::query("DELETE FROM case_facts").execute(&pool).await.unwrap();
     let (mut completed, mut cancelled) = (0, 0);
+    // The leader's cache of histories, kept across steps as the projector keeps it: pages of 7
+    // split cases, so cached histories are extended page by page.
+    let mut histories = HistoryCache::new(1000);
     for attempt in 0u64.. {
         // Budgets vary, and grow so that a loaded machine still finishes; a cancelled step may
         // or may not have committed, which is the point.
         let budget = std::time::Duration::from_micros(200 + (attempt * 7919) % 3000 + attempt * 20);
-        match tokio::time::timeout(budget, apply_next_page(&log, 7)).await {
+        match tokio::time::timeout(budget, apply_next_page_with(&log, 7, &mut histories)).await {
             Ok(applied) => {
                 let applied = applied.unwrap();
                 completed += 1;

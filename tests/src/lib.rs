@@ -68,10 +68,20 @@ impl TestServer {
     /// A server on TLS with client certificates from `pki`; `channel` is a TLS channel without a
     /// client certificate carrying the harness token.
     pub async fn start_tls(pool: PgPool, pki: &Pki, max_concurrent_per_client: usize) -> TestServer {
+        TestServer::start_tls_with(pool, pki, max_concurrent_per_client, None).await
+    }
+
+    /// As `start_tls`, also serving plain-text health on `health`.
+    pub async fn start_tls_with(
+        pool: PgPool,
+        pki: &Pki,
+        max_concurrent_per_client: usize,
+        health: Option<tokio::net::TcpListener>,
+    ) -> TestServer {
         let security = Security {
             authenticator: security::authenticator(true, max_concurrent_per_client),
             tls: Some(pki.server_tls()),
-            plaintext_health: None,
+            plaintext_health: health,
         };
         let (addr, shutdown, handle) = TestServer::spawn(pool, ServerLimits::default(), security).await;
         let mut anonymous = None;

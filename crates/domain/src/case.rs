@@ -96,6 +96,11 @@ impl CaseHistory {
         &self.events
     }
 
+    /// Records the next event (version `self.version() + 1`).
+    pub fn push(&mut self, event: HistoryEvent) {
+        self.events.push(event);
+    }
+
     /// The case's version: the number of events recorded for it.
     pub fn version(&self) -> u64 {
         self.events.len() as u64

@@ -1,6 +1,7 @@
 //! The `caselog` command: `serve`, `migrate`, `import`, `generate` and `rebuild`.
 
 use anyhow::Context;
+use caselog_domain::{Grant, Principal};
 use caselog_server::auth::{AuthSettings, Authenticator, DevTokens, JwtSettings};
 use caselog_server::generate::{GenerateOptions, compare_with_reference, load, write_ndjson};
 use caselog_server::import::{ImportOptions, LineOutcome, import};
@@ -388,11 +389,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rebuild(args) => {
+            // No migrations here: this runs as the service role, which may not change the schema
+            // (`caselog migrate` does, as the owner).
             let pool = caselog_store::connect(&args.database.database_url, &ConnectSettings::default())?;
-            caselog_store::MIGRATOR
-                .run(&pool)
-                .await
-                .context("applying migrations")?;
             let log = EventLog::new(pool);
             let options = RebuildOptions {
                 verify_only: args.verify,
@@ -411,6 +410,24 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             drop(progress);
             let _ = bar.await;
             eprintln!();
+            // An administrative action like the RPC, recorded with the operating-system user.
+            let operator = Principal {
+                organisation: format!(
+                    "operator:{}",
+                    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+                ),
+                grants: vec![Grant::Administrator],
+            };
+            let outcome = match &result {
+                Ok(summary) => format!("OK {}", summary.describe().join("; ")),
+                Err(err) => err.outcome(),
+            };
+            let detail = serde_json::json!({"verify_only": args.verify, "via": "caselog rebuild"});
+            if let Err(err) =
+                caselog_server::audit::record(&log, &operator, "caselog rebuild", "projections", detail, outcome).await
+            {
+                eprintln!("caselog: warning: the audit record of this rebuild was not written: {err}");
+            }
             let summary = result.map_err(|e| anyhow::anyhow!(e.detail()))?;
             for line in summary.describe() {
                 println!("{line}");

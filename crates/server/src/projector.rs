@@ -4,11 +4,13 @@
 //! and the checkpoint itself.
 
 use crate::error::Error;
+use crate::ingest::payload_of;
 use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload};
 use caselog_projections::{CaseFacts, facts_of};
 use caselog_store::projection::CASE_FACTS;
 use caselog_store::rebuild::Cut;
 use caselog_store::{EventLog, FeedFilter, ReplayRow};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info, instrument, warn};
@@ -24,6 +26,8 @@ pub struct ProjectorSettings {
     /// How long to gather appends after a wake-up before projecting them: under load, one
     /// transaction then covers many appends instead of one each.
     pub gather: Duration,
+    /// Case histories the leader keeps between steps, so that a touched case is not read again.
+    pub cached_cases: usize,
 }
 
 impl Default for ProjectorSettings {
@@ -33,6 +37,7 @@ impl Default for ProjectorSettings {
             leadership_retry: Duration::from_secs(2),
             idle_poll: Duration::from_secs(1),
             gather: Duration::from_millis(20),
+            cached_cases: 20_000,
         }
     }
 }
@@ -44,9 +49,10 @@ pub async fn run(log: EventLog, settings: ProjectorSettings) {
             Ok(Some(mut leadership)) => {
                 info!("leading the projections");
                 let mut wakeups = log.feed_wakeups();
+                let mut histories = HistoryCache::new(settings.cached_cases);
                 loop {
                     wakeups.borrow_and_update();
-                    match apply_next_page(&log, settings.page_size).await {
+                    match apply_next_page_with(&log, settings.page_size, &mut histories).await {
                         Ok(Applied { full: true, .. }) => continue,
                         Ok(Applied { in_flight, .. }) => {
                             let recheck = if in_flight {
@@ -88,11 +94,62 @@ pub struct Applied {
     pub in_flight: bool,
 }
 
+/// The histories of recently projected cases, complete up to `position`: a step that starts at
+/// that checkpoint extends them with its page instead of reading the cases again. Valid only
+/// between successful steps of one leader; anything else empties it.
+#[derive(Debug)]
+pub struct HistoryCache {
+    position: Option<i64>,
+    cases: HashMap<String, CaseHistory>,
+    capacity: usize,
+}
+
+impl HistoryCache {
+    pub fn new(capacity: usize) -> HistoryCache {
+        HistoryCache {
+            position: None,
+            cases: HashMap::new(),
+            capacity,
+        }
+    }
+
+    /// Takes the histories valid at checkpoint `from` (none if the cache is not at it). The
+    /// cache stays invalid until `keep` puts histories back after a successful step.
+    fn take_at(&mut self, from: i64) -> HashMap<String, CaseHistory> {
+        let position = self.position.take();
+        let cases = std::mem::take(&mut self.cases);
+        if position == Some(from) { cases } else { HashMap::new() }
+    }
+
+    fn keep(&mut self, position: i64, mut cases: HashMap<String, CaseHistory>) {
+        while cases.len() > self.capacity {
+            // Any case will do: a miss costs one read.
+            let Some(evicted) = cases.keys().next().cloned() else {
+                break;
+            };
+            cases.remove(&evicted);
+        }
+        self.position = Some(position);
+        self.cases = cases;
+    }
+}
+
 /// Applies the next page of the feed to the case-facts projection, in one transaction with the
-/// checkpoint.
-#[instrument(skip(log), err(level = "debug"))]
+/// checkpoint, reading every touched case from the log.
 pub async fn apply_next_page(log: &EventLog, page_size: i64) -> Result<Applied, Error> {
+    apply_next_page_with(log, page_size, &mut HistoryCache::new(0)).await
+}
+
+/// As `apply_next_page`, extending the histories of cached cases with the page's events and
+/// reading only the others.
+#[instrument(skip(log, histories), err(level = "debug"))]
+pub async fn apply_next_page_with(
+    log: &EventLog,
+    page_size: i64,
+    histories: &mut HistoryCache,
+) -> Result<Applied, Error> {
     let from = log.checkpoint(CASE_FACTS).await?;
+    let mut cached = histories.take_at(from);
     let page = log.read_all(from, page_size, &FeedFilter::default()).await?;
     let to = page.next_after;
     let applied = Applied {
@@ -102,23 +159,50 @@ pub async fn apply_next_page(log: &EventLog, page_size: i64) -> Result<Applied, 
         in_flight: page.horizon.append_in_flight(),
     };
     if to == from {
+        histories.keep(from, cached);
         return Ok(applied);
     }
-    let mut case_ids: Vec<String> = page.events.iter().map(|e| e.case_id.clone()).collect();
-    case_ids.sort();
-    case_ids.dedup();
-    let rows = if case_ids.is_empty() {
-        Vec::new()
-    } else {
-        log.read_cases_up_to(&case_ids, to).await?
-    };
-    let mut facts_rows = Vec::with_capacity(case_ids.len());
-    for facts in fold_cases(&rows)? {
+    // Within a case, positions follow versions (a version is claimed only after the previous
+    // one committed), so the page extends each cached history in order; a gap means the copy
+    // is not whole, and the case is read instead.
+    let mut touched: Vec<String> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for event in &page.events {
+        if seen.insert(event.case_id.as_str()) {
+            touched.push(event.case_id.clone());
+        }
+        if let Some(history) = cached.get_mut(&event.case_id) {
+            if i64::from(event.version) == history.version() as i64 + 1 {
+                history.push(HistoryEvent {
+                    event_id: event.event_id,
+                    occurred_on: event.occurred_on,
+                    payload: payload_of(event)?,
+                });
+            } else {
+                cached.remove(&event.case_id);
+            }
+        }
+    }
+    let mut missing: Vec<String> = touched.iter().filter(|c| !cached.contains_key(*c)).cloned().collect();
+    missing.sort();
+    if !missing.is_empty() {
+        let rows = log.read_cases_up_to(&missing, to).await?;
+        for events in rows.chunk_by(|a, b| a.case_id == b.case_id) {
+            cached.insert(events[0].case_id.clone(), replayed_history(events)?);
+        }
+    }
+    let mut facts_rows = Vec::with_capacity(touched.len());
+    for case_id in &touched {
+        let Some(facts) = cached.get(case_id).and_then(|history| facts_of(case_id, history)) else {
+            continue;
+        };
         let json =
             serde_json::to_value(&facts).map_err(|e| Error::Internal(format!("facts of {}: {e}", facts.case_id)))?;
         facts_rows.push((facts.case_id, json));
     }
-    if !log.save_case_facts(&facts_rows, from, to).await? {
+    if log.save_case_facts(&facts_rows, from, to).await? {
+        histories.keep(to, cached);
+    } else {
         debug!(from, "checkpoint moved by another process; skipping");
     }
     Ok(applied)

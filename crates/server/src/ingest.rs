@@ -4,7 +4,7 @@
 
 use crate::error::Error;
 use caselog_domain::{CaseHistory, EventType, FieldViolation, HistoryEvent, NewEvent, Payload, Principal};
-use caselog_store::{EventLog, NewRow, StoredEvent};
+use caselog_store::{EventLog, GroupAppender, NewRow, StoredEvent};
 use chrono::NaiveDate;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -89,9 +89,10 @@ impl CaseCache {
 
 /// Appends `events` to a case for `writer`, all or none; the writer is recorded as their source.
 /// `today` is the civil date in England.
-#[instrument(skip(log, cache, events, writer), fields(events = events.len(), source = %writer.organisation))]
+#[instrument(skip(log, appender, cache, events, writer), fields(events = events.len(), source = %writer.organisation))]
 pub async fn append(
     log: &EventLog,
+    appender: &GroupAppender,
     cache: &CaseCache,
     case_id: &str,
     events: &[NewEvent],
@@ -111,6 +112,7 @@ pub async fn append(
     }
     let request = AppendRequest {
         log,
+        appender,
         case_id,
         events,
         expected_version,
@@ -168,6 +170,7 @@ enum Attempt {
 
 struct AppendRequest<'a> {
     log: &'a EventLog,
+    appender: &'a GroupAppender,
     case_id: &'a str,
     events: &'a [NewEvent],
     expected_version: Option<u64>,
@@ -187,6 +190,7 @@ impl AppendRequest<'_> {
     ) -> Result<Attempt, Error> {
         let AppendRequest {
             log,
+            appender,
             case_id,
             events,
             expected_version,
@@ -238,7 +242,7 @@ impl AppendRequest<'_> {
         };
         let source = writer.organisation.as_str();
         let rows: Vec<NewRow> = batch.iter().map(row_of).collect();
-        match log.append(case_id, history.version() as i64, source, &rows).await {
+        match appender.append(case_id, history.version() as i64, source, rows.clone()).await {
             Ok(appended) => {
                 let version = appended.last().map_or(history.version() as i64, |a| a.version);
                 let fresh: Vec<(Uuid, i64, i64)> = batch

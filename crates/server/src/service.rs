@@ -9,7 +9,7 @@ use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_server::CaseEventService;
 use caselog_domain::england::date_in_england;
 use caselog_domain::{CaseHistory, FieldViolation, Metadata, Principal};
-use caselog_store::{EventLog, StoredEvent};
+use caselog_store::{EventLog, GroupAppender, GroupSettings, StoredEvent};
 use chrono::Utc;
 use serde_json::json;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ const MAX_PAGE_SIZE: u32 = 1000;
 #[derive(Debug, Clone)]
 pub struct CaseEvents {
     log: EventLog,
+    appender: GroupAppender,
     cache: Arc<CaseCache>,
 }
 
@@ -37,9 +38,11 @@ impl CaseEvents {
         CaseEvents::with_cache(log, DEFAULT_CACHED_CASES)
     }
 
-    /// Keeps up to `cached_cases` recently written cases in memory (see `ingest::CaseCache`).
+    /// Keeps up to `cached_cases` recently written cases in memory (see `ingest::CaseCache`), and
+    /// writes concurrent appends together (see `caselog_store::combine`). Needs a Tokio runtime.
     pub fn with_cache(log: EventLog, cached_cases: usize) -> CaseEvents {
         CaseEvents {
+            appender: GroupAppender::start(log.clone(), GroupSettings::default()),
             log,
             cache: Arc::new(CaseCache::new(cached_cases)),
         }
@@ -100,6 +103,7 @@ impl CaseEventService for CaseEvents {
         let today = date_in_england(Utc::now());
         let appended = ingest::append(
             &self.log,
+            &self.appender,
             &self.cache,
             &request.case_id,
             &events,

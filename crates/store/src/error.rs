@@ -17,6 +17,8 @@ pub enum Error {
     Database(#[source] sqlx::Error),
     #[error("{0:?} is not a database role name this tool will grant to (lower-case letters, digits, '_')")]
     InvalidRoleName(String),
+    #[error("the group appender has stopped")]
+    AppenderStopped,
     #[error("stored event {event_id} cannot be read: {message}")]
     Corrupt { event_id: Uuid, message: String },
 }

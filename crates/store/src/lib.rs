@@ -5,6 +5,7 @@
 //! so it is atomic without an explicit transaction, and its commit time is its `recorded_at`.
 
 pub mod audit;
+pub mod combine;
 mod copy_text;
 mod error;
 pub mod feed;
@@ -13,6 +14,7 @@ pub mod projection;
 pub mod rebuild;
 
 pub use audit::{AuditEntry, AuditQuery, AuditRecord, grant_service_role};
+pub use combine::{GroupAppender, GroupSettings};
 pub use error::Error;
 pub use feed::{FeedFilter, FeedPage, Horizon};
 pub use log::{AppendedRow, EventLog, LoadRow, NewRow, ReplayRow, StoredEvent};

@@ -1,0 +1,205 @@
+//! Group appends: appends to different cases that arrive while others are being written go to
+//! the database together, as one statement and one transaction. Under concurrent load this
+//! spends one statement, one position allocation and one commit on many small appends instead
+//! of one each; a lone append is written at once, as before.
+//!
+//! Each append keeps its own all-or-nothing outcome: when a combined statement fails (a version
+//! or event id already taken by one of its appends), every append in it is retried alone, so
+//! each gets exactly the answer it would have had by itself.
+
+use crate::{AppendedRow, Error, EventLog, NewRow};
+use chrono::{DateTime, NaiveDate, Utc};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{debug, instrument};
+
+/// How appends are grouped.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSettings {
+    /// Combined statements written at the same time (each holds a connection).
+    pub max_in_flight: usize,
+    /// Events in one combined statement.
+    pub max_events: usize,
+}
+
+impl Default for GroupSettings {
+    fn default() -> GroupSettings {
+        GroupSettings {
+            max_in_flight: 4,
+            max_events: 1000,
+        }
+    }
+}
+
+struct Pending {
+    case_id: String,
+    after_version: i64,
+    source: String,
+    rows: Vec<NewRow>,
+    reply: oneshot::Sender<Result<Vec<AppendedRow>, Error>>,
+}
+
+/// Appends like [`EventLog::append`], grouping concurrent ones. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GroupAppender {
+    sender: mpsc::Sender<Pending>,
+}
+
+impl GroupAppender {
+    /// Starts the grouping task on the current Tokio runtime; it ends when every clone is dropped.
+    pub fn start(log: EventLog, settings: GroupSettings) -> GroupAppender {
+        let (sender, receiver) = mpsc::channel(4096);
+        tokio::spawn(group(log, receiver, settings));
+        GroupAppender { sender }
+    }
+
+    /// As [`EventLog::append`]: versions `after_version + 1 ..` of the case, all or none.
+    pub async fn append(
+        &self,
+        case_id: &str,
+        after_version: i64,
+        source: &str,
+        rows: Vec<NewRow>,
+    ) -> Result<Vec<AppendedRow>, Error> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            case_id: case_id.to_owned(),
+            after_version,
+            source: source.to_owned(),
+            rows,
+            reply,
+        };
+        self.sender.send(pending).await.map_err(|_| Error::AppenderStopped)?;
+        answer.await.map_err(|_| Error::AppenderStopped)?
+    }
+}
+
+async fn group(log: EventLog, mut receiver: mpsc::Receiver<Pending>, settings: GroupSettings) {
+    let in_flight = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
+    // Appends to a case already in the group being formed wait for the next one.
+    let mut held: VecDeque<Pending> = VecDeque::new();
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match held.pop_front() {
+            Some(pending) => pending,
+            None => match receiver.recv().await {
+                Some(pending) => pending,
+                None => return,
+            },
+        };
+        let mut cases: HashSet<String> = HashSet::from([first.case_id.clone()]);
+        let mut events = first.rows.len();
+        let mut batch = vec![first];
+        let mut still_held = VecDeque::new();
+        while let Some(pending) = held.pop_front() {
+            if events + pending.rows.len() <= settings.max_events && cases.insert(pending.case_id.clone()) {
+                events += pending.rows.len();
+                batch.push(pending);
+            } else {
+                still_held.push_back(pending);
+            }
+        }
+        held = still_held;
+        while events < settings.max_events {
+            let Ok(pending) = receiver.try_recv() else { break };
+            if events + pending.rows.len() <= settings.max_events && cases.insert(pending.case_id.clone()) {
+                events += pending.rows.len();
+                batch.push(pending);
+            } else {
+                held.push_back(pending);
+            }
+        }
+        let log = log.clone();
+        tokio::spawn(async move {
+            write_group(&log, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn write_group(log: &EventLog, batch: Vec<Pending>) {
+    if batch.len() > 1 {
+        match append_group(log, &batch).await {
+            Ok(mut results) => {
+                for (pending, appended) in batch.into_iter().zip(results.drain(..)) {
+                    let _ = pending.reply.send(Ok(appended));
+                }
+                return;
+            }
+            Err(err) => debug!(error = %err, appends = batch.len(), "group append failed; writing each alone"),
+        }
+    }
+    for pending in batch {
+        let result = log
+            .append(&pending.case_id, pending.after_version, &pending.source, &pending.rows)
+            .await;
+        let _ = pending.reply.send(result);
+    }
+}
+
+/// One statement for the whole group; the rows of each append, in request order.
+#[instrument(skip(log, batch), fields(appends = batch.len()), err(level = "debug"))]
+async fn append_group(log: &EventLog, batch: &[Pending]) -> Result<Vec<Vec<AppendedRow>>, Error> {
+    let total: usize = batch.iter().map(|p| p.rows.len()).sum();
+    let count = i32::try_from(total).map_err(|_| Error::DuplicateEventId)?;
+    let mut case_ids = Vec::with_capacity(total);
+    let mut versions = Vec::with_capacity(total);
+    let mut sources = Vec::with_capacity(total);
+    let mut event_ids = Vec::with_capacity(total);
+    let mut types = Vec::with_capacity(total);
+    let mut occurred: Vec<NaiveDate> = Vec::with_capacity(total);
+    let mut data = Vec::with_capacity(total);
+    let mut metadata = Vec::with_capacity(total);
+    for pending in batch {
+        for (i, row) in pending.rows.iter().enumerate() {
+            case_ids.push(pending.case_id.as_str());
+            versions.push(i32::try_from(pending.after_version + 1 + i as i64).unwrap_or(i32::MAX));
+            sources.push(pending.source.as_str());
+            event_ids.push(row.event_id);
+            types.push(row.event_type.as_str());
+            occurred.push(row.occurred_on);
+            data.push(&row.data);
+            metadata.push(&row.metadata);
+        }
+    }
+    let inserted: Vec<(String, i32, i64, DateTime<Utc>)> = sqlx::query_as(
+        "WITH allocated AS (SELECT caselog_allocate_positions($1) AS positions)
+         INSERT INTO events (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source)
+         SELECT allocated.positions[r.n], r.event_id, r.case_id, r.version, r.event_type, r.occurred_on, r.data, r.metadata, r.source
+           FROM allocated,
+                UNNEST($2::text[], $3::integer[], $4::text[], $5::uuid[], $6::text[], $7::date[], $8::jsonb[], $9::jsonb[])
+                  WITH ORDINALITY AS r(case_id, version, source, event_id, event_type, occurred_on, data, metadata, n)
+         RETURNING case_id, version, position, recorded_at",
+    )
+    .bind(count)
+    .bind(&case_ids)
+    .bind(&versions)
+    .bind(&sources)
+    .bind(&event_ids)
+    .bind(&types)
+    .bind(&occurred)
+    .bind(&data)
+    .bind(&metadata)
+    .fetch_all(&log.pool)
+    .await?;
+    log.signal.appended();
+    let mut by_case: std::collections::HashMap<String, Vec<AppendedRow>> = std::collections::HashMap::new();
+    for (case_id, version, position, recorded_at) in inserted {
+        by_case.entry(case_id).or_default().push(AppendedRow {
+            position,
+            version: i64::from(version),
+            recorded_at,
+        });
+    }
+    Ok(batch
+        .iter()
+        .map(|pending| {
+            let mut rows = by_case.remove(&pending.case_id).unwrap_or_default();
+            rows.sort_by_key(|row| row.version);
+            rows
+        })
+        .collect())
+}

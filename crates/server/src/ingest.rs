@@ -242,7 +242,10 @@ impl AppendRequest<'_> {
         };
         let source = writer.organisation.as_str();
         let rows: Vec<NewRow> = batch.iter().map(row_of).collect();
-        match appender.append(case_id, history.version() as i64, source, rows.clone()).await {
+        match appender
+            .append(case_id, history.version() as i64, source, rows.clone())
+            .await
+        {
             Ok(appended) => {
                 let version = appended.last().map_or(history.version() as i64, |a| a.version);
                 let fresh: Vec<(Uuid, i64, i64)> = batch

@@ -52,6 +52,8 @@ pub struct ServerLimits {
     pub health_interval: Duration,
     /// Recently written cases kept in memory so that the next append to one needs no read.
     pub cached_cases: usize,
+    /// How concurrent appends are grouped into shared statements.
+    pub group_appends: caselog_store::GroupSettings,
     pub feed: FeedSettings,
     pub projector: projector::ProjectorSettings,
 }
@@ -64,6 +66,7 @@ impl Default for ServerLimits {
             concurrency_per_connection: 64,
             health_interval: Duration::from_secs(2),
             cached_cases: service::DEFAULT_CACHED_CASES,
+            group_appends: caselog_store::GroupSettings::default(),
             feed: FeedSettings::default(),
             projector: projector::ProjectorSettings::default(),
         }
@@ -143,8 +146,12 @@ pub async fn run(
             }
         })
     });
-    let case_events = CaseEventServiceServer::new(CaseEvents::with_cache(log, limits.cached_cases))
-        .max_decoding_message_size(limits.max_request_bytes);
+    let case_events = CaseEventServiceServer::new(CaseEvents::with_settings(
+        log,
+        limits.cached_cases,
+        limits.group_appends,
+    ))
+    .max_decoding_message_size(limits.max_request_bytes);
     info!(address = %listener.local_addr()?, "serving gRPC");
     // Small request/response exchanges must not wait on Nagle's algorithm (40 ms stalls);
     // tonic sets TCP_NODELAY only on listeners it binds itself.

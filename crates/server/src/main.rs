@@ -129,6 +129,10 @@ struct ServeArgs {
     /// (0: read every time).
     #[arg(long, env = "CASELOG_CACHED_CASES", default_value_t = caselog_server::service::DEFAULT_CACHED_CASES)]
     cached_cases: usize,
+    /// Grouped append statements written at the same time (concurrent appends to different
+    /// cases share one statement and one commit).
+    #[arg(long, env = "CASELOG_APPEND_GROUPS_IN_FLIGHT", default_value_t = 1)]
+    append_groups_in_flight: usize,
     /// Requests one organisation may have in flight; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "CASELOG_MAX_CONCURRENT_PER_CLIENT", default_value_t = 64)]
     max_concurrent_per_client: usize,
@@ -329,6 +333,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 request_timeout: Duration::from_secs(args.request_timeout_secs),
                 max_request_bytes: args.max_request_bytes,
                 cached_cases: args.cached_cases,
+                group_appends: caselog_store::GroupSettings {
+                    max_in_flight: args.append_groups_in_flight,
+                    ..caselog_store::GroupSettings::default()
+                },
                 ..ServerLimits::default()
             };
             caselog_server::run(listener, EventLog::new(pool), limits, security, shutdown_signal()).await?;

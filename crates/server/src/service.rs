@@ -35,14 +35,14 @@ pub struct CaseEvents {
 
 impl CaseEvents {
     pub fn new(log: EventLog) -> CaseEvents {
-        CaseEvents::with_cache(log, DEFAULT_CACHED_CASES)
+        CaseEvents::with_settings(log, DEFAULT_CACHED_CASES, GroupSettings::default())
     }
 
     /// Keeps up to `cached_cases` recently written cases in memory (see `ingest::CaseCache`), and
     /// writes concurrent appends together (see `caselog_store::combine`). Needs a Tokio runtime.
-    pub fn with_cache(log: EventLog, cached_cases: usize) -> CaseEvents {
+    pub fn with_settings(log: EventLog, cached_cases: usize, group_appends: GroupSettings) -> CaseEvents {
         CaseEvents {
-            appender: GroupAppender::start(log.clone(), GroupSettings::default()),
+            appender: GroupAppender::start(log.clone(), group_appends),
             log,
             cache: Arc::new(CaseCache::new(cached_cases)),
         }

@@ -17,17 +17,23 @@ use tracing::{debug, instrument};
 /// How appends are grouped.
 #[derive(Debug, Clone, Copy)]
 pub struct GroupSettings {
-    /// Combined statements written at the same time (each holds a connection).
+    /// Combined statements written at the same time (each holds a connection). One makes the
+    /// largest groups: appends arriving while a group is written form the next one
+    /// (`caselog-bench suite --only single` measured 1 ahead of 2, 4 and 8; docs/benchmarks.md).
     pub max_in_flight: usize,
     /// Events in one combined statement.
     pub max_events: usize,
+    /// Appends of more events than this are written alone at once: they already amortise a
+    /// statement, and must not queue small appends behind them.
+    pub alone_above: usize,
 }
 
 impl Default for GroupSettings {
     fn default() -> GroupSettings {
         GroupSettings {
-            max_in_flight: 4,
+            max_in_flight: 1,
             max_events: 1000,
+            alone_above: 16,
         }
     }
 }
@@ -44,14 +50,20 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct GroupAppender {
     sender: mpsc::Sender<Pending>,
+    log: EventLog,
+    alone_above: usize,
 }
 
 impl GroupAppender {
     /// Starts the grouping task on the current Tokio runtime; it ends when every clone is dropped.
     pub fn start(log: EventLog, settings: GroupSettings) -> GroupAppender {
         let (sender, receiver) = mpsc::channel(4096);
-        tokio::spawn(group(log, receiver, settings));
-        GroupAppender { sender }
+        tokio::spawn(group(log.clone(), receiver, settings));
+        GroupAppender {
+            sender,
+            log,
+            alone_above: settings.alone_above,
+        }
     }
 
     /// As [`EventLog::append`]: versions `after_version + 1 ..` of the case, all or none.
@@ -62,6 +74,9 @@ impl GroupAppender {
         source: &str,
         rows: Vec<NewRow>,
     ) -> Result<Vec<AppendedRow>, Error> {
+        if rows.len() > self.alone_above {
+            return self.log.append(case_id, after_version, source, &rows).await;
+        }
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             case_id: case_id.to_owned(),

@@ -26,6 +26,9 @@ pub struct GroupSettings {
     /// Appends of more events than this are written alone at once: they already amortise a
     /// statement, and must not queue small appends behind them.
     pub alone_above: usize,
+    /// How long the next group waits for a free slot before it is written anyway: a statement
+    /// that is stuck (waiting on a lock, say) delays the others by this much, never more.
+    pub max_wait: std::time::Duration,
 }
 
 impl Default for GroupSettings {
@@ -34,6 +37,7 @@ impl Default for GroupSettings {
             max_in_flight: 1,
             max_events: 1000,
             alone_above: 16,
+            max_wait: std::time::Duration::from_millis(20),
         }
     }
 }
@@ -95,9 +99,11 @@ async fn group(log: EventLog, mut receiver: mpsc::Receiver<Pending>, settings: G
     // Appends to a case already in the group being formed wait for the next one.
     let mut held: VecDeque<Pending> = VecDeque::new();
     loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
+        // A slot, or after max_wait none: then this group is written beside the others.
+        let permit = tokio::time::timeout(settings.max_wait, in_flight.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok);
         let first = match held.pop_front() {
             Some(pending) => pending,
             None => match receiver.recv().await {

@@ -210,7 +210,7 @@ impl Authenticator {
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| Error::Unauthenticated("the authorization header must be \"Bearer <token>\"".into()))?;
-            return self.from_token(token);
+            return self.principal_of_token(token);
         }
         if self.settings.client_certificates
             && let Some(leaf) = peer_certificates.and_then(|certs| certs.first())
@@ -222,7 +222,7 @@ impl Authenticator {
         ))
     }
 
-    fn from_token(&self, token: &str) -> Result<Principal, Error> {
+    fn principal_of_token(&self, token: &str) -> Result<Principal, Error> {
         if let Some(dev) = &self.settings.dev_tokens
             && let Some(principal) = dev.by_token.get(token)
         {

@@ -87,19 +87,27 @@ impl CaseCache {
     }
 }
 
+/// The write path's parts: the log (reads), the group appender (writes) and the case cache.
+#[derive(Debug, Clone)]
+pub struct WritePath {
+    pub log: EventLog,
+    pub appender: GroupAppender,
+    pub cache: Arc<CaseCache>,
+}
+
 /// Appends `events` to a case for `writer`, all or none; the writer is recorded as their source.
 /// `today` is the civil date in England.
-#[instrument(skip(log, appender, cache, events, writer), fields(events = events.len(), source = %writer.organisation))]
+#[instrument(skip(path, events, writer), fields(events = events.len(), source = %writer.organisation))]
 pub async fn append(
-    log: &EventLog,
-    appender: &GroupAppender,
-    cache: &CaseCache,
+    path: &WritePath,
     case_id: &str,
     events: &[NewEvent],
     expected_version: Option<u64>,
     writer: &Principal,
     today: NaiveDate,
 ) -> Result<Appended, Error> {
+    let WritePath { log, appender, cache } = path;
+    let cache = cache.as_ref();
     let mut violations = caselog_domain::validate_case_id(case_id);
     if events.is_empty() || events.len() > MAX_BATCH {
         violations.push(FieldViolation::new(

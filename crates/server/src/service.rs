@@ -4,7 +4,7 @@ use crate::audit;
 use crate::auth::caller;
 use crate::convert;
 use crate::error::Error;
-use crate::ingest::{self, CaseCache, history_of, payload_of};
+use crate::ingest::{self, CaseCache, WritePath, history_of, payload_of};
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_server::CaseEventService;
 use caselog_domain::england::date_in_england;
@@ -29,8 +29,7 @@ const MAX_PAGE_SIZE: u32 = 1000;
 #[derive(Debug, Clone)]
 pub struct CaseEvents {
     log: EventLog,
-    appender: GroupAppender,
-    cache: Arc<CaseCache>,
+    write_path: WritePath,
 }
 
 impl CaseEvents {
@@ -42,9 +41,12 @@ impl CaseEvents {
     /// writes concurrent appends together (see `caselog_store::combine`). Needs a Tokio runtime.
     pub fn with_settings(log: EventLog, cached_cases: usize, group_appends: GroupSettings) -> CaseEvents {
         CaseEvents {
-            appender: GroupAppender::start(log.clone(), group_appends),
+            write_path: WritePath {
+                appender: GroupAppender::start(log.clone(), group_appends),
+                log: log.clone(),
+                cache: Arc::new(CaseCache::new(cached_cases)),
+            },
             log,
-            cache: Arc::new(CaseCache::new(cached_cases)),
         }
     }
 }
@@ -102,9 +104,7 @@ impl CaseEventService for CaseEvents {
         }
         let today = date_in_england(Utc::now());
         let appended = ingest::append(
-            &self.log,
-            &self.appender,
-            &self.cache,
+            &self.write_path,
             &request.case_id,
             &events,
             request.expected_version,

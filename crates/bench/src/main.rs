@@ -91,6 +91,8 @@ async fn main() -> anyhow::Result<()> {
     caselog_store::create_database_if_missing(&cli.database_url).await?;
     let settings = ConnectSettings {
         max_connections: 40,
+        // The raw side reads and copies the whole log; the service's 30 s guard is not for it.
+        statement_timeout: std::time::Duration::from_secs(3600),
         ..ConnectSettings::default()
     };
     let pool = caselog_store::connect(&cli.database_url, &settings)?;

@@ -186,3 +186,54 @@ async fn a_server_whose_cached_case_is_stale_decides_on_the_log(pool: PgPool) {
         .unwrap();
     assert_eq!(versions, [1, 2, 3, 4, 5]);
 }
+
+/// Appends written together share a statement, yet each keeps its own outcome: one that claims
+/// a version already taken fails alone, and the others are recorded with contiguous versions.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn grouped_appends_keep_their_own_outcomes(pool: PgPool) {
+    use caselog_store::{EventLog, GroupAppender, GroupSettings, NewRow};
+    let log = EventLog::new(pool.clone());
+    let appender = GroupAppender::start(log.clone(), GroupSettings::default());
+    let row = || NewRow {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: "hearing_listed".into(),
+        occurred_on: chrono::NaiveDate::from_ymd_opt(2025, 5, 1).unwrap(),
+        data: serde_json::json!({"hearing_type": "cmh", "listed_for": "2025-06-02"}),
+        metadata: serde_json::json!({}),
+    };
+    log.append("TAKEN", 0, "test", &[row()]).await.unwrap();
+    for round in 0..20 {
+        let mut appends = tokio::task::JoinSet::new();
+        for case in 0..24 {
+            let appender = appender.clone();
+            let rows = vec![row(), row()];
+            appends.spawn(async move {
+                let case_id = format!("G{case}");
+                (
+                    case_id.clone(),
+                    appender.append(&case_id, round * 2, "test", rows).await,
+                )
+            });
+        }
+        let taken = appender.clone();
+        let stale = row();
+        let conflicting = tokio::spawn(async move { taken.append("TAKEN", 0, "test", vec![stale]).await });
+        while let Some(done) = appends.join_next().await {
+            let (case_id, result) = done.unwrap();
+            let appended = result.unwrap_or_else(|e| panic!("{case_id} in round {round}: {e}"));
+            let versions: Vec<i64> = appended.iter().map(|a| a.version).collect();
+            assert_eq!(versions, [round * 2 + 1, round * 2 + 2], "{case_id}");
+            assert!(appended[0].position < appended[1].position);
+        }
+        let refused = conflicting.await.unwrap().unwrap_err();
+        assert!(
+            matches!(refused, caselog_store::Error::VersionConflict { .. }),
+            "{refused}"
+        );
+    }
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 1 + 20 * 24 * 2);
+}

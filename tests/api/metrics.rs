@@ -122,7 +122,7 @@ async fn an_earlier_report_is_reproduced_with_as_of(pool: PgPool) {
     assert_eq!(figure(&reproduced, "T2"), figure(&before, "T2"));
     assert_eq!(
         reproduced.position, 0,
-        "an as-of answer reads the log, not the projection"
+        "an as-of answer is not tied to a projection position"
     );
 }
 

@@ -4,7 +4,7 @@
 use crate::audit;
 use crate::auth::caller;
 use crate::error::Error;
-use crate::projector::facts_at;
+use crate::projector::{facts_at, fold_cases};
 use caselog_api::v1 as pb;
 use caselog_api::v1::metrics_service_server::MetricsService;
 use caselog_calendar::WorkingCalendar;
@@ -175,11 +175,7 @@ impl Metrics {
                 let _fold = self.as_of_folds.try_acquire().map_err(|_| Error::Busy {
                     what: "an as_of query is already being answered by this server".into(),
                 })?;
-                let cases = facts_at(&self.log, Cut::RecordedBy(at)).await?;
-                (
-                    0,
-                    caselog_projections::compute(&query, &cases, calendar).map_err(metrics_error)?,
-                )
+                (0, self.answer_as_of(&query, at, calendar).await?)
             }
             None => {
                 let facts = self.current_facts(request.min_position).await?;
@@ -194,6 +190,39 @@ impl Metrics {
             results: results.into_iter().map(result_out).collect(),
             position: position as u64,
         })
+    }
+
+    /// The figures from the log as it was recorded at `at`. A case with no event recorded after
+    /// `at` has the same facts now as then, so when the projection holds every event recorded
+    /// by `at`, only the cases written since are folded again (cut at `at`); otherwise the whole
+    /// log is folded.
+    async fn answer_as_of(
+        &self,
+        query: &MetricsQuery,
+        at: chrono::DateTime<chrono::Utc>,
+        calendar: &WorkingCalendar,
+    ) -> Result<Vec<caselog_projections::MetricResult>, Error> {
+        let facts = self.current_facts(0).await?;
+        let (last_recorded_by, changed) = self.log.recorded_after(at).await?;
+        if last_recorded_by > facts.position {
+            drop(facts);
+            let cases = facts_at(&self.log, Cut::RecordedBy(at)).await?;
+            return caselog_projections::compute(query, &cases, calendar).map_err(metrics_error);
+        }
+        let refolded = if changed.is_empty() {
+            Vec::new()
+        } else {
+            fold_cases(&self.log.read_cases_recorded_by(&changed, at).await?)?
+        };
+        let changed: std::collections::HashSet<&str> = changed.iter().map(String::as_str).collect();
+        let cases: Vec<&CaseFacts> = facts
+            .cases
+            .iter()
+            .filter(|f| !changed.contains(f.case_id.as_str()))
+            .chain(&refolded)
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        compute_parallel(query, &cases, calendar, threads).map_err(metrics_error)
     }
 
     async fn worklist(&self, request: pb::ListWorklistRequest) -> Result<pb::ListWorklistResponse, Error> {

@@ -4,6 +4,7 @@
 
 use crate::log::{REPLAY_COLUMNS, ReplayRow};
 use crate::{Error, EventLog};
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use tracing::instrument;
 
@@ -77,6 +78,37 @@ impl EventLog {
         .bind(case_ids)
         .bind(up_to)
         .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every event of `case_ids` recorded at or before `at`, ordered by case then version (a
+    /// prefix of each case: a version is written only after the previous one committed).
+    #[instrument(skip(self, case_ids), fields(cases = case_ids.len()), err(level = "debug"))]
+    pub async fn read_cases_recorded_by(
+        &self,
+        case_ids: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<ReplayRow>, Error> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {REPLAY_COLUMNS} FROM events WHERE case_id = ANY($1) AND recorded_at <= $2 ORDER BY case_id, version"
+        )))
+        .bind(case_ids)
+        .bind(at)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// What changed after `at`: the highest position recorded at or before it (0: none), and the
+    /// cases with an event recorded after it. One scan of the log.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn recorded_after(&self, at: DateTime<Utc>) -> Result<(i64, Vec<String>), Error> {
+        Ok(sqlx::query_as(
+            "SELECT coalesce(max(position) FILTER (WHERE recorded_at <= $1), 0),
+                    coalesce(array_agg(DISTINCT case_id) FILTER (WHERE recorded_at > $1), '{}')
+               FROM events",
+        )
+        .bind(at)
+        .fetch_one(&self.pool)
         .await?)
     }
 

@@ -401,7 +401,10 @@ async fn query_latency(pool: &PgPool, channel: &Authed, queries: usize) -> anyho
     .fetch_optional(pool)
     .await?
     .unwrap_or_else(chrono::Utc::now);
-    for (label, at) in [("at the time of the run", chrono::Utc::now()), ("at the log's middle event", middle)] {
+    for (label, at) in [
+        ("at the time of the run", chrono::Utc::now()),
+        ("at the log's middle event", middle),
+    ] {
         let mut as_of = request.clone();
         as_of.as_of = Some(prost_types::Timestamp {
             seconds: at.timestamp(),

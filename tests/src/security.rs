@@ -2,14 +2,11 @@
 //! an ECDSA key pair signing JWTs, and static development tokens, all made at run time.
 
 use caselog_domain::{Grant, Principal};
-use caselog_server::auth::{AuthSettings, Authenticator, DevTokens, JwtSettings};
+use caselog_server::auth::{AuthSettings, Authenticator, BearerToken, DevTokens, JwtSettings};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 /// The development token of the test harness: it migrates history (appends anything) and
@@ -211,20 +208,9 @@ pub fn authenticator(client_certificates: bool, max_concurrent_per_client: usize
     )
 }
 
-/// Adds `authorization: Bearer <token>` to every request.
-#[derive(Debug, Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
 /// A channel whose requests carry a bearer token.
-pub type AuthChannel = InterceptedService<Channel, Bearer>;
+pub type AuthChannel = caselog_server::auth::WithToken;
 
 pub fn with_token(channel: Channel, token: &str) -> AuthChannel {
-    InterceptedService::new(channel, Bearer(format!("Bearer {token}").parse().unwrap()))
+    AuthChannel::new(channel, BearerToken::new(Some(token)).unwrap())
 }

@@ -502,21 +502,10 @@ impl Drop for DevTokenFile {
     }
 }
 
-/// Adds the bench's bearer token to every request.
-#[derive(Debug, Clone)]
-struct BenchToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for BenchToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-type Authed = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BenchToken>;
+type Authed = caselog_server::auth::WithToken;
 
 fn authed(channel: tonic::transport::Channel) -> Authed {
-    let value = tonic::metadata::MetadataValue::try_from(format!("Bearer {BENCH_TOKEN}"))
-        .expect("the bench token is a valid header value");
-    Authed::new(channel, BenchToken(value))
+    let token =
+        caselog_server::auth::BearerToken::new(Some(BENCH_TOKEN)).expect("the bench token is a valid header value");
+    Authed::new(channel, token)
 }

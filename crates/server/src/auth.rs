@@ -408,3 +408,29 @@ where
         }
     }
 }
+
+/// The client side: adds `authorization: Bearer <token>` to every request of a channel (nothing
+/// when there is no token, for a caller identified by its client certificate).
+#[derive(Debug, Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    pub fn new(token: Option<&str>) -> Result<BearerToken, tonic::metadata::errors::InvalidMetadataValue> {
+        token
+            .map(|t| tonic::metadata::MetadataValue::try_from(format!("Bearer {t}")))
+            .transpose()
+            .map(BearerToken)
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose requests carry a bearer token.
+pub type WithToken = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>;

@@ -6,6 +6,7 @@
 //! bad line never stops the lines around it, unless `all_or_nothing` asks for each case to be
 //! recorded whole or not at all.
 
+use crate::auth::{BearerToken, WithToken};
 use crate::convert::new_event_out;
 use crate::ingest::MAX_BATCH;
 use anyhow::Context;
@@ -19,7 +20,6 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tonic::Code;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
@@ -125,12 +125,7 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
             }
         }
     }
-    let authorization = match &options.token {
-        Some(token) => {
-            Some(MetadataValue::try_from(format!("Bearer {token}")).context("the token is not a valid header value")?)
-        }
-        None => None,
-    };
+    let bearer = BearerToken::new(options.token.as_deref()).context("the token is not a valid header value")?;
     let batch_size = if options.all_or_nothing {
         MAX_BATCH
     } else {
@@ -140,17 +135,15 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
     let mut tasks = JoinSet::new();
     for case_id in first_seen {
         let lines = cases.remove(&case_id).unwrap_or_default();
-        let client = CaseEventServiceClient::new(channel.clone())
+        let client = CaseEventServiceClient::with_interceptor(channel.clone(), bearer.clone())
             .max_decoding_message_size(16 * 1024 * 1024)
             .max_encoding_message_size(16 * 1024 * 1024);
         let permits = permits.clone();
-        let authorization = authorization.clone();
         let all_or_nothing = options.all_or_nothing;
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let sender = CaseSender {
                 client,
-                authorization,
                 case_id,
                 all_or_nothing,
             };
@@ -173,8 +166,7 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
 }
 
 struct CaseSender {
-    client: CaseEventServiceClient<Channel>,
-    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    client: CaseEventServiceClient<WithToken>,
     case_id: String,
     all_or_nothing: bool,
 }
@@ -207,14 +199,11 @@ impl CaseSender {
     async fn send_batch(&mut self, batch: &mut Vec<Line>, outcomes: &mut Vec<(usize, LineOutcome)>) {
         let mut transient_failures = 0;
         while !batch.is_empty() {
-            let mut request = tonic::Request::new(pb::AppendEventsRequest {
+            let request = tonic::Request::new(pb::AppendEventsRequest {
                 case_id: self.case_id.clone(),
                 events: batch.iter().map(|(_, e)| new_event_out(e)).collect(),
                 expected_version: None,
             });
-            if let Some(authorization) = &self.authorization {
-                request.metadata_mut().insert("authorization", authorization.clone());
-            }
             let status = match self.client.append_events(request).await {
                 Ok(response) => {
                     for ((line_no, _), appended) in batch.iter().zip(response.into_inner().events) {

@@ -106,8 +106,7 @@ pub async fn append(
     writer: &Principal,
     today: NaiveDate,
 ) -> Result<Appended, Error> {
-    let WritePath { log, appender, cache } = path;
-    let cache = cache.as_ref();
+    let WritePath { log, cache, .. } = path;
     let mut violations = caselog_domain::validate_case_id(case_id);
     if events.is_empty() || events.len() > MAX_BATCH {
         violations.push(FieldViolation::new(
@@ -119,8 +118,7 @@ pub async fn append(
         return Err(Error::invalid(violations));
     }
     let request = AppendRequest {
-        log,
-        appender,
+        path,
         case_id,
         events,
         expected_version,
@@ -177,8 +175,7 @@ enum Attempt {
 }
 
 struct AppendRequest<'a> {
-    log: &'a EventLog,
-    appender: &'a GroupAppender,
+    path: &'a WritePath,
     case_id: &'a str,
     events: &'a [NewEvent],
     expected_version: Option<u64>,
@@ -197,8 +194,7 @@ impl AppendRequest<'_> {
         authority: Authority,
     ) -> Result<Attempt, Error> {
         let AppendRequest {
-            log,
-            appender,
+            path: WritePath { log, appender, .. },
             case_id,
             events,
             expected_version,

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use tracing::instrument;
 
 /// A record to write.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct AuditEntry {
     pub actor: String,
     pub grants: String,
@@ -21,12 +21,8 @@ pub struct AuditEntry {
 pub struct AuditRecord {
     pub id: i64,
     pub recorded_at: DateTime<Utc>,
-    pub actor: String,
-    pub grants: String,
-    pub action: String,
-    pub target: String,
-    pub outcome: String,
-    pub detail: serde_json::Value,
+    #[sqlx(flatten)]
+    pub entry: AuditEntry,
 }
 
 /// Which records to read, oldest first.

@@ -9,7 +9,7 @@ use caselog_domain::england::date_in_england;
 use caselog_domain::interchange::to_line;
 use caselog_domain::{CaseHistory, HistoryEvent};
 use caselog_projections::metrics::Settings;
-use caselog_projections::{CaseFacts, MetricId, MetricsQuery, Period, facts_of};
+use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, facts_of};
 use caselog_store::{EventLog, LoadRow};
 use caselog_workload::{Rng, WorkloadSettings, generate};
 use chrono::{Datelike, NaiveDate};
@@ -158,11 +158,16 @@ pub fn compare_with_reference(facts: &[CaseFacts], last_day: NaiveDate) -> Vec<S
     let (Some(year), Some(q3)) = (Period::financial_year(fy_start), Period::financial_quarter(fy_start, 3)) else {
         return vec!["no complete financial year in the generated window".into()];
     };
-    let query = |metrics: &[MetricId], period: &Period| MetricsQuery {
-        metrics: metrics.to_vec(),
+    // The catalogue gives E3 and E4 per law type.
+    let query = |metric: MetricId, period: &Period| MetricsQuery {
+        metrics: vec![metric],
         period: period.clone(),
         snapshot: Some(year.last),
-        group_by: vec![],
+        group_by: if matches!(metric, MetricId::E3 | MetricId::E4) {
+            vec![Dimension::LawType]
+        } else {
+            vec![]
+        },
         filters: vec![],
         suppress_small_numbers: false,
         settings: Settings::default(),
@@ -196,14 +201,20 @@ pub fn compare_with_reference(facts: &[CaseFacts], last_day: NaiveDate) -> Vec<S
         "metric (period)", "generated", "reference"
     )];
     for (metric, period, reference) in rows {
-        let text = match caselog_projections::compute(&query(&[metric], period), facts, calendar) {
+        let text = match caselog_projections::compute(&query(metric, period), facts, calendar) {
             Ok(results) => results
                 .into_iter()
                 .flat_map(|r| r.rows.into_iter().map(move |row| (r.value_unit, row)))
-                .map(|(unit, row)| match row.value {
-                    Some(v) if unit == "percent" => format!("{v:.1}%"),
-                    Some(v) => format!("{v:.1}"),
-                    None => "-".into(),
+                .map(|(unit, row)| {
+                    let value = match row.value {
+                        Some(v) if unit == "percent" => format!("{v:.1}%"),
+                        Some(v) => format!("{v:.1}"),
+                        None => "-".into(),
+                    };
+                    match row.group.get(&Dimension::LawType) {
+                        Some(law_type) => format!("{value} {law_type}"),
+                        None => value,
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join(" / "),

@@ -85,6 +85,10 @@ pub struct GeneratedEvent {
     pub event: NewEvent,
 }
 
+/// Practitioners holding cases: sized so that the open cases at a 31 March give the published
+/// mean caseload (W1, 18.2).
+const PRACTITIONERS: i64 = 1600;
+
 const COURTS: [&str; 12] = ["LS", "MA", "BI", "LO", "BR", "NE", "SH", "NO", "LE", "PL", "CA", "SO"];
 const PUBLIC_APPS: [ApplicationType; 3] = [
     ApplicationType::S31Care,
@@ -121,14 +125,25 @@ pub fn generate(settings: &WorkloadSettings, calendar: &WorkingCalendar, mut emi
     }
 }
 
-/// Weeks drawn uniformly from `lo..=hi`, except a share `tail` that runs on from a year to about
-/// three (the long-running proceedings of S2).
-fn long_tail(rng: &mut Rng, lo: i64, hi: i64, tail: f64) -> i64 {
-    if rng.chance(tail) {
-        rng.between(52, 160)
-    } else {
-        rng.between(lo, hi)
-    }
+/// How a case runs: within 26 weeks, past 26 weeks, or past a year.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Course {
+    Short,
+    Standard,
+    LongRunning,
+}
+
+impl Course {
+    const ALL: [Course; 3] = [Course::Short, Course::Standard, Course::LongRunning];
+}
+
+/// Weeks a long-running case lasts: past a year, then an exponential tail whose mean excess of
+/// 38 weeks makes the stock over 100 weeks about 0.28 of the stock over 52, as in S2
+/// (2,195 of 8,143 children); capped at six years.
+fn long_running(rng: &mut Rng) -> i64 {
+    const MEAN_EXCESS_WEEKS: f64 = 38.0;
+    let excess = -MEAN_EXCESS_WEEKS * (1.0 - rng.unit()).ln();
+    53 + (excess as i64).min(260)
 }
 
 /// `n` working days after `from` (beyond the calendar, five of every seven days).
@@ -195,11 +210,20 @@ impl<'a> CaseBuilder<'a> {
 
     fn issue(&mut self, issued_on: NaiveDate, court: &str, areas: &[&str]) {
         let public = self.rng.chance(0.30);
-        // Children per case: public about 1.8, private about 1.4.
-        let children = if public {
-            1 + self.rng.weighted(&[0.45, 0.35, 0.15, 0.05])
+        // Durations (T1, T2, T3, S2): public 35% within 26 weeks, 12% past a year; private 58%
+        // ending at or soon after the first hearing, 11% past a year.
+        let course = if public {
+            Course::ALL[self.rng.weighted(&[0.35, 0.53, 0.12])]
         } else {
-            1 + self.rng.weighted(&[0.70, 0.22, 0.08])
+            Course::ALL[self.rng.weighted(&[0.58, 0.31, 0.11])]
+        };
+        // Children per case: public about 1.8, private about 1.43 (D1); sibling groups run longer,
+        // so long-running cases name more children (S2: 1.7 children per case).
+        let children = 1 + match (public, course) {
+            (true, Course::LongRunning) => self.rng.weighted(&[0.35, 0.40, 0.18, 0.07]),
+            (true, _) => self.rng.weighted(&[0.47, 0.35, 0.14, 0.04]),
+            (false, Course::LongRunning) => self.rng.weighted(&[0.50, 0.35, 0.15]),
+            (false, _) => self.rng.weighted(&[0.66, 0.27, 0.07]),
         };
         let apps = if public { &PUBLIC_APPS } else { &PRIVATE_APPS };
         let app = apps[self.rng.weighted(&[0.85, 0.10, 0.05])];
@@ -244,9 +268,9 @@ impl<'a> CaseBuilder<'a> {
         ));
         let received = received_on.unwrap_or(issued_on);
         if public {
-            self.public_case(issued_on, received, &child_list);
+            self.public_case(issued_on, received, &child_list, course);
         } else {
-            self.private_case(issued_on, received, &child_list);
+            self.private_case(issued_on, received, &child_list, course);
         }
     }
 
@@ -301,7 +325,7 @@ impl<'a> CaseBuilder<'a> {
     }
 
     fn practitioner(&mut self) -> String {
-        format!("fca-{:04}", self.rng.between(1, 1300))
+        format!("fca-{:04}", self.rng.between(1, PRACTITIONERS))
     }
 
     /// Visits, letter, engagement record and recommendation for each child.
@@ -401,13 +425,13 @@ impl<'a> CaseBuilder<'a> {
         }
     }
 
-    fn public_case(&mut self, issued_on: NaiveDate, received: NaiveDate, children: &[Child]) {
+    fn public_case(&mut self, issued_on: NaiveDate, received: NaiveDate, children: &[Child], course: Course) {
         let allocated = self.allocate(received, AllocationRole::Guardian);
-        // s31 durations: about 35% within 26 weeks, mean about 39 weeks.
-        let weeks = if self.rng.chance(0.35) {
-            self.rng.between(12, 25)
-        } else {
-            long_tail(self.rng, 27, 52, 1.0 / 6.0)
+        // s31: mean about 39 weeks (T1).
+        let weeks = match course {
+            Course::Short => self.rng.between(12, 25),
+            Course::Standard => self.rng.between(27, 52),
+            Course::LongRunning => long_running(self.rng),
         };
         let closed = issued_on + Duration::days(weeks * 7 + self.rng.between(0, 6));
         let listed_on = wd(self.calendar, issued_on, self.rng.between(10, 20));
@@ -432,7 +456,7 @@ impl<'a> CaseBuilder<'a> {
             }),
         );
         self.engage(children, allocated, filed, closed, 0.62, 0.753, (1, 3));
-        let hearings = self.rng.between(5, 9);
+        let hearings = self.rng.between(7, 11) + weeks / 26;
         self.hearings(listed_on, closed, hearings);
         self.push(
             filed,
@@ -449,7 +473,7 @@ impl<'a> CaseBuilder<'a> {
         );
     }
 
-    fn private_case(&mut self, issued_on: NaiveDate, received: NaiveDate, children: &[Child]) {
+    fn private_case(&mut self, issued_on: NaiveDate, received: NaiveDate, children: &[Child], course: Course) {
         // Safeguarding letter about 4.1 working weeks after receipt, before the FHDRA.
         let letter = wd(self.calendar, received, 20 + self.rng.between(-5, 5));
         self.push(
@@ -467,19 +491,24 @@ impl<'a> CaseBuilder<'a> {
                 listed_for: fhdra,
             }),
         );
-        // s8 durations: about 59% within 26 weeks.
-        let weeks = if self.rng.chance(0.59) {
-            self.rng.between(6, 25)
-        } else {
-            long_tail(self.rng, 27, 45, 1.0 / 8.0)
+        // Short cases end at or soon after the first hearing; the others need a section 7 report
+        // and end after it.
+        let (weeks, section7) = match course {
+            Course::Short => (self.rng.between(5, 9), false),
+            Course::Standard => (self.rng.between(27, 31), true),
+            Course::LongRunning => (long_running(self.rng), true),
         };
-        let closed = issued_on + Duration::days(weeks * 7 + self.rng.between(0, 6));
+        let closed = (issued_on + Duration::days(weeks * 7 + self.rng.between(0, 6))).max(fhdra);
         let allocated = self.allocate(received, AllocationRole::Lead);
-        let further = self.rng.between(4, 7);
+        let further = if section7 {
+            self.rng.between(6, 9) + weeks / 26
+        } else {
+            self.rng.between(1, 3)
+        };
         self.hearings(fhdra, closed, further);
-        if self.rng.chance(0.5) && fhdra < closed {
+        if section7 && fhdra < closed {
             let report_id = format!("{}-S7", self.case_id);
-            let due = wd(self.calendar, fhdra, 60);
+            let due = wd(self.calendar, fhdra, 72);
             self.push(
                 fhdra,
                 Payload::ReportOrdered(ReportOrdered {
@@ -501,7 +530,7 @@ impl<'a> CaseBuilder<'a> {
                 );
             }
             // Section 7 about 14.6 working weeks from the order.
-            let filed = wd(self.calendar, fhdra, 73 + self.rng.between(-20, 20))
+            let filed = wd(self.calendar, fhdra, 76 + self.rng.between(-12, 12))
                 .min(latest_due + Duration::days(self.rng.between(-5, 5)));
             let filed = filed.max(fhdra);
             let closed = closed.max(filed);

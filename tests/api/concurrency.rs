@@ -237,3 +237,65 @@ async fn grouped_appends_keep_their_own_outcomes(pool: PgPool) {
         .unwrap();
     assert_eq!(total, 1 + 20 * 24 * 2);
 }
+
+/// Large batches are written with `COPY`; racing ones from servers that share no cache still
+/// leave every case's versions contiguous and each batch whole.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn racing_large_batches_from_separate_servers_stay_whole(pool: PgPool) {
+    const SERVERS: usize = 4;
+    const BATCHES_PER_SERVER: usize = 6;
+    const EVENTS_PER_BATCH: usize = 80;
+    let servers = start_servers(SERVERS, &pool).await;
+    servers[0]
+        .client()
+        .append_events(append("BIG", vec![event("2025-04-17", issued_public(&["c1"]))]))
+        .await
+        .unwrap();
+    let mut writers = tokio::task::JoinSet::new();
+    for (s, server) in servers.iter().enumerate() {
+        let mut client = server.client();
+        writers.spawn(async move {
+            let mut batches = Vec::new();
+            for _ in 0..BATCHES_PER_SERVER {
+                let batch: Vec<pb::NewEvent> = (0..EVENTS_PER_BATCH)
+                    .map(|_| event("2025-05-01", hearing("2025-06-01")))
+                    .collect();
+                loop {
+                    match client.append_events(append("BIG", batch.clone())).await {
+                        Ok(_) => break,
+                        Err(status) if status.code() == Code::Aborted => continue,
+                        Err(status) => panic!("server {s}: {status:?}"),
+                    }
+                }
+                batches.push(batch.into_iter().map(|e| e.event_id).collect::<Vec<_>>());
+            }
+            batches
+        });
+    }
+    let mut batches = Vec::new();
+    while let Some(done) = writers.join_next().await {
+        batches.extend(done.unwrap());
+    }
+    let rows: Vec<(i32, uuid::Uuid)> =
+        sqlx::query_as("SELECT version, event_id FROM events WHERE case_id = 'BIG' ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 1 + SERVERS * BATCHES_PER_SERVER * EVENTS_PER_BATCH);
+    let versions: Vec<i32> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(versions, (1..=rows.len() as i32).collect::<Vec<_>>());
+    // Each batch occupies consecutive versions, in the order it was sent.
+    let ids: Vec<String> = rows.iter().map(|r| r.1.to_string()).collect();
+    for batch in &batches {
+        let start = ids.iter().position(|id| *id == batch[0]).unwrap();
+        assert_eq!(&ids[start..start + batch.len()], batch.as_slice());
+    }
+}
+
+async fn start_servers(count: usize, pool: &PgPool) -> Vec<TestServer> {
+    let mut servers = Vec::with_capacity(count);
+    for _ in 0..count {
+        servers.push(TestServer::start(pool.clone()).await);
+    }
+    servers
+}

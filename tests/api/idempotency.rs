@@ -161,3 +161,82 @@ async fn a_retry_after_a_lost_reply_is_acknowledged_with_the_original_positions(
     assert_eq!(acknowledged, stored);
     assert_eq!(event_count(&pool).await, 2);
 }
+
+/// A batch large enough to be written with `COPY`: the case issued, then hearings.
+fn large_batch(events: usize) -> Vec<pb::NewEvent> {
+    let mut batch = vec![event("2025-04-17", issued_public(&["c1"]))];
+    batch.extend((1..events).map(|_| event("2025-05-01", hearing("2025-06-02"))));
+    batch
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_large_batch_is_appended_whole_and_its_resend_writes_nothing(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let mut client = server.client();
+    let batch = large_batch(300);
+    let first = client
+        .append_events(append("LS1", batch.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.version, 300);
+    let versions: Vec<u64> = first.events.iter().map(|e| e.version).collect();
+    assert_eq!(versions, (1..=300).collect::<Vec<u64>>());
+    assert!(first.events.windows(2).all(|w| w[0].position < w[1].position));
+    let stored: Vec<(i64, i32)> = sqlx::query_as("SELECT position, version FROM events ORDER BY version")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let answered: Vec<(i64, i32)> = first
+        .events
+        .iter()
+        .map(|e| (e.position as i64, e.version as i32))
+        .collect();
+    assert_eq!(stored, answered, "the reply names the positions the log holds");
+
+    // From another server, whose cache does not hold the case: the read path decides.
+    let other = TestServer::start(pool.clone()).await;
+    let second = other
+        .client()
+        .append_events(append("LS1", batch))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(event_count(&pool).await, 300);
+    assert!(second.events.iter().all(|e| e.already_present));
+    assert_eq!(second.events[299].position, first.events[299].position);
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_large_batch_reusing_an_id_of_another_case_writes_nothing(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let mut client = server.client();
+    let elsewhere = event("2025-04-17", issued_public(&["c1"]));
+    client
+        .append_events(append("LS2", vec![elsewhere.clone()]))
+        .await
+        .unwrap();
+    let mut batch = large_batch(200);
+    batch[150].event_id = elsewhere.event_id.clone();
+
+    // A fresh server: the case is new to it and the id is found only by the unique index.
+    let other = TestServer::start(pool.clone()).await;
+    let status = other.client().append_events(append("LS1", batch)).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert_eq!(reason(&status), "EVENT_ID_REUSED");
+    assert_eq!(error_metadata(&status, "event_index").as_deref(), Some("150"));
+    assert_eq!(event_count(&pool).await, 1, "nothing of the batch is written");
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_large_batch_with_a_stale_expected_version_is_aborted(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let mut client = server.client();
+    client.append_events(append("LS1", large_batch(100))).await.unwrap();
+    let more: Vec<pb::NewEvent> = (0..100).map(|_| event("2025-05-02", hearing("2025-06-03"))).collect();
+    let mut request = append("LS1", more);
+    request.expected_version = Some(99);
+    let status = client.append_events(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert_eq!(event_count(&pool).await, 100);
+}

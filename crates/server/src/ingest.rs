@@ -146,7 +146,13 @@ pub async fn append(
             let jitter = u64::from(Uuid::new_v4().as_bytes()[0]) % (2 * u64::from(attempt.min(10)));
             tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
         }
-        let (stored, elsewhere) = log.read_case_and_events(case_id, &ids).await?;
+        // The first read skips the batch's ids in other cases: a new id is the rule, and the
+        // unique event id refuses the append otherwise, which sends it round again to read them.
+        let (stored, elsewhere) = if attempt == 0 {
+            (log.read_case(case_id).await?, Vec::new())
+        } else {
+            log.read_case_and_events(case_id, &ids).await?
+        };
         let history = history_of(&stored)?;
         let state = CaseState { stored, history };
         match request.attempt(&state, &elsewhere, Authority::Recorded).await? {

@@ -62,6 +62,43 @@ pub struct ReplayRow {
     pub data: String,
 }
 
+/// Appends of at least this many rows are written with `COPY`, whose multi-row insert outruns a
+/// row-at-a-time `INSERT … SELECT` by far once a batch pays for the transaction's extra round
+/// trips.
+const COPY_FROM_ROWS: usize = 64;
+
+/// One `events` row in `COPY` text format.
+fn push_copy_row(buffer: &mut Vec<u8>, position: i64, case_id: &str, version: i64, source: &str, row: &NewRow) {
+    crate::copy_text::copy_text_row(
+        buffer,
+        &[
+            &position.to_string(),
+            &row.event_id.to_string(),
+            case_id,
+            &version.to_string(),
+            &row.event_type,
+            &row.occurred_on.to_string(),
+            &row.data.to_string(),
+            &row.metadata.to_string(),
+            source,
+        ],
+    );
+}
+
+/// Writes `COPY` text rows into `events` inside `tx`.
+async fn copy_in(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, buffer: Vec<u8>) -> Result<(), sqlx::Error> {
+    let mut copy = tx
+        .copy_in_raw(
+            "COPY events (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source) FROM STDIN",
+        )
+        .await?;
+    if let Err(err) = copy.send(buffer).await {
+        copy.abort("send failed").await.ok();
+        return Err(err);
+    }
+    copy.finish().await.map(|_| ())
+}
+
 pub(crate) const REPLAY_COLUMNS: &str = "case_id, event_id, version, event_type, occurred_on, data::text AS data";
 
 pub(crate) const COLUMNS: &str =
@@ -93,6 +130,9 @@ impl EventLog {
         source: &str,
         rows: &[NewRow],
     ) -> Result<Vec<AppendedRow>, Error> {
+        if rows.len() >= COPY_FROM_ROWS {
+            return self.append_by_copy(case_id, after_version, source, rows).await;
+        }
         let count = i32::try_from(rows.len()).map_err(|_| Error::DuplicateEventId)?;
         let first_version = after_version + 1;
         let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
@@ -134,6 +174,42 @@ impl EventLog {
         Ok(appended)
     }
 
+    /// [`EventLog::append`] for a large batch: positions allocated, then the rows written with
+    /// `COPY`, in one transaction. `recorded_at` is the transaction's `now()`, which is what the
+    /// column's default gives the copied rows.
+    async fn append_by_copy(
+        &self,
+        case_id: &str,
+        after_version: i64,
+        source: &str,
+        rows: &[NewRow],
+    ) -> Result<Vec<AppendedRow>, Error> {
+        let count = i32::try_from(rows.len()).map_err(|_| Error::DuplicateEventId)?;
+        let first_version = after_version + 1;
+        let mut tx = self.pool.begin().await?;
+        let (positions, recorded_at): (Vec<i64>, DateTime<Utc>) =
+            sqlx::query_as("SELECT caselog_allocate_positions($1), now()")
+                .bind(count)
+                .fetch_one(&mut *tx)
+                .await?;
+        let mut buffer = Vec::with_capacity(rows.len() * 400);
+        let mut appended = Vec::with_capacity(rows.len());
+        for ((row, position), version) in rows.iter().zip(&positions).zip(first_version..) {
+            push_copy_row(&mut buffer, *position, case_id, version, source, row);
+            appended.push(AppendedRow {
+                position: *position,
+                version,
+                recorded_at,
+            });
+        }
+        copy_in(&mut tx, buffer)
+            .await
+            .map_err(|e| Error::from_sqlx(e, case_id, first_version))?;
+        tx.commit().await?;
+        self.signal.appended();
+        Ok(appended)
+    }
+
     /// Appends whole new cases in one transaction with `COPY`: the bulk path for loading a
     /// generated or migrated history. Positions are allocated as for any append (so the feed
     /// never skips them) in the order of `rows`; each case's versions are given by the caller,
@@ -153,32 +229,17 @@ impl EventLog {
             .await?;
         let mut buffer = Vec::with_capacity(rows.len() * 400);
         for (row, position) in rows.iter().zip(&positions) {
-            crate::copy_text::copy_text_row(
+            push_copy_row(
                 &mut buffer,
-                &[
-                    &position.to_string(),
-                    &row.row.event_id.to_string(),
-                    &row.case_id,
-                    &row.version.to_string(),
-                    &row.row.event_type,
-                    &row.row.occurred_on.to_string(),
-                    &row.row.data.to_string(),
-                    &row.row.metadata.to_string(),
-                    &row.source,
-                ],
+                *position,
+                &row.case_id,
+                i64::from(row.version),
+                &row.source,
+                &row.row,
             );
         }
-        let mut copy = tx
-            .copy_in_raw(
-                "COPY events (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source) FROM STDIN",
-            )
-            .await?;
-        if let Err(err) = copy.send(buffer).await {
-            copy.abort("send failed").await.ok();
-            return Err(err.into());
-        }
         let first = &rows[0];
-        copy.finish()
+        copy_in(&mut tx, buffer)
             .await
             .map_err(|e| Error::from_sqlx(e, &first.case_id, i64::from(first.version)))?;
         tx.commit().await?;

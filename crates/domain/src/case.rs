@@ -149,8 +149,25 @@ impl CaseHistory {
     /// `today` is the civil date in England now. Nothing is partially accepted: the first refused
     /// event refuses the batch.
     pub fn decide(&self, batch: &[NewEvent], today: NaiveDate) -> Result<CaseHistory, BatchRejection> {
-        check_batch_shape(batch, today)?;
         let mut next = self.clone();
+        next.accept(batch, today)?;
+        Ok(next)
+    }
+
+    /// [`CaseHistory::decide`] in place, for a caller that owns the history: no copy of it is
+    /// made. A refused batch leaves the history as it was.
+    pub fn accept(&mut self, batch: &[NewEvent], today: NaiveDate) -> Result<(), BatchRejection> {
+        let before = self.events.len();
+        let accepted = self.push_checked(batch, today);
+        if accepted.is_err() {
+            self.events.truncate(before);
+        }
+        accepted
+    }
+
+    fn push_checked(&mut self, batch: &[NewEvent], today: NaiveDate) -> Result<(), BatchRejection> {
+        check_batch_shape(batch, today)?;
+        let next = self;
         // The view is kept up to date event by event (refolding it for each event of a
         // 1,000-event batch was quadratic); only a void, which changes the past, refolds it.
         let mut view = next.view();
@@ -173,7 +190,7 @@ impl CaseHistory {
                 view = next.view();
             }
         }
-        Ok(next)
+        Ok(())
     }
 
     /// Checks one event against the history and its current `view`.

@@ -305,6 +305,34 @@ proptest! {
         prop_assert!(replayed.is_ok(), "{:?}", replayed.err());
         prop_assert_eq!(replayed.unwrap(), history);
     }
+
+    /// Accepting a batch in place (the write path's cached cases) gives what deciding it gives,
+    /// and a refused batch leaves the history exactly as it was, however far into it the
+    /// refusal comes.
+    #[test]
+    fn accepting_in_place_agrees_with_deciding(
+        batches in prop::collection::vec(prop::collection::vec(candidate(), 1..6), 1..10)
+    ) {
+        let mut in_place = CaseHistory::default();
+        let mut accepted: Vec<NewEvent> = Vec::new();
+        for candidates in batches {
+            let batch: Vec<NewEvent> = candidates
+                .into_iter()
+                .map(|(kind, on, child, report)| build(kind, on, child, report, &accepted))
+                .collect();
+            let before = in_place.clone();
+            let decided = before.decide(&batch, day(TODAY));
+            let outcome = in_place.accept(&batch, day(TODAY));
+            prop_assert_eq!(outcome.is_ok(), decided.is_ok());
+            match decided {
+                Ok(next) => {
+                    prop_assert_eq!(&in_place, &next);
+                    accepted.extend(batch);
+                }
+                Err(_) => prop_assert_eq!(&in_place, &before),
+            }
+        }
+    }
 }
 
 fn check_invariants(history: &CaseHistory) -> Result<(), TestCaseError> {

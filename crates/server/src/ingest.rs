@@ -6,7 +6,7 @@ use crate::error::Error;
 use caselog_domain::{CaseHistory, EventType, FieldViolation, HistoryEvent, NewEvent, Payload, Principal};
 use caselog_store::{EventLog, GroupAppender, NewRow, StoredEvent};
 use chrono::NaiveDate;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tracing::{debug, instrument};
 use uuid::Uuid;
@@ -45,9 +45,13 @@ struct CaseState {
 /// it claims the next version and `UNIQUE (case_id, version)` refuses it otherwise. A refused
 /// claim, a rule refusal (a later event might change it) or an expected version that differs
 /// send the append down the read path, which is always authoritative.
+///
+/// An append takes its case out of the cache and puts the case as it then stands back, so that
+/// the case is extended in place rather than copied: a concurrent append to the same case finds
+/// it missing and reads it, which is always correct.
 #[derive(Debug)]
 pub struct CaseCache {
-    cases: Mutex<HashMap<String, Arc<CaseState>>>,
+    cases: Mutex<HashMap<String, CaseState>>,
     capacity: usize,
 }
 
@@ -60,12 +64,12 @@ impl CaseCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<CaseState>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CaseState>> {
         self.cases.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn get(&self, case_id: &str) -> Option<Arc<CaseState>> {
-        self.lock().get(case_id).cloned()
+    fn take(&self, case_id: &str) -> Option<CaseState> {
+        self.lock().remove(case_id)
     }
 
     fn put(&self, case_id: &str, state: CaseState) {
@@ -79,11 +83,7 @@ impl CaseCache {
                 cases.remove(&evicted);
             }
         }
-        cases.insert(case_id.to_owned(), Arc::new(state));
-    }
-
-    fn forget(&self, case_id: &str) {
-        self.lock().remove(case_id);
+        cases.insert(case_id.to_owned(), state);
     }
 }
 
@@ -125,18 +125,13 @@ pub async fn append(
         writer,
         today,
     };
-    if let Some(cached) = cache.get(case_id) {
-        match request.attempt(&cached, &[], Authority::Cached).await? {
+    if let Some(cached) = cache.take(case_id) {
+        match request.attempt(cached, &[], Authority::Cached).await? {
             Attempt::Done(appended, state) => {
-                if let Some(state) = state {
-                    cache.put(case_id, state);
-                }
+                cache.put(case_id, state);
                 return Ok(appended);
             }
-            Attempt::Undecided => {
-                debug!(case_id, "cached case is behind the log; reading it");
-                cache.forget(case_id);
-            }
+            Attempt::Undecided => debug!(case_id, "cached case is behind the log; reading it"),
         }
     }
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
@@ -155,9 +150,9 @@ pub async fn append(
         };
         let history = history_of(&stored)?;
         let state = CaseState { stored, history };
-        match request.attempt(&state, &elsewhere, Authority::Recorded).await? {
-            Attempt::Done(appended, next) => {
-                cache.put(case_id, next.unwrap_or(state));
+        match request.attempt(state, &elsewhere, Authority::Recorded).await? {
+            Attempt::Done(appended, state) => {
+                cache.put(case_id, state);
                 return Ok(appended);
             }
             Attempt::Undecided => debug!(case_id, "lost a race with a concurrent append; deciding again"),
@@ -174,8 +169,8 @@ enum Authority {
 }
 
 enum Attempt {
-    /// Appended (with the case as it now stands), or every event was already recorded.
-    Done(Appended, Option<CaseState>),
+    /// Appended, or every event was already recorded; with the case as it now stands.
+    Done(Appended, CaseState),
     /// The case moved on meanwhile (or, when cached, may have): read it and decide again.
     Undecided,
 }
@@ -195,7 +190,7 @@ impl AppendRequest<'_> {
     /// unique event id refuses the append instead).
     async fn attempt(
         &self,
-        state: &CaseState,
+        mut state: CaseState,
         elsewhere: &[StoredEvent],
         authority: Authority,
     ) -> Result<Attempt, Error> {
@@ -207,15 +202,20 @@ impl AppendRequest<'_> {
             writer,
             today,
         } = *self;
-        let history = &state.history;
         // Before anything tells whether the case or its events exist. The parties of a case never
         // change, so a cached case answers this as well as a read one.
-        writer.may_append(history, events)?;
-        let recorded: HashMap<Uuid, &StoredEvent> =
-            state.stored.iter().chain(elsewhere).map(|e| (e.event_id, e)).collect();
+        writer.may_append(&state.history, events)?;
+        let wanted: HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let found: HashMap<Uuid, &StoredEvent> = state
+            .stored
+            .iter()
+            .chain(elsewhere)
+            .filter(|e| wanted.contains(&e.event_id))
+            .map(|e| (e.event_id, e))
+            .collect();
         let mut new_indices = Vec::new();
         for (index, event) in events.iter().enumerate() {
-            match recorded.get(&event.event_id) {
+            match found.get(&event.event_id) {
                 Some(existing) if same_content(existing, case_id, event) => {}
                 Some(_) => {
                     return Err(Error::EventIdReused {
@@ -226,64 +226,64 @@ impl AppendRequest<'_> {
                 None => new_indices.push(index),
             }
         }
+        let recorded: HashMap<Uuid, (i64, i64)> = found
+            .into_iter()
+            .map(|(id, e)| (id, (e.position, i64::from(e.version))))
+            .collect();
+        let version_before = state.history.version();
         if new_indices.is_empty() {
             debug!(case_id, "every event already recorded");
-            return Ok(Attempt::Done(
-                outcomes(events, &recorded, history.version() as i64, &[]),
-                None,
-            ));
+            let result = outcomes(events, &recorded, version_before as i64, &[]);
+            return Ok(Attempt::Done(result, state));
         }
         if let Some(expected) = expected_version
-            && expected != history.version()
+            && expected != version_before
         {
             return match authority {
                 Authority::Recorded => Err(Error::VersionConflict {
                     expected,
-                    actual: history.version(),
+                    actual: version_before,
                 }),
                 Authority::Cached => Ok(Attempt::Undecided),
             };
         }
         let batch: Vec<NewEvent> = new_indices.iter().map(|&i| events[i].clone()).collect();
-        let decided = match history.decide(&batch, today) {
-            Ok(decided) => decided,
-            Err(_) if authority == Authority::Cached => return Ok(Attempt::Undecided),
-            Err(rejection) => return Err(Error::from_rejection(rejection, &new_indices)),
-        };
+        // From here on `state` holds the batch; it is kept only if the append commits.
+        if let Err(rejection) = state.history.accept(&batch, today) {
+            return match authority {
+                Authority::Cached => Ok(Attempt::Undecided),
+                Authority::Recorded => Err(Error::from_rejection(rejection, &new_indices)),
+            };
+        }
         let source = writer.organisation.as_str();
         let rows: Vec<NewRow> = batch.iter().map(row_of).collect();
         match appender
-            .append(case_id, history.version() as i64, source, rows.clone())
+            .append(case_id, version_before as i64, source, rows.clone())
             .await
         {
             Ok(appended) => {
-                let version = appended.last().map_or(history.version() as i64, |a| a.version);
+                let version = appended.last().map_or(version_before as i64, |a| a.version);
                 let fresh: Vec<(Uuid, i64, i64)> = batch
                     .iter()
                     .zip(&appended)
                     .map(|(e, a)| (e.event_id, a.position, a.version))
                     .collect();
                 let result = outcomes(events, &recorded, version, &fresh);
-                let mut stored = state.stored.clone();
-                stored.extend(rows.into_iter().zip(&appended).map(|(row, at)| StoredEvent {
-                    position: at.position,
-                    event_id: row.event_id,
-                    case_id: case_id.to_owned(),
-                    version: at.version as i32,
-                    event_type: row.event_type,
-                    occurred_on: row.occurred_on,
-                    data: row.data,
-                    metadata: row.metadata,
-                    source: source.to_owned(),
-                    recorded_at: at.recorded_at,
-                }));
-                Ok(Attempt::Done(
-                    result,
-                    Some(CaseState {
-                        stored,
-                        history: decided,
-                    }),
-                ))
+                state
+                    .stored
+                    .extend(rows.into_iter().zip(&appended).map(|(row, at)| StoredEvent {
+                        position: at.position,
+                        event_id: row.event_id,
+                        case_id: case_id.to_owned(),
+                        version: at.version as i32,
+                        event_type: row.event_type,
+                        occurred_on: row.occurred_on,
+                        data: row.data,
+                        metadata: row.metadata,
+                        source: source.to_owned(),
+                        recorded_at: at.recorded_at,
+                    }));
+                Ok(Attempt::Done(result, state))
             }
             Err(caselog_store::Error::VersionConflict { .. })
                 if expected_version.is_some() && authority == Authority::Recorded =>
@@ -304,17 +304,17 @@ impl AppendRequest<'_> {
 
 fn outcomes(
     events: &[NewEvent],
-    recorded: &HashMap<Uuid, &StoredEvent>,
+    recorded: &HashMap<Uuid, (i64, i64)>,
     version: i64,
     fresh: &[(Uuid, i64, i64)],
 ) -> Appended {
     let events = events
         .iter()
         .map(|e| match recorded.get(&e.event_id) {
-            Some(stored) => EventOutcome {
+            Some(&(position, version)) => EventOutcome {
                 event_id: e.event_id,
-                position: stored.position,
-                version: i64::from(stored.version),
+                position,
+                version,
                 already_present: true,
             },
             None => {

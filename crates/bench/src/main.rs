@@ -61,6 +61,10 @@ enum Bench {
         /// Run only these measurements (replay, query, batch, single, keep-up).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// An argument passed on to the `caselog serve` child, to measure a setting
+        /// (e.g. `--serve-arg=--append-groups-in-flight=2`); repeatable.
+        #[arg(long, allow_hyphen_values = true)]
+        serve_arg: Vec<String>,
     },
     /// The cost of the never-skipping feed on appends, and commit-to-delivery latency.
     Feed {
@@ -111,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             clients,
             keep_up_rate,
             only,
+            serve_arg,
         } => {
             let caselog = match caselog {
                 Some(path) => path,
@@ -127,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
                 clients,
                 keep_up_rate,
                 only,
+                serve_args: serve_arg,
             };
             suite::run(&pool, &options).await?;
         }

@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio_stream::StreamExt;
@@ -45,6 +45,8 @@ pub struct SuiteOptions {
     pub keep_up_rate: u64,
     /// Which measurements to run: replay, query, batch, single, keep-up (all when empty).
     pub only: Vec<String>,
+    /// Extra arguments for the `caselog serve` child.
+    pub serve_args: Vec<String>,
 }
 
 impl SuiteOptions {
@@ -282,6 +284,7 @@ impl Service {
                 "--dev-tokens",
             ])
             .arg(&dev_tokens.path)
+            .args(&options.serve_args)
             .env("DATABASE_URL", &options.database_url)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -538,67 +541,79 @@ fn copy_rows(request: &pb::AppendEventsRequest, first_position: i64) -> Vec<u8> 
 
 /// Single-event AppendEvents from `clients` concurrent clients (each its own case), against
 /// single-row INSERT transactions at the same concurrency (what pgbench would run).
+/// Single-event appends, raw and ours in alternating rounds: on a shared machine the capacity
+/// drifts over tens of seconds, and alternating spreads the drift over both sides.
 async fn single_appends(pool: &PgPool, channel: &Authed, clients: usize, duration: Duration) -> anyhow::Result<()> {
+    const ROUNDS: u32 = 3;
     println!(
-        "\n== single-event appends: {clients} concurrent clients, {} s each side",
+        "\n== single-event appends: {clients} concurrent clients, {} s each side in {ROUNDS} alternating rounds",
         duration.as_secs()
     );
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let raw = timed_loop(clients, duration, |c| {
-        let pool = pool.clone();
-        let prefix = format!("RAW-{}-{c}", &run[..8]);
-        let mut sent = 0usize;
-        move || {
+    // Requests sent so far by each client, carried across rounds so that cases keep rotating.
+    let counters = || -> Vec<Arc<AtomicUsize>> { (0..clients).map(|_| Arc::default()).collect() };
+    let (raw_sent, ours_sent) = (counters(), counters());
+    let (mut raw, mut ours) = (Timed::default(), Timed::default());
+    for _ in 0..ROUNDS {
+        let round = timed_loop(clients, duration / ROUNDS, |c| {
             let pool = pool.clone();
-            let case_id = format!("{prefix}-{}", sent % CASES_PER_CLIENT);
-            let version = (sent / CASES_PER_CLIENT + 1) as i32;
-            sent += 1;
-            async move {
-                sqlx::query(
-                    "INSERT INTO bench_events_plain (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source)
-                     VALUES (nextval('bench_plain_position'), $1, $2, $3, 'hearing_listed', '2025-05-01',
-                             '{\"hearing_type\": \"cmh\", \"listed_for\": \"2025-07-01\"}', '{}', 'bench')",
-                )
-                .bind(uuid::Uuid::new_v4())
-                .bind(case_id)
-                .bind(version)
-                .execute(&pool)
-                .await?;
-                anyhow::Ok(())
+            let prefix = format!("RAW-{}-{c}", &run[..8]);
+            let sent = raw_sent[c].clone();
+            move || {
+                let pool = pool.clone();
+                let n = sent.fetch_add(1, Ordering::Relaxed);
+                let case_id = format!("{prefix}-{}", n % CASES_PER_CLIENT);
+                let version = (n / CASES_PER_CLIENT + 1) as i32;
+                async move {
+                    sqlx::query(
+                        "INSERT INTO bench_events_plain (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source)
+                         VALUES (nextval('bench_plain_position'), $1, $2, $3, 'hearing_listed', '2025-05-01',
+                                 '{\"hearing_type\": \"cmh\", \"listed_for\": \"2025-07-01\"}', '{}', 'bench')",
+                    )
+                    .bind(uuid::Uuid::new_v4())
+                    .bind(case_id)
+                    .bind(version)
+                    .execute(&pool)
+                    .await?;
+                    anyhow::Ok(())
+                }
             }
-        }
-    })
-    .await?;
-    let ours = timed_loop(clients, duration, |c| {
-        let client = CaseEventServiceClient::new(channel.clone());
-        let prefix = format!("ONE-{}-{c}", &run[..8]);
-        let mut sent = 0usize;
-        move || {
-            let mut client = client.clone();
-            let request = rotating_request(&prefix, sent, 1);
-            sent += 1;
-            async move {
-                client.append_events(request).await?;
-                anyhow::Ok(())
+        })
+        .await?;
+        raw.add(round);
+        let round = timed_loop(clients, duration / ROUNDS, |c| {
+            let client = CaseEventServiceClient::new(channel.clone());
+            let prefix = format!("ONE-{}-{c}", &run[..8]);
+            let sent = ours_sent[c].clone();
+            move || {
+                let mut client = client.clone();
+                let request = rotating_request(&prefix, sent.fetch_add(1, Ordering::Relaxed), 1);
+                async move {
+                    client.append_events(request).await?;
+                    anyhow::Ok(())
+                }
             }
-        }
-    })
-    .await?;
+        })
+        .await?;
+        ours.add(round);
+    }
+    let (raw_rate, ours_rate) = (raw.rate(), ours.rate());
+    let (raw_latencies, ours_latencies) = (sorted(raw.latencies), sorted(ours.latencies));
     println!(
         "raw PostgreSQL single-row INSERT transactions: {:>7.0} events/s, p50 {:.1} ms, p99 {:.1} ms",
-        raw.rate,
-        percentile(&raw.latencies, 0.5),
-        percentile(&raw.latencies, 0.99)
+        raw_rate,
+        percentile(&raw_latencies, 0.5),
+        percentile(&raw_latencies, 0.99)
     );
     println!(
         "caselog AppendEvents, one event each:          {:>7.0} events/s, p50 {:.1} ms, p99 {:.1} ms",
-        ours.rate,
-        percentile(&ours.latencies, 0.5),
-        percentile(&ours.latencies, 0.99)
+        ours_rate,
+        percentile(&ours_latencies, 0.5),
+        percentile(&ours_latencies, 0.99)
     );
     println!(
         "ratio caselog/raw: {:.2}{}",
-        ours.rate / raw.rate,
+        ours_rate / raw_rate,
         if clients >= 16 { " (goal: at least 0.6)" } else { "" }
     );
     Ok(())
@@ -618,9 +633,22 @@ fn rotating_request(prefix: &str, n: usize, batch: usize) -> pb::AppendEventsReq
     hearings(&case_id, batch)
 }
 
+/// Operations timed over some seconds: their latencies in milliseconds, unsorted.
+#[derive(Default)]
 struct Timed {
-    rate: f64,
+    seconds: f64,
     latencies: Vec<f64>,
+}
+
+impl Timed {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.seconds.max(1e-9)
+    }
+
+    fn add(&mut self, other: Timed) {
+        self.seconds += other.seconds;
+        self.latencies.extend(other.latencies);
+    }
 }
 
 /// Runs `clients` loops of the operation each makes, for `duration`.
@@ -649,8 +677,8 @@ where
         latencies.extend(done??);
     }
     Ok(Timed {
-        rate: latencies.len() as f64 / started.elapsed().as_secs_f64(),
-        latencies: sorted(latencies),
+        seconds: started.elapsed().as_secs_f64(),
+        latencies,
     })
 }
 

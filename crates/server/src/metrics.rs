@@ -19,7 +19,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{RwLock, RwLockReadGuard};
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tonic::{Request, Response, Status};
 
 /// The longest a query waits for the projections to reach `min_position`.
@@ -95,16 +95,18 @@ impl Metrics {
     }
 
     /// The projection as of its latest checkpoint, after waiting for `min_position`.
-    async fn current_facts(&self, min_position: u64) -> Result<RwLockReadGuard<'_, FactsCache>, Error> {
+    /// The copy of the projection, refreshed to at least `min_position`; owned, so that counting
+    /// can run off the async workers.
+    async fn current_facts(&self, min_position: u64) -> Result<OwnedRwLockReadGuard<FactsCache>, Error> {
         let (generation, position) = self.wait_for(min_position).await?;
         // Concurrent queries share the copy while it is current; only a refresh is exclusive.
         {
-            let cache = self.cache.read().await;
+            let cache = self.cache.clone().read_owned().await;
             if cache.generation == generation && cache.position >= position {
                 return Ok(cache);
             }
         }
-        let mut cache = self.cache.write().await;
+        let mut cache = self.cache.clone().write_owned().await;
         let changes = self.log.case_facts_since(cache.generation, cache.position).await?;
         if changes.replaced {
             cache.clear();
@@ -156,6 +158,22 @@ impl MetricsService for Metrics {
     }
 }
 
+/// Runs a count on the blocking pool: a query counts for tens of milliseconds on every core, and
+/// the async workers must stay free for appends meanwhile.
+async fn counted<F>(count: F) -> Result<Vec<caselog_projections::MetricResult>, Error>
+where
+    F: FnOnce() -> Result<Vec<caselog_projections::MetricResult>, MetricsError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(count)
+        .await
+        .map_err(|e| Error::Internal(format!("metrics count stopped: {e}")))?
+        .map_err(metrics_error)
+}
+
+fn counting_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn metrics_error(err: MetricsError) -> Error {
     match err {
         MetricsError::Calendar(out) => Error::OutsideCalendar(out.to_string()),
@@ -175,15 +193,17 @@ impl Metrics {
                 let _fold = self.as_of_folds.try_acquire().map_err(|_| Error::Busy {
                     what: "an as_of query is already being answered by this server".into(),
                 })?;
-                (0, self.answer_as_of(&query, at, calendar).await?)
+                (0, self.answer_as_of(query, at, calendar).await?)
             }
             None => {
                 let facts = self.current_facts(request.min_position).await?;
-                (facts.position, {
+                let position = facts.position;
+                let results = counted(move || {
                     let counting: Vec<&CaseFacts> = facts.counting_in(&query).collect();
-                    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-                    compute_parallel(&query, &counting, calendar, threads).map_err(metrics_error)?
+                    compute_parallel(&query, &counting, calendar, counting_threads())
                 })
+                .await?;
+                (position, results)
             }
         };
         Ok(pb::QueryMetricsResponse {
@@ -198,31 +218,37 @@ impl Metrics {
     /// log is folded.
     async fn answer_as_of(
         &self,
-        query: &MetricsQuery,
+        query: MetricsQuery,
         at: chrono::DateTime<chrono::Utc>,
-        calendar: &WorkingCalendar,
+        calendar: &'static WorkingCalendar,
     ) -> Result<Vec<caselog_projections::MetricResult>, Error> {
         let facts = self.current_facts(0).await?;
         let (last_recorded_by, changed) = self.log.recorded_after(at).await?;
         if last_recorded_by > facts.position {
             drop(facts);
             let cases = facts_at(&self.log, Cut::RecordedBy(at)).await?;
-            return caselog_projections::compute(query, &cases, calendar).map_err(metrics_error);
+            return counted(move || {
+                let cases: Vec<&CaseFacts> = cases.iter().collect();
+                compute_parallel(&query, &cases, calendar, counting_threads())
+            })
+            .await;
         }
         let refolded = if changed.is_empty() {
             Vec::new()
         } else {
             fold_cases(&self.log.read_cases_recorded_by(&changed, at).await?)?
         };
-        let changed: std::collections::HashSet<&str> = changed.iter().map(String::as_str).collect();
-        let cases: Vec<&CaseFacts> = facts
-            .cases
-            .iter()
-            .filter(|f| !changed.contains(f.case_id.as_str()))
-            .chain(&refolded)
-            .collect();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        compute_parallel(query, &cases, calendar, threads).map_err(metrics_error)
+        counted(move || {
+            let changed: std::collections::HashSet<&str> = changed.iter().map(String::as_str).collect();
+            let cases: Vec<&CaseFacts> = facts
+                .cases
+                .iter()
+                .filter(|f| !changed.contains(f.case_id.as_str()))
+                .chain(&refolded)
+                .collect();
+            compute_parallel(&query, &cases, calendar, counting_threads())
+        })
+        .await
     }
 
     async fn worklist(&self, request: pb::ListWorklistRequest) -> Result<pb::ListWorklistResponse, Error> {

@@ -534,7 +534,7 @@ impl<'a> Collector<'a> {
     ) {
         if self.wants(metric) {
             let groups = self.case_keys(case_keys, query, case);
-            self.add(metric, &groups, numerator, denominator);
+            self.add(metric, groups, numerator, denominator);
         }
     }
 

@@ -13,6 +13,8 @@ use uuid::Uuid;
 
 /// The most events one append may carry.
 pub const MAX_BATCH: usize = 1000;
+/// Cases with more events than this are not kept in the write cache.
+const MAX_CACHED_CASE_EVENTS: usize = 1000;
 /// How often an append without an expected version is re-decided after losing a race.
 const MAX_ATTEMPTS: u32 = 20;
 
@@ -73,7 +75,9 @@ impl CaseCache {
     }
 
     fn put(&self, case_id: &str, state: CaseState) {
-        if self.capacity == 0 {
+        // Memory stays bounded by cases of a real size (15 to 30 events); an outsized one, such
+        // as a migration's, is read again when next appended to.
+        if self.capacity == 0 || state.stored.len() > MAX_CACHED_CASE_EVENTS {
             return;
         }
         let mut cases = self.lock();
@@ -383,4 +387,44 @@ pub(crate) fn history_of(stored: &[StoredEvent]) -> Result<CaseHistory, Error> {
         })
         .collect::<Result<Vec<_>, Error>>()
         .map(CaseHistory::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_of(events: usize) -> CaseState {
+        let stored = (0..events)
+            .map(|i| StoredEvent {
+                position: i as i64 + 1,
+                event_id: Uuid::new_v4(),
+                case_id: "LS1".into(),
+                version: i as i32 + 1,
+                event_type: "hearing_listed".into(),
+                occurred_on: NaiveDate::from_ymd_opt(2025, 5, 1).unwrap_or_default(),
+                data: serde_json::json!({}),
+                metadata: serde_json::json!({}),
+                source: "court:LS".into(),
+                recorded_at: chrono::DateTime::UNIX_EPOCH,
+            })
+            .collect();
+        CaseState {
+            stored,
+            history: CaseHistory::default(),
+        }
+    }
+
+    #[test]
+    fn an_outsized_case_is_not_cached_and_the_capacity_holds() {
+        let cache = CaseCache::new(2);
+        cache.put("BIG", state_of(MAX_CACHED_CASE_EVENTS + 1));
+        assert!(cache.take("BIG").is_none());
+        cache.put("A", state_of(3));
+        cache.put("B", state_of(3));
+        cache.put("C", state_of(3));
+        assert_eq!(cache.lock().len(), 2);
+        let c = cache.take("C").map(|s| s.stored.len());
+        assert_eq!(c, Some(3), "the newest case is kept");
+        assert!(cache.take("C").is_none(), "taking removes it");
+    }
 }

@@ -87,7 +87,7 @@ pub struct GeneratedEvent {
 
 /// Practitioners holding cases: sized so that the open cases at a 31 March give the published
 /// mean caseload (W1, 18.2).
-const PRACTITIONERS: i64 = 1600;
+const PRACTITIONERS: i64 = 1550;
 
 const COURTS: [&str; 12] = ["LS", "MA", "BI", "LO", "BR", "NE", "SH", "NO", "LE", "PL", "CA", "SO"];
 const PUBLIC_APPS: [ApplicationType; 3] = [
@@ -210,12 +210,14 @@ impl<'a> CaseBuilder<'a> {
 
     fn issue(&mut self, issued_on: NaiveDate, court: &str, areas: &[&str]) {
         let public = self.rng.chance(0.30);
-        // Durations (T1, T2, T3, S2): public 35% within 26 weeks, 12% past a year; private 58%
-        // ending at or soon after the first hearing, 11% past a year.
+        // Durations (T1, T2, T3, S2): public 35% within 26 weeks, 16% past a year; private 57%
+        // ending at or soon after the first hearing, 8.5% past a year. The long-running stock
+        // leans on public law, whose cases name more children, which keeps the open stock (S1)
+        // as low as T1-T3 and S2 allow.
         let course = if public {
-            Course::ALL[self.rng.weighted(&[0.35, 0.53, 0.12])]
+            Course::ALL[self.rng.weighted(&[0.35, 0.49, 0.16])]
         } else {
-            Course::ALL[self.rng.weighted(&[0.58, 0.31, 0.11])]
+            Course::ALL[self.rng.weighted(&[0.57, 0.345, 0.085])]
         };
         // Children per case: public about 1.8, private about 1.43 (D1); sibling groups run longer,
         // so long-running cases name more children (S2: 1.7 children per case).
@@ -430,7 +432,7 @@ impl<'a> CaseBuilder<'a> {
         // s31: mean about 39 weeks (T1).
         let weeks = match course {
             Course::Short => self.rng.between(12, 25),
-            Course::Standard => self.rng.between(27, 52),
+            Course::Standard => self.rng.between(27, 43),
             Course::LongRunning => long_running(self.rng),
         };
         let closed = issued_on + Duration::days(weeks * 7 + self.rng.between(0, 6));

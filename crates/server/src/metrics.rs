@@ -94,9 +94,8 @@ impl Metrics {
         }
     }
 
-    /// The projection as of its latest checkpoint, after waiting for `min_position`.
-    /// The copy of the projection, refreshed to at least `min_position`; owned, so that counting
-    /// can run off the async workers.
+    /// The projection as of its latest checkpoint, after waiting for `min_position`; an owned
+    /// guard, so that counting can run off the async workers.
     async fn current_facts(&self, min_position: u64) -> Result<OwnedRwLockReadGuard<FactsCache>, Error> {
         let (generation, position) = self.wait_for(min_position).await?;
         // Concurrent queries share the copy while it is current; only a refresh is exclusive.

@@ -2,12 +2,29 @@
 //! duplicated, and versions stay contiguous.
 
 use caselog_api::v1 as pb;
+use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
 use caselog_tests::*;
 use sqlx::PgPool;
 use std::collections::HashSet;
 use tonic::Code;
 
 const WRITERS: usize = 16;
+
+/// Appends, sending the request again while the service answers ABORTED: it gives up after many
+/// lost races on one case, and a client retries.
+async fn append_retrying_lost_races(
+    client: &mut CaseEventServiceClient<AuthChannel>,
+    request: pb::AppendEventsRequest,
+    who: &str,
+) {
+    loop {
+        match client.append_events(request.clone()).await {
+            Ok(_) => return,
+            Err(status) if status.code() == Code::Aborted => continue,
+            Err(status) => panic!("{who}: {status:?}"),
+        }
+    }
+}
 const APPENDS_PER_WRITER: usize = 200;
 const CASES: usize = 5;
 
@@ -33,14 +50,8 @@ async fn sixteen_writers_over_five_cases_leave_contiguous_versions(pool: PgPool)
                 let case_id = format!("CC{}", (w * 7 + i) % CASES);
                 let e = event("2025-05-01", hearing("2025-06-01"));
                 sent.push(e.event_id.clone());
-                loop {
-                    match client.append_events(append(&case_id, vec![e.clone()])).await {
-                        Ok(_) => break,
-                        // The service gives up after many lost races; a client retries.
-                        Err(status) if status.code() == Code::Aborted => continue,
-                        Err(status) => panic!("writer {w}: {status:?}"),
-                    }
-                }
+                append_retrying_lost_races(&mut client, append(&case_id, vec![e.clone()]), &format!("writer {w}"))
+                    .await;
             }
             sent
         });
@@ -260,13 +271,7 @@ async fn racing_large_batches_from_separate_servers_stay_whole(pool: PgPool) {
                 let batch: Vec<pb::NewEvent> = (0..EVENTS_PER_BATCH)
                     .map(|_| event("2025-05-01", hearing("2025-06-01")))
                     .collect();
-                loop {
-                    match client.append_events(append("BIG", batch.clone())).await {
-                        Ok(_) => break,
-                        Err(status) if status.code() == Code::Aborted => continue,
-                        Err(status) => panic!("server {s}: {status:?}"),
-                    }
-                }
+                append_retrying_lost_races(&mut client, append("BIG", batch.clone()), &format!("server {s}")).await;
                 batches.push(batch.into_iter().map(|e| e.event_id).collect::<Vec<_>>());
             }
             batches

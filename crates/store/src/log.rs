@@ -119,7 +119,8 @@ impl EventLog {
         }
     }
 
-    /// Appends `rows` to a case as versions `after_version + 1 ..`, in one statement: all or none.
+    /// Appends `rows` to a case as versions `after_version + 1 ..`, all or none: in one statement,
+    /// or from 64 rows in one transaction of `COPY`.
     /// Fails with `VersionConflict` when another append took one of those versions first, and with
     /// `DuplicateEventId` when one of the ids is already recorded.
     #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]

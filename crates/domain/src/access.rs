@@ -156,11 +156,14 @@ pub enum Denial {
     /// same whether or not the case is recorded.
     #[error("{organisation} is not a party to this case, or the case is not recorded")]
     NotAParty { organisation: String },
-    #[error("{organisation} may read worklists of service area {allowed} only, not {requested:?}")]
+    #[error(
+        "{organisation} may read {what} of service area {allowed} only, not {requested:?} (filter by its service area)"
+    )]
     ServiceAreaNotPermitted {
         organisation: String,
         requested: String,
         allowed: String,
+        what: &'static str,
     },
     #[error("the request claims source {claimed:?}, but the caller is authenticated as {organisation}")]
     SourceMismatch { organisation: String, claimed: String },
@@ -187,10 +190,40 @@ impl Denial {
 }
 
 /// How a principal may query aggregate metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsAccess {
     /// Small-number suppression applies whatever the request asks.
     pub suppression_forced: bool,
+    /// Below national level, only figures of these service areas (`None`: any). A practice
+    /// client sees national figures and those of its own area.
+    pub service_areas: Option<Vec<String>>,
+}
+
+impl MetricsAccess {
+    /// Checks a query below national level (`below_national`) that filters service areas to
+    /// `filtered_areas` (`None`: no such filter) against the areas this access may see.
+    pub fn may_see(
+        &self,
+        organisation: &str,
+        below_national: bool,
+        filtered_areas: Option<&[String]>,
+    ) -> Result<(), Denial> {
+        let Some(allowed) = &self.service_areas else {
+            return Ok(());
+        };
+        if !below_national {
+            return Ok(());
+        }
+        match filtered_areas {
+            Some(areas) if !areas.is_empty() && areas.iter().all(|a| allowed.contains(a)) => Ok(()),
+            _ => Err(Denial::ServiceAreaNotPermitted {
+                organisation: organisation.to_owned(),
+                requested: filtered_areas.map_or_else(|| "any".to_owned(), |a| a.join(",")),
+                allowed: allowed.join(","),
+                what: "figures below national level",
+            }),
+        }
+    }
 }
 
 impl Principal {
@@ -238,11 +271,19 @@ impl Principal {
         if self.is_admin() {
             return Ok(MetricsAccess {
                 suppression_forced: false,
+                service_areas: None,
             });
         }
-        if self.has(&Grant::Reporting) || self.practice_areas().next().is_some() {
+        if self.has(&Grant::Reporting) {
             return Ok(MetricsAccess {
                 suppression_forced: true,
+                service_areas: None,
+            });
+        }
+        if self.practice_areas().next().is_some() {
+            return Ok(MetricsAccess {
+                suppression_forced: true,
+                service_areas: Some(self.practice_areas().map(str::to_owned).collect()),
             });
         }
         Err(self.role_not_permitted(
@@ -294,6 +335,7 @@ impl Principal {
                 organisation: self.organisation.clone(),
                 requested: requested.unwrap_or_default().to_owned(),
                 allowed: areas.join(", "),
+                what: "worklists",
             }),
         }
     }

@@ -1,6 +1,7 @@
 //! Projections: case facts folded from the log (`facts`), and the metric catalogue computed over
 //! them (`metrics`). Pure and synchronous: the store feeds facts in, the server asks questions.
 
+pub mod disclosure;
 pub mod facts;
 pub mod metrics;
 pub mod worklists;

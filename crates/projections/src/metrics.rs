@@ -338,7 +338,8 @@ pub struct MetricsQuery {
     pub group_by: Vec<Dimension>,
     /// Every listed dimension must take one of the listed values.
     pub filters: Vec<(Dimension, Vec<String>)>,
-    /// Suppress counts of 1-4 (below national level only: no effect without grouping).
+    /// Answer from suppressed tables (see [`crate::disclosure`]): any figure below national
+    /// level, grouped or filtered, hides counts of 1-4 consistently across queries.
     pub suppress_small_numbers: bool,
     pub settings: Settings,
 }
@@ -369,6 +370,8 @@ pub struct MetricResult {
 pub enum MetricsError {
     #[error("the working-day calendar does not cover a date this query needs: {0}")]
     Calendar(#[from] OutOfRange),
+    #[error(transparent)]
+    NotDisclosable(#[from] crate::disclosure::Refusal),
 }
 
 type GroupKey = BTreeMap<Dimension, String>;
@@ -642,6 +645,9 @@ fn keys<'a>(
     out
 }
 
+/// The age bands, youngest first.
+pub const AGE_BANDS: [&str; 5] = ["under_1", "1_4", "5_9", "10_15", "16_plus"];
+
 /// Age band at `on` from the birth month (full years, by month).
 pub fn age_band(child: &ChildFacts, on: NaiveDate) -> &'static str {
     let months = (on.year() * 12 + on.month() as i32) - (child.birth_month.year * 12 + child.birth_month.month as i32);
@@ -705,7 +711,21 @@ impl MetricsQuery {
     }
 }
 
+/// Computes `query` over `cases`; with `suppress_small_numbers`, from the suppressed tables of
+/// [`crate::disclosure`].
 pub fn compute<'a>(
+    query: &MetricsQuery,
+    cases: impl IntoIterator<Item = &'a CaseFacts> + Clone,
+    calendar: &WorkingCalendar,
+) -> Result<Vec<MetricResult>, MetricsError> {
+    if query.suppress_small_numbers {
+        let universe = crate::disclosure::Universe::of(cases.clone());
+        return crate::disclosure::answer(query, &universe, |q| compute_plain(q, cases.clone(), calendar));
+    }
+    compute_plain(query, cases, calendar)
+}
+
+fn compute_plain<'a>(
     query: &MetricsQuery,
     cases: impl IntoIterator<Item = &'a CaseFacts>,
     calendar: &WorkingCalendar,
@@ -717,6 +737,21 @@ pub fn compute<'a>(
 
 /// [`compute`] on `threads` threads, each counting a share of `cases`.
 pub fn compute_parallel(
+    query: &MetricsQuery,
+    cases: &[&CaseFacts],
+    calendar: &WorkingCalendar,
+    threads: usize,
+) -> Result<Vec<MetricResult>, MetricsError> {
+    if query.suppress_small_numbers {
+        let universe = crate::disclosure::Universe::of(cases.iter().copied());
+        return crate::disclosure::answer(query, &universe, |q| {
+            compute_parallel_plain(q, cases, calendar, threads)
+        });
+    }
+    compute_parallel_plain(query, cases, calendar, threads)
+}
+
+fn compute_parallel_plain(
     query: &MetricsQuery,
     cases: &[&CaseFacts],
     calendar: &WorkingCalendar,
@@ -1031,9 +1066,6 @@ impl<'a> Counts<'a> {
                         suppressed: false,
                     });
                 }
-                if query.suppress_small_numbers && !national {
-                    suppress(&mut rows, metric.kind());
-                }
                 MetricResult {
                     metric: *metric,
                     unit: metric.unit(),
@@ -1074,35 +1106,29 @@ fn report_start(case: &CaseFacts, report: &ReportFacts) -> NaiveDate {
     }
 }
 
-/// Primary suppression of cells whose counted figures are 1-4, and secondary suppression so
-/// that a single suppressed cell cannot be derived from the total: the next smallest cell too.
-fn suppress(rows: &mut [Row], kind: Kind) {
-    let small = |x: f64| (1.0..=4.0).contains(&x);
-    let counted = |row: &Row| match kind {
-        Kind::Count => row.numerator,
-        _ => row.denominator,
-    };
-    for row in rows.iter_mut() {
-        let numerator_is_count = !matches!(kind, Kind::Mean(_));
-        if small(counted(row)) || (numerator_is_count && small(row.numerator)) {
-            row.suppressed = true;
+impl MetricId {
+    /// The units a figure counts (cases, children, reports, practitioners): what small-number
+    /// suppression is decided on.
+    pub(crate) fn counted_units(self, numerator: f64, denominator: f64) -> f64 {
+        match self.kind() {
+            Kind::Count => numerator,
+            // D2's denominator is working days; its units are the cases received.
+            Kind::Mean(_) if self == MetricId::D2 => numerator,
+            _ => denominator,
         }
     }
-    if rows.iter().filter(|r| r.suppressed).count() == 1 {
-        let next = rows
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| !r.suppressed)
-            .min_by(|(_, a), (_, b)| counted(a).total_cmp(&counted(b)))
-            .map(|(i, _)| i);
-        if let Some(i) = next {
-            rows[i].suppressed = true;
-        }
+
+    /// Whether a figure below national level must be suppressed: 1-4 units, or for a share 1-4
+    /// units counted or not counted in its numerator.
+    pub(crate) fn unsafe_figure(self, numerator: f64, denominator: f64) -> bool {
+        let small = |x: f64| (1.0..=4.0).contains(&x);
+        small(self.counted_units(numerator, denominator))
+            || (self.kind() == Kind::Share && (small(numerator) || small(denominator - numerator)))
     }
-    for row in rows.iter_mut().filter(|r| r.suppressed) {
-        row.value = None;
-        row.numerator = 0.0;
-        row.denominator = 0.0;
+
+    /// The figure of a numerator and denominator in the metric's unit.
+    pub(crate) fn value(self, numerator: f64, denominator: f64) -> Option<f64> {
+        value_of(self.kind(), Acc { numerator, denominator })
     }
 }
 

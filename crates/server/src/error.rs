@@ -46,6 +46,8 @@ pub enum Error {
     Unauthenticated(String),
     #[error("permission denied: {0}")]
     Denied(#[from] Denial),
+    #[error("permission denied: {0}")]
+    NotDisclosable(caselog_projections::disclosure::Refusal),
     #[error("this client already has {limit} requests in flight; retry when one has finished")]
     TooManyConcurrentRequests { limit: usize },
     #[error("the audit trail could not record this access, so it was not served; retry later")]
@@ -108,12 +110,26 @@ impl From<caselog_store::Error> for Error {
     }
 }
 
+/// At most this many field violations are described in a status (message and `BadRequest`):
+/// a batch with hundreds of bad events would otherwise exceed the trailer size common clients
+/// accept (16 KiB), and the client would see a transport error instead of the reasons.
+pub const MAX_VIOLATIONS_SENT: usize = 50;
+
 fn describe(violations: &[FieldViolation]) -> String {
-    violations
+    let mut text = violations
         .iter()
+        .take(MAX_VIOLATIONS_SENT)
         .map(|v| format!("{}: {}", v.path(), v.description))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if let Some(more) = more_than_sent(violations) {
+        text.push_str(&format!("; and {more} more"));
+    }
+    text
+}
+
+fn more_than_sent(violations: &[FieldViolation]) -> Option<usize> {
+    violations.len().checked_sub(MAX_VIOLATIONS_SENT).filter(|n| *n > 0)
 }
 
 impl From<Error> for Status {
@@ -133,8 +149,14 @@ pub fn to_status(err: Error) -> Status {
     }
     let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
     if let Error::Invalid { violations, .. } = &err {
-        for v in violations {
+        for v in violations.iter().take(MAX_VIOLATIONS_SENT) {
             details.add_bad_request_violation(v.path(), v.description.clone());
+        }
+        if let Some(more) = more_than_sent(violations) {
+            details.add_bad_request_violation(
+                "",
+                format!("{more} more violations not listed; correct these and send again"),
+            );
         }
     }
     Status::with_error_details(code, err.to_string(), details)
@@ -179,6 +201,7 @@ impl Error {
                 }
                 (Code::PermissionDenied, denial.reason())
             }
+            Error::NotDisclosable(_) => (Code::PermissionDenied, "NOT_DISCLOSABLE"),
             Error::TooManyConcurrentRequests { limit } => {
                 metadata.insert("limit".to_owned(), limit.to_string());
                 (Code::ResourceExhausted, "TOO_MANY_CONCURRENT_REQUESTS")

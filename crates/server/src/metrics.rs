@@ -11,7 +11,7 @@ use caselog_calendar::WorkingCalendar;
 use caselog_domain::FieldViolation;
 use caselog_domain::england::date_in_england;
 use caselog_projections::metrics::{MetricsError, Settings, compute_parallel};
-use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, Reach, WorklistKind};
+use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, Reach, WorklistKind, disclosure};
 use caselog_store::EventLog;
 use caselog_store::rebuild::Cut;
 use chrono::NaiveDate;
@@ -127,11 +127,28 @@ impl MetricsService for Metrics {
         &self,
         request: Request<pb::QueryMetricsRequest>,
     ) -> Result<Response<pb::QueryMetricsResponse>, Status> {
-        let access = caller(&request)?.metrics_access().map_err(Error::from)?;
+        let principal = caller(&request)?;
+        let access = principal.metrics_access().map_err(Error::from)?;
         let mut request = request.into_inner();
         // Reporting and practice clients see aggregates only with small numbers suppressed.
         request.suppress_small_numbers |= access.suppression_forced;
-        Ok(Response::new(self.answer(request).await?))
+        let query = query_of(&request)?;
+        if query.suppress_small_numbers {
+            disclosure::table_of(&query).map_err(Error::NotDisclosable)?;
+        }
+        let filtered_areas = query
+            .filters
+            .iter()
+            .find(|(d, _)| *d == Dimension::ServiceArea)
+            .map(|(_, areas)| areas.as_slice());
+        access
+            .may_see(
+                &principal.organisation,
+                !disclosure::involved(&query).is_empty(),
+                filtered_areas,
+            )
+            .map_err(Error::from)?;
+        Ok(Response::new(self.answer(query, &request).await?))
     }
 
     async fn list_worklist(
@@ -176,19 +193,40 @@ fn counting_threads() -> usize {
 fn metrics_error(err: MetricsError) -> Error {
     match err {
         MetricsError::Calendar(out) => Error::OutsideCalendar(out.to_string()),
+        MetricsError::NotDisclosable(refusal) => Error::NotDisclosable(refusal),
     }
 }
 
+/// The instant of an `as_of`: a valid timestamp between 1970 and the end of 9999 (the log holds
+/// nothing outside; anything else is a mistake the caller can correct).
+fn as_of_instant(as_of: &prost_types::Timestamp) -> Result<chrono::DateTime<chrono::Utc>, Error> {
+    const LAST_SECOND: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let nanos = u32::try_from(as_of.nanos).ok().filter(|n| *n < 1_000_000_000);
+    match nanos {
+        Some(nanos) if (0..=LAST_SECOND).contains(&as_of.seconds) => {
+            chrono::DateTime::from_timestamp(as_of.seconds, nanos).ok_or_else(|| as_of_invalid())
+        }
+        _ => Err(as_of_invalid()),
+    }
+}
+
+fn as_of_invalid() -> Error {
+    Error::invalid(vec![FieldViolation::new(
+        "as_of",
+        "as_of must be an instant from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z with nanos in 0..1e9",
+    )])
+}
+
 impl Metrics {
-    async fn answer(&self, request: pb::QueryMetricsRequest) -> Result<pb::QueryMetricsResponse, Error> {
-        let query = query_of(&request)?;
+    async fn answer(
+        &self,
+        query: MetricsQuery,
+        request: &pb::QueryMetricsRequest,
+    ) -> Result<pb::QueryMetricsResponse, Error> {
         let calendar = WorkingCalendar::england_and_wales();
-        let (position, results) = match request.as_of {
+        let (position, results) = match &request.as_of {
             Some(as_of) => {
-                let at =
-                    chrono::DateTime::from_timestamp(as_of.seconds, as_of.nanos.max(0) as u32).ok_or_else(|| {
-                        Error::invalid(vec![FieldViolation::new("as_of", "as_of is not a valid instant")])
-                    })?;
+                let at = as_of_instant(as_of)?;
                 let _fold = self.as_of_folds.try_acquire().map_err(|_| Error::Busy {
                     what: "an as_of query is already being answered by this server".into(),
                 })?;

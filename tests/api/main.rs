@@ -5,6 +5,7 @@
 
 mod auth;
 mod concurrency;
+mod disclosure;
 mod feed;
 mod idempotency;
 mod import;

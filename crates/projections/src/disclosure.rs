@@ -281,9 +281,19 @@ impl Table {
         self.metric.counted_units(cell.numerator, cell.denominator)
     }
 
+    /// The cell to hide next among `keys`: the smallest that has units, a zero only when none
+    /// has (a zero hidden beside a cell of 2 would tell that the cell is at most 2).
     fn smallest<'k>(&self, keys: impl Iterator<Item = &'k CellKey>) -> Option<CellKey> {
-        keys.min_by(|a, b| self.units(a).total_cmp(&self.units(b)).then_with(|| a.cmp(b)))
-            .cloned()
+        let order = |k: &CellKey| (self.units(k) == 0.0, self.units(k));
+        keys.min_by(|a, b| {
+            let (a_zero, a_units) = order(a);
+            let (b_zero, b_units) = order(b);
+            a_zero
+                .cmp(&b_zero)
+                .then(a_units.total_cmp(&b_units))
+                .then_with(|| a.cmp(b))
+        })
+        .cloned()
     }
 
     /// The hidden cells of a stratum as edges between a row node (other dimension's value or
@@ -354,12 +364,15 @@ impl Table {
     /// every one of them is shown.
     fn rows_for(&self, query: &MetricsQuery, other: Option<Dimension>) -> Vec<Row> {
         let selection = |d: Dimension| -> Selection {
-            if query.group_by.contains(&d) {
-                Selection::Each
-            } else if let Some((_, values)) = query.filters.iter().find(|(f, _)| *f == d) {
-                Selection::Among(values.iter().cloned().collect())
-            } else {
-                Selection::All
+            let filtered = query
+                .filters
+                .iter()
+                .find(|(f, _)| *f == d)
+                .map(|(_, values)| values.iter().cloned().collect());
+            match (query.group_by.contains(&d), filtered) {
+                (true, filtered) => Selection::Each(filtered),
+                (false, Some(values)) => Selection::Among(values),
+                (false, None) => Selection::All,
             }
         };
         let law = selection(Dimension::LawType);
@@ -421,8 +434,8 @@ impl Table {
 
 /// How a query selects along one dimension of a table.
 enum Selection {
-    /// Grouped by it: every value, each its own row.
-    Each,
+    /// Grouped by it: every value (or those of its filter), each its own row.
+    Each(Option<BTreeSet<String>>),
     /// Filtered: the listed values, summed.
     Among(BTreeSet<String>),
     /// Neither: the total.
@@ -433,7 +446,7 @@ impl Selection {
     /// Whether a cell at `coordinate` is part of the selection, and the group value it gives.
     fn coordinate(&self, coordinate: &Coordinate) -> Option<Option<String>> {
         match (self, coordinate) {
-            (Selection::Each, Some(v)) => Some(Some(v.clone())),
+            (Selection::Each(among), Some(v)) if among.as_ref().is_none_or(|a| a.contains(v)) => Some(Some(v.clone())),
             (Selection::Among(values), Some(v)) if values.contains(v) => Some(None),
             (Selection::All, None) => Some(None),
             _ => None,

@@ -391,12 +391,11 @@ fn small_numbers_are_suppressed_below_national_level_with_a_secondary_cell() {
         by_area,
         [
             ("A1".into(), true, None),
-            ("A10".into(), true, None),
-            ("A2".into(), false, Some(5.0)),
+            ("A2".into(), true, None),
             ("A3".into(), false, Some(6.0))
         ],
-        "A1 (2) is suppressed, and an area with no case (the cheapest cell) with it so that A1 \
-         cannot be derived from the total; every other area is a shown zero"
+        "A1 (2) is suppressed, and A2 (5) with it so that A1 cannot be derived from the total; \
+         every other area is a shown zero"
     );
     assert_eq!(result.rows.len(), 18, "a row for every service area");
     // Nationally nothing is suppressed.

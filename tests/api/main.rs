@@ -7,6 +7,7 @@ mod auth;
 mod concurrency;
 mod disclosure;
 mod feed;
+mod hardening;
 mod idempotency;
 mod import;
 mod least_privilege;

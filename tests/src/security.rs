@@ -72,6 +72,10 @@ pub struct TokenSpec {
     pub audience: String,
     /// Seconds from now; negative for an expired token.
     pub expires_in: i64,
+    /// `nbf`, seconds from now, when set.
+    pub not_before_in: Option<i64>,
+    /// `iat`, seconds from now (0: now).
+    pub issued_in: i64,
 }
 
 impl TokenSpec {
@@ -82,6 +86,8 @@ impl TokenSpec {
             issuer: JWT_ISSUER.to_owned(),
             audience: JWT_AUDIENCE.to_owned(),
             expires_in: 600,
+            not_before_in: None,
+            issued_in: 0,
         }
     }
 
@@ -92,15 +98,18 @@ impl TokenSpec {
 
     pub fn sign_with(&self, key: &KeyPair) -> String {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "sub": format!("client-of-{}", self.organisation),
             "org": self.organisation,
             "grants": self.grants,
             "iss": self.issuer,
             "aud": self.audience,
-            "iat": now,
+            "iat": now + self.issued_in,
             "exp": now + self.expires_in,
         });
+        if let Some(nbf) = self.not_before_in {
+            claims["nbf"] = (now + nbf).into();
+        }
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(JWT_KID.to_owned());
         let key = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
@@ -156,9 +165,22 @@ impl Pki {
     /// A client certificate whose common name is `common_name`, signed by this CA (a certificate
     /// from another `Pki` is one the server does not trust).
     pub fn client_identity(&self, common_name: &str) -> Identity {
+        self.client_identity_named(&[common_name])
+    }
+
+    /// A client certificate whose subject has one or two common names.
+    pub fn client_identity_named(&self, common_names: &[&str]) -> Identity {
+        assert!(matches!(common_names.len(), 1 | 2));
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.distinguished_name.push(DnType::CommonName, common_names[0]);
+        if let Some(second) = common_names.get(1) {
+            // rcgen keeps one value per attribute type: the second common name goes in under
+            // the same OID (2.5.4.3) spelled as a custom type.
+            params
+                .distinguished_name
+                .push(DnType::CustomDnType(vec![2, 5, 4, 3]), *second);
+        }
         let cert = params.signed_by(&key, &self.ca).unwrap();
         Identity::from_pem(cert.pem(), key.serialize_pem())
     }
@@ -203,6 +225,7 @@ pub fn authenticator(client_certificates: bool, max_concurrent_per_client: usize
             client_certificates,
             dev_tokens: Some(dev_tokens()),
             max_concurrent_per_client,
+            max_subscriptions_per_client: caselog_server::auth::DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT,
         })
         .unwrap(),
     )

@@ -5,7 +5,9 @@
 //! `caselog_domain::access` in the services.
 //!
 //! The same layer bounds each organisation's concurrent requests: the excess is refused at once
-//! with RESOURCE_EXHAUSTED rather than queued.
+//! with RESOURCE_EXHAUSTED rather than queued. A request counts until its response body has
+//! ended, so a stream (a subscription, a rebuild's progress) counts for as long as it runs, and
+//! subscriptions have a bound of their own.
 
 use crate::error::{Error, to_status};
 use caselog_domain::{Grant, Principal};
@@ -24,6 +26,12 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 /// cannot present client certificates or tokens). They reveal only whether the service serves.
 const UNAUTHENTICATED_PREFIXES: &[&str] = &["/grpc.health.v1.Health/"];
 
+/// Long-lived streams with their own per-organisation bound.
+const SUBSCRIPTION_PATH: &str = "/caselog.v1.EventFeedService/SubscribeEvents";
+
+/// The default bound on one organisation's open subscriptions.
+pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 8;
+
 /// How callers prove who they are. At least one way must be configured.
 #[derive(Debug, Clone, Default)]
 pub struct AuthSettings {
@@ -32,15 +40,26 @@ pub struct AuthSettings {
     pub client_certificates: bool,
     /// Static development tokens, already checked to be switched on explicitly.
     pub dev_tokens: Option<DevTokens>,
-    /// Concurrent requests one organisation may have in flight.
+    /// Concurrent requests one organisation may have in flight (streams included, until they
+    /// end).
     pub max_concurrent_per_client: usize,
+    /// Open `SubscribeEvents` streams one organisation may hold (each also counts as a request).
+    pub max_subscriptions_per_client: usize,
 }
 
-/// JWT bearer tokens: signed by one of `keys`, from `issuer`, for `audience`, not expired.
+/// Clock skew tolerated on `nbf` and `exp`.
+pub const CLOCK_LEEWAY_SECONDS: u64 = 30;
+/// The default longest token lifetime (`exp - iat`): one day.
+pub const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: u64 = 86_400;
+
+/// JWT bearer tokens: signed by one of `keys`, from `issuer`, for `audience`, valid now (`nbf`
+/// and `exp`, with [`CLOCK_LEEWAY_SECONDS`]) and issued (`iat`) for at most `max_lifetime_seconds`.
 #[derive(Clone)]
 pub struct JwtSettings {
     pub issuer: String,
     pub audience: String,
+    /// The longest `exp - iat` accepted: a token minted for a year is a standing credential.
+    pub max_lifetime_seconds: u64,
     /// Verification keys by key id (the `kid` header); a token without `kid` may match any.
     pub keys: Vec<(String, Algorithm, DecodingKey)>,
 }
@@ -84,7 +103,12 @@ impl JwtSettings {
             };
             keys.push((kid.clone(), algorithm, key));
         }
-        Ok(JwtSettings { issuer, audience, keys })
+        Ok(JwtSettings {
+            issuer,
+            audience,
+            max_lifetime_seconds: DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
+            keys,
+        })
     }
 }
 
@@ -148,6 +172,8 @@ impl DevTokens {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
+    iat: u64,
     #[serde(default)]
     org: Option<String>,
     #[serde(default)]
@@ -176,7 +202,8 @@ fn principal_of(organisation: String, grants: &[String]) -> Result<Principal, St
 #[derive(Debug)]
 pub struct Authenticator {
     settings: AuthSettings,
-    in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
+    in_flight: PerOrganisation,
+    subscriptions: PerOrganisation,
 }
 
 impl Authenticator {
@@ -187,12 +214,13 @@ impl Authenticator {
              --tls-client-ca, or for local development --dev-tokens with --allow-dev-tokens"
         );
         anyhow::ensure!(
-            settings.max_concurrent_per_client > 0,
-            "the per-client concurrency limit must be positive"
+            settings.max_concurrent_per_client > 0 && settings.max_subscriptions_per_client > 0,
+            "the per-client concurrency and subscription limits must be positive"
         );
         Ok(Authenticator {
             settings,
             in_flight: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -250,11 +278,19 @@ impl Authenticator {
             let mut validation = Validation::new(*algorithm);
             validation.set_issuer(&[&jwt.issuer]);
             validation.set_audience(&[&jwt.audience]);
-            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-            validation.leeway = 30;
+            validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+            validation.leeway = CLOCK_LEEWAY_SECONDS;
+            validation.validate_nbf = true;
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
                 Ok(data) => {
                     let claims = data.claims;
+                    let lifetime = claims.exp.saturating_sub(claims.iat);
+                    if lifetime > jwt.max_lifetime_seconds {
+                        return Err(Error::Unauthenticated(format!(
+                            "the bearer token is valid for {lifetime} s from its issue (iat to exp); this service accepts at most {} s",
+                            jwt.max_lifetime_seconds
+                        )));
+                    }
                     let organisation = claims.org.unwrap_or(claims.sub);
                     return principal_of(organisation, &claims.grants)
                         .map_err(|e| Error::Unauthenticated(format!("the token's claims are not usable: {e}")));
@@ -267,20 +303,88 @@ impl Authenticator {
 
     /// A permit for one request of `organisation`, or RESOURCE_EXHAUSTED when it has as many in
     /// flight as it may.
-    fn admit(&self, organisation: &str) -> Result<OwnedSemaphorePermit, Error> {
-        let limit = self.settings.max_concurrent_per_client;
-        let semaphore = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            in_flight
-                .entry(organisation.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(limit)))
-                .clone()
-        };
-        semaphore
-            .try_acquire_owned()
-            .map_err(|_| Error::TooManyConcurrentRequests { limit })
+    /// A subscription also takes a permit of the organisation's subscription bound.
+    fn admit(&self, organisation: &str, path: &str) -> Result<Vec<OwnedSemaphorePermit>, Error> {
+        let mut permits = vec![permit(
+            &self.in_flight,
+            organisation,
+            self.settings.max_concurrent_per_client,
+            |limit| Error::TooManyConcurrentRequests { limit },
+        )?];
+        if path == SUBSCRIPTION_PATH {
+            permits.push(permit(
+                &self.subscriptions,
+                organisation,
+                self.settings.max_subscriptions_per_client,
+                |limit| Error::TooManySubscriptions { limit },
+            )?);
+        }
+        Ok(permits)
     }
 }
+
+type PerOrganisation = Mutex<HashMap<String, Arc<Semaphore>>>;
+
+fn permit(
+    semaphores: &PerOrganisation,
+    organisation: &str,
+    limit: usize,
+    refusal: impl FnOnce(usize) -> Error,
+) -> Result<OwnedSemaphorePermit, Error> {
+    let semaphore = {
+        let mut semaphores = semaphores.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        semaphores
+            .entry(organisation.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+            .clone()
+    };
+    semaphore.try_acquire_owned().map_err(|_| refusal(limit))
+}
+
+/// A response body that holds its request's permits until it is dropped: until a stream has
+/// ended or its client has gone.
+#[derive(Debug)]
+pub struct PermittedBody<B> {
+    inner: Pin<Box<B>>,
+    _permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl<B> PermittedBody<B> {
+    fn new(inner: B, permits: Vec<OwnedSemaphorePermit>) -> PermittedBody<B> {
+        PermittedBody {
+            inner: Box::pin(inner),
+            _permits: permits,
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for PermittedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.get_mut().inner.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Default> Default for PermittedBody<B> {
+    fn default() -> PermittedBody<B> {
+        PermittedBody::new(B::default(), Vec::new())
+    }
+}
+
+impl Authenticator {}
 
 fn token_problem(kind: &jsonwebtoken::errors::ErrorKind) -> String {
     use jsonwebtoken::errors::ErrorKind;
@@ -300,13 +404,19 @@ fn token_problem(kind: &jsonwebtoken::errors::ErrorKind) -> String {
 fn from_certificate(leaf: &[u8]) -> Result<Principal, Error> {
     let (_, certificate) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|_| Error::Unauthenticated("the client certificate cannot be read".into()))?;
-    let common_name = certificate
-        .subject()
-        .iter_common_name()
+    // One identity per certificate: with several common names, which one is "the" caller
+    // depends on who reads the certificate.
+    let mut common_names = certificate.subject().iter_common_name();
+    let common_name = common_names
         .next()
         .and_then(|cn| cn.as_str().ok())
         .ok_or_else(|| Error::Unauthenticated("the client certificate has no subject common name".into()))?
         .to_owned();
+    if common_names.next().is_some() {
+        return Err(Error::Unauthenticated(
+            "the client certificate's subject has more than one common name; issue it with exactly one".into(),
+        ));
+    }
     principal_of(common_name.clone(), &[common_name]).map_err(|e| {
         Error::Unauthenticated(format!(
             "the client certificate's common name is not a caselog grant: {e}"
@@ -362,9 +472,9 @@ where
     ReqBody: Send + 'static,
     ResBody: Default + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<PermittedBody<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<S::Response, S::Error>;
+    type Future = BoxFuture<Self::Response, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -376,7 +486,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = request.uri().path().to_owned();
         if UNAUTHENTICATED_PREFIXES.iter().any(|p| path.starts_with(p)) {
-            return Box::pin(inner.call(request));
+            let response = inner.call(request);
+            return Box::pin(async move { Ok(response.await?.map(|body| PermittedBody::new(body, Vec::new()))) });
         }
         let certificates = request
             .extensions()
@@ -386,24 +497,22 @@ where
             .authenticator
             .authenticate(request.headers(), certificates.as_deref().map(Vec::as_slice))
             .and_then(|principal| {
-                let permit = self.authenticator.admit(&principal.organisation)?;
-                Ok((principal, permit))
+                let permits = self.authenticator.admit(&principal.organisation, &path)?;
+                Ok((principal, permits))
             });
         match admitted {
-            Ok((principal, permit)) => {
+            Ok((principal, permits)) => {
                 tracing::Span::current().record("caller", principal.organisation.as_str());
                 request.extensions_mut().insert(Arc::new(principal));
                 let response = inner.call(request);
-                Box::pin(async move {
-                    let response = response.await;
-                    drop(permit);
-                    response
-                })
+                Box::pin(async move { Ok(response.await?.map(|body| PermittedBody::new(body, permits))) })
             }
             Err(err) => {
                 tracing::info!(error = %err, %path, "request refused before any service");
                 let status = to_status(err);
-                Box::pin(std::future::ready(Ok(status.into_http())))
+                Box::pin(std::future::ready(Ok(status
+                    .into_http::<ResBody>()
+                    .map(|body| PermittedBody::new(body, Vec::new())))))
             }
         }
     }

@@ -50,6 +50,8 @@ pub enum Error {
     NotDisclosable(caselog_projections::disclosure::Refusal),
     #[error("this client already has {limit} requests in flight; retry when one has finished")]
     TooManyConcurrentRequests { limit: usize },
+    #[error("this client already holds {limit} subscriptions; end one before opening another")]
+    TooManySubscriptions { limit: usize },
     #[error("the audit trail could not record this access, so it was not served; retry later")]
     AuditUnavailable,
     #[error("the appends to this case kept conflicting; retry later")]
@@ -205,6 +207,10 @@ impl Error {
             Error::TooManyConcurrentRequests { limit } => {
                 metadata.insert("limit".to_owned(), limit.to_string());
                 (Code::ResourceExhausted, "TOO_MANY_CONCURRENT_REQUESTS")
+            }
+            Error::TooManySubscriptions { limit } => {
+                metadata.insert("limit".to_owned(), limit.to_string());
+                (Code::ResourceExhausted, "TOO_MANY_SUBSCRIPTIONS")
             }
             Error::AuditUnavailable => (Code::Unavailable, "AUDIT_UNAVAILABLE"),
             Error::RebuildInProgress => (Code::FailedPrecondition, "REBUILD_IN_PROGRESS"),

@@ -136,6 +136,10 @@ struct ServeArgs {
     /// Requests one organisation may have in flight; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "CASELOG_MAX_CONCURRENT_PER_CLIENT", default_value_t = 64)]
     max_concurrent_per_client: usize,
+    /// Open SubscribeEvents streams one organisation may hold; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CASELOG_MAX_SUBSCRIPTIONS_PER_CLIENT", default_value_t = caselog_server::auth::DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT)]
+    max_subscriptions_per_client: usize,
     /// Server certificate (PEM); with --tls-key, serve TLS.
     #[arg(long, env = "CASELOG_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -156,6 +160,9 @@ struct ServeArgs {
     /// stem is the key id (`kid`).
     #[arg(long, env = "CASELOG_JWT_KEYS", value_delimiter = ',', requires = "jwt_issuer")]
     jwt_key: Vec<PathBuf>,
+    /// The longest lifetime (`exp - iat`, seconds) of an accepted JWT.
+    #[arg(long, env = "CASELOG_JWT_MAX_LIFETIME", default_value_t = caselog_server::auth::DEFAULT_MAX_TOKEN_LIFETIME_SECONDS)]
+    jwt_max_lifetime: u64,
     /// Static bearer tokens (JSON) for local development; refused without --allow-dev-tokens.
     #[arg(long, env = "CASELOG_DEV_TOKENS")]
     dev_tokens: Option<PathBuf>,
@@ -185,7 +192,10 @@ impl ServeArgs {
             _ => None,
         };
         let jwt = match (&self.jwt_issuer, &self.jwt_audience) {
-            (Some(issuer), Some(audience)) => Some(JwtSettings::load(issuer.clone(), audience.clone(), &self.jwt_key)?),
+            (Some(issuer), Some(audience)) => Some(JwtSettings {
+                max_lifetime_seconds: self.jwt_max_lifetime,
+                ..JwtSettings::load(issuer.clone(), audience.clone(), &self.jwt_key)?
+            }),
             _ => None,
         };
         let dev_tokens = match &self.dev_tokens {
@@ -200,6 +210,7 @@ impl ServeArgs {
             client_certificates: self.tls_client_ca.is_some(),
             dev_tokens,
             max_concurrent_per_client: self.max_concurrent_per_client,
+            max_subscriptions_per_client: self.max_subscriptions_per_client,
         })?;
         Ok(Security {
             authenticator: Arc::new(authenticator),

@@ -1,0 +1,119 @@
+//! Credentials and limits an outside attacker probes: token validity windows and lifetimes,
+//! certificates with more than one identity, and streams held open against the per-client
+//! limits.
+
+use caselog_api::v1 as pb;
+use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
+use caselog_api::v1::event_feed_service_client::EventFeedServiceClient;
+use caselog_tests::*;
+use sqlx::PgPool;
+use std::time::Duration;
+use tonic::Code;
+
+async fn get_case(channel: AuthChannel) -> Result<(), tonic::Status> {
+    CaseEventServiceClient::new(channel)
+        .get_case(pb::GetCaseRequest { case_id: "LS1".into() })
+        .await
+        .map(|_| ())
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn tokens_not_yet_valid_or_too_long_lived_are_refused(pool: PgPool) {
+    let pki = Pki::new();
+    let server = TestServer::start_tls(pool, &pki, 64).await;
+    server.issue_case("LS1").await;
+    let token = |f: &dyn Fn(&mut TokenSpec)| {
+        let mut spec = TokenSpec::new("admin");
+        f(&mut spec);
+        server.channel_with(&spec.sign())
+    };
+    let not_yet = get_case(token(&|t| t.not_before_in = Some(600))).await.unwrap_err();
+    assert_eq!(not_yet.code(), Code::Unauthenticated, "{not_yet:?}");
+    assert!(not_yet.message().contains("not valid yet"), "{not_yet:?}");
+    // Within the clock leeway a token is accepted.
+    get_case(token(&|t| t.not_before_in = Some(10))).await.unwrap();
+    // Two days from issue to expiry: longer than the one-day default.
+    let long = get_case(token(&|t| t.expires_in = 2 * 86_400)).await.unwrap_err();
+    assert_eq!(long.code(), Code::Unauthenticated, "{long:?}");
+    assert!(long.message().contains("at most 86400 s"), "{long:?}");
+    // Backdating iat does not stretch a long-lived token past the bound either.
+    let backdated = get_case(token(&|t| {
+        t.issued_in = -86_000;
+        t.expires_in = 3_600;
+    }))
+    .await
+    .unwrap_err();
+    assert_eq!(backdated.code(), Code::Unauthenticated, "{backdated:?}");
+    get_case(token(&|t| t.expires_in = 86_400)).await.unwrap();
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_certificate_with_two_common_names_is_refused(pool: PgPool) {
+    let pki = Pki::new();
+    let server = TestServer::start_tls(pool, &pki, 64).await;
+    server.issue_case("LS1").await;
+    let two = pki
+        .channel(server.addr, Some(pki.client_identity_named(&["practice:A5", "admin"])))
+        .await
+        .unwrap();
+    let status = CaseEventServiceClient::new(two)
+        .get_case(pb::GetCaseRequest { case_id: "LS1".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("more than one common name"), "{status:?}");
+    let one = pki
+        .channel(server.addr, Some(pki.client_identity_named(&["admin"])))
+        .await
+        .unwrap();
+    CaseEventServiceClient::new(one)
+        .get_case(pb::GetCaseRequest { case_id: "LS1".into() })
+        .await
+        .unwrap();
+}
+
+async fn subscribe(channel: AuthChannel) -> Result<tonic::Streaming<pb::SubscribeEventsResponse>, tonic::Status> {
+    EventFeedServiceClient::new(channel)
+        .subscribe_events(pb::SubscribeEventsRequest::default())
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn open_streams_count_against_the_limits_until_they_end(pool: PgPool) {
+    let pki = Pki::new();
+    let server = TestServer::start_tls(pool.clone(), &pki, 3).await;
+    server.issue_case("LS1").await;
+    let admin = server.channel_with(&TokenSpec::new("admin").sign());
+    let first = subscribe(admin.clone()).await.unwrap();
+    let second = subscribe(admin.clone()).await.unwrap();
+    get_case(admin.clone()).await.unwrap();
+    let _third = subscribe(admin.clone()).await.unwrap();
+    // Three streams are open: the organisation's limit of three is reached.
+    let status = get_case(admin.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), "TOO_MANY_CONCURRENT_REQUESTS");
+    drop(first);
+    drop(second);
+    let mut freed = false;
+    for _ in 0..50 {
+        if get_case(admin.clone()).await.is_ok() {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "a stream's permit is returned when the client drops it");
+
+    // Subscriptions have their own bound (8 by default) below the request limit.
+    let roomy = TestServer::start_tls(pool, &pki, 64).await;
+    let admin = roomy.channel_with(&TokenSpec::new("admin").sign());
+    let mut open = Vec::new();
+    for _ in 0..caselog_server::auth::DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT {
+        open.push(subscribe(admin.clone()).await.unwrap());
+    }
+    let status = subscribe(admin.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), "TOO_MANY_SUBSCRIPTIONS");
+    get_case(admin).await.unwrap();
+}

@@ -117,3 +117,77 @@ async fn open_streams_count_against_the_limits_until_they_end(pool: PgPool) {
     assert_eq!(reason(&status), "TOO_MANY_SUBSCRIPTIONS");
     get_case(admin).await.unwrap();
 }
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn every_request_is_audited_in_bounded_space_whatever_its_bytes(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    server.issue_case("LS1").await;
+    let practice = server.channel_with(&dev_token("practice:A5"));
+    let huge = format!("LS{}", "9".repeat(200_000));
+    for case_id in ["LS\0NUL".to_owned(), huge.clone()] {
+        let status = CaseEventServiceClient::new(practice.clone())
+            .get_case(pb::GetCaseRequest { case_id })
+            .await
+            .unwrap_err();
+        assert_ne!(status.code(), Code::Ok);
+        assert_ne!(reason(&status), "AUDIT_UNAVAILABLE", "{status:?}");
+    }
+    let records = caselog_api::v1::admin_service_client::AdminServiceClient::new(server.channel.clone())
+        .list_audit_records(pb::ListAuditRecordsRequest {
+            actor: "practice:A5".into(),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(records.len(), 2, "both refusals are in the trail: {records:?}");
+    for record in &records {
+        assert!(!record.target.contains('\0'));
+        assert!(record.target.len() < 256, "{} bytes recorded", record.target.len());
+    }
+    assert!(
+        records
+            .iter()
+            .any(|r| r.target.contains("sha256:") && r.target.contains("200002 bytes")),
+        "{records:?}"
+    );
+    let stored: i64 =
+        sqlx::query_scalar("SELECT max(octet_length(target) + octet_length(detail::text))::int8 FROM audit_records")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(stored < 1024, "{stored} bytes in one record");
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn paging_the_audit_trail_until_empty_ends(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    server.issue_case("LS1").await;
+    for _ in 0..3 {
+        get_case(server.channel.clone()).await.unwrap();
+    }
+    let mut admin = caselog_api::v1::admin_service_client::AdminServiceClient::new(server.channel.clone());
+    let (mut after_id, mut up_to_id, mut seen) = (0, 0, Vec::new());
+    for page in 0.. {
+        assert!(page < 20, "paging never ended: {seen:?}");
+        let response = admin
+            .list_audit_records(pb::ListAuditRecordsRequest {
+                after_id,
+                up_to_id,
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if response.records.is_empty() {
+            break;
+        }
+        seen.extend(response.records.iter().map(|r| r.action.clone()));
+        after_id = response.next_after_id;
+        up_to_id = response.up_to_id;
+    }
+    assert_eq!(seen.len(), 3, "the three reads before the first page: {seen:?}");
+}

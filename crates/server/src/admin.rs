@@ -76,7 +76,7 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::ListAuditRecordsResponse>, Status> {
         let principal = caller(&request)?;
         let request = request.into_inner();
-        let detail = json!({"after_id": request.after_id, "limit": request.limit, "actor": request.actor, "target": request.target});
+        let detail = json!({"after_id": request.after_id, "up_to_id": request.up_to_id, "limit": request.limit, "actor": request.actor, "target": request.target});
         let result = match principal.require_admin("read the audit trail") {
             Ok(()) => self.audit_page(request).await,
             Err(denial) => Err(denial.into()),
@@ -94,7 +94,12 @@ impl Admin {
                 format!("limit is at most {MAX_AUDIT_PAGE}"),
             )]));
         }
+        let up_to_id = match request.up_to_id {
+            0 => self.log.last_audit_id().await?,
+            pinned => i64::try_from(pinned).unwrap_or(i64::MAX),
+        };
         let query = AuditQuery {
+            up_to_id,
             after_id: i64::try_from(request.after_id).unwrap_or(i64::MAX),
             limit: i64::from(if request.limit == 0 {
                 DEFAULT_AUDIT_PAGE
@@ -107,6 +112,7 @@ impl Admin {
         let records = self.log.read_audit(&query).await?;
         let next_after_id = records.last().map_or(request.after_id, |r| r.id as u64);
         Ok(pb::ListAuditRecordsResponse {
+            up_to_id: up_to_id as u64,
             records: records
                 .into_iter()
                 .map(|r| pb::AuditRecord {

@@ -43,17 +43,58 @@ pub async fn record(
     outcome: String,
 ) -> Result<(), Error> {
     let entry = AuditEntry {
-        actor: principal.organisation.clone(),
-        grants: grants_text(principal),
+        actor: bounded(&principal.organisation),
+        grants: bounded(&grants_text(principal)),
         action: action.to_owned(),
-        target: target.to_owned(),
+        target: bounded(target),
         outcome,
-        detail,
+        detail: bounded_json(detail),
     };
     log.record_audit(&entry).await.map(|_| ()).map_err(|err| {
         error!(error = %err, action, target, "audit record not written");
         Error::AuditUnavailable
     })
+}
+
+/// The longest request string recorded as it is.
+const MAX_RECORDED_CHARS: usize = 128;
+/// How much of a longer (or unprintable) string is kept, before its digest.
+const RECORDED_PREFIX_CHARS: usize = 64;
+
+/// A request string as the permanent trail records it: as sent when short and printable, else
+/// a printable prefix and the SHA-256 of the whole, so that any caller's bytes are recorded
+/// (PostgreSQL refuses NUL in text) and no caller can write megabytes into a table that is
+/// never cleaned.
+pub fn bounded(text: &str) -> String {
+    let printable = |c: char| !c.is_control();
+    if text.chars().count() <= MAX_RECORDED_CHARS && text.chars().all(printable) {
+        return text.to_owned();
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let prefix: String = text
+        .chars()
+        .take(RECORDED_PREFIX_CHARS)
+        .map(|c| if printable(c) { c } else { '\u{FFFD}' })
+        .collect();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}...[{} bytes, sha256:{hex}]", text.len())
+}
+
+/// `detail` with every string in it (keys too) [`bounded`].
+fn bounded_json(detail: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match detail {
+        Value::String(text) => Value::String(bounded(&text)),
+        Value::Array(items) => Value::Array(items.into_iter().map(bounded_json).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(key, value)| (bounded(&key), bounded_json(value)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 pub fn grants_text(principal: &Principal) -> String {

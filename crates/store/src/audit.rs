@@ -33,6 +33,8 @@ pub struct AuditQuery {
     pub limit: i64,
     pub actor: Option<String>,
     pub target: Option<String>,
+    /// Records with an id at most this (the snapshot a paging client pinned).
+    pub up_to_id: i64,
 }
 
 impl EventLog {
@@ -53,17 +55,26 @@ impl EventLog {
         Ok(id)
     }
 
+    /// The id of the last record written (0 when there is none).
+    #[instrument(skip(self), err)]
+    pub async fn last_audit_id(&self) -> Result<i64, Error> {
+        Ok(sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM audit_records")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     #[instrument(skip(self), err)]
     pub async fn read_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, Error> {
         Ok(sqlx::query_as(
             "SELECT id, recorded_at, actor, grants, action, target, outcome, detail FROM audit_records
-             WHERE id > $1 AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR target = $3)
+             WHERE id > $1 AND id <= $5 AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR target = $3)
              ORDER BY id LIMIT $4",
         )
         .bind(query.after_id)
         .bind(&query.actor)
         .bind(&query.target)
         .bind(query.limit)
+        .bind(query.up_to_id)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -204,7 +204,7 @@ fn as_of_instant(as_of: &prost_types::Timestamp) -> Result<chrono::DateTime<chro
     let nanos = u32::try_from(as_of.nanos).ok().filter(|n| *n < 1_000_000_000);
     match nanos {
         Some(nanos) if (0..=LAST_SECOND).contains(&as_of.seconds) => {
-            chrono::DateTime::from_timestamp(as_of.seconds, nanos).ok_or_else(|| as_of_invalid())
+            chrono::DateTime::from_timestamp(as_of.seconds, nanos).ok_or_else(as_of_invalid)
         }
         _ => Err(as_of_invalid()),
     }

@@ -29,11 +29,14 @@ const UNAUTHENTICATED_PREFIXES: &[&str] = &["/grpc.health.v1.Health/"];
 /// Long-lived streams with their own per-organisation bound.
 const SUBSCRIPTION_PATH: &str = "/caselog.v1.EventFeedService/SubscribeEvents";
 
+/// The default bound on one organisation's requests in flight.
+pub const DEFAULT_MAX_CONCURRENT_PER_CLIENT: usize = 64;
+
 /// The default bound on one organisation's open subscriptions.
 pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 8;
 
 /// How callers prove who they are. At least one way must be configured.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuthSettings {
     pub jwt: Option<JwtSettings>,
     /// Client certificates are accepted (the TLS layer has verified them against the client CA).
@@ -45,6 +48,19 @@ pub struct AuthSettings {
     pub max_concurrent_per_client: usize,
     /// Open `SubscribeEvents` streams one organisation may hold (each also counts as a request).
     pub max_subscriptions_per_client: usize,
+}
+
+impl Default for AuthSettings {
+    /// No way to authenticate yet, and the default limits of `caselog serve`.
+    fn default() -> AuthSettings {
+        AuthSettings {
+            jwt: None,
+            client_certificates: false,
+            dev_tokens: None,
+            max_concurrent_per_client: DEFAULT_MAX_CONCURRENT_PER_CLIENT,
+            max_subscriptions_per_client: DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT,
+        }
+    }
 }
 
 /// Clock skew tolerated on `nbf` and `exp`.

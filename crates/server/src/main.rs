@@ -134,7 +134,7 @@ struct ServeArgs {
     #[arg(long, env = "CASELOG_APPEND_GROUPS_IN_FLIGHT", default_value_t = 1)]
     append_groups_in_flight: usize,
     /// Requests one organisation may have in flight; more are refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "CASELOG_MAX_CONCURRENT_PER_CLIENT", default_value_t = 64)]
+    #[arg(long, env = "CASELOG_MAX_CONCURRENT_PER_CLIENT", default_value_t = caselog_server::auth::DEFAULT_MAX_CONCURRENT_PER_CLIENT)]
     max_concurrent_per_client: usize,
     /// Open SubscribeEvents streams one organisation may hold; more are refused with
     /// RESOURCE_EXHAUSTED.

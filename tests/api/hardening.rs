@@ -191,3 +191,140 @@ async fn paging_the_audit_trail_until_empty_ends(pool: PgPool) {
     }
     assert_eq!(seen.len(), 3, "the three reads before the first page: {seen:?}");
 }
+
+async fn append_with(
+    server: &TestServer,
+    token: &str,
+    case_id: &str,
+    events: Vec<pb::NewEvent>,
+) -> Result<(), tonic::Status> {
+    CaseEventServiceClient::new(server.channel_with(token))
+        .append_events(append(case_id, events))
+        .await
+        .map(|_| ())
+}
+
+fn issued_at(court: &str) -> caselog_api::v1::event_payload::Kind {
+    caselog_api::v1::event_payload::Kind::CaseIssued(pb::CaseIssued {
+        law_type: pb::LawType::Public as i32,
+        application_types: vec![pb::ApplicationType::S31Care as i32],
+        court_code: court.into(),
+        service_area: "A5".into(),
+        local_authority_code: "E08000035".into(),
+        children: vec![child("c1", "2019-06")],
+        received_on: String::new(),
+    })
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn issuing_is_scoped_to_the_courts_numbering_and_tells_no_one_what_exists(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let (leeds, manchester) = (dev_token("court:LS"), dev_token("court:MA"));
+    append_with(
+        &server,
+        &leeds,
+        "LS25C00002",
+        vec![event("2025-04-17", issued_at("LS"))],
+    )
+    .await
+    .unwrap();
+    // Manchester cannot tell a Leeds id in use from one that is not, whatever it sends.
+    for kind in [issued_at("MA"), issued_at("LS"), hearing("2025-06-01")] {
+        let used = append_with(
+            &server,
+            &manchester,
+            "LS25C00002",
+            vec![event("2025-04-18", kind.clone())],
+        )
+        .await
+        .unwrap_err();
+        let unused = append_with(&server, &manchester, "LS25C00001", vec![event("2025-04-18", kind)])
+            .await
+            .unwrap_err();
+        assert_eq!(used.code(), Code::PermissionDenied, "{used:?}");
+        assert_eq!(reason(&used), "NOT_A_PARTY");
+        assert_eq!(
+            (used.code(), used.message(), used.details()),
+            (unused.code(), unused.message(), unused.details())
+        );
+    }
+    // Nor can it issue into its own numbering a case at another court, or a local authority
+    // issue an id of one court at another.
+    let status = append_with(
+        &server,
+        &manchester,
+        "MA25C00001",
+        vec![event("2025-04-17", issued_at("LS"))],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&status), "OUTSIDE_COURT_NUMBERING", "{status:?}");
+    let status = append_with(
+        &server,
+        &dev_token("local_authority:E08000035"),
+        "LS25C00003",
+        vec![event("2025-04-17", issued_at("MA"))],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&status), "OUTSIDE_COURT_NUMBERING", "{status:?}");
+    // Leeds still issues its own numbers, and the local authority issues at the right court.
+    append_with(
+        &server,
+        &leeds,
+        "LS25C00001",
+        vec![event("2025-04-17", issued_at("LS"))],
+    )
+    .await
+    .unwrap();
+    append_with(
+        &server,
+        &dev_token("local_authority:E08000035"),
+        "MA25C00009",
+        vec![event("2025-04-17", issued_at("MA"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(event_count(&pool).await, 3);
+}
+
+async fn median_refusal(server: &TestServer, case_id: &str) -> Duration {
+    let practice = server.channel_with(&dev_token("practice:A3"));
+    let mut times = Vec::new();
+    for _ in 0..15 {
+        let started = std::time::Instant::now();
+        let status = CaseEventServiceClient::new(practice.clone())
+            .get_case(pb::GetCaseRequest {
+                case_id: case_id.into(),
+            })
+            .await
+            .unwrap_err();
+        times.push(started.elapsed());
+        assert_eq!(reason(&status), "NOT_A_PARTY");
+    }
+    times.sort();
+    times[times.len() / 2]
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn refusing_a_case_takes_no_longer_for_a_large_one(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    server.issue_case("LS25C00001").await;
+    for _ in 0..4 {
+        let visits = (0..1000).map(|_| event("2025-05-01", seen("c1"))).collect();
+        server
+            .client()
+            .append_events(append("LS25C00001", visits))
+            .await
+            .unwrap();
+    }
+    // Warm both paths, then compare: reading and folding 4,001 events would take many times
+    // longer than the one row the party check needs.
+    median_refusal(&server, "LS25C09999").await;
+    let missing = median_refusal(&server, "LS25C09999").await;
+    let large = median_refusal(&server, "LS25C00001").await;
+    assert!(
+        large < missing * 3 + Duration::from_millis(3),
+        "refusing a 4,001-event case took {large:?}, a missing one {missing:?}"
+    );
+}

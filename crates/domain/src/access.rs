@@ -167,6 +167,15 @@ pub enum Denial {
     },
     #[error("the request claims source {claimed:?}, but the caller is authenticated as {organisation}")]
     SourceMismatch { organisation: String, claimed: String },
+    #[error(
+        "{organisation} may not issue this case at court {court:?} (event {event_index}): its case id is in the numbering of court {scope:?}; a case id begins with its court's code, e.g. \"{court}25C00123\""
+    )]
+    OutsideCourtNumbering {
+        organisation: String,
+        court: String,
+        scope: String,
+        event_index: usize,
+    },
 }
 
 impl Denial {
@@ -177,16 +186,26 @@ impl Denial {
             Denial::NotAParty { .. } => "NOT_A_PARTY",
             Denial::ServiceAreaNotPermitted { .. } => "SERVICE_AREA_NOT_PERMITTED",
             Denial::SourceMismatch { .. } => "SOURCE_MISMATCH",
+            Denial::OutsideCourtNumbering { .. } => "OUTSIDE_COURT_NUMBERING",
         }
     }
 
     /// The index in the request of the event refused, when one event was.
     pub fn event_index(&self) -> Option<usize> {
         match self {
-            Denial::EventTypeNotPermitted { event_index, .. } => Some(*event_index),
+            Denial::EventTypeNotPermitted { event_index, .. } | Denial::OutsideCourtNumbering { event_index, .. } => {
+                Some(*event_index)
+            }
             _ => None,
         }
     }
+}
+
+/// The court numbering a case id belongs to: its leading upper-case letters, the court code
+/// ("LS25C00123" belongs to court LS).
+pub fn court_scope(case_id: &str) -> &str {
+    let end = case_id.find(|c: char| !c.is_ascii_uppercase()).unwrap_or(case_id.len());
+    &case_id[..end]
 }
 
 /// How a principal may query aggregate metrics.
@@ -409,6 +428,44 @@ impl Principal {
                 .any(|g| g.writes() && g.is_party(issue) && event_type.is_none_or(|t| g.sends(t)));
             if !permitted {
                 return Err(self.not_a_party());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checked before the case is read, so that its answer cannot depend on whether the case
+    /// exists. Case ids are numbered by court ([`court_scope`]): a court writes only ids of its
+    /// own numbering (any other id is refused as a case it is not party to, recorded or not),
+    /// and an issue by a court or a local authority names the court whose numbering the id
+    /// belongs to, so that nobody issues into another court's numbering and locks it out of
+    /// its own case. Migrations write any id.
+    pub fn may_address(&self, case_id: &str, batch: &[NewEvent]) -> Result<(), Denial> {
+        // Role and event-type refusals come first, from `may_append`.
+        if self.has(&Grant::Migration) || !self.grants.iter().any(Grant::writes) {
+            return Ok(());
+        }
+        let scope = court_scope(case_id);
+        let in_scope = self.grants.iter().any(|g| match g {
+            Grant::Court(court) => court == scope,
+            Grant::LocalAuthority(_) | Grant::Practice(_) => true,
+            Grant::Reporting | Grant::Administrator | Grant::Migration => false,
+        });
+        if !in_scope {
+            return Err(self.not_a_party());
+        }
+        if !self.grants.iter().any(|g| g.sends(EventType::CaseIssued)) {
+            return Ok(());
+        }
+        for (index, event) in batch.iter().enumerate() {
+            if let Payload::CaseIssued(issue) = &event.payload
+                && issue.court_code != scope
+            {
+                return Err(Denial::OutsideCourtNumbering {
+                    organisation: self.organisation.clone(),
+                    court: issue.court_code.clone(),
+                    scope: scope.to_owned(),
+                    event_index: index,
+                });
             }
         }
         Ok(())

@@ -121,6 +121,7 @@ pub async fn append(
     if !violations.is_empty() {
         return Err(Error::invalid(violations));
     }
+    writer.may_address(case_id, events)?;
     let request = AppendRequest {
         path,
         case_id,

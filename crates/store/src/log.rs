@@ -256,6 +256,18 @@ impl EventLog {
     }
 
     /// Every event of a case, in version order.
+    /// The first event of a case (its `case_issued`), if it is recorded: who may see a case is
+    /// decided on this one indexed row, in the same time whatever the case's size.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn read_case_head(&self, case_id: &str) -> Result<Vec<StoredEvent>, Error> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM events WHERE case_id = $1 AND version = 1"
+        )))
+        .bind(case_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn read_case(&self, case_id: &str) -> Result<Vec<StoredEvent>, Error> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -118,6 +118,51 @@ async fn the_service_role_serves_everything_but_cannot_change_the_log_or_the_tra
             "{statement}: expected insufficient_privilege (42501), got {err}"
         );
     }
+    let err = sqlx::query("CREATE TABLE squatter (x int)")
+        .execute(&service_pool)
+        .await
+        .unwrap_err();
+    assert_eq!(sql_state(&err), "42501", "the role creates no tables: {err}");
+
+    // Rows whose position, recorded_at or source the database did not hand out are refused.
+    let insert = |position: &str, recorded_at: &str, source: &str| {
+        format!(
+            "INSERT INTO events (position, event_id, case_id, version, event_type, occurred_on, data, source, recorded_at)
+             VALUES ({position}, gen_random_uuid(), 'LS9', 1, 'case_issued', '2025-04-17', '{{}}', '{source}', {recorded_at})"
+        )
+    };
+    for (promise, statement) in [
+        (
+            false,
+            insert("caselog_last_allocated_position() + 5", "now()", "court:LS"),
+        ),
+        (true, insert("0", "now()", "court:LS")),
+        (
+            true,
+            insert(
+                "caselog_last_allocated_position()",
+                "'2020-01-01T00:00:00Z'",
+                "court:LS",
+            ),
+        ),
+        (
+            true,
+            insert("caselog_last_allocated_position()", "now()", "forged source!"),
+        ),
+    ] {
+        let mut tx = service_pool.begin().await.unwrap();
+        if promise {
+            sqlx::query("SELECT caselog_allocate_positions(1)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        let err = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert_eq!(sql_state(&err), "CL002", "{statement}: {err}");
+    }
     assert_eq!(event_count(&pool).await, 1);
     let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_records")
         .fetch_one(&pool)

@@ -81,9 +81,10 @@ impl EventLog {
 }
 
 /// Grants the service's database role what it needs and no more: it reads and appends to the
-/// log and the audit trail but cannot change or remove a row of either; it owns the projection
-/// tables, which it rebuilds by creating a table beside them and switching. Run by the owner of
-/// the schema after the migrations (`caselog migrate --service-role`); idempotent.
+/// log and the audit trail but cannot change or remove a row of either; it reads and writes the
+/// projection tables' rows, and rebuilds them only through the owner's functions (it creates no
+/// table). Run by the owner of the schema after the migrations (`caselog migrate
+/// --service-role`); idempotent.
 #[instrument(skip(pool), err)]
 pub async fn grant_service_role(pool: &sqlx::PgPool, role: &str) -> Result<(), Error> {
     let valid = !role.is_empty()
@@ -95,12 +96,21 @@ pub async fn grant_service_role(pool: &sqlx::PgPool, role: &str) -> Result<(), E
         return Err(Error::InvalidRoleName(role.to_owned()));
     }
     let statements = [
-        format!("GRANT USAGE, CREATE ON SCHEMA public TO {role}"),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("REVOKE CREATE ON SCHEMA public FROM {role}"),
         format!("REVOKE ALL ON events, audit_records FROM {role}"),
         format!("GRANT SELECT, INSERT ON events, audit_records TO {role}"),
         format!("GRANT USAGE, SELECT ON SEQUENCE caselog_event_position TO {role}"),
-        format!("ALTER TABLE case_facts OWNER TO {role}"),
-        format!("ALTER TABLE projection_checkpoints OWNER TO {role}"),
+        // Earlier releases handed the projection tables to the service role; the owner's
+        // rebuild functions need them back.
+        "ALTER TABLE case_facts OWNER TO CURRENT_USER".to_owned(),
+        "ALTER TABLE projection_checkpoints OWNER TO CURRENT_USER".to_owned(),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON case_facts, projection_checkpoints TO {role}"),
+        format!("INSERT INTO caselog_service_roles (role_name) VALUES ('{role}') ON CONFLICT DO NOTHING"),
+        format!(
+            "GRANT EXECUTE ON FUNCTION caselog_rebuild_create(), caselog_rebuild_index(), \
+             caselog_rebuild_drop(), caselog_rebuild_switch() TO {role}"
+        ),
     ];
     let mut tx = pool.begin().await?;
     for statement in statements {

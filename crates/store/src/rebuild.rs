@@ -139,14 +139,10 @@ impl RebuildSession {
     /// Starts an empty rebuilt table, dropping what an interrupted rebuild left.
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn create_table(&mut self) -> Result<(), Error> {
-        sqlx::query("DROP TABLE IF EXISTS case_facts_rebuild")
+        // The table is the schema owner's (the service role creates none): see migration 0005.
+        sqlx::query("SELECT caselog_rebuild_create()")
             .execute(&mut self.connection)
             .await?;
-        sqlx::query(
-            "CREATE TABLE case_facts_rebuild (case_id text NOT NULL, facts jsonb NOT NULL, as_of_position bigint NOT NULL)",
-        )
-        .execute(&mut self.connection)
-        .await?;
         Ok(())
     }
 
@@ -173,15 +169,9 @@ impl RebuildSession {
     /// Builds the rebuilt table's indexes (after the bulk load: cheaper than maintaining them).
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn index_table(&mut self) -> Result<(), Error> {
-        sqlx::query("ALTER TABLE case_facts_rebuild ADD CONSTRAINT case_facts_rebuild_pkey PRIMARY KEY (case_id)")
-            .execute(&mut self.connection)
-            .await?;
-        sqlx::query("CREATE INDEX case_facts_rebuild_by_position ON case_facts_rebuild (as_of_position)")
-            .execute(&mut self.connection)
-            .await?;
-        // Without statistics the planner scans the whole table to find the few rows a reader
-        // asks for; autovacuum would get there, but only later.
-        sqlx::query("ANALYZE case_facts_rebuild")
+        // Also analyzes it: without statistics the planner scans the whole table to find the few
+        // rows a reader asks for; autovacuum would get there, but only later.
+        sqlx::query("SELECT caselog_rebuild_index()")
             .execute(&mut self.connection)
             .await?;
         Ok(())
@@ -239,7 +229,7 @@ impl RebuildSession {
     /// Drops the rebuilt table (after a verification).
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn drop_table(&mut self) -> Result<(), Error> {
-        sqlx::query("DROP TABLE IF EXISTS case_facts_rebuild")
+        sqlx::query("SELECT caselog_rebuild_drop()")
             .execute(&mut self.connection)
             .await?;
         Ok(())
@@ -307,14 +297,9 @@ impl Finish<'_> {
     /// generation.
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn switch(mut self, position: i64) -> Result<i64, Error> {
-        for statement in [
-            "DROP TABLE case_facts",
-            "ALTER TABLE case_facts_rebuild RENAME TO case_facts",
-            "ALTER INDEX case_facts_rebuild_pkey RENAME TO case_facts_pkey",
-            "ALTER INDEX case_facts_rebuild_by_position RENAME TO case_facts_by_position",
-        ] {
-            sqlx::query(statement).execute(&mut *self.tx).await?;
-        }
+        sqlx::query("SELECT caselog_rebuild_switch()")
+            .execute(&mut *self.tx)
+            .await?;
         let generation: i64 = sqlx::query_scalar(
             "UPDATE projection_checkpoints SET position = $1, generation = generation + 1, updated_at = now()
               WHERE projection = $2 RETURNING generation",

@@ -62,6 +62,19 @@ async fn a_certificate_with_two_common_names_is_refused(pool: PgPool) {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("more than one common name"), "{status:?}");
+    let other_alternative = pki
+        .channel(
+            server.addr,
+            Some(pki.client_identity_with(&["admin"], &["practice-a5.example"])),
+        )
+        .await
+        .unwrap();
+    let status = CaseEventServiceClient::new(other_alternative)
+        .get_case(pb::GetCaseRequest { case_id: "LS1".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("subject alternative names"), "{status:?}");
     let one = pki
         .channel(server.addr, Some(pki.client_identity_named(&["admin"])))
         .await

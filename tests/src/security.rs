@@ -170,9 +170,16 @@ impl Pki {
 
     /// A client certificate whose subject has one or two common names.
     pub fn client_identity_named(&self, common_names: &[&str]) -> Identity {
+        self.client_identity_with(common_names, &[])
+    }
+
+    /// A client certificate whose subject has one or two common names, with DNS subject
+    /// alternative names.
+    pub fn client_identity_with(&self, common_names: &[&str], alternative_names: &[&str]) -> Identity {
         assert!(matches!(common_names.len(), 1 | 2));
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut params =
+            CertificateParams::new(alternative_names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(DnType::CommonName, common_names[0]);
         if let Some(second) = common_names.get(1) {
             // rcgen keeps one value per attribute type: the second common name goes in under

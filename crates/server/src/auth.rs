@@ -433,6 +433,28 @@ fn from_certificate(leaf: &[u8]) -> Result<Principal, Error> {
             "the client certificate's subject has more than one common name; issue it with exactly one".into(),
         ));
     }
+    // Other software may take a subject alternative name as the identity: any that names
+    // something other than the common name makes the certificate ambiguous.
+    let alternative_names = certificate
+        .subject_alternative_name()
+        .map_err(|_| Error::Unauthenticated("the client certificate's alternative names cannot be read".into()))?;
+    let conflicting = alternative_names
+        .into_iter()
+        .flat_map(|san| &san.value.general_names)
+        .any(|name| {
+            use x509_parser::extensions::GeneralName;
+            match name {
+                GeneralName::DNSName(n) | GeneralName::RFC822Name(n) | GeneralName::URI(n) => *n != common_name,
+                GeneralName::IPAddress(_) => false,
+                _ => true,
+            }
+        });
+    if conflicting {
+        return Err(Error::Unauthenticated(
+            "the client certificate names another identity in its subject alternative names than its common name"
+                .into(),
+        ));
+    }
     principal_of(common_name.clone(), &[common_name]).map_err(|e| {
         Error::Unauthenticated(format!(
             "the client certificate's common name is not a caselog grant: {e}"

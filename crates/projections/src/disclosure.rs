@@ -129,6 +129,9 @@ where
         // Report type stays as asked: it selects and splits strata, it is not a cell dimension.
         q.filters.retain(|(d, _)| *d == Dimension::ReportType);
         q.group_by = group_by.to_vec();
+        if query.group_by.contains(&Dimension::ReportType) && !q.group_by.contains(&Dimension::ReportType) {
+            q.group_by.push(Dimension::ReportType);
+        }
         q
     };
     if involved(query).is_empty() {

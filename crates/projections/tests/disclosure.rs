@@ -415,3 +415,56 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_suppressed_query_keeps_every_dimension_it_grouped_by() {
+    let cases: Vec<CaseFacts> = (0..12)
+        .map(|i| {
+            facts(
+                i,
+                &Case {
+                    public: i % 2 == 0,
+                    area: i % 2,
+                    court: 0,
+                    authority: 0,
+                    closed: false,
+                    children: vec![(2015, true)],
+                },
+            )
+        })
+        .collect();
+    let query = MetricsQuery {
+        metrics: vec![MetricId::S1Cases],
+        period: Period::month(2025, 6).unwrap(),
+        snapshot: None,
+        group_by: vec![Dimension::ReportType, Dimension::ServiceArea],
+        filters: vec![(Dimension::ServiceArea, vec!["A1".into(), "A2".into()])],
+        suppress_small_numbers: true,
+        settings: Settings::default(),
+    };
+    let rows = compute(&query, &cases, WorkingCalendar::england_and_wales())
+        .unwrap()
+        .remove(0)
+        .rows;
+    let groups: Vec<Vec<(Dimension, &str)>> = rows
+        .iter()
+        .map(|r| r.group.iter().map(|(d, v)| (*d, v.as_str())).collect())
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            vec![
+                (Dimension::ServiceArea, "A1"),
+                (Dimension::ReportType, "not_applicable")
+            ],
+            vec![
+                (Dimension::ServiceArea, "A2"),
+                (Dimension::ReportType, "not_applicable")
+            ],
+        ]
+    );
+    assert_eq!(
+        rows.iter().map(|r| (r.suppressed, r.numerator)).collect::<Vec<_>>(),
+        [(false, 6.0), (false, 6.0)]
+    );
+}

@@ -117,51 +117,43 @@ pub fn table_of(query: &MetricsQuery) -> Result<Option<Dimension>, Refusal> {
 pub fn answer<E>(
     query: &MetricsQuery,
     universe: &Universe,
-    mut count: impl FnMut(&MetricsQuery) -> Result<Vec<MetricResult>, E>,
+    mut count: impl FnMut(&MetricsQuery, &[Vec<Dimension>]) -> Result<Vec<MetricResult>, E>,
 ) -> Result<Vec<MetricResult>, E>
 where
     E: From<Refusal>,
 {
     let other = table_of(query)?;
-    let plain = |group_by: &[Dimension]| {
-        let mut q = query.clone();
-        q.suppress_small_numbers = false;
-        // Report type stays as asked: it selects and splits strata, it is not a cell dimension.
-        q.filters.retain(|(d, _)| *d == Dimension::ReportType);
-        q.group_by = group_by.to_vec();
-        if query.group_by.contains(&Dimension::ReportType) && !q.group_by.contains(&Dimension::ReportType) {
-            q.group_by.push(Dimension::ReportType);
-        }
-        q
-    };
+    let mut plain = query.clone();
+    plain.suppress_small_numbers = false;
+    // Report type stays as asked: it selects and splits strata, it is not a cell dimension.
+    plain.filters.retain(|(d, _)| *d == Dimension::ReportType);
+    plain.group_by.clear();
     if involved(query).is_empty() {
-        return count(&plain(&query.group_by));
+        return count(&plain, std::slice::from_ref(&query.group_by));
     }
-    let national = count(&plain(&[]))?;
-    let by_law_type = count(&plain(&[Dimension::LawType]))?;
-    let (by_other, by_both) = match other {
-        Some(d) => (
-            Some(count(&plain(&[d]))?),
-            Some(count(&plain(&[Dimension::LawType, d]))?),
-        ),
-        None => (None, None),
-    };
-    let results = national
+    // The table's cells and every total, counted in one pass.
+    let by_report_type = query.group_by.contains(&Dimension::ReportType);
+    let grouping_sets: Vec<Vec<Dimension>> = [vec![], vec![Dimension::LawType]]
         .into_iter()
-        .enumerate()
-        .map(|(i, template)| {
-            let mut table = Table::new(template.metric, other.is_some());
-            table.fill(&template.rows, None, None);
-            table.fill(&by_law_type[i].rows, Some(Dimension::LawType), None);
-            if let (Some(d), Some(by_other), Some(by_both)) = (other, &by_other, &by_both) {
-                table.fill(&by_other[i].rows, None, Some(d));
-                table.fill(&by_both[i].rows, Some(Dimension::LawType), Some(d));
+        .chain(other.map(|d| vec![d]))
+        .chain(other.map(|d| vec![Dimension::LawType, d]))
+        .map(|mut set| {
+            if by_report_type {
+                set.push(Dimension::ReportType);
             }
+            set
+        })
+        .collect();
+    let results = count(&plain, &grouping_sets)?
+        .into_iter()
+        .map(|counted| {
+            let mut table = Table::new(counted.metric, other.is_some());
+            table.fill(&counted.rows, other);
             table.complete(universe, other);
             table.suppress();
             MetricResult {
                 rows: table.rows_for(query, other),
-                ..template
+                ..counted
             }
         })
         .collect();
@@ -197,10 +189,12 @@ impl Table {
         }
     }
 
-    fn fill(&mut self, rows: &[Row], law: Option<Dimension>, other: Option<Dimension>) {
+    /// Places counted rows by the dimensions their group has: law type, `other`, both or
+    /// neither (a total).
+    fn fill(&mut self, rows: &[Row], other: Option<Dimension>) {
         for row in rows {
             let stratum = row.group.get(&Dimension::ReportType).cloned();
-            let law = law.and_then(|d| row.group.get(&d).cloned());
+            let law = row.group.get(&Dimension::LawType).cloned();
             let other = other.and_then(|d| row.group.get(&d).cloned());
             self.cells.insert(
                 (stratum, law, other),

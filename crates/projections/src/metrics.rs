@@ -412,6 +412,9 @@ struct Collector<'a> {
     acc: Vec<Vec<Option<Acc>>>,
     /// Whether a child's keys can differ from its case's (only by age band).
     by_age: bool,
+    /// The groupings counted, each a `group_by`: one normally; a suppressed table counts its
+    /// cells and totals in one pass (see `crate::disclosure`).
+    grouping_sets: Vec<Vec<Dimension>>,
 }
 
 type GroupId = usize;
@@ -464,7 +467,7 @@ fn group_key(key: &UnitKey<'_>) -> GroupKey {
 }
 
 impl<'a> Collector<'a> {
-    fn new(query: &MetricsQuery) -> Collector<'a> {
+    fn new(query: &MetricsQuery, grouping_sets: &[Vec<Dimension>]) -> Collector<'a> {
         let mut wanted = [false; MetricId::ALL.len()];
         for metric in &query.metrics {
             wanted[*metric as usize] = true;
@@ -474,8 +477,9 @@ impl<'a> Collector<'a> {
             groups: Vec::new(),
             ids: HashMap::default(),
             acc: vec![Vec::new(); MetricId::ALL.len()],
-            by_age: query.group_by.contains(&Dimension::AgeBand)
+            by_age: grouping_sets.iter().any(|set| set.contains(&Dimension::AgeBand))
                 || query.filters.iter().any(|(d, _)| *d == Dimension::AgeBand),
+            grouping_sets: grouping_sets.to_vec(),
         }
     }
 
@@ -507,7 +511,14 @@ impl<'a> Collector<'a> {
         child_age: Option<(&ChildFacts, NaiveDate)>,
         report_type: Option<ReportType>,
     ) -> Vec<GroupId> {
-        self.intern(keys(query, case, child_age, report_type))
+        let all = match self.grouping_sets.as_slice() {
+            [group_by] => keys(query, group_by, case, child_age, report_type),
+            sets => sets
+                .iter()
+                .flat_map(|group_by| keys(query, group_by, case, child_age, report_type))
+                .collect(),
+        };
+        self.intern(all)
     }
 
     /// Adds one unit to `metric`: `numerator` and `denominator` are its contributions.
@@ -590,6 +601,7 @@ struct CaseKeys(Option<Vec<GroupId>>);
 /// it is filtered out. `child_age` gives the child and the date for the age band.
 fn keys<'a>(
     query: &MetricsQuery,
+    group_by: &[Dimension],
     case: &'a CaseFacts,
     child_age: Option<(&ChildFacts, NaiveDate)>,
     report_type: Option<ReportType>,
@@ -622,9 +634,9 @@ fn keys<'a>(
         }
     }
     let report_dimension =
-        (report_type.is_some() && !query.group_by.contains(&Dimension::ReportType)).then_some(Dimension::ReportType);
+        (report_type.is_some() && !group_by.contains(&Dimension::ReportType)).then_some(Dimension::ReportType);
     let mut out: Vec<UnitKey<'a>> = vec![[""; DIMENSIONS]];
-    for dimension in query.group_by.iter().copied().chain(report_dimension) {
+    for dimension in group_by.iter().copied().chain(report_dimension) {
         if dimension == Dimension::ApplicationType {
             out = out
                 .into_iter()
@@ -720,17 +732,22 @@ pub fn compute<'a>(
 ) -> Result<Vec<MetricResult>, MetricsError> {
     if query.suppress_small_numbers {
         let universe = crate::disclosure::Universe::of(cases.clone());
-        return crate::disclosure::answer(query, &universe, |q| compute_plain(q, cases.clone(), calendar));
+        return crate::disclosure::answer(query, &universe, |q, sets| {
+            compute_plain(q, sets, cases.clone(), calendar)
+        });
     }
-    compute_plain(query, cases, calendar)
+    compute_plain(query, std::slice::from_ref(&query.group_by), cases, calendar)
 }
 
+/// The rows of every grouping in `grouping_sets` (each a `group_by` of `query`), counted in one
+/// pass over `cases`, without suppression.
 fn compute_plain<'a>(
     query: &MetricsQuery,
+    grouping_sets: &[Vec<Dimension>],
     cases: impl IntoIterator<Item = &'a CaseFacts>,
     calendar: &WorkingCalendar,
 ) -> Result<Vec<MetricResult>, MetricsError> {
-    let mut counts = Counts::new(query);
+    let mut counts = Counts::new(query, grouping_sets);
     counts.count(query, cases, calendar)?;
     counts.finish(query, calendar)
 }
@@ -744,15 +761,16 @@ pub fn compute_parallel(
 ) -> Result<Vec<MetricResult>, MetricsError> {
     if query.suppress_small_numbers {
         let universe = crate::disclosure::Universe::of(cases.iter().copied());
-        return crate::disclosure::answer(query, &universe, |q| {
-            compute_parallel_plain(q, cases, calendar, threads)
+        return crate::disclosure::answer(query, &universe, |q, sets| {
+            compute_parallel_plain(q, sets, cases, calendar, threads)
         });
     }
-    compute_parallel_plain(query, cases, calendar, threads)
+    compute_parallel_plain(query, std::slice::from_ref(&query.group_by), cases, calendar, threads)
 }
 
 fn compute_parallel_plain(
     query: &MetricsQuery,
+    grouping_sets: &[Vec<Dimension>],
     cases: &[&CaseFacts],
     calendar: &WorkingCalendar,
     threads: usize,
@@ -763,7 +781,7 @@ fn compute_parallel_plain(
             .chunks(share)
             .map(|chunk| {
                 scope.spawn(move || {
-                    let mut counts = Counts::new(query);
+                    let mut counts = Counts::new(query, grouping_sets);
                     counts.count(query, chunk.iter().copied(), calendar)?;
                     Ok(counts)
                 })
@@ -774,7 +792,7 @@ fn compute_parallel_plain(
             .map(|thread| thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             .collect()
     });
-    let mut total = Counts::new(query);
+    let mut total = Counts::new(query, grouping_sets);
     for partial in partials {
         total.merge(partial?);
     }
@@ -790,9 +808,9 @@ struct Counts<'a> {
 }
 
 impl<'a> Counts<'a> {
-    fn new(query: &MetricsQuery) -> Counts<'a> {
+    fn new(query: &MetricsQuery, grouping_sets: &[Vec<Dimension>]) -> Counts<'a> {
         Counts {
-            c: Collector::new(query),
+            c: Collector::new(query, grouping_sets),
             caseloads: HashMap::new(),
         }
     }
@@ -1039,7 +1057,7 @@ impl<'a> Counts<'a> {
                 practitioners,
             );
         }
-        let national = query.group_by.is_empty();
+        let national = c.grouping_sets.iter().any(Vec::is_empty);
         let results = query
             .metrics
             .iter()

@@ -379,7 +379,14 @@ proptest! {
             let answers = ask(&uses, &cases).unwrap();
             for (k, result) in knowledge.iter_mut().zip(&answers) {
                 for row in result.rows.iter().filter(|r| !r.suppressed) {
-                    k.learn(vector(&selection_of(row, &uses)));
+                    // A shown figure is the figure: the same as counting its cell directly.
+                    let selection = selection_of(row, &uses);
+                    prop_assert_eq!(
+                        (row.numerator, row.denominator),
+                        truth(result.metric, &selection, &cases),
+                        "{:?} {:?}", result.metric, row
+                    );
+                    k.learn(vector(&selection));
                 }
                 // A group that has no row has no units: the adversary learns a zero.
                 for absent in groups_asked(&uses)

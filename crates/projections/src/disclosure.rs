@@ -112,8 +112,10 @@ pub fn table_of(query: &MetricsQuery) -> Result<Option<Dimension>, Refusal> {
     }
 }
 
-/// Answers `query` (with `suppress_small_numbers` set) from its table. `count` computes a query
-/// without suppression over the same cases; it is asked for the table's parts.
+/// Answers `query` (with `suppress_small_numbers` set) from its table. `count(q, rollups)`
+/// computes `q` without suppression over the same cases, adding the rows of each coarser
+/// grouping in `rollups` (totals of its own groups); it is asked once, for the table's cells
+/// and totals.
 pub fn answer<E>(
     query: &MetricsQuery,
     universe: &Universe,
@@ -127,24 +129,25 @@ where
     plain.suppress_small_numbers = false;
     // Report type stays as asked: it selects and splits strata, it is not a cell dimension.
     plain.filters.retain(|(d, _)| *d == Dimension::ReportType);
-    plain.group_by.clear();
     if involved(query).is_empty() {
-        return count(&plain, std::slice::from_ref(&query.group_by));
+        return count(&plain, &[]);
     }
-    // The table's cells and every total, counted in one pass.
+    // The table's cells are counted, and its totals rolled up from them in the same pass.
     let by_report_type = query.group_by.contains(&Dimension::ReportType);
-    let grouping_sets: Vec<Vec<Dimension>> = [vec![], vec![Dimension::LawType]]
+    let with_report_type = |mut grouping: Vec<Dimension>| {
+        if by_report_type {
+            grouping.push(Dimension::ReportType);
+        }
+        grouping
+    };
+    plain.group_by = with_report_type([Dimension::LawType].into_iter().chain(other).collect());
+    let rollups: Vec<Vec<Dimension>> = [vec![]]
         .into_iter()
+        .chain(other.map(|_| vec![Dimension::LawType]))
         .chain(other.map(|d| vec![d]))
-        .chain(other.map(|d| vec![Dimension::LawType, d]))
-        .map(|mut set| {
-            if by_report_type {
-                set.push(Dimension::ReportType);
-            }
-            set
-        })
+        .map(with_report_type)
         .collect();
-    let results = count(&plain, &grouping_sets)?
+    let results = count(&plain, &rollups)?
         .into_iter()
         .map(|counted| {
             let mut table = Table::new(counted.metric, other.is_some());

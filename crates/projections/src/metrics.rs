@@ -412,9 +412,6 @@ struct Collector<'a> {
     acc: Vec<Vec<Option<Acc>>>,
     /// Whether a child's keys can differ from its case's (only by age band).
     by_age: bool,
-    /// The groupings counted, each a `group_by`: one normally; a suppressed table counts its
-    /// cells and totals in one pass (see `crate::disclosure`).
-    grouping_sets: Vec<Vec<Dimension>>,
 }
 
 type GroupId = usize;
@@ -467,7 +464,7 @@ fn group_key(key: &UnitKey<'_>) -> GroupKey {
 }
 
 impl<'a> Collector<'a> {
-    fn new(query: &MetricsQuery, grouping_sets: &[Vec<Dimension>]) -> Collector<'a> {
+    fn new(query: &MetricsQuery) -> Collector<'a> {
         let mut wanted = [false; MetricId::ALL.len()];
         for metric in &query.metrics {
             wanted[*metric as usize] = true;
@@ -477,9 +474,8 @@ impl<'a> Collector<'a> {
             groups: Vec::new(),
             ids: HashMap::default(),
             acc: vec![Vec::new(); MetricId::ALL.len()],
-            by_age: grouping_sets.iter().any(|set| set.contains(&Dimension::AgeBand))
+            by_age: query.group_by.contains(&Dimension::AgeBand)
                 || query.filters.iter().any(|(d, _)| *d == Dimension::AgeBand),
-            grouping_sets: grouping_sets.to_vec(),
         }
     }
 
@@ -511,14 +507,7 @@ impl<'a> Collector<'a> {
         child_age: Option<(&ChildFacts, NaiveDate)>,
         report_type: Option<ReportType>,
     ) -> Vec<GroupId> {
-        let all = match self.grouping_sets.as_slice() {
-            [group_by] => keys(query, group_by, case, child_age, report_type),
-            sets => sets
-                .iter()
-                .flat_map(|group_by| keys(query, group_by, case, child_age, report_type))
-                .collect(),
-        };
-        self.intern(all)
+        self.intern(keys(query, case, child_age, report_type))
     }
 
     /// Adds one unit to `metric`: `numerator` and `denominator` are its contributions.
@@ -601,7 +590,6 @@ struct CaseKeys(Option<Vec<GroupId>>);
 /// it is filtered out. `child_age` gives the child and the date for the age band.
 fn keys<'a>(
     query: &MetricsQuery,
-    group_by: &[Dimension],
     case: &'a CaseFacts,
     child_age: Option<(&ChildFacts, NaiveDate)>,
     report_type: Option<ReportType>,
@@ -634,9 +622,9 @@ fn keys<'a>(
         }
     }
     let report_dimension =
-        (report_type.is_some() && !group_by.contains(&Dimension::ReportType)).then_some(Dimension::ReportType);
+        (report_type.is_some() && !query.group_by.contains(&Dimension::ReportType)).then_some(Dimension::ReportType);
     let mut out: Vec<UnitKey<'a>> = vec![[""; DIMENSIONS]];
-    for dimension in group_by.iter().copied().chain(report_dimension) {
+    for dimension in query.group_by.iter().copied().chain(report_dimension) {
         if dimension == Dimension::ApplicationType {
             out = out
                 .into_iter()
@@ -732,24 +720,25 @@ pub fn compute<'a>(
 ) -> Result<Vec<MetricResult>, MetricsError> {
     if query.suppress_small_numbers {
         let universe = crate::disclosure::Universe::of(cases.clone());
-        return crate::disclosure::answer(query, &universe, |q, sets| {
-            compute_plain(q, sets, cases.clone(), calendar)
+        return crate::disclosure::answer(query, &universe, |q, rollups| {
+            compute_plain(q, rollups, cases.clone(), calendar)
         });
     }
-    compute_plain(query, std::slice::from_ref(&query.group_by), cases, calendar)
+    compute_plain(query, &[], cases, calendar)
 }
 
-/// The rows of every grouping in `grouping_sets` (each a `group_by` of `query`), counted in one
-/// pass over `cases`, without suppression.
+/// The rows of `query` without suppression, and with them the rows of each grouping in
+/// `rollups` (coarser than `query.group_by`; see [`Counts::roll_up`]).
 fn compute_plain<'a>(
     query: &MetricsQuery,
-    grouping_sets: &[Vec<Dimension>],
+    rollups: &[Vec<Dimension>],
     cases: impl IntoIterator<Item = &'a CaseFacts>,
     calendar: &WorkingCalendar,
 ) -> Result<Vec<MetricResult>, MetricsError> {
-    let mut counts = Counts::new(query, grouping_sets);
+    let mut counts = Counts::new(query);
     counts.count(query, cases, calendar)?;
-    counts.finish(query, calendar)
+    counts.roll_up(rollups);
+    counts.finish(query, rollups, calendar)
 }
 
 /// [`compute`] on `threads` threads, each counting a share of `cases`.
@@ -761,16 +750,16 @@ pub fn compute_parallel(
 ) -> Result<Vec<MetricResult>, MetricsError> {
     if query.suppress_small_numbers {
         let universe = crate::disclosure::Universe::of(cases.iter().copied());
-        return crate::disclosure::answer(query, &universe, |q, sets| {
-            compute_parallel_plain(q, sets, cases, calendar, threads)
+        return crate::disclosure::answer(query, &universe, |q, rollups| {
+            compute_parallel_plain(q, rollups, cases, calendar, threads)
         });
     }
-    compute_parallel_plain(query, std::slice::from_ref(&query.group_by), cases, calendar, threads)
+    compute_parallel_plain(query, &[], cases, calendar, threads)
 }
 
 fn compute_parallel_plain(
     query: &MetricsQuery,
-    grouping_sets: &[Vec<Dimension>],
+    rollups: &[Vec<Dimension>],
     cases: &[&CaseFacts],
     calendar: &WorkingCalendar,
     threads: usize,
@@ -781,7 +770,7 @@ fn compute_parallel_plain(
             .chunks(share)
             .map(|chunk| {
                 scope.spawn(move || {
-                    let mut counts = Counts::new(query, grouping_sets);
+                    let mut counts = Counts::new(query);
                     counts.count(query, chunk.iter().copied(), calendar)?;
                     Ok(counts)
                 })
@@ -792,11 +781,12 @@ fn compute_parallel_plain(
             .map(|thread| thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             .collect()
     });
-    let mut total = Counts::new(query, grouping_sets);
+    let mut total = Counts::new(query);
     for partial in partials {
         total.merge(partial?);
     }
-    total.finish(query, calendar)
+    total.roll_up(rollups);
+    total.finish(query, rollups, calendar)
 }
 
 /// What counting some cases gathered: contributions per metric and group, and the caseloads
@@ -808,10 +798,58 @@ struct Counts<'a> {
 }
 
 impl<'a> Counts<'a> {
-    fn new(query: &MetricsQuery, grouping_sets: &[Vec<Dimension>]) -> Counts<'a> {
+    fn new(query: &MetricsQuery) -> Counts<'a> {
         Counts {
-            c: Collector::new(query, grouping_sets),
+            c: Collector::new(query),
             caseloads: HashMap::new(),
+        }
+    }
+
+    /// Adds, for each grouping in `rollups`, the totals of the groups counted so far, each
+    /// counted group into the group of that grouping it falls in (report type is never rolled
+    /// up). Exact, and the same as counting that grouping, only when every unit is in exactly
+    /// one counted group, i.e. when the query does not group by application type; practitioners'
+    /// caseloads add up too, a practitioner's cases in the total being those in each group.
+    fn roll_up(&mut self, rollups: &[Vec<Dimension>]) {
+        let counted: Vec<UnitKey<'a>> = self.c.groups.clone();
+        for grouping in rollups {
+            let into: Vec<GroupId> = counted
+                .iter()
+                .map(|key| {
+                    let mut total = *key;
+                    for (slot, dimension) in ALL_DIMENSIONS.iter().enumerate() {
+                        if *dimension != Dimension::ReportType && !grouping.contains(dimension) {
+                            total[slot] = "";
+                        }
+                    }
+                    self.c.intern_one(&total)
+                })
+                .collect();
+            for row in &mut self.c.acc {
+                for (group, &target) in into.iter().enumerate() {
+                    let Some(acc) = row.get(group).copied().flatten() else {
+                        continue;
+                    };
+                    if row.len() <= target {
+                        row.resize(target + 1, None);
+                    }
+                    let total = row[target].get_or_insert_default();
+                    total.numerator += acc.numerator;
+                    total.denominator += acc.denominator;
+                }
+            }
+            let rolled: Vec<(GroupId, Vec<(&'a str, u32)>)> = self
+                .caseloads
+                .iter()
+                .filter(|(group, _)| **group < counted.len())
+                .map(|(group, loads)| (into[*group], loads.iter().map(|(p, n)| (*p, *n)).collect()))
+                .collect();
+            for (target, loads) in rolled {
+                let total = self.caseloads.entry(target).or_default();
+                for (practitioner, cases) in loads {
+                    *total.entry(practitioner).or_default() += cases;
+                }
+            }
         }
     }
 
@@ -1023,7 +1061,12 @@ impl<'a> Counts<'a> {
         Ok(())
     }
 
-    fn finish(self, query: &MetricsQuery, calendar: &WorkingCalendar) -> Result<Vec<MetricResult>, MetricsError> {
+    fn finish(
+        self,
+        query: &MetricsQuery,
+        rollups: &[Vec<Dimension>],
+        calendar: &WorkingCalendar,
+    ) -> Result<Vec<MetricResult>, MetricsError> {
         let Counts { mut c, caseloads } = self;
         let period = &query.period;
         let snapshot = query.snapshot.unwrap_or(period.last);
@@ -1057,7 +1100,7 @@ impl<'a> Counts<'a> {
                 practitioners,
             );
         }
-        let national = c.grouping_sets.iter().any(Vec::is_empty);
+        let national = query.group_by.is_empty() || rollups.iter().any(Vec::is_empty);
         let results = query
             .metrics
             .iter()

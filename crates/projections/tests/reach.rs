@@ -61,3 +61,57 @@ fn cases_out_of_reach_of_a_query_do_not_change_its_figures() {
         }
     }
 }
+
+/// A suppressed answer counts its table's cells once and rolls the totals up from them: every
+/// figure it shows, of every metric (W1's caseloads and T6's working weeks included), is the
+/// figure a direct count gives.
+#[test]
+fn suppressed_tables_show_the_figures_of_a_direct_count() {
+    let cases = national_history();
+    let calendar = WorkingCalendar::england_and_wales();
+    let references: Vec<&CaseFacts> = cases.iter().collect();
+    for (group_by, filters) in [
+        (vec![Dimension::ServiceArea], vec![]),
+        (vec![Dimension::LawType], vec![]),
+        (
+            vec![],
+            vec![(Dimension::AgeBand, vec!["5_9".to_owned(), "10_15".to_owned()])],
+        ),
+        (
+            vec![Dimension::Court],
+            vec![(Dimension::LawType, vec!["public".to_owned()])],
+        ),
+    ] {
+        let query = MetricsQuery {
+            metrics: MetricId::ALL.to_vec(),
+            period: Period::financial_year(2023).unwrap(),
+            snapshot: None,
+            group_by,
+            filters,
+            suppress_small_numbers: true,
+            settings: Settings::default(),
+        };
+        let direct = MetricsQuery {
+            suppress_small_numbers: false,
+            ..query.clone()
+        };
+        let suppressed = compute_parallel(&query, &references, calendar, 2).unwrap();
+        let counted = compute(&direct, &cases, calendar).unwrap();
+        let mut shown = 0;
+        for (s, d) in suppressed.iter().zip(&counted) {
+            for row in s.rows.iter().filter(|r| !r.suppressed) {
+                let same = d.rows.iter().find(|r| r.group == row.group);
+                let (numerator, denominator) = same.map_or((0.0, 0.0), |r| (r.numerator, r.denominator));
+                assert_eq!(
+                    (row.numerator, row.denominator),
+                    (numerator, denominator),
+                    "{:?} {:?}",
+                    s.metric,
+                    row.group
+                );
+                shown += 1;
+            }
+        }
+        assert!(shown >= 20, "{query:?}: only {shown} figures shown");
+    }
+}

@@ -39,30 +39,47 @@ pub struct Universe {
 }
 
 impl Universe {
-    /// The values of the reference data (service areas, age bands, law types) and those the
-    /// cases carry (courts, local authorities).
-    pub fn of<'a>(cases: impl IntoIterator<Item = &'a CaseFacts>) -> Universe {
+    /// The law types, and the values `other` can take: the reference data's (service areas, age
+    /// bands) and those the cases carry (courts, local authorities).
+    pub fn of<'a>(cases: impl IntoIterator<Item = &'a CaseFacts>, other: Option<Dimension>) -> Universe {
         let mut values: BTreeMap<Dimension, BTreeSet<String>> = BTreeMap::new();
-        let mut add = |d: Dimension, v: &str| {
-            values.entry(d).or_default().insert(v.to_owned());
+        values.insert(
+            Dimension::LawType,
+            ["public", "private"].into_iter().map(str::to_owned).collect(),
+        );
+        let Some(other) = other else {
+            return Universe { values };
         };
-        for law in ["public", "private"] {
-            add(Dimension::LawType, law);
-        }
-        for band in crate::metrics::AGE_BANDS.iter().chain([&NOT_APPLICABLE]) {
-            add(Dimension::AgeBand, band);
-        }
-        for area in caselog_domain::reference::service_areas() {
-            add(Dimension::ServiceArea, &area.code);
-        }
-        add(Dimension::LocalAuthority, NOT_APPLICABLE);
+        let mut seen: BTreeSet<String> = match other {
+            Dimension::AgeBand => crate::metrics::AGE_BANDS
+                .iter()
+                .chain([&NOT_APPLICABLE])
+                .map(|b| (*b).to_owned())
+                .collect(),
+            Dimension::ServiceArea => caselog_domain::reference::service_areas()
+                .iter()
+                .map(|a| a.code.clone())
+                .collect(),
+            Dimension::LocalAuthority => BTreeSet::from([NOT_APPLICABLE.to_owned()]),
+            _ => BTreeSet::new(),
+        };
+        let value = |case: &'a CaseFacts| -> Option<&'a str> {
+            match other {
+                Dimension::ServiceArea => Some(&case.service_area),
+                Dimension::Court => Some(&case.court_code),
+                Dimension::LocalAuthority => case.local_authority_code.as_deref(),
+                _ => None,
+            }
+        };
         for case in cases {
-            add(Dimension::ServiceArea, &case.service_area);
-            add(Dimension::Court, &case.court_code);
-            if let Some(authority) = &case.local_authority_code {
-                add(Dimension::LocalAuthority, authority);
+            // Looked up before it is copied: a million cases hold a few hundred codes.
+            if let Some(v) = value(case)
+                && !seen.contains(v)
+            {
+                seen.insert(v.to_owned());
             }
         }
+        values.insert(other, seen);
         Universe { values }
     }
 
@@ -118,7 +135,7 @@ pub fn table_of(query: &MetricsQuery) -> Result<Option<Dimension>, Refusal> {
 /// and totals.
 pub fn answer<E>(
     query: &MetricsQuery,
-    universe: &Universe,
+    universe: impl FnOnce(Option<Dimension>) -> Universe,
     mut count: impl FnMut(&MetricsQuery, &[Vec<Dimension>]) -> Result<Vec<MetricResult>, E>,
 ) -> Result<Vec<MetricResult>, E>
 where
@@ -134,25 +151,28 @@ where
     }
     // The table's cells are counted, and its totals rolled up from them in the same pass.
     let by_report_type = query.group_by.contains(&Dimension::ReportType);
-    let with_report_type = |mut grouping: Vec<Dimension>| {
-        if by_report_type {
-            grouping.push(Dimension::ReportType);
-        }
-        grouping
+    let grouping = |dimensions: &[Dimension]| -> Vec<Dimension> {
+        dimensions
+            .iter()
+            .copied()
+            .chain(by_report_type.then_some(Dimension::ReportType))
+            .collect()
     };
-    plain.group_by = with_report_type([Dimension::LawType].into_iter().chain(other).collect());
-    let rollups: Vec<Vec<Dimension>> = [vec![]]
-        .into_iter()
-        .chain(other.map(|_| vec![Dimension::LawType]))
-        .chain(other.map(|d| vec![d]))
-        .map(with_report_type)
-        .collect();
+    plain.group_by = match other {
+        Some(d) => grouping(&[Dimension::LawType, d]),
+        None => grouping(&[Dimension::LawType]),
+    };
+    let rollups: Vec<Vec<Dimension>> = match other {
+        Some(d) => vec![grouping(&[]), grouping(&[Dimension::LawType]), grouping(&[d])],
+        None => vec![grouping(&[])],
+    };
+    let universe = universe(other);
     let results = count(&plain, &rollups)?
         .into_iter()
         .map(|counted| {
             let mut table = Table::new(counted.metric, other.is_some());
             table.fill(&counted.rows, other);
-            table.complete(universe, other);
+            table.complete(&universe, other);
             table.suppress();
             MetricResult {
                 rows: table.rows_for(query, other),

@@ -719,8 +719,8 @@ pub fn compute<'a>(
     calendar: &WorkingCalendar,
 ) -> Result<Vec<MetricResult>, MetricsError> {
     if query.suppress_small_numbers {
-        let universe = crate::disclosure::Universe::of(cases.clone());
-        return crate::disclosure::answer(query, &universe, |q, rollups| {
+        let universe = |other| crate::disclosure::Universe::of(cases.clone(), other);
+        return crate::disclosure::answer(query, universe, |q, rollups| {
             compute_plain(q, rollups, cases.clone(), calendar)
         });
     }
@@ -749,8 +749,8 @@ pub fn compute_parallel(
     threads: usize,
 ) -> Result<Vec<MetricResult>, MetricsError> {
     if query.suppress_small_numbers {
-        let universe = crate::disclosure::Universe::of(cases.iter().copied());
-        return crate::disclosure::answer(query, &universe, |q, rollups| {
+        let universe = |other| crate::disclosure::Universe::of(cases.iter().copied(), other);
+        return crate::disclosure::answer(query, universe, |q, rollups| {
             compute_parallel_plain(q, rollups, cases, calendar, threads)
         });
     }

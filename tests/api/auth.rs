@@ -32,18 +32,6 @@ fn assert_denied(status: &tonic::Status, code: Code, expected_reason: &str) {
     assert_eq!(reason(status), expected_reason, "{status:?}");
 }
 
-async fn append_as(
-    server: &TestServer,
-    token: &str,
-    case_id: &str,
-    events: Vec<pb::NewEvent>,
-) -> Result<(), tonic::Status> {
-    events_as(server, token)
-        .append_events(append(case_id, events))
-        .await
-        .map(|_| ())
-}
-
 async fn get_case_as(server: &TestServer, token: &str, case_id: &str) -> Result<pb::Case, tonic::Status> {
     events_as(server, token)
         .get_case(pb::GetCaseRequest {
@@ -139,30 +127,26 @@ async fn a_certificate_from_an_untrusted_authority_gets_no_connection(pool: PgPo
 async fn a_signed_token_identifies_the_caller(pool: PgPool) {
     let pki = Pki::new();
     let server = server_with_case(pool, &pki).await;
-    append_as(
-        &server,
-        &jwt("court:LS"),
-        "LS1",
-        vec![event("2025-05-01", hearing("2025-06-02"))],
-    )
-    .await
-    .unwrap();
-    append_as(
-        &server,
-        &jwt("practice:A5"),
-        "LS1",
-        vec![event("2025-05-01", seen("c1"))],
-    )
-    .await
-    .unwrap();
-    append_as(
-        &server,
-        &jwt("local_authority:E08000035"),
-        "LS2",
-        vec![event("2025-04-17", issued_public(&["c1"]))],
-    )
-    .await
-    .unwrap();
+    server
+        .append_as(
+            &jwt("court:LS"),
+            "LS1",
+            vec![event("2025-05-01", hearing("2025-06-02"))],
+        )
+        .await
+        .unwrap();
+    server
+        .append_as(&jwt("practice:A5"), "LS1", vec![event("2025-05-01", seen("c1"))])
+        .await
+        .unwrap();
+    server
+        .append_as(
+            &jwt("local_authority:E08000035"),
+            "LS2",
+            vec![event("2025-04-17", issued_public(&["c1"]))],
+        )
+        .await
+        .unwrap();
 }
 
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
@@ -191,7 +175,8 @@ async fn expired_wrong_audience_wrong_issuer_and_unknown_keys_are_unauthenticate
         ("not-a-token-at-all".to_owned(), "not a well-formed JWT"),
     ];
     for (token, says) in cases {
-        let status = append_as(&server, &token, "LS1", vec![event("2025-05-01", hearing("2025-06-02"))])
+        let status = server
+            .append_as(&token, "LS1", vec![event("2025-05-01", hearing("2025-06-02"))])
             .await
             .unwrap_err();
         assert_denied(&status, Code::Unauthenticated, "UNAUTHENTICATED");
@@ -205,28 +190,24 @@ async fn a_role_appends_only_the_event_types_it_sends(pool: PgPool) {
     let pki = Pki::new();
     let server = server_with_case(pool.clone(), &pki).await;
     let before = event_count(&pool).await;
-    let denied = append_as(
-        &server,
-        &jwt("court:LS"),
-        "LS1",
-        vec![
-            event("2025-05-01", hearing("2025-06-02")),
-            event("2025-05-01", seen("c1")),
-        ],
-    )
-    .await
-    .unwrap_err();
-    assert_denied(&denied, Code::PermissionDenied, "EVENT_TYPE_NOT_PERMITTED");
-    assert_eq!(error_metadata(&denied, "event_index").as_deref(), Some("1"));
-    for reader in ["reporting", "admin"] {
-        let denied = append_as(
-            &server,
-            &jwt(reader),
+    let denied = server
+        .append_as(
+            &jwt("court:LS"),
             "LS1",
-            vec![event("2025-05-01", hearing("2025-06-02"))],
+            vec![
+                event("2025-05-01", hearing("2025-06-02")),
+                event("2025-05-01", seen("c1")),
+            ],
         )
         .await
         .unwrap_err();
+    assert_denied(&denied, Code::PermissionDenied, "EVENT_TYPE_NOT_PERMITTED");
+    assert_eq!(error_metadata(&denied, "event_index").as_deref(), Some("1"));
+    for reader in ["reporting", "admin"] {
+        let denied = server
+            .append_as(&jwt(reader), "LS1", vec![event("2025-05-01", hearing("2025-06-02"))])
+            .await
+            .unwrap_err();
         assert_denied(&denied, Code::PermissionDenied, "ROLE_NOT_PERMITTED");
     }
     assert_eq!(event_count(&pool).await, before, "a refused batch writes nothing");
@@ -237,22 +218,18 @@ async fn another_court_is_refused_exactly_as_for_a_case_that_does_not_exist(pool
     let pki = Pki::new();
     let server = server_with_case(pool.clone(), &pki).await;
     let other_court = jwt("court:MA");
-    let elsewhere = append_as(
-        &server,
-        &other_court,
-        "LS1",
-        vec![event("2025-05-01", hearing("2025-06-02"))],
-    )
-    .await
-    .unwrap_err();
-    let nowhere = append_as(
-        &server,
-        &other_court,
-        "NO-SUCH",
-        vec![event("2025-05-01", hearing("2025-06-02"))],
-    )
-    .await
-    .unwrap_err();
+    let elsewhere = server
+        .append_as(&other_court, "LS1", vec![event("2025-05-01", hearing("2025-06-02"))])
+        .await
+        .unwrap_err();
+    let nowhere = server
+        .append_as(
+            &other_court,
+            "NO-SUCH",
+            vec![event("2025-05-01", hearing("2025-06-02"))],
+        )
+        .await
+        .unwrap_err();
     assert_denied(&elsewhere, Code::PermissionDenied, "NOT_A_PARTY");
     assert_eq!(
         (elsewhere.code(), elsewhere.message(), elsewhere.details()),
@@ -260,14 +237,10 @@ async fn another_court_is_refused_exactly_as_for_a_case_that_does_not_exist(pool
         "the refusal, details included, must not tell whether the case exists"
     );
     // Issuing a case at another court is refused too.
-    let status = append_as(
-        &server,
-        &other_court,
-        "LS9",
-        vec![event("2025-04-17", issued_public(&["c1"]))],
-    )
-    .await
-    .unwrap_err();
+    let status = server
+        .append_as(&other_court, "LS9", vec![event("2025-04-17", issued_public(&["c1"]))])
+        .await
+        .unwrap_err();
     assert_denied(&status, Code::PermissionDenied, "NOT_A_PARTY");
 }
 
@@ -276,24 +249,23 @@ async fn a_local_authority_writes_only_its_own_public_law_cases(pool: PgPool) {
     let pki = Pki::new();
     let server = server_with_case(pool.clone(), &pki).await;
     let other = jwt("local_authority:E09000001");
-    let status = append_as(&server, &other, "LS1", vec![event("2025-05-01", hearing("2025-06-02"))])
+    let status = server
+        .append_as(&other, "LS1", vec![event("2025-05-01", hearing("2025-06-02"))])
         .await
         .unwrap_err();
     assert_denied(&status, Code::PermissionDenied, "NOT_A_PARTY");
-    let status = append_as(
-        &server,
-        &other,
-        "LS3",
-        vec![event("2025-04-17", issued_public(&["c1"]))],
-    )
-    .await
-    .unwrap_err();
+    let status = server
+        .append_as(&other, "LS3", vec![event("2025-04-17", issued_public(&["c1"]))])
+        .await
+        .unwrap_err();
     assert_denied(&status, Code::PermissionDenied, "NOT_A_PARTY");
     let own = jwt("local_authority:E08000035");
-    append_as(&server, &own, "LS1", vec![event("2025-05-01", hearing("2025-06-02"))])
+    server
+        .append_as(&own, "LS1", vec![event("2025-05-01", hearing("2025-06-02"))])
         .await
         .unwrap();
-    let private = append_as(&server, &own, "MA1", vec![event("2025-04-17", issued_private(&["c1"]))])
+    let private = server
+        .append_as(&own, "MA1", vec![event("2025-04-17", issued_private(&["c1"]))])
         .await
         .unwrap_err();
     assert_denied(&private, Code::PermissionDenied, "NOT_A_PARTY");
@@ -304,7 +276,8 @@ async fn a_practice_system_writes_and_reads_only_its_service_area(pool: PgPool) 
     let pki = Pki::new();
     let server = server_with_case(pool.clone(), &pki).await;
     let other_area = jwt("practice:A3");
-    let status = append_as(&server, &other_area, "LS1", vec![event("2025-05-01", seen("c1"))])
+    let status = server
+        .append_as(&other_area, "LS1", vec![event("2025-05-01", seen("c1"))])
         .await
         .unwrap_err();
     assert_denied(&status, Code::PermissionDenied, "NOT_A_PARTY");
@@ -316,7 +289,8 @@ async fn a_practice_system_writes_and_reads_only_its_service_area(pool: PgPool) 
         (nowhere.code(), nowhere.message(), nowhere.details())
     );
     let own = jwt("practice:A5");
-    append_as(&server, &own, "LS1", vec![event("2025-05-01", seen("c1"))])
+    server
+        .append_as(&own, "LS1", vec![event("2025-05-01", seen("c1"))])
         .await
         .unwrap();
     assert_eq!(get_case_as(&server, &own, "LS1").await.unwrap().case_id, "LS1");

@@ -205,18 +205,6 @@ async fn paging_the_audit_trail_until_empty_ends(pool: PgPool) {
     assert_eq!(seen.len(), 3, "the three reads before the first page: {seen:?}");
 }
 
-async fn append_with(
-    server: &TestServer,
-    token: &str,
-    case_id: &str,
-    events: Vec<pb::NewEvent>,
-) -> Result<(), tonic::Status> {
-    CaseEventServiceClient::new(server.channel_with(token))
-        .append_events(append(case_id, events))
-        .await
-        .map(|_| ())
-}
-
 fn issued_at(court: &str) -> caselog_api::v1::event_payload::Kind {
     caselog_api::v1::event_payload::Kind::CaseIssued(pb::CaseIssued {
         law_type: pb::LawType::Public as i32,
@@ -233,25 +221,18 @@ fn issued_at(court: &str) -> caselog_api::v1::event_payload::Kind {
 async fn issuing_is_scoped_to_the_courts_numbering_and_tells_no_one_what_exists(pool: PgPool) {
     let server = TestServer::start(pool.clone()).await;
     let (leeds, manchester) = (dev_token("court:LS"), dev_token("court:MA"));
-    append_with(
-        &server,
-        &leeds,
-        "LS25C00002",
-        vec![event("2025-04-17", issued_at("LS"))],
-    )
-    .await
-    .unwrap();
+    server
+        .append_as(&leeds, "LS25C00002", vec![event("2025-04-17", issued_at("LS"))])
+        .await
+        .unwrap();
     // Manchester cannot tell a Leeds id in use from one that is not, whatever it sends.
     for kind in [issued_at("MA"), issued_at("LS"), hearing("2025-06-01")] {
-        let used = append_with(
-            &server,
-            &manchester,
-            "LS25C00002",
-            vec![event("2025-04-18", kind.clone())],
-        )
-        .await
-        .unwrap_err();
-        let unused = append_with(&server, &manchester, "LS25C00001", vec![event("2025-04-18", kind)])
+        let used = server
+            .append_as(&manchester, "LS25C00002", vec![event("2025-04-18", kind.clone())])
+            .await
+            .unwrap_err();
+        let unused = server
+            .append_as(&manchester, "LS25C00001", vec![event("2025-04-18", kind)])
             .await
             .unwrap_err();
         assert_eq!(used.code(), Code::PermissionDenied, "{used:?}");
@@ -263,41 +244,33 @@ async fn issuing_is_scoped_to_the_courts_numbering_and_tells_no_one_what_exists(
     }
     // Nor can it issue into its own numbering a case at another court, or a local authority
     // issue an id of one court at another.
-    let status = append_with(
-        &server,
-        &manchester,
-        "MA25C00001",
-        vec![event("2025-04-17", issued_at("LS"))],
-    )
-    .await
-    .unwrap_err();
+    let status = server
+        .append_as(&manchester, "MA25C00001", vec![event("2025-04-17", issued_at("LS"))])
+        .await
+        .unwrap_err();
     assert_eq!(reason(&status), "OUTSIDE_COURT_NUMBERING", "{status:?}");
-    let status = append_with(
-        &server,
-        &dev_token("local_authority:E08000035"),
-        "LS25C00003",
-        vec![event("2025-04-17", issued_at("MA"))],
-    )
-    .await
-    .unwrap_err();
+    let status = server
+        .append_as(
+            &dev_token("local_authority:E08000035"),
+            "LS25C00003",
+            vec![event("2025-04-17", issued_at("MA"))],
+        )
+        .await
+        .unwrap_err();
     assert_eq!(reason(&status), "OUTSIDE_COURT_NUMBERING", "{status:?}");
     // Leeds still issues its own numbers, and the local authority issues at the right court.
-    append_with(
-        &server,
-        &leeds,
-        "LS25C00001",
-        vec![event("2025-04-17", issued_at("LS"))],
-    )
-    .await
-    .unwrap();
-    append_with(
-        &server,
-        &dev_token("local_authority:E08000035"),
-        "MA25C00009",
-        vec![event("2025-04-17", issued_at("MA"))],
-    )
-    .await
-    .unwrap();
+    server
+        .append_as(&leeds, "LS25C00001", vec![event("2025-04-17", issued_at("LS"))])
+        .await
+        .unwrap();
+    server
+        .append_as(
+            &dev_token("local_authority:E08000035"),
+            "MA25C00009",
+            vec![event("2025-04-17", issued_at("MA"))],
+        )
+        .await
+        .unwrap();
     assert_eq!(event_count(&pool).await, 3);
 }
 

@@ -124,6 +124,14 @@ impl TestServer {
         with_token(self.anonymous.clone(), token)
     }
 
+    /// Appends `events` to `case_id` as the caller of `token`.
+    pub async fn append_as(&self, token: &str, case_id: &str, events: Vec<pb::NewEvent>) -> Result<(), tonic::Status> {
+        CaseEventServiceClient::new(self.channel_with(token))
+            .append_events(append(case_id, events))
+            .await
+            .map(|_| ())
+    }
+
     /// Issues a public-law case with one child "c1" on 17 April 2025.
     pub async fn issue_case(&self, case_id: &str) -> pb::AppendEventsResponse {
         self.client()

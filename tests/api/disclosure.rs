@@ -228,3 +228,32 @@ async fn a_batch_with_many_invalid_events_gets_a_bounded_error(pool: PgPool) {
     assert!(status.message().ends_with("more"), "{}", status.message());
     assert_eq!(event_count(&pool).await, 0);
 }
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_period_that_is_not_understood_is_named_with_its_value(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    for (kind, field, value) in [
+        (
+            pb::period_spec::Kind::Month("2025-13".into()),
+            "period.month",
+            "2025-13",
+        ),
+        (
+            pb::period_spec::Kind::FinancialYear("2024-26".into()),
+            "period.financial_year",
+            "2024-26",
+        ),
+        (
+            pb::period_spec::Kind::CalendarQuarter("2024 Q5".into()),
+            "period.calendar_quarter",
+            "2024 Q5",
+        ),
+    ] {
+        let mut request = query(0, &[], &[]);
+        request.period = Some(pb::PeriodSpec { kind: Some(kind) });
+        let status = rows(&server, &dev_token("admin"), request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(bad_fields(&status), [field]);
+        assert!(status.message().contains(value), "{status:?}");
+    }
+}

@@ -37,7 +37,17 @@ async fn health_becomes(server: &TestServer, service: &str, wanted: ServingStatu
 async fn health_is_serving_with_a_database(pool: PgPool) {
     let server = TestServer::start(pool).await;
     assert!(health_becomes(&server, "", ServingStatus::Serving).await);
-    assert!(health_becomes(&server, "caselog.v1.CaseEventService", ServingStatus::Serving).await);
+    for service in [
+        "caselog.v1.CaseEventService",
+        "caselog.v1.EventFeedService",
+        "caselog.v1.MetricsService",
+        "caselog.v1.AdminService",
+    ] {
+        assert!(
+            health_becomes(&server, service, ServingStatus::Serving).await,
+            "{service}"
+        );
+    }
     assert!(health_becomes(&server, "liveness", ServingStatus::Serving).await);
 }
 

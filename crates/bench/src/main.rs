@@ -24,7 +24,7 @@ use tonic::transport::Endpoint;
 #[command(name = "caselog-bench")]
 struct Cli {
     /// A database the benchmark may fill (created and migrated if missing).
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
     #[command(subcommand)]
     bench: Bench,

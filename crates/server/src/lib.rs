@@ -36,7 +36,14 @@ use tracing::{info, warn};
 pub use feed::{EventFeed, FeedSettings};
 pub use service::{CaseEvents, SOURCE_HEADER};
 
-const CASE_EVENT_SERVICE: &str = "caselog.v1.CaseEventService";
+/// The services whose health follows the database ("" is the server as a whole).
+const DATABASE_BACKED: [&str; 5] = [
+    "",
+    "caselog.v1.CaseEventService",
+    "caselog.v1.EventFeedService",
+    "caselog.v1.MetricsService",
+    "caselog.v1.AdminService",
+];
 
 /// Limits the server applies to every connection and request.
 #[derive(Debug, Clone)]
@@ -95,7 +102,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // tonic-health starts "" as SERVING; nothing is served until the database has answered.
-    for service in ["", CASE_EVENT_SERVICE] {
+    for service in DATABASE_BACKED {
         health_reporter
             .set_service_status(service, ServingStatus::NotServing)
             .await;
@@ -204,8 +211,9 @@ async fn watch_database(log: EventLog, reporter: HealthReporter, interval: Durat
             Err(_) => ServingStatus::NotServing,
         };
         if last != Some(status) {
-            reporter.set_service_status("", status).await;
-            reporter.set_service_status(CASE_EVENT_SERVICE, status).await;
+            for service in DATABASE_BACKED {
+                reporter.set_service_status(service, status).await;
+            }
             last = Some(status);
         }
         tokio::time::sleep(interval).await;

@@ -82,7 +82,7 @@ struct GenerateArgs {
     #[arg(long, requires = "database_url")]
     load: bool,
     /// PostgreSQL connection URL, for --load.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Source organisation recorded with loaded events.
     #[arg(long, default_value = "workload-generator")]
@@ -102,7 +102,7 @@ struct MigrateArgs {
 #[derive(Args, Debug)]
 struct DatabaseArgs {
     /// PostgreSQL connection URL.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
 }
 

@@ -437,6 +437,46 @@ fn financial_year(text: &str) -> Option<i32> {
     (first.to_string().len() == 4 && second == (first + 1) % 100).then_some(first)
 }
 
+/// Why a period was not understood, naming the value sent.
+fn period_violation(spec: Option<&pb::PeriodSpec>) -> FieldViolation {
+    use pb::period_spec::Kind;
+    let (field, value, expected) = match spec.and_then(|s| s.kind.as_ref()) {
+        None => {
+            return FieldViolation::new(
+                "period",
+                "a period is required: month \"2025-03\", financial_quarter \"2024-25 Q3\", financial_year \"2024-25\", calendar_quarter \"2024 Q4\" or a custom first..last range",
+            );
+        }
+        Some(Kind::Month(m)) => (
+            "period.month",
+            m.clone(),
+            "a month \"YYYY-MM\" (01-12), e.g. \"2025-03\"",
+        ),
+        Some(Kind::FinancialYear(fy)) => (
+            "period.financial_year",
+            fy.clone(),
+            "a financial year \"YYYY-YY\" whose second year follows the first, e.g. \"2024-25\"",
+        ),
+        Some(Kind::FinancialQuarter(fq)) => (
+            "period.financial_quarter",
+            fq.clone(),
+            "a financial quarter \"YYYY-YY Qn\" with n 1-4, e.g. \"2024-25 Q3\"",
+        ),
+        Some(Kind::CalendarQuarter(cq)) => (
+            "period.calendar_quarter",
+            cq.clone(),
+            "a calendar quarter \"YYYY Qn\" with n 1-4, e.g. \"2024 Q4\"",
+        ),
+        Some(Kind::Custom(range)) => (
+            "period.custom",
+            format!("{}..{}", range.first, range.last),
+            "two dates \"YYYY-MM-DD\", first on or before last",
+        ),
+    };
+    let shown: String = value.chars().take(40).collect();
+    FieldViolation::new(field, format!("{shown:?} is not {expected}"))
+}
+
 fn period_of(spec: Option<&pb::PeriodSpec>) -> Option<Period> {
     use pb::period_spec::Kind;
     match spec?.kind.as_ref()? {
@@ -482,10 +522,7 @@ fn query_of(request: &pb::QueryMetricsRequest) -> Result<MetricsQuery, Error> {
     }
     let period = period_of(request.period.as_ref());
     if period.is_none() {
-        violations.push(FieldViolation::new(
-            "period",
-            "a period is required: month \"2025-03\", financial_quarter \"2024-25 Q3\", financial_year \"2024-25\", calendar_quarter \"2024 Q4\" or a custom first..last range",
-        ));
+        violations.push(period_violation(request.period.as_ref()));
     }
     let snapshot = if request.snapshot_date.is_empty() {
         None

@@ -32,7 +32,12 @@ impl Drop for Telemetry {
 /// Installs logging, and OTLP export when configured. Call once, inside the Tokio runtime.
 pub fn init(json: bool) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org):
+    // escape codes in a redirected log are noise to every tool that reads it.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     let fmt = if json {
         fmt.json().with_current_span(true).boxed()
     } else {

@@ -1,0 +1,58 @@
+//! The `caselog` binary as a person at a shell meets it: help and logs that keep secrets and
+//! escape codes out of what is copied or redirected.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn caselog() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_caselog"))
+}
+
+#[test]
+fn help_never_prints_the_database_password() {
+    for subcommand in ["serve", "migrate", "rebuild"] {
+        let output = caselog()
+            .args([subcommand, "--help"])
+            .env("DATABASE_URL", "postgres://caselog:s3cret-pw@db.example/caselog")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(help.contains("DATABASE_URL"), "{subcommand}: {help}");
+        assert!(
+            !help.contains("s3cret-pw"),
+            "{subcommand} --help shows the password:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn redirected_logs_carry_no_colour_codes() {
+    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/dev-tokens.json");
+    // Development tokens are warned about at start; the database (nothing listens on port 1)
+    // never answers, so the server waits for it until it is stopped.
+    let mut child = caselog()
+        .args([
+            "serve",
+            "--dev-tokens",
+            tokens,
+            "--allow-dev-tokens",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env(
+            "DATABASE_URL",
+            "postgres://caselog:pw@127.0.0.1:1/caselog?connect_timeout=1",
+        )
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("development tokens"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in a redirected log:\n{log}");
+}

@@ -150,7 +150,12 @@ async fn bad_queries_name_their_fields_and_a_lagging_projection_says_so(pool: Pg
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(
         bad_fields(&status),
-        ["metric_ids[0]", "period", "group_by[0]", "twenty_six_week_limit_days"]
+        [
+            "metric_ids[0]",
+            "period.financial_year",
+            "group_by[0]",
+            "twenty_six_week_limit_days"
+        ]
     );
 
     let status = metrics.query_metrics(t2_query(1_000_000)).await.unwrap_err();

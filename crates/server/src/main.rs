@@ -314,7 +314,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 caselog_store::grant_service_role(&pool, role)
                     .await
                     .with_context(|| format!("granting the service role {role}"))?;
-                println!("granted {role}: read and append events and audit records; read and write the projection rows; rebuild through the owner's functions");
+                println!(
+                    "granted {role}: read and append events and audit records; read and write the projection rows; rebuild through the owner's functions"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

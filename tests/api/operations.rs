@@ -125,6 +125,38 @@ async fn reflection_lists_and_describes_the_services(pool: PgPool) {
     assert!(!files.file_descriptor_proto.is_empty());
 }
 
+/// Error details arrive as `google.protobuf.Any`: a generic client can show them only if
+/// reflection describes their types.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn reflection_describes_the_error_detail_types(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let mut client = ServerReflectionClient::new(server.channel.clone());
+    for symbol in ["google.rpc.ErrorInfo", "google.rpc.BadRequest"] {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+        };
+        let mut responses = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = responses.message().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = answer.message_response else {
+            panic!("{symbol}: {answer:?}")
+        };
+        let described = files.file_descriptor_proto.iter().any(|encoded| {
+            let file = <prost_types::FileDescriptorProto as prost::Message>::decode(encoded.as_slice()).unwrap();
+            file.package() == "google.rpc"
+                && file
+                    .message_type
+                    .iter()
+                    .any(|m| Some(m.name()) == symbol.strip_prefix("google.rpc."))
+        });
+        assert!(described, "{symbol} is not described");
+    }
+}
+
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn the_log_refuses_updates_deletes_and_truncation(pool: PgPool) {
     let server = TestServer::start(pool.clone()).await;

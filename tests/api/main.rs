@@ -5,6 +5,7 @@
 
 mod auth;
 mod concurrency;
+mod database_tls;
 mod disclosure;
 mod feed;
 mod hardening;

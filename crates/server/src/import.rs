@@ -58,6 +58,9 @@ pub enum LineOutcome {
 #[derive(Debug, Default)]
 pub struct ImportReport {
     pub lines: BTreeMap<usize, LineOutcome>,
+    /// The highest position of an event this import appended (0 when none): a QueryMetrics
+    /// with this `min_position` sees all of them.
+    pub last_position: u64,
 }
 
 impl ImportReport {
@@ -146,12 +149,15 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
                 client,
                 case_id,
                 all_or_nothing,
+                last_position: 0,
             };
             sender.send_case(lines, batch_size).await
         });
     }
     while let Some(joined) = tasks.join_next().await {
-        report.lines.extend(joined?);
+        let (outcomes, last_position) = joined?;
+        report.lines.extend(outcomes);
+        report.last_position = report.last_position.max(last_position);
     }
     for (line_no, first) in duplicates {
         let outcome = match report.lines.get(&first) {
@@ -169,12 +175,14 @@ struct CaseSender {
     client: CaseEventServiceClient<WithToken>,
     case_id: String,
     all_or_nothing: bool,
+    last_position: u64,
 }
 
 const TRANSIENT_RETRIES: u32 = 5;
 
 impl CaseSender {
-    async fn send_case(mut self, lines: Vec<Line>, batch_size: usize) -> Vec<(usize, LineOutcome)> {
+    /// The outcome of every line, and the highest position appended.
+    async fn send_case(mut self, lines: Vec<Line>, batch_size: usize) -> (Vec<(usize, LineOutcome)>, u64) {
         let mut outcomes = Vec::with_capacity(lines.len());
         if self.all_or_nothing && lines.len() > MAX_BATCH {
             let reason = format!(
@@ -182,17 +190,18 @@ impl CaseSender {
                 self.case_id,
                 lines.len()
             );
-            return lines
+            let outcomes = lines
                 .into_iter()
                 .map(|(n, _)| (n, LineOutcome::Rejected(reason.clone())))
                 .collect();
+            return (outcomes, 0);
         }
         let mut remaining = lines.into_iter().peekable();
         while remaining.peek().is_some() {
             let mut batch: Vec<Line> = remaining.by_ref().take(batch_size).collect();
             self.send_batch(&mut batch, &mut outcomes).await;
         }
-        outcomes
+        (outcomes, self.last_position)
     }
 
     /// Sends `batch` until every line in it has an outcome.
@@ -210,6 +219,7 @@ impl CaseSender {
                         let outcome = if appended.already_present {
                             LineOutcome::AlreadyPresent
                         } else {
+                            self.last_position = self.last_position.max(appended.position);
                             LineOutcome::Appended
                         };
                         outcomes.push((*line_no, outcome));
@@ -251,7 +261,7 @@ impl CaseSender {
 }
 
 /// A one-line account of a refusal: code, reason and message, and the bad fields.
-fn describe(status: &tonic::Status) -> String {
+pub fn describe(status: &tonic::Status) -> String {
     let reason = status.get_details_error_info().map(|i| i.reason).unwrap_or_default();
     let mut text = format!("{:?} {reason}: {}", status.code(), status.message());
     if let Some(bad) = status.get_details_bad_request() {

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 mod convert;
 pub mod error;
+pub mod export;
 pub mod feed;
 pub mod generate;
 pub mod import;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod projector;
 pub mod rebuild;
 pub mod service;
+pub mod show;
 pub mod telemetry;
 
 use auth::{AuthLayer, Authenticator};

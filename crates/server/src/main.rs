@@ -1,4 +1,5 @@
-//! The `caselog` command: `serve`, `migrate`, `import`, `generate` and `rebuild`.
+//! The `caselog` command: `serve`, `migrate`, `rebuild` and `generate` work on the database;
+//! `import`, `export`, `tail`, `case` and `metrics` are clients of a running service.
 
 use anyhow::Context;
 use caselog_domain::{Grant, Principal};
@@ -39,6 +40,15 @@ enum Command {
     Migrate(MigrateArgs),
     /// Push an NDJSON file of events to a running service.
     Import(ImportArgs),
+    /// Write the log (all of it, one case, a time range, or from a position) as NDJSON that
+    /// `caselog import` reads back.
+    Export(ExportArgs),
+    /// Follow the log as events are recorded, as NDJSON or one readable line per event.
+    Tail(TailArgs),
+    /// Show a case and its timeline.
+    Case(CaseArgs),
+    /// Ask for metrics (QueryMetrics) and print them as a table, CSV or JSON.
+    Metrics(MetricsArgs),
     /// Write a synthetic national workload as NDJSON, and compare its metrics with the reference figures.
     Generate(GenerateArgs),
     /// Rebuild the projections from the log beside the live ones and switch them in (or, with
@@ -278,6 +288,264 @@ struct ImportArgs {
     all_or_nothing: bool,
 }
 
+#[derive(Args, Debug)]
+struct ExportArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Output file (standard output when absent).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only this case's events (read as its timeline, which a practice client may read too;
+    /// the whole log needs the admin grant).
+    #[arg(long)]
+    case: Option<String>,
+    /// Only events after this position (exclusive: the last position you already have).
+    #[arg(long, default_value_t = 0)]
+    from_position: u64,
+    /// Only events recorded at or after this instant (RFC 3339, e.g. 2025-04-01T00:00:00Z).
+    #[arg(long)]
+    recorded_from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only events recorded before this instant (RFC 3339).
+    #[arg(long)]
+    recorded_before: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Args, Debug)]
+struct TailArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Start after this position (0: the whole log); by default only events recorded from now.
+    #[arg(long)]
+    from_position: Option<u64>,
+    /// Only these event types (repeatable), e.g. case_issued.
+    #[arg(long = "type")]
+    event_types: Vec<String>,
+    /// Only these cases (repeatable).
+    #[arg(long = "case")]
+    case_ids: Vec<String>,
+    /// text: one readable line per event; ndjson: the interchange format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: TailFormat,
+    /// Stop once every event recorded so far has been written, instead of waiting for more.
+    #[arg(long)]
+    until_caught_up: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TailFormat {
+    Text,
+    Ndjson,
+}
+
+#[derive(Args, Debug)]
+struct CaseArgs {
+    /// The case id, e.g. LS25C00123.
+    case_id: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("period").required(true).args(["month", "financial_quarter", "financial_year", "calendar_quarter", "from"]))]
+struct MetricsArgs {
+    /// Catalogue ids (T1 ... W1; S2 for all of S2's figures), comma-separated or repeated.
+    #[arg(required = true, value_delimiter = ',')]
+    metric_ids: Vec<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// A month, e.g. 2025-03.
+    #[arg(long)]
+    month: Option<String>,
+    /// A financial quarter, e.g. "2024-25 Q3" (Q1 is April to June).
+    #[arg(long)]
+    financial_quarter: Option<String>,
+    /// A financial year, e.g. 2024-25.
+    #[arg(long)]
+    financial_year: Option<String>,
+    /// A calendar quarter, e.g. "2024 Q4".
+    #[arg(long)]
+    calendar_quarter: Option<String>,
+    /// First day of a custom period (YYYY-MM-DD), with --to.
+    #[arg(long, requires = "to")]
+    from: Option<String>,
+    /// Last day of a custom period, inclusive.
+    #[arg(long, requires = "from")]
+    to: Option<String>,
+    /// The day stock metrics (S1, S2, W1) are counted on (default: the period's last day).
+    #[arg(long)]
+    snapshot_date: Option<String>,
+    /// Group rows by these dimensions: law_type, application_type, service_area, court,
+    /// local_authority, age_band, report_type.
+    #[arg(long, value_delimiter = ',')]
+    group_by: Vec<String>,
+    /// Keep only rows where dimension=value[,value...] (repeatable), e.g. law_type=public.
+    #[arg(long)]
+    filter: Vec<String>,
+    /// Answer from the log as it was recorded at this instant (RFC 3339).
+    #[arg(long)]
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
+    /// Hide counts of 1-4 below national level (reporting and practice clients always get this).
+    #[arg(long)]
+    suppress_small_numbers: bool,
+    /// The 26-week limit's last day is issue + this many days: 181 or 182.
+    #[arg(long)]
+    twenty_six_week_limit_days: Option<u32>,
+    /// Count virtual visits as seen for T4 and E1.
+    #[arg(long)]
+    count_virtual_visits: bool,
+    /// Wait (up to 5 s) until the metrics include this position, e.g. the last position an
+    /// import printed.
+    #[arg(long, default_value_t = 0)]
+    min_position: u64,
+    #[arg(long, value_enum, default_value = "table")]
+    format: caselog_server::show::MetricsFormat,
+}
+
+impl MetricsArgs {
+    fn request(&self) -> anyhow::Result<caselog_api::v1::QueryMetricsRequest> {
+        use caselog_api::v1 as pb;
+        use pb::period_spec::Kind;
+        let kind = if let Some(month) = &self.month {
+            Kind::Month(month.clone())
+        } else if let Some(quarter) = &self.financial_quarter {
+            Kind::FinancialQuarter(quarter.clone())
+        } else if let Some(year) = &self.financial_year {
+            Kind::FinancialYear(year.clone())
+        } else if let Some(quarter) = &self.calendar_quarter {
+            Kind::CalendarQuarter(quarter.clone())
+        } else {
+            Kind::Custom(pb::DateRange {
+                first: self.from.clone().unwrap_or_default(),
+                last: self.to.clone().unwrap_or_default(),
+            })
+        };
+        let group_by = self
+            .group_by
+            .iter()
+            .map(|name| caselog_server::show::dimension(name).map(|d| d as i32))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let filters = self
+            .filter
+            .iter()
+            .map(|f| caselog_server::show::filter(f))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(pb::QueryMetricsRequest {
+            metric_ids: self.metric_ids.clone(),
+            period: Some(pb::PeriodSpec { kind: Some(kind) }),
+            snapshot_date: self.snapshot_date.clone().unwrap_or_default(),
+            group_by,
+            filters,
+            as_of: self.as_of.map(|t| prost_types::Timestamp {
+                seconds: t.timestamp(),
+                nanos: t.timestamp_subsec_nanos() as i32,
+            }),
+            min_position: self.min_position,
+            suppress_small_numbers: self.suppress_small_numbers,
+            twenty_six_week_limit_days: self.twenty_six_week_limit_days.unwrap_or(0),
+            count_virtual_visits: self.count_virtual_visits,
+        })
+    }
+}
+
+/// Standard output, or a file, buffered.
+fn output(path: Option<&PathBuf>) -> anyhow::Result<Box<dyn std::io::Write>> {
+    Ok(match path {
+        Some(path) => Box::new(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    })
+}
+
+async fn export_command(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    use caselog_server::export::{ExportProgress, LineFormat, Selection, export};
+    use std::io::IsTerminal;
+    let channel = args.client.connect().await?;
+    let selection = Selection {
+        case_id: args.case.clone(),
+        after_position: args.from_position,
+        recorded_from: args.recorded_from,
+        recorded_before: args.recorded_before,
+    };
+    let mut out = output(args.out.as_ref())?;
+    let on_terminal = std::io::stderr().is_terminal();
+    let mut last_shown = std::time::Instant::now();
+    let show = |p: ExportProgress| {
+        if on_terminal && last_shown.elapsed() >= Duration::from_millis(250) {
+            last_shown = std::time::Instant::now();
+            eprint!(
+                "\rexported {} events, at position {} of {}   ",
+                p.events_written, p.position, p.end_position
+            );
+        }
+    };
+    let done = export(
+        channel,
+        args.client.token.as_deref(),
+        &selection,
+        LineFormat::Ndjson,
+        &mut out,
+        show,
+    )
+    .await?;
+    if on_terminal {
+        eprint!("\r");
+    }
+    eprintln!(
+        "exported {} events{}",
+        done.events_written,
+        if args.case.is_some() {
+            String::new()
+        } else {
+            format!(" (positions {} to {})", args.from_position, done.end_position)
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tail_command(args: TailArgs) -> anyhow::Result<ExitCode> {
+    use caselog_server::export::{LineFormat, TailOptions, tail};
+    let channel = args.client.connect().await?;
+    let options = TailOptions {
+        after_position: args.from_position,
+        event_types: args.event_types,
+        case_ids: args.case_ids,
+        until_caught_up: args.until_caught_up,
+    };
+    let format = match args.format {
+        TailFormat::Text => LineFormat::Text,
+        TailFormat::Ndjson => LineFormat::Ndjson,
+    };
+    let last = tail(
+        channel,
+        args.client.token.as_deref(),
+        &options,
+        format,
+        &mut std::io::stdout().lock(),
+    )
+    .await?;
+    eprintln!("caught up at position {last} (resume with --from-position {last})");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn case_command(args: CaseArgs) -> anyhow::Result<ExitCode> {
+    let channel = args.client.connect().await?;
+    let mut out = output(None)?;
+    caselog_server::show::show_case(channel, args.client.token.as_deref(), &args.case_id, &mut out).await?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn metrics_command(args: MetricsArgs) -> anyhow::Result<ExitCode> {
+    let request = args.request()?;
+    let channel = args.client.connect().await?;
+    let mut out = output(None)?;
+    caselog_server::show::query_metrics(channel, args.client.token.as_deref(), request, args.format, &mut out).await?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -301,6 +569,10 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Export(args) => export_command(args).await,
+        Command::Tail(args) => tail_command(args).await,
+        Command::Case(args) => case_command(args).await,
+        Command::Metrics(args) => metrics_command(args).await,
         Command::Migrate(args) => {
             let database_url = &args.database.database_url;
             caselog_store::create_database_if_missing(database_url).await?;
@@ -481,6 +753,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 report.already_present(),
                 report.rejected()
             );
+            if report.last_position > 0 {
+                println!(
+                    "last position {} (caselog metrics --min-position {} waits until the metrics include it)",
+                    report.last_position, report.last_position
+                );
+            }
             Ok(if report.rejected() == 0 {
                 ExitCode::SUCCESS
             } else {

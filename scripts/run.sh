@@ -5,8 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/caselog}"
-cargo build --release --locked -p caselog-server
-# Wherever cargo puts its builds (CARGO_TARGET_DIR, .cargo/config.toml), not a guess.
-target_dir="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-"$target_dir/release/caselog" migrate
-exec "$target_dir/release/caselog" serve --dev-tokens deploy/dev-tokens.json --allow-dev-tokens "$@"
+scripts/caselog migrate
+exec scripts/caselog serve --dev-tokens deploy/dev-tokens.json --allow-dev-tokens "$@"

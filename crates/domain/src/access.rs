@@ -30,7 +30,7 @@ pub enum Grant {
     Migration,
 }
 
-/// The event types each writing role sends (the client table of the domain brief). A child added
+/// The event types each writing role sends (docs/roles.md). A child added
 /// to proceedings is the court's to record; the brief names no sender for `child_joined`.
 const COURT_TYPES: &[EventType] = &[
     EventType::CaseIssued,

@@ -35,7 +35,7 @@ impl FieldViolation {
     }
 }
 
-/// The lifecycle rules of the domain brief, each with a stable machine-readable reason.
+/// The lifecycle rules (docs/events.md), each with a stable machine-readable reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rule {
     /// The first event recorded for a case is `case_issued`.

@@ -1,4 +1,4 @@
-//! The metric catalogue (`shared/domain/metrics.md`) over case facts.
+//! The metric catalogue (`docs/metrics.md`) over case facts.
 //!
 //! Every metric is computed by visiting the cases once and adding each unit (case, child, report,
 //! practitioner) to the accumulators of the groups it belongs to. Product conventions where the
@@ -283,7 +283,7 @@ impl MetricId {
             MetricId::E1 => format!("children in cases closed in the period; share seen {seen} between the first lead allocation and the closure (inclusive)"),
             MetricId::E2 => "children in cases closed in the period; share with engagement_record_completed on or before the closure".into(),
             MetricId::E3 => "children of cases whose first lead allocation is in the period (including children who joined later); share sent a personalised letter at any time".into(),
-            MetricId::E4 => "children in cases with a section7, rule16_4_analysis or final_analysis report filed in the period; share with recommendation_shared on or before the latest such filing in the period".into(),
+            MetricId::E4 => "children in cases with a section7, rule16_4_analysis or final_analysis report filed in the period; share with recommendation_shared on or before the latest such filing in the period; children are those in the case on that filing date".into(),
             MetricId::S1Cases => "cases open at the snapshot (issued on or before it, not closed on or before it)".into(),
             MetricId::S1Children => "children in cases open at the snapshot, in the case on the snapshot date".into(),
             MetricId::S2CasesOver52 => "open cases with days(issued, snapshot)/7 > 52".into(),

@@ -1,5 +1,5 @@
 //! Hand-worked scenarios for the metric catalogue, each figure computed by hand from
-//! `shared/domain/metrics.md` and the England and Wales calendar.
+//! `docs/metrics.md` and the England and Wales calendar.
 
 #![allow(clippy::unwrap_used)]
 

@@ -1,5 +1,5 @@
 //! The generated workload lands near the published reference figures of the metric catalogue
-//! (`../shared/domain/metrics.md`), at a tenth of the national volume.
+//! (`docs/metrics.md`), at a tenth of the national volume.
 
 #![allow(clippy::unwrap_used)]
 

@@ -1,4 +1,4 @@
-//! A synthetic national workload: children's cases in England as the domain brief describes them
+//! A synthetic national workload: children's cases in England as docs/events.md describes them
 //! (volumes, the public/private split, children per case), with distributions calibrated so that
 //! the catalogue's metrics land near the published reference figures, and with the noise of real
 //! feeds (late recording, voided and re-entered visits, resent lines).

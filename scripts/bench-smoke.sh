@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh
 base="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 db="${base%/*}/caselog_bench_smoke"
-cargo build --locked -p caselog-server -p caselog-bench
+cargo build --locked -p caselog-cli -p caselog-bench
 # Wherever cargo puts its builds (CARGO_TARGET_DIR, .cargo/config.toml), not a guess.
 bin="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug"
 psql "$base" -qc "DROP DATABASE IF EXISTS caselog_bench_smoke" 2>/dev/null || true

@@ -239,7 +239,6 @@ async fn the_service_runs_on_postgresql_over_verified_tls() {
         .client()
         .get_case(caselog_api::v1::GetCaseRequest {
             case_id: "LS25C00001".into(),
-            ..Default::default()
         })
         .await
         .unwrap()

@@ -1,10 +1,10 @@
 //! `caselog import`: thousands of events of realistic cases, every line accounted for, and a
 //! second import that writes nothing.
 
+use caselog_cli::import::{ImportOptions, LineOutcome, import};
 use caselog_domain::event::*;
 use caselog_domain::interchange::to_line;
 use caselog_domain::{Metadata, NewEvent, Payload};
-use caselog_server::import::{ImportOptions, LineOutcome, import};
 use caselog_tests::*;
 use chrono::{Duration, NaiveDate};
 use sqlx::PgPool;

@@ -3,7 +3,7 @@
 
 use caselog_api::v1 as pb;
 use caselog_api::v1::metrics_service_client::MetricsServiceClient;
-use caselog_server::projector::{HistoryCache, apply_next_page, apply_next_page_with, facts_at};
+use caselog_app::projector::{HistoryCache, apply_next_page, apply_next_page_with, facts_at};
 use caselog_store::EventLog;
 use caselog_store::rebuild::Cut;
 use caselog_tests::*;

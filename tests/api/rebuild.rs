@@ -4,8 +4,8 @@
 use caselog_api::v1 as pb;
 use caselog_api::v1::admin_service_client::AdminServiceClient;
 use caselog_api::v1::metrics_service_client::MetricsServiceClient;
-use caselog_server::generate::{GenerateOptions, load};
-use caselog_server::rebuild::{Outcome, Progress, RebuildOptions, rebuild};
+use caselog_app::rebuild::{Outcome, Progress, RebuildOptions, rebuild};
+use caselog_cli::generate::{GenerateOptions, load};
 use caselog_store::EventLog;
 use caselog_tests::AuthChannel;
 use caselog_tests::*;

@@ -3,9 +3,9 @@
 use crate::audit;
 use crate::auth::caller;
 use crate::error::{Error, to_status};
-use crate::rebuild::{Outcome, Phase, Progress, RebuildOptions, Summary, rebuild};
 use caselog_api::v1 as pb;
 use caselog_api::v1::admin_service_server::AdminService;
+use caselog_app::rebuild::{Outcome, Phase, Progress, RebuildOptions, Summary, rebuild};
 use caselog_domain::FieldViolation;
 use caselog_store::{AuditQuery, EventLog};
 use serde_json::json;
@@ -55,7 +55,9 @@ impl AdminService for Admin {
         let detail = json!({"verify_only": options.verify_only});
         if let Err(denial) = principal.require_admin("rebuild the projections") {
             let refused = Error::from(denial);
-            audit::record(&self.log, &principal, REBUILD, PROJECTIONS, detail, refused.outcome()).await?;
+            audit::record(&self.log, &principal, REBUILD, PROJECTIONS, detail, refused.outcome())
+                .await
+                .map_err(Error::from)?;
             return Err(refused.into());
         }
         let (updates, receiver) = mpsc::channel(4);
@@ -157,6 +159,7 @@ async fn stream_rebuild(
                         format!("{} {}", audit::OK, summary.describe().join("; ")),
                     ),
                     Err(err) => {
+                        let err = Error::from(err);
                         let outcome = err.outcome();
                         (Err(to_status(err)), outcome)
                     }

@@ -75,7 +75,7 @@ impl Reader {
 }
 
 /// Reads one event of an append request. Violation paths are relative to the event.
-pub(crate) fn new_event(event: pb::NewEvent) -> Result<NewEvent, Vec<FieldViolation>> {
+pub fn new_event(event: pb::NewEvent) -> Result<NewEvent, Vec<FieldViolation>> {
     let mut r = Reader::default();
     let event_id = r.uuid("event_id", &event.event_id);
     let occurred_on = r.date("occurred_on", &event.occurred_on);
@@ -202,7 +202,7 @@ fn payload(r: &mut Reader, kind: pb::event_payload::Kind) -> Option<Payload> {
 }
 
 /// Writes a domain event as the wire type (the inverse of [`new_event`]).
-pub(crate) fn new_event_out(event: &NewEvent) -> pb::NewEvent {
+pub fn new_event_out(event: &NewEvent) -> pb::NewEvent {
     pb::NewEvent {
         event_id: event.event_id.to_string(),
         occurred_on: event.occurred_on.to_string(),

@@ -1,22 +1,19 @@
-//! The caselog service: gRPC wiring (`caselog.v1` services, health, reflection), the write path
-//! and the `caselog import` client. Errors become `tonic::Status` in `error.rs` only.
+//! The caselog gRPC service: the `caselog.v1` services over the application (`caselog-app`),
+//! authentication and per-client limits, health, reflection and telemetry. Errors become
+//! `tonic::Status` in `error.rs` only. **Architecture invariant:** no SQL here; everything that
+//! reads or writes the database goes through `caselog-app` (or `caselog-store`'s types).
 
 pub mod admin;
 pub mod audit;
 pub mod auth;
-mod convert;
+pub mod convert;
 pub mod error;
-pub mod export;
 pub mod feed;
-pub mod generate;
-pub mod import;
-pub mod ingest;
 pub mod metrics;
-pub mod projector;
-pub mod rebuild;
 pub mod service;
-pub mod show;
 pub mod telemetry;
+
+use caselog_app::projector;
 
 use auth::{AuthLayer, Authenticator};
 use caselog_api::v1::admin_service_server::AdminServiceServer;

@@ -3,10 +3,10 @@
 use crate::audit;
 use crate::auth::caller;
 use crate::convert;
-use crate::error::Error;
-use crate::ingest::{self, CaseCache, WritePath, history_of, payload_of};
+use crate::error::{AppError, Error};
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_server::CaseEventService;
+use caselog_app::ingest::{self, CaseCache, WritePath, history_of, payload_of};
 use caselog_domain::england::date_in_england;
 use caselog_domain::{CaseHistory, FieldViolation, Metadata, Principal};
 use caselog_store::{EventLog, GroupAppender, GroupSettings, StoredEvent};
@@ -81,7 +81,7 @@ async fn load_case(
     let stored = log.read_case(case_id).await?;
     let history = history_of(&stored)?;
     if stored.is_empty() {
-        return Err(Error::NotFound(format!("no case {case_id:?} is recorded")));
+        return Err(AppError::NotFound(format!("no case {case_id:?} is recorded")).into());
     }
     Ok((stored, history))
 }
@@ -114,7 +114,8 @@ impl CaseEventService for CaseEvents {
             &principal,
             today,
         )
-        .await?;
+        .await
+        .map_err(Error::from)?;
         Ok(Response::new(pb::AppendEventsResponse {
             version: appended.version as u64,
             events: appended
@@ -157,7 +158,7 @@ impl CaseEvents {
         let (_, history) = load_case(&self.log, principal, &case_id).await?;
         let view = history
             .view()
-            .ok_or_else(|| Error::Internal(format!("case {case_id} has events but no case_issued")))?;
+            .ok_or_else(|| Error::internal(format!("case {case_id} has events but no case_issued")))?;
         let allocation = |a: &caselog_domain::case::Allocation| pb::Allocation {
             practitioner_id: a.practitioner_id.clone(),
             role: convert::allocation_role_out(a.role) as i32,

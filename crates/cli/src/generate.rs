@@ -1,8 +1,8 @@
 //! `caselog generate`: writes a synthetic national workload as NDJSON (the interchange format),
 //! and prints how its metrics compare with the published reference figures.
 
-use crate::error::Error;
-use crate::ingest::row_of;
+use caselog_app::Error;
+use caselog_app::ingest::row_of;
 use caselog_calendar::WorkingCalendar;
 use caselog_domain::NewEvent;
 use caselog_domain::england::date_in_england;

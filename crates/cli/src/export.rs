@@ -7,14 +7,14 @@
 //! everything committed by then, in position order, which keeps each case's events in the order
 //! they were recorded, so importing it into an empty database gives the same projections.
 
-use crate::auth::{BearerToken, WithToken};
-use crate::convert::new_event;
 use crate::import::describe;
 use anyhow::Context;
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
 use caselog_api::v1::event_feed_service_client::EventFeedServiceClient;
 use caselog_domain::interchange::to_line;
+use caselog_server::auth::{BearerToken, WithToken};
+use caselog_server::convert::new_event;
 use chrono::{DateTime, Utc};
 use std::io::Write;
 use tokio_stream::StreamExt;

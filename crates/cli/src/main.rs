@@ -2,13 +2,15 @@
 //! `import`, `export`, `tail`, `case` and `metrics` are clients of a running service.
 
 use anyhow::Context;
+use caselog_app::rebuild::{Outcome, Phase, Progress, RebuildOptions, rebuild};
+#[cfg(feature = "generator")]
+use caselog_cli::generate::{GenerateOptions, compare_with_reference, load, write_ndjson};
+use caselog_cli::import::{ImportOptions, LineOutcome, import};
 use caselog_domain::{Grant, Principal};
 use caselog_server::auth::{AuthSettings, Authenticator, DevTokens, JwtSettings};
-use caselog_server::generate::{GenerateOptions, compare_with_reference, load, write_ndjson};
-use caselog_server::import::{ImportOptions, LineOutcome, import};
-use caselog_server::rebuild::{Outcome, Phase, Progress, RebuildOptions, rebuild};
 use caselog_server::{Security, ServerLimits, shutdown_signal, telemetry};
 use caselog_store::{ConnectSettings, EventLog};
+#[cfg(feature = "generator")]
 use caselog_workload::WorkloadSettings;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
@@ -50,6 +52,7 @@ enum Command {
     /// Ask for metrics (QueryMetrics) and print them as a table, CSV or JSON.
     Metrics(MetricsArgs),
     /// Write a synthetic national workload as NDJSON, and compare its metrics with the reference figures.
+    #[cfg(feature = "generator")]
     Generate(GenerateArgs),
     /// Rebuild the projections from the log beside the live ones and switch them in (or, with
     /// --verify, compare and discard). Needs no running service; safe to run beside one.
@@ -68,6 +71,7 @@ struct RebuildArgs {
     page_events: i64,
 }
 
+#[cfg(feature = "generator")]
 #[derive(Args, Debug)]
 struct GenerateArgs {
     /// Years of history, ending on --until.
@@ -398,7 +402,7 @@ struct MetricsArgs {
     #[arg(long, default_value_t = 0)]
     min_position: u64,
     #[arg(long, value_enum, default_value = "table")]
-    format: caselog_server::show::MetricsFormat,
+    format: caselog_cli::show::MetricsFormat,
 }
 
 impl MetricsArgs {
@@ -422,12 +426,12 @@ impl MetricsArgs {
         let group_by = self
             .group_by
             .iter()
-            .map(|name| caselog_server::show::dimension(name).map(|d| d as i32))
+            .map(|name| caselog_cli::show::dimension(name).map(|d| d as i32))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let filters = self
             .filter
             .iter()
-            .map(|f| caselog_server::show::filter(f))
+            .map(|f| caselog_cli::show::filter(f))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(pb::QueryMetricsRequest {
             metric_ids: self.metric_ids.clone(),
@@ -459,7 +463,7 @@ fn output(path: Option<&PathBuf>) -> anyhow::Result<Box<dyn std::io::Write>> {
 }
 
 async fn export_command(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    use caselog_server::export::{ExportProgress, LineFormat, Selection, export};
+    use caselog_cli::export::{ExportProgress, LineFormat, Selection, export};
     use std::io::IsTerminal;
     let channel = args.client.connect().await?;
     let selection = Selection {
@@ -505,7 +509,7 @@ async fn export_command(args: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn tail_command(args: TailArgs) -> anyhow::Result<ExitCode> {
-    use caselog_server::export::{LineFormat, TailOptions, tail};
+    use caselog_cli::export::{LineFormat, TailOptions, tail};
     let channel = args.client.connect().await?;
     let options = TailOptions {
         after_position: args.from_position,
@@ -532,7 +536,7 @@ async fn tail_command(args: TailArgs) -> anyhow::Result<ExitCode> {
 async fn case_command(args: CaseArgs) -> anyhow::Result<ExitCode> {
     let channel = args.client.connect().await?;
     let mut out = output(None)?;
-    caselog_server::show::show_case(channel, args.client.token.as_deref(), &args.case_id, &mut out).await?;
+    caselog_cli::show::show_case(channel, args.client.token.as_deref(), &args.case_id, &mut out).await?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
@@ -541,7 +545,7 @@ async fn metrics_command(args: MetricsArgs) -> anyhow::Result<ExitCode> {
     let request = args.request()?;
     let channel = args.client.connect().await?;
     let mut out = output(None)?;
-    caselog_server::show::query_metrics(channel, args.client.token.as_deref(), request, args.format, &mut out).await?;
+    caselog_cli::show::query_metrics(channel, args.client.token.as_deref(), request, args.format, &mut out).await?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
@@ -627,6 +631,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             caselog_server::run(listener, EventLog::new(pool), limits, security, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "generator")]
         Command::Generate(args) => {
             let until = args
                 .until
@@ -713,7 +718,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let outcome = match &result {
                 Ok(summary) => format!("OK {}", summary.describe().join("; ")),
-                Err(err) => err.outcome(),
+                Err(err) => caselog_server::error::outcome_of(err),
             };
             let detail = serde_json::json!({"verify_only": args.verify, "via": "caselog rebuild"});
             if let Err(err) =

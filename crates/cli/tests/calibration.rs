@@ -4,9 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use caselog_calendar::WorkingCalendar;
+use caselog_cli::generate::{GenerateOptions, write_ndjson};
 use caselog_projections::metrics::Settings;
 use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, compute};
-use caselog_server::generate::{GenerateOptions, write_ndjson};
 use caselog_workload::WorkloadSettings;
 use chrono::NaiveDate;
 

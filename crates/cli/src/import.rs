@@ -6,14 +6,14 @@
 //! bad line never stops the lines around it, unless `all_or_nothing` asks for each case to be
 //! recorded whole or not at all.
 
-use crate::auth::{BearerToken, WithToken};
-use crate::convert::new_event_out;
-use crate::ingest::MAX_BATCH;
 use anyhow::Context;
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
+use caselog_app::ingest::MAX_BATCH;
 use caselog_domain::NewEvent;
 use caselog_domain::interchange::parse_line;
+use caselog_server::auth::{BearerToken, WithToken};
+use caselog_server::convert::new_event_out;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;

@@ -353,7 +353,7 @@ fn metadata_json(event: &NewEvent) -> serde_json::Value {
     serde_json::to_value(&event.metadata).unwrap_or_else(|_| serde_json::json!({}))
 }
 
-pub(crate) fn row_of(event: &NewEvent) -> NewRow {
+pub fn row_of(event: &NewEvent) -> NewRow {
     NewRow {
         event_id: event.event_id,
         event_type: event.payload.event_type().as_str().to_owned(),
@@ -364,7 +364,7 @@ pub(crate) fn row_of(event: &NewEvent) -> NewRow {
 }
 
 /// Reads the payload of a stored row.
-pub(crate) fn payload_of(stored: &StoredEvent) -> Result<Payload, Error> {
+pub fn payload_of(stored: &StoredEvent) -> Result<Payload, Error> {
     let event_type = EventType::parse(&stored.event_type).ok_or_else(|| {
         Error::Internal(format!(
             "event {} has unknown type {:?}",
@@ -376,7 +376,7 @@ pub(crate) fn payload_of(stored: &StoredEvent) -> Result<Payload, Error> {
 }
 
 /// The lifecycle history of a case from its stored rows (in version order).
-pub(crate) fn history_of(stored: &[StoredEvent]) -> Result<CaseHistory, Error> {
+pub fn history_of(stored: &[StoredEvent]) -> Result<CaseHistory, Error> {
     stored
         .iter()
         .map(|e| {

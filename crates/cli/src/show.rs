@@ -1,13 +1,13 @@
 //! `caselog case` and `caselog metrics`: a case's timeline and a `QueryMetrics` answer as a person
 //! reads them at a terminal, or as CSV and JSON for a spreadsheet or a script.
 
-use crate::auth::BearerToken;
 use crate::export::{ExportProgress, LineFormat, Selection, export};
 use crate::import::describe;
 use anyhow::Context;
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
 use caselog_api::v1::metrics_service_client::MetricsServiceClient;
+use caselog_server::auth::BearerToken;
 use std::io::Write;
 use tonic::transport::Channel;
 

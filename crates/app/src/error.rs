@@ -1,0 +1,129 @@
+//! What can go wrong in the application: refusals a caller can act on, and failures of the
+//! store. `caselog-server` turns each into a gRPC status (its `error.rs`); the command line
+//! prints [`Error::detail`].
+
+use caselog_domain::{BatchRejection, Denial, FieldViolation, Rejection, Rule};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid request: {}", describe(.violations))]
+    Invalid {
+        violations: Vec<FieldViolation>,
+        event_index: Option<usize>,
+    },
+    #[error("{message}")]
+    Rejected {
+        rule: Rule,
+        message: String,
+        event_index: usize,
+    },
+    #[error("the case is at version {actual}, not the expected version {expected}; read the case and retry")]
+    VersionConflict { expected: u64, actual: u64 },
+    #[error("event {event_id} is already recorded with different content; a new event needs a new event_id")]
+    EventIdReused { event_id: String, event_index: usize },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}; ask about dates the working-day calendar covers")]
+    OutsideCalendar(String),
+    #[error("the projections have applied position {checkpoint}, not yet {wanted}; retry shortly")]
+    ProjectionBehind { checkpoint: i64, wanted: i64 },
+    #[error("{what}; retry shortly")]
+    Busy { what: String },
+    #[error("another rebuild of the projections is running; wait for it to finish")]
+    RebuildInProgress,
+    #[error("permission denied: {0}")]
+    Denied(#[from] Denial),
+    #[error("permission denied: {0}")]
+    NotDisclosable(caselog_projections::disclosure::Refusal),
+    #[error("the audit trail could not record this access, so it was not served; retry later")]
+    AuditUnavailable,
+    #[error("the appends to this case kept conflicting; retry later")]
+    Contention,
+    #[error("the event store is unavailable; retry later")]
+    Unavailable(#[source] caselog_store::Error),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl Error {
+    /// The message with internal detail, for operators (logs, the command line); never sent to
+    /// a client.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Internal(detail) => format!("internal error: {detail}"),
+            Error::Unavailable(source) => format!("{self}: {source}"),
+            other => other.to_string(),
+        }
+    }
+
+    pub fn invalid(violations: Vec<FieldViolation>) -> Error {
+        let event_index = violations.iter().find_map(|v| v.event_index);
+        Error::Invalid {
+            violations,
+            event_index,
+        }
+    }
+
+    /// The refusal of a batch whose event `i` is `original_indices[i]` of the request.
+    pub fn from_rejection(rejection: BatchRejection, original_indices: &[usize]) -> Error {
+        let original = |i: usize| original_indices.get(i).copied().unwrap_or(i);
+        match rejection.rejection {
+            Rejection::Invalid(violations) => Error::invalid(
+                violations
+                    .into_iter()
+                    .map(|v| match v.event_index {
+                        Some(i) => v.at(original(i)),
+                        None => v,
+                    })
+                    .collect(),
+            ),
+            Rejection::Rule { rule, message } => Error::Rejected {
+                rule,
+                message,
+                event_index: original(rejection.index),
+            },
+        }
+    }
+}
+
+impl From<caselog_store::Error> for Error {
+    fn from(err: caselog_store::Error) -> Error {
+        match err {
+            caselog_store::Error::Unavailable(_) => Error::Unavailable(err),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<caselog_projections::metrics::MetricsError> for Error {
+    fn from(err: caselog_projections::metrics::MetricsError) -> Error {
+        use caselog_projections::metrics::MetricsError;
+        match err {
+            MetricsError::Calendar(out) => Error::OutsideCalendar(out.to_string()),
+            MetricsError::NotDisclosable(refusal) => Error::NotDisclosable(refusal),
+        }
+    }
+}
+
+/// At most this many field violations are described in a refusal (message and `BadRequest`):
+/// a batch with hundreds of bad events would otherwise exceed the trailer size common clients
+/// accept (16 KiB), and the client would see a transport error instead of the reasons.
+pub const MAX_VIOLATIONS_SENT: usize = 50;
+
+fn describe(violations: &[FieldViolation]) -> String {
+    let mut text = violations
+        .iter()
+        .take(MAX_VIOLATIONS_SENT)
+        .map(|v| format!("{}: {}", v.path(), v.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Some(more) = more_than_sent(violations) {
+        text.push_str(&format!("; and {more} more"));
+    }
+    text
+}
+
+/// How many violations are left out of a refusal, if any.
+pub fn more_than_sent(violations: &[FieldViolation]) -> Option<usize> {
+    violations.len().checked_sub(MAX_VIOLATIONS_SENT).filter(|n| *n > 0)
+}

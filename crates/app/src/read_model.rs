@@ -1,0 +1,230 @@
+//! The read model: this process's copy of the case-facts projection, kept current with the rows
+//! the projector writes, and the figures and worklists counted from it. `as_of` answers fold
+//! the log as it was recorded at an instant, refolding only the cases written since.
+
+use crate::error::Error;
+use crate::projector::{facts_at, fold_cases};
+use caselog_calendar::WorkingCalendar;
+use caselog_projections::metrics::{MetricsError, compute_parallel};
+use caselog_projections::{CaseFacts, MetricResult, MetricsQuery, Reach, WorklistItem, WorklistKind};
+use caselog_store::EventLog;
+use caselog_store::rebuild::Cut;
+use chrono::{DateTime, NaiveDate, Utc};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+
+/// The longest a query waits for the projections to reach `min_position`.
+const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct ReadModel {
+    log: EventLog,
+    cache: Arc<RwLock<FactsCache>>,
+    /// One `as_of` fold at a time per process: each holds every case's facts in memory.
+    as_of_folds: Arc<tokio::sync::Semaphore>,
+}
+
+/// This process's copy of the case-facts projection, refreshed with the rows written since the
+/// position it reflects (so a query reads only what changed).
+#[derive(Debug, Default)]
+struct FactsCache {
+    generation: i64,
+    position: i64,
+    /// Contiguous, with `reaches[i]` the reach of `cases[i]`, so a query scans 16 bytes per case
+    /// to find the few it needs.
+    cases: Vec<CaseFacts>,
+    reaches: Vec<Reach>,
+    index: HashMap<String, usize>,
+}
+
+impl FactsCache {
+    fn clear(&mut self) {
+        self.cases.clear();
+        self.reaches.clear();
+        self.index.clear();
+    }
+
+    fn upsert(&mut self, facts: CaseFacts) {
+        let reach = facts.reach();
+        match self.index.get(&facts.case_id) {
+            Some(&i) => {
+                self.cases[i] = facts;
+                self.reaches[i] = reach;
+            }
+            None => {
+                self.index.insert(facts.case_id.clone(), self.cases.len());
+                self.cases.push(facts);
+                self.reaches.push(reach);
+            }
+        }
+    }
+
+    /// The cases that can count in `query` (see [`MetricsQuery::may_count`]).
+    fn counting_in<'a>(&'a self, query: &'a MetricsQuery) -> impl Iterator<Item = &'a CaseFacts> + 'a {
+        self.reaches
+            .iter()
+            .zip(&self.cases)
+            .filter(|(reach, _)| query.may_count(reach))
+            .map(|(_, case)| case)
+    }
+}
+
+impl ReadModel {
+    pub fn new(log: EventLog) -> ReadModel {
+        ReadModel {
+            log,
+            cache: Arc::new(RwLock::new(FactsCache {
+                position: -1,
+                ..FactsCache::default()
+            })),
+            as_of_folds: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
+
+    /// The figures of `query`: from the projection once it has applied `min_position`, with
+    /// the position it reflects; or, with `as_of`, from the log as it was recorded then (and
+    /// position 0).
+    pub async fn metrics(
+        &self,
+        query: MetricsQuery,
+        as_of: Option<DateTime<Utc>>,
+        min_position: u64,
+    ) -> Result<(i64, Vec<MetricResult>), Error> {
+        let calendar = WorkingCalendar::england_and_wales();
+        match as_of {
+            Some(at) => {
+                let _fold = self.as_of_folds.try_acquire().map_err(|_| Error::Busy {
+                    what: "an as_of query is already being answered by this server".into(),
+                })?;
+                Ok((0, self.answer_as_of(query, at, calendar).await?))
+            }
+            None => {
+                let facts = self.current_facts(min_position).await?;
+                let position = facts.position;
+                let results = counted(move || {
+                    let counting: Vec<&CaseFacts> = facts.counting_in(&query).collect();
+                    compute_parallel(&query, &counting, calendar, counting_threads())
+                })
+                .await?;
+                Ok((position, results))
+            }
+        }
+    }
+
+    /// A worklist of `service_area` as at `as_at`, once the projection has applied
+    /// `min_position`, with the position it reflects.
+    pub async fn worklist(
+        &self,
+        kind: WorklistKind,
+        service_area: &str,
+        as_at: NaiveDate,
+        within_working_days: u32,
+        min_position: u64,
+    ) -> Result<(i64, Vec<WorklistItem>), Error> {
+        let facts = self.current_facts(min_position).await?;
+        let calendar = WorkingCalendar::england_and_wales();
+        let items =
+            caselog_projections::worklist(kind, service_area, &facts.cases, as_at, within_working_days, calendar)?;
+        Ok((facts.position, items))
+    }
+
+    /// The projection as of its latest checkpoint, after waiting for `min_position`; an owned
+    /// guard, so that counting can run off the async workers.
+    async fn current_facts(&self, min_position: u64) -> Result<OwnedRwLockReadGuard<FactsCache>, Error> {
+        let (generation, position) = self.wait_for(min_position).await?;
+        // Concurrent queries share the copy while it is current; only a refresh is exclusive.
+        {
+            let cache = self.cache.clone().read_owned().await;
+            if cache.generation == generation && cache.position >= position {
+                return Ok(cache);
+            }
+        }
+        let mut cache = self.cache.clone().write_owned().await;
+        let changes = self.log.case_facts_since(cache.generation, cache.position).await?;
+        if changes.replaced {
+            cache.clear();
+        }
+        for row in changes.rows {
+            let facts: CaseFacts =
+                serde_json::from_str(&row).map_err(|e| Error::Internal(format!("unreadable case facts: {e}")))?;
+            cache.upsert(facts);
+        }
+        cache.generation = changes.generation;
+        cache.position = changes.position;
+        Ok(cache.downgrade())
+    }
+
+    /// The figures from the log as it was recorded at `at`. A case with no event recorded after
+    /// `at` has the same facts now as then, so when the projection holds every event recorded
+    /// by `at`, only the cases written since are folded again (cut at `at`); otherwise the whole
+    /// log is folded.
+    async fn answer_as_of(
+        &self,
+        query: MetricsQuery,
+        at: chrono::DateTime<chrono::Utc>,
+        calendar: &'static WorkingCalendar,
+    ) -> Result<Vec<caselog_projections::MetricResult>, Error> {
+        let facts = self.current_facts(0).await?;
+        let (last_recorded_by, changed) = self.log.recorded_after(at).await?;
+        if last_recorded_by > facts.position {
+            drop(facts);
+            let cases = facts_at(&self.log, Cut::RecordedBy(at)).await?;
+            return counted(move || {
+                let cases: Vec<&CaseFacts> = cases.iter().collect();
+                compute_parallel(&query, &cases, calendar, counting_threads())
+            })
+            .await;
+        }
+        let refolded = if changed.is_empty() {
+            Vec::new()
+        } else {
+            fold_cases(&self.log.read_cases_recorded_by(&changed, at).await?)?
+        };
+        counted(move || {
+            let changed: std::collections::HashSet<&str> = changed.iter().map(String::as_str).collect();
+            let cases: Vec<&CaseFacts> = facts
+                .cases
+                .iter()
+                .filter(|f| !changed.contains(f.case_id.as_str()))
+                .chain(&refolded)
+                .collect();
+            compute_parallel(&query, &cases, calendar, counting_threads())
+        })
+        .await
+    }
+
+    /// Waits until the projection has applied `min_position`; returns its generation and
+    /// checkpoint then.
+    async fn wait_for(&self, min_position: u64) -> Result<(i64, i64), Error> {
+        let wanted = i64::try_from(min_position).unwrap_or(i64::MAX);
+        let started = Instant::now();
+        loop {
+            let (generation, checkpoint) = self.log.case_facts_version().await?;
+            if checkpoint >= wanted {
+                return Ok((generation, checkpoint));
+            }
+            if started.elapsed() >= MAX_CATCH_UP_WAIT {
+                return Err(Error::ProjectionBehind { checkpoint, wanted });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Runs a count on the blocking pool: a query counts for tens of milliseconds on every core, and
+/// the async workers must stay free for appends meanwhile.
+async fn counted<F>(count: F) -> Result<Vec<caselog_projections::MetricResult>, Error>
+where
+    F: FnOnce() -> Result<Vec<caselog_projections::MetricResult>, MetricsError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(count)
+        .await
+        .map_err(|e| Error::Internal(format!("metrics count stopped: {e}")))?
+        .map_err(Error::from)
+}
+
+fn counting_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

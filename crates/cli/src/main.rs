@@ -27,11 +27,34 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerT
     about = "Event-sourced case lifecycle service for family-court advisory work"
 )]
 struct Cli {
-    /// Log format: text or json.
-    #[arg(long, env = "CASELOG_LOG_FORMAT", default_value = "text", global = true)]
-    log_format: String,
+    /// Log format.
+    #[arg(long, env = "CASELOG_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    /// More log lines: -v for info, -vv for debug. `serve` logs at info already; the other
+    /// commands show their progress and result, and only warnings and errors from the log.
+    /// RUST_LOG, when set, decides instead.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Cli {
+    /// The log level when RUST_LOG does not set one.
+    fn default_log_level(&self) -> &'static str {
+        let serving = matches!(self.command, Command::Serve(_));
+        match (serving, self.verbose) {
+            (true, 0) | (false, 1) => "info",
+            (false, 0) => "warn",
+            _ => "debug",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -555,7 +578,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS crypto provider for the process, chosen before any TLS configuration is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let _telemetry = match telemetry::init(cli.log_format == "json") {
+    let _telemetry = match telemetry::init(cli.log_format == LogFormat::Json, cli.default_log_level()) {
         Ok(telemetry) => telemetry,
         Err(err) => {
             eprintln!("caselog: cannot set up telemetry: {err:#}");
@@ -696,10 +719,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 page_events: args.page_events,
             };
             let (progress, mut seen) = tokio::sync::watch::channel(None);
+            // A bar redrawn in place is for a person at a terminal; in a redirected log, one
+            // line per phase says how far it got.
+            let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let bar = tokio::spawn(async move {
+                let mut last_phase = None;
                 while seen.changed().await.is_ok() {
                     if let Some(current) = seen.borrow_and_update().clone() {
-                        eprint!("\r{}", progress_bar(&current));
+                        if on_terminal {
+                            eprint!("\r{}", progress_bar(&current));
+                        } else if last_phase != Some(current.phase) {
+                            last_phase = Some(current.phase);
+                            eprintln!("{}", progress_bar(&current).trim_end());
+                        }
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
@@ -707,7 +739,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let result = rebuild(&log, &options, &progress).await;
             drop(progress);
             let _ = bar.await;
-            eprintln!();
+            if on_terminal {
+                eprintln!();
+            }
             // An administrative action like the RPC, recorded with the operating-system user.
             let operator = Principal {
                 organisation: format!(

@@ -311,3 +311,27 @@ fn metrics_come_as_a_table_or_csv_and_bad_arguments_are_named() {
         .unwrap();
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown dimension \"postcode\""));
 }
+
+#[test]
+fn command_line_tools_show_their_result_and_log_only_warnings_unless_asked() {
+    let mut service = Service::start();
+    service.import(&repository().join("examples/cases.ndjson"));
+    let quiet = caselog(&service.database_url)
+        .args(["rebuild", "--verify"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(quiet.status.success());
+    let stdout = String::from_utf8_lossy(&quiet.stdout);
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(stdout.contains("digest "), "the result is shown: {stdout}");
+    assert!(!stderr.contains(" INFO "), "info lines without -v:\n{stderr}");
+    assert!(!stderr.contains('\r'), "a redrawn bar in a redirected log:\n{stderr:?}");
+    let verbose = caselog(&service.database_url)
+        .args(["rebuild", "--verify", "-v"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    assert!(stderr.contains(" INFO "), "-v shows info lines:\n{stderr}");
+}

@@ -1,5 +1,5 @@
 //! Logs, traces and metrics. Logs go to stderr (text, or JSON with `--log-format json`; level from
-//! `RUST_LOG`, default `info`). When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans (one per RPC and
+//! `RUST_LOG`, else the caller's default: `info` for the service, `warn` for a command-line tool). When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans (one per RPC and
 //! per store call) and metrics are also exported over OTLP/gRPC; the standard `OTEL_*` variables
 //! configure the exporter.
 
@@ -29,9 +29,10 @@ impl Drop for Telemetry {
     }
 }
 
-/// Installs logging, and OTLP export when configured. Call once, inside the Tokio runtime.
-pub fn init(json: bool) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs logging at `default_level` unless `RUST_LOG` says otherwise, and OTLP export when
+/// configured. Call once, inside the Tokio runtime.
+pub fn init(json: bool, default_level: &str) -> anyhow::Result<Telemetry> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     // Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org):
     // escape codes in a redirected log are noise to every tool that reads it.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();

@@ -77,6 +77,28 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule, for documentation and checks.
+    pub const ALL: [Rule; 18] = [
+        Rule::CaseNotIssued,
+        Rule::CaseAlreadyIssued,
+        Rule::OccurredBeforeIssue,
+        Rule::CaseClosed,
+        Rule::CaseAlreadyClosed,
+        Rule::EventsAfterClosure,
+        Rule::ChildAlreadyInCase,
+        Rule::ReportAlreadyOrdered,
+        Rule::ReportNotOrdered,
+        Rule::ReportAlreadyFiled,
+        Rule::ReportTypeMismatch,
+        Rule::ReportEventBeforeOrder,
+        Rule::ExtensionNotLater,
+        Rule::VoidedEventNotInCase,
+        Rule::EventAlreadyVoided,
+        Rule::CaseIssuedNotVoidable,
+        Rule::VoidNotVoidable,
+        Rule::VoidLeavesDependents,
+    ];
+
     /// The `ErrorInfo.reason` for this rule.
     pub fn reason(self) -> &'static str {
         match self {

@@ -180,12 +180,10 @@ async fn stream_rebuild(
             }
             () = updates.closed() => return ABANDONED_BY_CALLER.to_owned(),
             true = async { draining.wait_for(|d| *d).await.is_ok() } => {
-                let _ = updates
-                    .send(Err(Status::unavailable(
-                        "the server is shutting down; the rebuild was abandoned and the live projections are unchanged; run it again",
-                    )))
-                    .await;
-                return "Unavailable SERVER_SHUTTING_DOWN (abandoned)".to_owned();
+                let abandoned = Error::RebuildAbandoned;
+                let outcome = format!("{} (abandoned)", abandoned.outcome());
+                let _ = updates.send(Err(to_status(abandoned))).await;
+                return outcome;
             }
         }
     }

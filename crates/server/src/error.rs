@@ -30,6 +30,10 @@ pub enum Error {
     SubscriberTooSlow { resume_from: i64 },
     #[error("the server is shutting down; subscribe again from position {resume_from}")]
     ShuttingDown { resume_from: i64 },
+    #[error(
+        "the server is shutting down; the rebuild was abandoned and the live projections are unchanged; run it again"
+    )]
+    RebuildAbandoned,
 }
 
 impl Error {
@@ -121,6 +125,7 @@ impl Error {
                 metadata.insert("resume_from".to_owned(), resume_from.to_string());
                 (Code::Unavailable, "SERVER_SHUTTING_DOWN")
             }
+            Error::RebuildAbandoned => (Code::Unavailable, "SERVER_SHUTTING_DOWN"),
             Error::SubscriberTooSlow { resume_from } => {
                 metadata.insert("resume_from".to_owned(), resume_from.to_string());
                 (Code::Aborted, "SUBSCRIBER_TOO_SLOW")
@@ -171,5 +176,160 @@ fn classify_app(err: &AppError, metadata: &mut HashMap<String, String>) -> (Code
         }
         AppError::Unavailable(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
         AppError::Internal(_) => (Code::Internal, "INTERNAL"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caselog_domain::Rule;
+    use caselog_projections::disclosure::Refusal;
+
+    /// One error of every kind. The match below has no wildcard, so a new variant does not
+    /// compile until it is added here too.
+    fn one_of_each() -> Vec<Error> {
+        let organisation = || "court:LS".to_owned();
+        let mut errors: Vec<Error> = vec![
+            Error::invalid(vec![FieldViolation::new("case_id", "required")]),
+            AppError::VersionConflict { expected: 1, actual: 2 }.into(),
+            AppError::EventIdReused {
+                event_id: "e".into(),
+                event_index: 0,
+            }
+            .into(),
+            AppError::NotFound("no case".into()).into(),
+            AppError::OutsideCalendar("2040".into()).into(),
+            AppError::ProjectionBehind {
+                checkpoint: 1,
+                wanted: 2,
+            }
+            .into(),
+            AppError::Busy { what: "as_of".into() }.into(),
+            AppError::RebuildInProgress.into(),
+            AppError::NotDisclosable(Refusal::OverlappingDimension).into(),
+            AppError::AuditUnavailable.into(),
+            AppError::Contention.into(),
+            AppError::Unavailable(caselog_store::Error::AppenderStopped).into(),
+            AppError::Internal("bug".into()).into(),
+            Error::Unauthenticated("no token".into()),
+            Error::TooManyConcurrentRequests { limit: 1 },
+            Error::TooManySubscriptions { limit: 1 },
+            Error::SubscriberTooSlow { resume_from: 1 },
+            Error::ShuttingDown { resume_from: 1 },
+            Error::RebuildAbandoned,
+            Denial::RoleNotPermitted {
+                organisation: organisation(),
+                action: "read",
+                allowed: "admin",
+            }
+            .into(),
+            Denial::EventTypeNotPermitted {
+                organisation: organisation(),
+                event_type: "case_allocated",
+                event_index: 0,
+                sends: String::new(),
+            }
+            .into(),
+            Denial::NotAParty {
+                organisation: organisation(),
+            }
+            .into(),
+            Denial::ServiceAreaNotPermitted {
+                organisation: organisation(),
+                requested: "A1".into(),
+                allowed: "A5".into(),
+                what: "metrics",
+            }
+            .into(),
+            Denial::SourceMismatch {
+                organisation: organisation(),
+                claimed: "x".into(),
+            }
+            .into(),
+            Denial::OutsideCourtNumbering {
+                organisation: organisation(),
+                court: "LS".into(),
+                scope: "MN".into(),
+                event_index: 0,
+            }
+            .into(),
+        ];
+        errors.extend(Rule::ALL.map(|rule| {
+            Error::from(AppError::Rejected {
+                rule,
+                message: String::new(),
+                event_index: 0,
+            })
+        }));
+        for err in &errors {
+            match err {
+                Error::App(app) => match app {
+                    AppError::Invalid { .. }
+                    | AppError::Rejected { .. }
+                    | AppError::VersionConflict { .. }
+                    | AppError::EventIdReused { .. }
+                    | AppError::NotFound(_)
+                    | AppError::OutsideCalendar(_)
+                    | AppError::ProjectionBehind { .. }
+                    | AppError::Busy { .. }
+                    | AppError::RebuildInProgress
+                    | AppError::Denied(_)
+                    | AppError::NotDisclosable(_)
+                    | AppError::AuditUnavailable
+                    | AppError::Contention
+                    | AppError::Unavailable(_)
+                    | AppError::Internal(_) => {}
+                },
+                Error::Unauthenticated(_)
+                | Error::TooManyConcurrentRequests { .. }
+                | Error::TooManySubscriptions { .. }
+                | Error::SubscriberTooSlow { .. }
+                | Error::ShuttingDown { .. }
+                | Error::RebuildAbandoned => {}
+            }
+            if let Error::App(AppError::Denied(denial)) = err {
+                match denial {
+                    Denial::RoleNotPermitted { .. }
+                    | Denial::EventTypeNotPermitted { .. }
+                    | Denial::NotAParty { .. }
+                    | Denial::ServiceAreaNotPermitted { .. }
+                    | Denial::SourceMismatch { .. }
+                    | Denial::OutsideCourtNumbering { .. } => {}
+                }
+            }
+        }
+        errors
+    }
+
+    #[test]
+    fn every_reason_is_upper_snake_means_one_thing_and_is_documented() {
+        let readme = include_str!("../../../README.md");
+        let errors_table = &readme[readme.find("### Errors").unwrap()..];
+        let errors_table = &errors_table[..errors_table.find("\n\n#").unwrap_or(errors_table.len())];
+        let rules_table = include_str!("../../../docs/events.md");
+        let rule_reasons: Vec<&str> = Rule::ALL.iter().map(|r| r.reason()).collect();
+        let mut codes: HashMap<&str, Code> = HashMap::new();
+        for err in one_of_each() {
+            let (code, reason) = err.classify(&mut HashMap::new());
+            assert!(
+                !reason.is_empty()
+                    && reason
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'),
+                "{reason} is not UPPER_SNAKE"
+            );
+            let earlier = *codes.entry(reason).or_insert(code);
+            assert_eq!(earlier, code, "{reason} is sent with two codes");
+            let documented = if rule_reasons.contains(&reason) {
+                rules_table.contains(&format!("`{reason}`"))
+            } else {
+                errors_table.contains(&format!("`{reason}`"))
+            };
+            assert!(
+                documented,
+                "{reason} is not in the README's error table (or docs/events.md for rules)"
+            );
+        }
+        assert_eq!(codes.len(), 24 + Rule::ALL.len(), "{:?}", codes.keys());
     }
 }

@@ -180,6 +180,7 @@ fn classify_app(err: &AppError, metadata: &mut HashMap<String, String>) -> (Code
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use caselog_domain::Rule;

@@ -3,7 +3,7 @@
 //! Transport-agnostic: the gRPC service converts requests to calls here.
 
 use crate::error::Error;
-use caselog_domain::{CaseHistory, EventType, FieldViolation, HistoryEvent, NewEvent, Payload, Principal};
+use caselog_domain::{CaseHistory, CaseId, EventType, FieldViolation, HistoryEvent, NewEvent, Payload, Principal};
 use caselog_store::{EventLog, GroupAppender, NewRow, StoredEvent};
 use chrono::NaiveDate;
 use std::collections::{HashMap, HashSet};
@@ -104,22 +104,19 @@ pub struct WritePath {
 #[instrument(skip(path, events, writer), fields(events = events.len(), source = %writer.organisation))]
 pub async fn append(
     path: &WritePath,
-    case_id: &str,
+    case_id: &CaseId,
     events: &[NewEvent],
     expected_version: Option<u64>,
     writer: &Principal,
     today: NaiveDate,
 ) -> Result<Appended, Error> {
     let WritePath { log, cache, .. } = path;
-    let mut violations = caselog_domain::validate_case_id(case_id);
+    let case_id = case_id.as_str();
     if events.is_empty() || events.len() > MAX_BATCH {
-        violations.push(FieldViolation::new(
+        return Err(Error::invalid(vec![FieldViolation::new(
             "events",
             format!("a batch holds 1 to {MAX_BATCH} events (got {})", events.len()),
-        ));
-    }
-    if !violations.is_empty() {
-        return Err(Error::invalid(violations));
+        )]));
     }
     writer.may_address(case_id, events)?;
     let request = AppendRequest {

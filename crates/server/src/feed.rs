@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::service::recorded_event;
 use caselog_api::v1 as pb;
 use caselog_api::v1::event_feed_service_server::EventFeedService;
-use caselog_domain::{EventType, FieldViolation};
+use caselog_domain::{CaseId, EventType, FieldViolation};
 use caselog_store::{EventLog, FeedFilter};
 use serde_json::json;
 use std::collections::HashMap;
@@ -126,10 +126,12 @@ fn filter_of(filter: Option<pb::FeedFilter>) -> Result<FeedFilter, Error> {
         }
     }
     for (i, case_id) in filter.case_ids.iter().enumerate() {
-        violations.extend(caselog_domain::validate_case_id(case_id).into_iter().map(|mut v| {
-            v.field = format!("filter.case_ids[{i}]");
-            v
-        }));
+        if let Err(bad) = CaseId::parse(case_id) {
+            violations.extend(bad.into_iter().map(|mut v| {
+                v.field = format!("filter.case_ids[{i}]");
+                v
+            }));
+        }
     }
     if violations.is_empty() {
         Ok(FeedFilter {

@@ -8,7 +8,7 @@ use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_server::CaseEventService;
 use caselog_app::ingest::{self, CaseCache, WritePath, history_of, payload_of};
 use caselog_domain::england::date_in_england;
-use caselog_domain::{CaseHistory, FieldViolation, Metadata, Principal};
+use caselog_domain::{CaseHistory, CaseId, FieldViolation, Metadata, Principal};
 use caselog_store::{EventLog, GroupAppender, GroupSettings, StoredEvent};
 use chrono::Utc;
 use serde_json::json;
@@ -62,18 +62,14 @@ fn writer_of<T>(request: &Request<T>) -> Result<std::sync::Arc<Principal>, Error
     Ok(principal)
 }
 
-/// Reads a case for `principal`. Whether the caller may see it is decided before whether it
-/// exists is told: a practice client gets the same refusal for a case elsewhere as for none.
+/// Reads a case for `principal`, who may read timelines. Whether the caller may see this case is
+/// decided before whether it exists is told: a practice client gets the same refusal for a case elsewhere as for none.
 async fn load_case(
     log: &EventLog,
     principal: &Principal,
-    case_id: &str,
+    case_id: &CaseId,
 ) -> Result<(Vec<caselog_store::StoredEvent>, CaseHistory), Error> {
-    principal.may_read_timelines()?;
-    let violations = caselog_domain::validate_case_id(case_id);
-    if !violations.is_empty() {
-        return Err(Error::invalid(violations));
-    }
+    let case_id = case_id.as_str();
     // The parties are decided on the case's first event alone, so that a refusal takes the same
     // time whatever the size of the case, or whether it exists.
     let head = history_of(&log.read_case_head(case_id).await?)?;
@@ -94,7 +90,10 @@ impl CaseEventService for CaseEvents {
     ) -> Result<Response<pb::AppendEventsResponse>, Status> {
         let principal = writer_of(&request)?;
         let request = request.into_inner();
-        let mut violations = Vec::new();
+        let (case_id, mut violations) = match CaseId::parse(&request.case_id) {
+            Ok(case_id) => (Some(case_id), Vec::new()),
+            Err(violations) => (None, violations),
+        };
         let mut events = Vec::with_capacity(request.events.len());
         for (index, event) in request.events.into_iter().enumerate() {
             match convert::new_event(event) {
@@ -102,13 +101,13 @@ impl CaseEventService for CaseEvents {
                 Err(bad) => violations.extend(bad.into_iter().map(|v| v.at(index))),
             }
         }
-        if !violations.is_empty() {
+        let Some(case_id) = case_id.filter(|_| violations.is_empty()) else {
             return Err(Error::invalid(violations).into());
-        }
+        };
         let today = date_in_england(Utc::now());
         let appended = ingest::append(
             &self.write_path,
-            &request.case_id,
+            &case_id,
             &events,
             request.expected_version,
             &principal,
@@ -155,7 +154,8 @@ impl CaseEventService for CaseEvents {
 
 impl CaseEvents {
     async fn get_case_for(&self, principal: &Principal, case_id: String) -> Result<pb::Case, Error> {
-        let (_, history) = load_case(&self.log, principal, &case_id).await?;
+        principal.may_read_timelines()?;
+        let (_, history) = load_case(&self.log, principal, &CaseId::parse(&case_id).map_err(Error::invalid)?).await?;
         let view = history
             .view()
             .ok_or_else(|| Error::internal(format!("case {case_id} has events but no case_issued")))?;
@@ -197,7 +197,10 @@ impl CaseEvents {
         request: pb::ListCaseEventsRequest,
     ) -> Result<pb::ListCaseEventsResponse, Error> {
         principal.may_read_timelines()?;
-        let mut violations = caselog_domain::validate_case_id(&request.case_id);
+        let (case_id, mut violations) = match CaseId::parse(&request.case_id) {
+            Ok(case_id) => (Some(case_id), Vec::new()),
+            Err(violations) => (None, violations),
+        };
         if request.page_size > MAX_PAGE_SIZE {
             violations.push(FieldViolation::new(
                 "page_size",
@@ -214,16 +217,16 @@ impl CaseEvents {
                 0
             }
         };
-        if !violations.is_empty() {
+        let Some(case_id) = case_id.filter(|_| violations.is_empty()) else {
             return Err(Error::invalid(violations));
-        }
+        };
         let page_size = if request.page_size == 0 {
             DEFAULT_PAGE_SIZE
         } else {
             request.page_size
         };
         // Voids can come after the page, so voided flags need the whole case; a case has tens of events.
-        let (stored, history) = load_case(&self.log, principal, &request.case_id).await?;
+        let (stored, history) = load_case(&self.log, principal, &case_id).await?;
         let voided_by = history.voided_by();
         let page: Vec<_> = stored
             .iter()

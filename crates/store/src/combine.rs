@@ -7,6 +7,7 @@
 //! or event id already taken by one of its appends), every append in it is retried alone, so
 //! each gets exactly the answer it would have had by itself.
 
+use crate::error::{row_count, row_int};
 use crate::{AppendedRow, Error, EventLog, NewRow};
 use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::{HashSet, VecDeque};
@@ -165,7 +166,7 @@ async fn write_group(log: &EventLog, batch: Vec<Pending>) {
 #[instrument(skip(log, batch), fields(appends = batch.len()), err(level = "debug"))]
 async fn append_group(log: &EventLog, batch: &[Pending]) -> Result<Vec<Vec<AppendedRow>>, Error> {
     let total: usize = batch.iter().map(|p| p.rows.len()).sum();
-    let count = i32::try_from(total).map_err(|_| Error::DuplicateEventId)?;
+    let count = row_count(total)?;
     let mut case_ids = Vec::with_capacity(total);
     let mut versions = Vec::with_capacity(total);
     let mut sources = Vec::with_capacity(total);
@@ -177,7 +178,7 @@ async fn append_group(log: &EventLog, batch: &[Pending]) -> Result<Vec<Vec<Appen
     for pending in batch {
         for (i, row) in pending.rows.iter().enumerate() {
             case_ids.push(pending.case_id.as_str());
-            versions.push(i32::try_from(pending.after_version + 1 + i as i64).unwrap_or(i32::MAX));
+            versions.push(row_int(pending.after_version + 1 + i as i64, pending.rows.len())?);
             sources.push(pending.source.as_str());
             event_ids.push(row.event_id);
             types.push(row.event_type.as_str());

@@ -17,6 +17,8 @@ pub enum Error {
     Database(#[source] sqlx::Error),
     #[error("{0:?} is not a database role name this tool will grant to (lower-case letters, digits, '_')")]
     InvalidRoleName(String),
+    #[error("version {version} (or a batch of {rows} rows) is beyond what a case's rows store (2^31 - 1)")]
+    VersionOutOfRange { version: i64, rows: usize },
     #[error("the group appender has stopped")]
     AppenderStopped,
     #[error("stored event {event_id} cannot be read: {message}")]
@@ -49,4 +51,18 @@ impl From<sqlx::Error> for Error {
             other => Error::Database(other),
         }
     }
+}
+
+/// A case version, or a row count, as the `events` rows store it (int4): the one place where the
+/// wider integers of the API narrow, and where overflow is an error rather than a wrap or a cap.
+pub(crate) fn row_int(value: i64, rows: usize) -> Result<i32, Error> {
+    i32::try_from(value).map_err(|_| Error::VersionOutOfRange { version: value, rows })
+}
+
+/// How many rows a batch holds, as the rows' integers.
+pub(crate) fn row_count(rows: usize) -> Result<i32, Error> {
+    i32::try_from(rows).map_err(|_| Error::VersionOutOfRange {
+        version: i64::MAX,
+        rows,
+    })
 }

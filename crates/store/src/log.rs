@@ -1,6 +1,7 @@
 //! Appending to and reading from the `events` table.
 
 use crate::Error;
+use crate::error::{row_count, row_int};
 use crate::feed::{FeedSignal, SharedSignal};
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgPool;
@@ -134,8 +135,9 @@ impl EventLog {
         if rows.len() >= COPY_FROM_ROWS {
             return self.append_by_copy(case_id, after_version, source, rows).await;
         }
-        let count = i32::try_from(rows.len()).map_err(|_| Error::DuplicateEventId)?;
+        let count = row_count(rows.len())?;
         let first_version = after_version + 1;
+        let last_version = row_int(after_version + i64::from(count), rows.len())?;
         let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
         let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
         let occurred: Vec<NaiveDate> = rows.iter().map(|r| r.occurred_on).collect();
@@ -152,7 +154,7 @@ impl EventLog {
         )
         .bind(count)
         .bind(case_id)
-        .bind(i32::try_from(first_version).unwrap_or(i32::MAX))
+        .bind(last_version - count + 1)
         .bind(source)
         .bind(&event_ids)
         .bind(&types)
@@ -185,8 +187,9 @@ impl EventLog {
         source: &str,
         rows: &[NewRow],
     ) -> Result<Vec<AppendedRow>, Error> {
-        let count = i32::try_from(rows.len()).map_err(|_| Error::DuplicateEventId)?;
+        let count = row_count(rows.len())?;
         let first_version = after_version + 1;
+        row_int(after_version + i64::from(count), rows.len())?;
         let mut tx = self.pool.begin().await?;
         let (positions, recorded_at): (Vec<i64>, DateTime<Utc>) =
             sqlx::query_as("SELECT caselog_allocate_positions($1), now()")

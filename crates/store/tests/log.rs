@@ -123,3 +123,14 @@ async fn an_open_append_holds_the_safe_position_back_until_it_ends(pool: PgPool)
     let page = log.read_all(0, 100, &FeedFilter::default()).await.unwrap();
     assert_eq!(page.events.len(), 2, "a rolled-back promise leaves only a gap");
 }
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_version_beyond_the_rows_range_is_an_error_not_a_wrap(pool: PgPool) {
+    let log = EventLog::new(pool.clone());
+    let near_the_end = i64::from(i32::MAX) - 1;
+    for batch in [rows(2), rows(100)] {
+        let refused = log.append("LS1", near_the_end, "court:LS", &batch).await;
+        assert!(matches!(refused, Err(Error::VersionOutOfRange { .. })), "{refused:?}");
+    }
+    assert_eq!(count(&pool).await, 0);
+}

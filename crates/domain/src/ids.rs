@@ -54,7 +54,7 @@ mod tests {
             Ok("LS25C00123".to_owned())
         );
         for bad in ["", "LS 25", "Jane Smith's case", &"X".repeat(41), "LS25\u{0}"] {
-            let violations = CaseId::parse(bad).unwrap_err();
+            let violations = CaseId::parse(bad).expect_err("a malformed case id");
             assert_eq!(violations.len(), 1, "{bad:?}");
             assert_eq!(violations[0].field, "case_id");
         }

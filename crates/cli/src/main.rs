@@ -596,215 +596,228 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Serve(args) => serve_command(args).await,
+        Command::Migrate(args) => migrate_command(args).await,
+        Command::Rebuild(args) => rebuild_command(args).await,
+        #[cfg(feature = "generator")]
+        Command::Generate(args) => generate_command(args).await,
+        Command::Import(args) => import_command(args).await,
         Command::Export(args) => export_command(args).await,
         Command::Tail(args) => tail_command(args).await,
         Command::Case(args) => case_command(args).await,
         Command::Metrics(args) => metrics_command(args).await,
-        Command::Migrate(args) => {
-            let database_url = &args.database.database_url;
-            caselog_store::create_database_if_missing(database_url).await?;
-            let pool = caselog_store::connect(database_url, &ConnectSettings::default())?;
-            caselog_store::MIGRATOR
-                .run(&pool)
+    }
+}
+
+/// Creates the database when missing, applies the migrations and returns a pool (as the
+/// schema's owner).
+async fn migrated_pool(database_url: &str) -> anyhow::Result<caselog_store::PgPool> {
+    caselog_store::create_database_if_missing(database_url).await?;
+    let pool = caselog_store::connect(database_url, &ConnectSettings::default())?;
+    caselog_store::MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying migrations")?;
+    Ok(pool)
+}
+
+async fn migrate_command(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let database_url = &args.database.database_url;
+    let pool = migrated_pool(database_url).await?;
+    println!("migrations applied");
+    if let Some(role) = &args.service_role {
+        caselog_store::grant_service_role(&pool, role)
+            .await
+            .with_context(|| format!("granting the service role {role}"))?;
+        println!(
+            "granted {role}: read and append events and audit records; read and write the projection rows; rebuild through the owner's functions"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let settings = ConnectSettings {
+        max_connections: args.db_max_connections,
+        ..ConnectSettings::default()
+    };
+    let pool = caselog_store::connect(&args.database.database_url, &settings)?;
+    if args.migrate {
+        caselog_store::MIGRATOR
+            .run(&pool)
+            .await
+            .context("applying migrations")?;
+    }
+    let mut security = args.security()?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    if let Some(address) = args.health_listen {
+        let health = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding {address}"))?;
+        security.plaintext_health = Some(health);
+    }
+    let limits = ServerLimits {
+        request_timeout: Duration::from_secs(args.request_timeout_secs),
+        max_request_bytes: args.max_request_bytes,
+        cached_cases: args.cached_cases,
+        group_appends: caselog_store::GroupSettings {
+            max_in_flight: args.append_groups_in_flight,
+            ..caselog_store::GroupSettings::default()
+        },
+        ..ServerLimits::default()
+    };
+    caselog_server::run(listener, EventLog::new(pool), limits, security, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "generator")]
+async fn generate_command(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let until = args
+        .until
+        .unwrap_or_else(|| caselog_domain::england::date_in_england(chrono::Utc::now()));
+    let first_day = until
+        .checked_sub_months(chrono::Months::new(12 * args.years))
+        .context("--years reaches before the calendar")?
+        .succ_opt()
+        .unwrap_or(until);
+    let options = GenerateOptions {
+        workload: WorkloadSettings {
+            seed: args.seed,
+            first_day,
+            last_day: until,
+            cases_per_working_day: args.cases_per_day,
+        },
+        resend_rate: args.resend_rate,
+    };
+    let started = std::time::Instant::now();
+    let generated = match (&args.out, &args.database_url) {
+        (_, Some(database_url)) if args.load => {
+            let pool = migrated_pool(database_url).await?;
+            load(&options, &EventLog::new(pool), &args.source)
                 .await
-                .context("applying migrations")?;
-            println!("migrations applied");
-            if let Some(role) = &args.service_role {
-                caselog_store::grant_service_role(&pool, role)
-                    .await
-                    .with_context(|| format!("granting the service role {role}"))?;
-                println!(
-                    "granted {role}: read and append events and audit records; read and write the projection rows; rebuild through the owner's functions"
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+                .map_err(|e| anyhow::anyhow!(e.detail()))?
         }
-        Command::Serve(args) => {
-            let settings = ConnectSettings {
-                max_connections: args.db_max_connections,
-                ..ConnectSettings::default()
-            };
-            let pool = caselog_store::connect(&args.database.database_url, &settings)?;
-            if args.migrate {
-                caselog_store::MIGRATOR
-                    .run(&pool)
-                    .await
-                    .context("applying migrations")?;
-            }
-            let mut security = args.security()?;
-            let listener = tokio::net::TcpListener::bind(args.listen)
-                .await
-                .with_context(|| format!("binding {}", args.listen))?;
-            if let Some(address) = args.health_listen {
-                let health = tokio::net::TcpListener::bind(address)
-                    .await
-                    .with_context(|| format!("binding {address}"))?;
-                security.plaintext_health = Some(health);
-            }
-            let limits = ServerLimits {
-                request_timeout: Duration::from_secs(args.request_timeout_secs),
-                max_request_bytes: args.max_request_bytes,
-                cached_cases: args.cached_cases,
-                group_appends: caselog_store::GroupSettings {
-                    max_in_flight: args.append_groups_in_flight,
-                    ..caselog_store::GroupSettings::default()
-                },
-                ..ServerLimits::default()
-            };
-            caselog_server::run(listener, EventLog::new(pool), limits, security, shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
+        (Some(path), _) => {
+            let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            let generated = write_ndjson(&options, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            generated
         }
-        #[cfg(feature = "generator")]
-        Command::Generate(args) => {
-            let until = args
-                .until
-                .unwrap_or_else(|| caselog_domain::england::date_in_england(chrono::Utc::now()));
-            let first_day = until
-                .checked_sub_months(chrono::Months::new(12 * args.years))
-                .context("--years reaches before the calendar")?
-                .succ_opt()
-                .unwrap_or(until);
-            let options = GenerateOptions {
-                workload: WorkloadSettings {
-                    seed: args.seed,
-                    first_day,
-                    last_day: until,
-                    cases_per_working_day: args.cases_per_day,
-                },
-                resend_rate: args.resend_rate,
-            };
-            let started = std::time::Instant::now();
-            let generated = match (&args.out, &args.database_url) {
-                (_, Some(database_url)) if args.load => {
-                    caselog_store::create_database_if_missing(database_url).await?;
-                    let pool = caselog_store::connect(database_url, &ConnectSettings::default())?;
-                    caselog_store::MIGRATOR
-                        .run(&pool)
-                        .await
-                        .context("applying migrations")?;
-                    load(&options, &EventLog::new(pool), &args.source)
-                        .await
-                        .map_err(|e| anyhow::anyhow!(e.detail()))?
-                }
-                (Some(path), _) => {
-                    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-                    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-                    let generated = write_ndjson(&options, &mut out)?;
-                    std::io::Write::flush(&mut out)?;
-                    generated
-                }
-                _ => write_ndjson(&options, &mut std::io::BufWriter::new(std::io::stdout().lock()))?,
-            };
-            let seconds = started.elapsed().as_secs_f64();
-            eprintln!(
-                "{} {} cases, {} events, {} lines ({first_day} to {until}) in {seconds:.1} s ({:.0} events/s)",
-                if args.load { "generated and loaded" } else { "generated" },
-                generated.cases,
-                generated.events,
-                generated.lines,
-                generated.events as f64 / seconds.max(1e-3)
-            );
-            for line in compare_with_reference(&generated.facts, until) {
-                eprintln!("{line}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Rebuild(args) => {
-            // No migrations here: this runs as the service role, which may not change the schema
-            // (`caselog migrate` does, as the owner).
-            let pool = caselog_store::connect(&args.database.database_url, &ConnectSettings::default())?;
-            let log = EventLog::new(pool);
-            let options = RebuildOptions {
-                verify_only: args.verify,
-                page_events: args.page_events,
-            };
-            let (progress, mut seen) = tokio::sync::watch::channel(None);
-            // A bar redrawn in place is for a person at a terminal; in a redirected log, one
-            // line per phase says how far it got.
-            let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let bar = tokio::spawn(async move {
-                let mut last_phase = None;
-                while seen.changed().await.is_ok() {
-                    if let Some(current) = seen.borrow_and_update().clone() {
-                        if on_terminal {
-                            eprint!("\r{}", progress_bar(&current));
-                        } else if last_phase != Some(current.phase) {
-                            last_phase = Some(current.phase);
-                            eprintln!("{}", progress_bar(&current).trim_end());
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            });
-            let result = rebuild(&log, &options, &progress).await;
-            drop(progress);
-            let _ = bar.await;
-            if on_terminal {
-                eprintln!();
-            }
-            // An administrative action like the RPC, recorded with the operating-system user.
-            let operator = Principal {
-                organisation: format!(
-                    "operator:{}",
-                    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-                ),
-                grants: vec![Grant::Administrator],
-            };
-            let outcome = match &result {
-                Ok(summary) => format!("OK {}", summary.describe().join("; ")),
-                Err(err) => caselog_server::error::outcome_of(err),
-            };
-            let detail = serde_json::json!({"verify_only": args.verify, "via": "caselog rebuild"});
-            if let Err(err) =
-                caselog_server::audit::record(&log, &operator, "caselog rebuild", "projections", detail, outcome).await
-            {
-                eprintln!("caselog: warning: the audit record of this rebuild was not written: {err}");
-            }
-            let summary = result.map_err(|e| anyhow::anyhow!(e.detail()))?;
-            for line in summary.describe() {
-                println!("{line}");
-            }
-            Ok(match summary.outcome {
-                Outcome::Verified(report) if !report.identical() => ExitCode::from(3),
-                _ => ExitCode::SUCCESS,
-            })
-        }
-        Command::Import(args) => {
-            let text = tokio::fs::read_to_string(&args.file)
-                .await
-                .with_context(|| format!("reading {}", args.file.display()))?;
-            let channel = args.client.connect().await?;
-            let options = ImportOptions {
-                batch_size: args.batch_size,
-                concurrency: args.concurrency,
-                token: args.client.token.clone(),
-                all_or_nothing: args.all_or_nothing,
-            };
-            let report = import(&text, channel, &options).await?;
-            for (line, outcome) in &report.lines {
-                if let LineOutcome::Rejected(reason) = outcome {
-                    println!("line {line}: rejected: {reason}");
+        _ => write_ndjson(&options, &mut std::io::BufWriter::new(std::io::stdout().lock()))?,
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} {} cases, {} events, {} lines ({first_day} to {until}) in {seconds:.1} s ({:.0} events/s)",
+        if args.load { "generated and loaded" } else { "generated" },
+        generated.cases,
+        generated.events,
+        generated.lines,
+        generated.events as f64 / seconds.max(1e-3)
+    );
+    for line in compare_with_reference(&generated.facts, until) {
+        eprintln!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rebuild_command(args: RebuildArgs) -> anyhow::Result<ExitCode> {
+    // No migrations here: this runs as the service role, which may not change the schema
+    // (`caselog migrate` does, as the owner).
+    let pool = caselog_store::connect(&args.database.database_url, &ConnectSettings::default())?;
+    let log = EventLog::new(pool);
+    let options = RebuildOptions {
+        verify_only: args.verify,
+        page_events: args.page_events,
+    };
+    let (progress, mut seen) = tokio::sync::watch::channel(None);
+    // A bar redrawn in place is for a person at a terminal; in a redirected log, one
+    // line per phase says how far it got.
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = tokio::spawn(async move {
+        let mut last_phase = None;
+        while seen.changed().await.is_ok() {
+            if let Some(current) = seen.borrow_and_update().clone() {
+                if on_terminal {
+                    eprint!("\r{}", progress_bar(&current));
+                } else if last_phase != Some(current.phase) {
+                    last_phase = Some(current.phase);
+                    eprintln!("{}", progress_bar(&current).trim_end());
                 }
             }
-            println!(
-                "appended {}, already present {}, rejected {}",
-                report.appended(),
-                report.already_present(),
-                report.rejected()
-            );
-            if report.last_position > 0 {
-                println!(
-                    "last position {} (caselog metrics --min-position {} waits until the metrics include it)",
-                    report.last_position, report.last_position
-                );
-            }
-            Ok(if report.rejected() == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let result = rebuild(&log, &options, &progress).await;
+    drop(progress);
+    let _ = bar.await;
+    if on_terminal {
+        eprintln!();
+    }
+    // An administrative action like the RPC, recorded with the operating-system user.
+    let operator = Principal {
+        organisation: format!(
+            "operator:{}",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        ),
+        grants: vec![Grant::Administrator],
+    };
+    let outcome = match &result {
+        Ok(summary) => format!("OK {}", summary.describe().join("; ")),
+        Err(err) => caselog_server::error::outcome_of(err),
+    };
+    let detail = serde_json::json!({"verify_only": args.verify, "via": "caselog rebuild"});
+    if let Err(err) =
+        caselog_server::audit::record(&log, &operator, "caselog rebuild", "projections", detail, outcome).await
+    {
+        eprintln!("caselog: warning: the audit record of this rebuild was not written: {err}");
+    }
+    let summary = result.map_err(|e| anyhow::anyhow!(e.detail()))?;
+    for line in summary.describe() {
+        println!("{line}");
+    }
+    Ok(match summary.outcome {
+        Outcome::Verified(report) if !report.identical() => ExitCode::from(3),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+async fn import_command(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let text = tokio::fs::read_to_string(&args.file)
+        .await
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let channel = args.client.connect().await?;
+    let options = ImportOptions {
+        batch_size: args.batch_size,
+        concurrency: args.concurrency,
+        token: args.client.token.clone(),
+        all_or_nothing: args.all_or_nothing,
+    };
+    let report = import(&text, channel, &options).await?;
+    for (line, outcome) in &report.lines {
+        if let LineOutcome::Rejected(reason) = outcome {
+            println!("line {line}: rejected: {reason}");
         }
     }
+    println!(
+        "appended {}, already present {}, rejected {}",
+        report.appended(),
+        report.already_present(),
+        report.rejected()
+    );
+    if report.last_position > 0 {
+        println!(
+            "last position {} (caselog metrics --min-position {} waits until the metrics include it)",
+            report.last_position, report.last_position
+        );
+    }
+    Ok(if report.rejected() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 /// One line of progress, redrawn in place: phase, bar, counts, rate and time left.

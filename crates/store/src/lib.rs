@@ -18,11 +18,12 @@ pub use combine::{GroupAppender, GroupSettings};
 pub use error::Error;
 pub use feed::{FeedFilter, FeedPage, Horizon};
 pub use log::{AppendedRow, EventLog, LoadRow, NewRow, ReplayRow, StoredEvent};
+/// The connection pool `connect` returns.
+pub use sqlx::PgPool;
 
 /// The workspace migrations (`migrations/`), embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;

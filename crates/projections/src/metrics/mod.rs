@@ -1,10 +1,20 @@
 //! The metric catalogue (`docs/metrics.md`) over case facts.
 //!
 //! Every metric is computed by visiting the cases once and adding each unit (case, child, report,
-//! practitioner) to the accumulators of the groups it belongs to. Product conventions where the
-//! catalogue is silent are stated in `MetricId::definition`, which every result carries.
+//! practitioner) to the accumulators of the groups it belongs to. Each family owns its metrics
+//! whole, in one file: what each figure is (its [`Spec`]: id, unit, kind, definition with the
+//! product's conventions, which every result carries) and how a case counts towards it —
+//! `timeliness` (T1-T8), `engagement` (E1-E4), `stock` (S1, S2), `demand` (D1, D2) and
+//! `workforce` (W1). This file holds what they share: periods, dimensions and grouping, the
+//! collector, parallel counting, roll-ups and finishing.
 
-use crate::facts::{CaseFacts, ChildFacts, Reach, ReportFacts};
+mod demand;
+mod engagement;
+mod stock;
+mod timeliness;
+mod workforce;
+
+use crate::facts::{CaseFacts, ChildFacts, Reach};
 use caselog_calendar::{OutOfRange, WorkingCalendar};
 use caselog_domain::event::{ApplicationType, LawType, ReportType};
 use chrono::{Datelike, Months, NaiveDate};
@@ -169,34 +179,39 @@ impl MetricId {
         MetricId::W1Share25Plus,
     ];
 
-    pub fn id(self) -> &'static str {
+    /// What the catalogue says of this figure; each family's file holds its own.
+    fn spec(self) -> &'static Spec {
         match self {
-            MetricId::T1 => "T1",
-            MetricId::T2 => "T2",
-            MetricId::T3 => "T3",
-            MetricId::T4 => "T4",
-            MetricId::T5 => "T5",
-            MetricId::T5MeanWorkingDays => "T5.mean_working_days",
-            MetricId::T6 => "T6",
-            MetricId::T7 => "T7",
-            MetricId::T8 => "T8",
-            MetricId::E1 => "E1",
-            MetricId::E2 => "E2",
-            MetricId::E3 => "E3",
-            MetricId::E4 => "E4",
-            MetricId::S1Cases => "S1.cases",
-            MetricId::S1Children => "S1.children",
-            MetricId::S2CasesOver52 => "S2.cases_over_52_weeks",
-            MetricId::S2ChildrenOver52 => "S2.children_over_52_weeks",
-            MetricId::S2CasesOver100 => "S2.cases_over_100_weeks",
-            MetricId::S2ChildrenOver100 => "S2.children_over_100_weeks",
-            MetricId::D1Cases => "D1.cases",
-            MetricId::D1Children => "D1.children",
-            MetricId::D2 => "D2",
-            MetricId::W1Mean => "W1.mean",
-            MetricId::W1Share20Plus => "W1.share_20_plus",
-            MetricId::W1Share25Plus => "W1.share_25_plus",
+            MetricId::T1 => &timeliness::T1,
+            MetricId::T2 => &timeliness::T2,
+            MetricId::T3 => &timeliness::T3,
+            MetricId::T4 => &timeliness::T4,
+            MetricId::T5 => &timeliness::T5,
+            MetricId::T5MeanWorkingDays => &timeliness::T5_MEAN_WORKING_DAYS,
+            MetricId::T6 => &timeliness::T6,
+            MetricId::T7 => &timeliness::T7,
+            MetricId::T8 => &timeliness::T8,
+            MetricId::E1 => &engagement::E1,
+            MetricId::E2 => &engagement::E2,
+            MetricId::E3 => &engagement::E3,
+            MetricId::E4 => &engagement::E4,
+            MetricId::S1Cases => &stock::S1_CASES,
+            MetricId::S1Children => &stock::S1_CHILDREN,
+            MetricId::S2CasesOver52 => &stock::S2_CASES_OVER_52,
+            MetricId::S2ChildrenOver52 => &stock::S2_CHILDREN_OVER_52,
+            MetricId::S2CasesOver100 => &stock::S2_CASES_OVER_100,
+            MetricId::S2ChildrenOver100 => &stock::S2_CHILDREN_OVER_100,
+            MetricId::D1Cases => &demand::D1_CASES,
+            MetricId::D1Children => &demand::D1_CHILDREN,
+            MetricId::D2 => &demand::D2,
+            MetricId::W1Mean => &workforce::W1_MEAN,
+            MetricId::W1Share20Plus => &workforce::W1_SHARE_20_PLUS,
+            MetricId::W1Share25Plus => &workforce::W1_SHARE_25_PLUS,
         }
+    }
+
+    pub fn id(self) -> &'static str {
+        self.spec().id
     }
 
     /// The metrics a requested id names: an exact id, or a catalogue id ("S1") for all its figures.
@@ -208,96 +223,38 @@ impl MetricId {
     }
 
     pub fn unit(self) -> &'static str {
-        match self {
-            MetricId::T1 | MetricId::T2 => "application",
-            MetricId::T3 | MetricId::T5 | MetricId::T5MeanWorkingDays => "case",
-            MetricId::T6 | MetricId::T7 | MetricId::T8 => "report",
-            MetricId::T4 | MetricId::E1 | MetricId::E2 | MetricId::E3 | MetricId::E4 => "child",
-            MetricId::S1Children | MetricId::S2ChildrenOver52 | MetricId::S2ChildrenOver100 | MetricId::D1Children => {
-                "child"
-            }
-            MetricId::S1Cases
-            | MetricId::S2CasesOver52
-            | MetricId::S2CasesOver100
-            | MetricId::D1Cases
-            | MetricId::D2 => "case",
-            MetricId::W1Mean | MetricId::W1Share20Plus | MetricId::W1Share25Plus => "practitioner",
-        }
+        self.spec().unit
     }
 
     fn kind(self) -> Kind {
-        match self {
-            MetricId::T1 => Kind::Mean("weeks"),
-            MetricId::T5MeanWorkingDays => Kind::Mean("working days"),
-            MetricId::T6 => Kind::Mean("working weeks"),
-            MetricId::W1Mean => Kind::Mean("cases per practitioner"),
-            MetricId::D2 => Kind::Mean("cases per working day"),
-            MetricId::S1Cases
-            | MetricId::S1Children
-            | MetricId::S2CasesOver52
-            | MetricId::S2ChildrenOver52
-            | MetricId::S2CasesOver100
-            | MetricId::S2ChildrenOver100
-            | MetricId::D1Cases
-            | MetricId::D1Children => Kind::Count,
-            _ => Kind::Share,
-        }
+        self.spec().kind
     }
 
     /// Whether the metric is a snapshot (stock) taken at `MetricsQuery::snapshot`.
     pub fn is_stock(self) -> bool {
-        matches!(
-            self,
-            MetricId::S1Cases
-                | MetricId::S1Children
-                | MetricId::S2CasesOver52
-                | MetricId::S2ChildrenOver52
-                | MetricId::S2CasesOver100
-                | MetricId::S2ChildrenOver100
-                | MetricId::W1Mean
-                | MetricId::W1Share20Plus
-                | MetricId::W1Share25Plus
-        )
+        self.spec().stock
     }
 
     /// The definition used, including the product's own conventions.
     pub fn definition(self, settings: &Settings) -> String {
-        let limit = settings.twenty_six_week_limit_days;
-        let seen = if settings.virtual_visits_count {
-            "in person or virtually"
-        } else {
-            "in person"
-        };
-        match self {
-            MetricId::T1 => "mean days(issued, closed)/7 of cases with an s31 application closed in the period (a case counts once)".into(),
-            MetricId::T2 => format!("share of cases with an s31 application closed in the period with closed <= issued + {limit} days"),
-            MetricId::T3 => format!("share of private-law cases with an s8 application closed in the period with closed <= issued + {limit} days"),
-            MetricId::T4 => format!(
-                "public-law children whose first lead allocation is in the period and whose deadline add_working_days(first lead allocation, 15) is on or before the period end, plus those seen by then; share seen {seen} on or before the deadline and the period end; children are those in the case at the deadline"
-            ),
-            MetricId::T5 => "cases issued in the period with a first lead allocation; share with wd(received_on or issue date, first lead allocation) <= 2".into(),
-            MetricId::T5MeanWorkingDays => "cases issued in the period with a first lead allocation; mean wd(received_on or issue date, first lead allocation)".into(),
-            MetricId::T6 => "reports filed in the period, by type; mean wd(start, filed)/5; start: safeguarding letter = received_on (else issue date), final analysis = first lead allocation (product convention; else as other types), other types = report_ordered date, else issue date".into(),
-            MetricId::T7 => "section 7 reports filed in the period; share with a filing_date_extended on or before the filing date".into(),
-            MetricId::T8 => "reports with a due date filed in the period; share filed after the latest due date agreed (report_ordered or filing_date_extended) on or before the filing date".into(),
-            MetricId::E1 => format!("children in cases closed in the period; share seen {seen} between the first lead allocation and the closure (inclusive)"),
-            MetricId::E2 => "children in cases closed in the period; share with engagement_record_completed on or before the closure".into(),
-            MetricId::E3 => "children of cases whose first lead allocation is in the period (including children who joined later); share sent a personalised letter at any time".into(),
-            MetricId::E4 => "children in cases with a section7, rule16_4_analysis or final_analysis report filed in the period; share with recommendation_shared on or before the latest such filing in the period; children are those in the case on that filing date".into(),
-            MetricId::S1Cases => "cases open at the snapshot (issued on or before it, not closed on or before it)".into(),
-            MetricId::S1Children => "children in cases open at the snapshot, in the case on the snapshot date".into(),
-            MetricId::S2CasesOver52 => "open cases with days(issued, snapshot)/7 > 52".into(),
-            MetricId::S2ChildrenOver52 => "children of open cases with days(issued, snapshot)/7 > 52".into(),
-            MetricId::S2CasesOver100 => "open cases with days(issued, snapshot)/7 > 100".into(),
-            MetricId::S2ChildrenOver100 => "children of open cases with days(issued, snapshot)/7 > 100".into(),
-            MetricId::D1Cases => "cases whose received_on (else issue date) is in the period".into(),
-            MetricId::D1Children => "children named in case_issued of cases received in the period".into(),
-            MetricId::D2 => "D1 cases / working days in the period".into(),
-            MetricId::W1Mean => "open cases at the snapshot per practitioner of their latest lead or guardian allocation on or before it; mean over practitioners with at least one".into(),
-            MetricId::W1Share20Plus => "share of those practitioners with 20 or more such cases".into(),
-            MetricId::W1Share25Plus => "share of those practitioners with 25 or more such cases".into(),
-        }
+        (self.spec().definition)(settings)
     }
+}
+
+/// What the catalogue says of one figure.
+#[derive(Debug)]
+struct Spec {
+    /// As requested and reported, e.g. "T5.mean_working_days".
+    id: &'static str,
+    /// What is counted: application, case, child, report or practitioner.
+    unit: &'static str,
+    kind: Kind,
+    /// A snapshot taken at `MetricsQuery::snapshot` rather than a flow over the period.
+    stock: bool,
+    /// Numerators are gathered in days (exact sums of integers) and divided by this at the end:
+    /// 7 for weeks, 5 for working weeks.
+    days_per_unit: f64,
+    definition: fn(&Settings) -> String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,6 +274,17 @@ pub struct Settings {
     pub twenty_six_week_limit_days: i64,
     /// Whether a virtual visit counts as seen for T4 and E1.
     pub virtual_visits_count: bool,
+}
+
+impl Settings {
+    /// How a child must have been seen to count as seen (T4, E1).
+    fn seen_as(&self) -> &'static str {
+        if self.virtual_visits_count {
+            "in person or virtually"
+        } else {
+            "in person"
+        }
+    }
 }
 
 impl Default for Settings {
@@ -387,13 +355,8 @@ struct Acc {
 
 impl MetricId {
     fn in_unit(self, acc: Acc) -> Acc {
-        let days_per_unit = match self {
-            MetricId::T1 => 7.0,
-            MetricId::T6 => 5.0,
-            _ => return acc,
-        };
         Acc {
-            numerator: acc.numerator / days_per_unit,
+            numerator: acc.numerator / self.spec().days_per_unit,
             ..acc
         }
     }
@@ -685,6 +648,21 @@ pub fn report_type_name(r: ReportType) -> &'static str {
     }
 }
 
+/// The days `child` was seen on, as the settings count seeing (T4, E1).
+fn seen_dates<'a>(child: &'a ChildFacts, settings: &Settings) -> impl Iterator<Item = NaiveDate> + 'a {
+    let virtually: &[NaiveDate] = if settings.virtual_visits_count {
+        &child.seen_virtually
+    } else {
+        &[]
+    };
+    child.seen_in_person.iter().chain(virtually).copied()
+}
+
+/// Whether a case closed on `closed` concluded within the 26-week limit (T2, T3).
+fn within_limit(case: &CaseFacts, closed: NaiveDate, settings: &Settings) -> bool {
+    (closed - case.issued_on).num_days() <= settings.twenty_six_week_limit_days
+}
+
 fn flag(b: bool) -> f64 {
     if b { 1.0 } else { 0.0 }
 }
@@ -702,6 +680,11 @@ fn is_s8(a: ApplicationType) -> bool {
 
 /// Computes the asked metrics over `cases`.
 impl MetricsQuery {
+    /// The day stock metrics are counted on: the snapshot asked for, else the period's last day.
+    fn snapshot_date(&self) -> NaiveDate {
+        self.snapshot.unwrap_or(self.period.last)
+    }
+
     /// Whether a case with this reach can count in this query: an anchor date in the period, or
     /// open at the snapshot. Leaving out the cases for which this is false changes no figure of
     /// [`compute`].
@@ -793,9 +776,33 @@ fn compute_parallel_plain(
 /// (which only become W1 figures once every case has been counted).
 struct Counts<'a> {
     c: Collector<'a>,
-    /// group -> practitioner -> open cases, for W1
-    caseloads: HashMap<GroupId, HashMap<&'a str, u32, foldhash::fast::FixedState>>,
+    caseloads: Caseloads<'a>,
 }
+
+/// Group -> practitioner -> open cases at the snapshot, for W1.
+type Caseloads<'a> = HashMap<GroupId, HashMap<&'a str, u32, foldhash::fast::FixedState>>;
+
+/// One case being counted: the query, the case, its group keys once built, and the calendar.
+struct Counting<'q, 'a> {
+    query: &'q MetricsQuery,
+    case: &'a CaseFacts,
+    case_keys: CaseKeys,
+    calendar: &'q WorkingCalendar,
+}
+
+/// How a family adds a case's units.
+type CountFamily =
+    for<'q, 'a> fn(&mut Collector<'a>, &mut Counting<'q, 'a>, &mut Caseloads<'a>) -> Result<(), MetricsError>;
+
+/// Every family, in the order a case is counted (any order gives the same figures: the sums
+/// are of integers).
+const FAMILIES: [CountFamily; 5] = [
+    timeliness::count,
+    engagement::count,
+    stock::count,
+    demand::count,
+    workforce::count,
+];
 
 impl<'a> Counts<'a> {
     fn new(query: &MetricsQuery) -> Counts<'a> {
@@ -883,179 +890,16 @@ impl<'a> Counts<'a> {
         cases: impl IntoIterator<Item = &'a CaseFacts>,
         calendar: &WorkingCalendar,
     ) -> Result<(), MetricsError> {
-        let period = &query.period;
-        let snapshot = query.snapshot.unwrap_or(period.last);
-        let settings = &query.settings;
         let Counts { c, caseloads } = self;
-        let wants_caseloads = [MetricId::W1Mean, MetricId::W1Share20Plus, MetricId::W1Share25Plus]
-            .into_iter()
-            .any(|m| c.wants(m));
         for case in cases {
-            let mut case_keys = CaseKeys::default();
-            let within_limit =
-                |closed: NaiveDate| (closed - case.issued_on).num_days() <= settings.twenty_six_week_limit_days;
-            let seen_dates = |child: &'a ChildFacts| {
-                let virtually: &[NaiveDate] = if settings.virtual_visits_count {
-                    &child.seen_virtually
-                } else {
-                    &[]
-                };
-                child.seen_in_person.iter().chain(virtually).copied()
+            let mut counting = Counting {
+                query,
+                case,
+                case_keys: CaseKeys::default(),
+                calendar,
             };
-            if let Some(closed) = case.closed_on.filter(|d| period.contains(*d)) {
-                if case.has_application(is_s31) {
-                    c.add_case(
-                        MetricId::T1,
-                        &mut case_keys,
-                        (query, case),
-                        (closed - case.issued_on).num_days() as f64,
-                        1.0,
-                    );
-                    c.add_case(
-                        MetricId::T2,
-                        &mut case_keys,
-                        (query, case),
-                        flag(within_limit(closed)),
-                        1.0,
-                    );
-                }
-                if case.law_type == LawType::Private && case.has_application(is_s8) {
-                    c.add_case(
-                        MetricId::T3,
-                        &mut case_keys,
-                        (query, case),
-                        flag(within_limit(closed)),
-                        1.0,
-                    );
-                }
-                let first_lead = case.first_lead_allocation();
-                for child in case.children_on(closed) {
-                    let k = c.child_keys(&mut case_keys, (query, case), child, closed);
-                    let seen = first_lead.is_some_and(|from| seen_dates(child).any(|d| from <= d && d <= closed));
-                    c.add(MetricId::E1, &k, flag(seen), 1.0);
-                    c.add(
-                        MetricId::E2,
-                        &k,
-                        flag(child.engagement_records.iter().any(|d| *d <= closed)),
-                        1.0,
-                    );
-                }
-            }
-            if let Some(first_lead) = case.first_lead_allocation().filter(|d| period.contains(*d)) {
-                if case.law_type == LawType::Public && c.wants(MetricId::T4) {
-                    let deadline = calendar.add_working_days(first_lead, 15)?;
-                    for child in case.children_on(deadline) {
-                        let seen_in_time = seen_dates(child).any(|d| d <= deadline && d <= period.last);
-                        if deadline <= period.last || seen_in_time {
-                            let k = c.child_keys(&mut case_keys, (query, case), child, first_lead);
-                            c.add(MetricId::T4, &k, flag(seen_in_time), 1.0);
-                        }
-                    }
-                }
-                for child in &case.children {
-                    let k = c.child_keys(&mut case_keys, (query, case), child, first_lead);
-                    c.add(
-                        MetricId::E3,
-                        &k,
-                        flag(child.letters.iter().any(|(_, personalised)| *personalised)),
-                        1.0,
-                    );
-                }
-            }
-            if period.contains(case.issued_on)
-                && let Some(first_lead) = case.first_lead_allocation()
-                && (c.wants(MetricId::T5) || c.wants(MetricId::T5MeanWorkingDays))
-            {
-                let days = calendar.working_days_between(case.received(), first_lead)?;
-                c.add_case(MetricId::T5, &mut case_keys, (query, case), flag(days <= 2), 1.0);
-                c.add_case(
-                    MetricId::T5MeanWorkingDays,
-                    &mut case_keys,
-                    (query, case),
-                    days as f64,
-                    1.0,
-                );
-            }
-            let mut latest_recommendation_filing: Option<NaiveDate> = None;
-            for report in &case.reports {
-                let Some(filed) = report.filed_on.filter(|d| period.contains(*d)) else {
-                    continue;
-                };
-                let k = c.keys(query, case, None, Some(report.report_type));
-                if c.wants(MetricId::T6) {
-                    let start = report_start(case, report);
-                    c.add(
-                        MetricId::T6,
-                        &k,
-                        calendar.working_days_between(start, filed)? as f64,
-                        1.0,
-                    );
-                }
-                if report.report_type == ReportType::Section7 {
-                    c.add(
-                        MetricId::T7,
-                        &k,
-                        flag(report.extensions.iter().any(|d| *d <= filed)),
-                        1.0,
-                    );
-                }
-                if let Some((_, due)) = report.due_dates.iter().rev().find(|(agreed, _)| *agreed <= filed) {
-                    c.add(MetricId::T8, &k, flag(filed > *due), 1.0);
-                }
-                if matches!(
-                    report.report_type,
-                    ReportType::Section7 | ReportType::Rule16_4Analysis | ReportType::FinalAnalysis
-                ) {
-                    latest_recommendation_filing = latest_recommendation_filing.max(Some(filed));
-                }
-            }
-            if let Some(filed) = latest_recommendation_filing {
-                for child in case.children_on(filed) {
-                    let k = c.child_keys(&mut case_keys, (query, case), child, filed);
-                    c.add(
-                        MetricId::E4,
-                        &k,
-                        flag(child.recommendations_shared.iter().any(|d| *d <= filed)),
-                        1.0,
-                    );
-                }
-            }
-            if case.open_on(snapshot) {
-                let weeks = (snapshot - case.issued_on).num_days() as f64 / 7.0;
-                c.add_case(MetricId::S1Cases, &mut case_keys, (query, case), 1.0, 0.0);
-                c.add_case(
-                    MetricId::S2CasesOver52,
-                    &mut case_keys,
-                    (query, case),
-                    flag(weeks > 52.0),
-                    0.0,
-                );
-                c.add_case(
-                    MetricId::S2CasesOver100,
-                    &mut case_keys,
-                    (query, case),
-                    flag(weeks > 100.0),
-                    0.0,
-                );
-                for child in case.children_on(snapshot) {
-                    let k = c.child_keys(&mut case_keys, (query, case), child, snapshot);
-                    c.add(MetricId::S1Children, &k, 1.0, 0.0);
-                    c.add(MetricId::S2ChildrenOver52, &k, flag(weeks > 52.0), 0.0);
-                    c.add(MetricId::S2ChildrenOver100, &k, flag(weeks > 100.0), 0.0);
-                }
-                if wants_caseloads && let Some(practitioner) = case.lead_practitioner_on(snapshot) {
-                    for &group in c.case_keys(&mut case_keys, query, case) {
-                        *caseloads.entry(group).or_default().entry(practitioner).or_default() += 1;
-                    }
-                }
-            }
-            if period.contains(case.received()) {
-                c.add_case(MetricId::D1Cases, &mut case_keys, (query, case), 1.0, 0.0);
-                c.add_case(MetricId::D2, &mut case_keys, (query, case), 1.0, 0.0);
-                for child in case.children.iter().filter(|ch| ch.joined_on.is_none()) {
-                    let k = c.child_keys(&mut case_keys, (query, case), child, case.received());
-                    c.add(MetricId::D1Children, &k, 1.0, 0.0);
-                }
+            for family in FAMILIES {
+                family(c, &mut counting, caseloads)?;
             }
         }
         Ok(())
@@ -1069,37 +913,10 @@ impl<'a> Counts<'a> {
     ) -> Result<Vec<MetricResult>, MetricsError> {
         let Counts { mut c, caseloads } = self;
         let period = &query.period;
-        let snapshot = query.snapshot.unwrap_or(period.last);
+        let snapshot = query.snapshot_date();
         let settings = &query.settings;
-        if c.wants(MetricId::D2) {
-            let working_days = calendar.working_days_in(period.first, period.last)? as f64;
-            for acc in c.acc[MetricId::D2 as usize].iter_mut().flatten() {
-                acc.denominator = working_days;
-            }
-        }
-        for (group, loads) in &caseloads {
-            let practitioners = loads.len() as f64;
-            let total: u32 = loads.values().sum();
-            let at_least = |n: u32| loads.values().filter(|l| **l >= n).count() as f64;
-            c.add(
-                MetricId::W1Mean,
-                std::slice::from_ref(group),
-                f64::from(total),
-                practitioners,
-            );
-            c.add(
-                MetricId::W1Share20Plus,
-                std::slice::from_ref(group),
-                at_least(20),
-                practitioners,
-            );
-            c.add(
-                MetricId::W1Share25Plus,
-                std::slice::from_ref(group),
-                at_least(25),
-                practitioners,
-            );
-        }
+        demand::finish(&mut c, query, calendar)?;
+        workforce::finish(&mut c, &caseloads);
         let national = query.group_by.is_empty() || rollups.iter().any(Vec::is_empty);
         let results = query
             .metrics
@@ -1155,18 +972,6 @@ fn value_of(kind: Kind, acc: Acc) -> Option<f64> {
     }
 }
 
-/// The start of a report's working-week clock (T6).
-fn report_start(case: &CaseFacts, report: &ReportFacts) -> NaiveDate {
-    match report.report_type {
-        ReportType::SafeguardingLetter => case.received(),
-        ReportType::FinalAnalysis => case
-            .first_lead_allocation()
-            .or(report.ordered_on)
-            .unwrap_or(case.issued_on),
-        _ => report.ordered_on.unwrap_or(case.issued_on),
-    }
-}
-
 impl MetricId {
     /// The units a figure counts (cases, children, reports, practitioners): what small-number
     /// suppression is decided on.
@@ -1205,5 +1010,27 @@ mod unit_key_tests {
             key[slot] = "x";
             assert_eq!(group_key(&key).get(dimension).map(String::as_str), Some("x"));
         }
+    }
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::{MetricId, Settings};
+
+    #[test]
+    fn every_figure_has_its_own_id_unit_and_definition() {
+        let mut ids: Vec<&str> = MetricId::ALL.iter().map(|m| m.id()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), MetricId::ALL.len(), "two figures share an id");
+        for metric in MetricId::ALL {
+            let named = MetricId::parse(metric.id());
+            assert!(named.contains(&metric), "{}", metric.id());
+            if metric.id().contains('.') {
+                assert_eq!(named, [metric], "a figure id names that figure alone");
+            }
+            assert!(!metric.unit().is_empty() && !metric.definition(&Settings::default()).is_empty());
+        }
+        assert_eq!(MetricId::parse("S2").len(), 4);
     }
 }

@@ -2,6 +2,7 @@
 //! against the lifecycle rules, append them, and retry when a concurrent append won the race.
 //! Transport-agnostic: the gRPC service converts requests to calls here.
 
+use crate::cache::WeightedCache;
 use crate::error::Error;
 use caselog_domain::{CaseHistory, CaseId, EventType, FieldViolation, HistoryEvent, NewEvent, Payload, Principal};
 use caselog_store::{EventLog, GroupAppender, NewRow, StoredEvent};
@@ -15,6 +16,9 @@ use uuid::Uuid;
 pub const MAX_BATCH: usize = 1000;
 /// Cases with more events than this are not kept in the write cache.
 const MAX_CACHED_CASE_EVENTS: usize = 1000;
+/// Events in a case of a typical size (a case has 15 to 30 in its life): caches sized in cases
+/// hold this many events per case.
+pub const TYPICAL_CASE_EVENTS: usize = 32;
 /// How often an append without an expected version is re-decided after losing a race.
 const MAX_ATTEMPTS: u32 = 20;
 
@@ -53,41 +57,36 @@ struct CaseState {
 /// it missing and reads it, which is always correct.
 #[derive(Debug)]
 pub struct CaseCache {
-    cases: Mutex<HashMap<String, CaseState>>,
-    capacity: usize,
+    cases: Mutex<WeightedCache<CaseState>>,
 }
 
 impl CaseCache {
-    /// Holds at most `capacity` cases (0 turns caching off).
+    /// Holds about `capacity` cases of a typical size: at most `capacity` x
+    /// [`TYPICAL_CASE_EVENTS`] events (0 turns caching off).
     pub fn new(capacity: usize) -> CaseCache {
         CaseCache {
-            cases: Mutex::new(HashMap::new()),
-            capacity,
+            cases: Mutex::new(WeightedCache::new(
+                capacity.saturating_mul(TYPICAL_CASE_EVENTS),
+                |state: &CaseState| state.stored.len(),
+            )),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CaseState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WeightedCache<CaseState>> {
         self.cases.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn take(&self, case_id: &str) -> Option<CaseState> {
-        self.lock().remove(case_id)
+        self.lock().take(case_id)
     }
 
     fn put(&self, case_id: &str, state: CaseState) {
-        // Memory stays bounded by cases of a real size (15 to 30 events); an outsized one, such
-        // as a migration's, is read again when next appended to.
-        if self.capacity == 0 || state.stored.len() > MAX_CACHED_CASE_EVENTS {
+        // An outsized case, such as a migration's, is read again when next appended to rather
+        // than pushing dozens of ordinary ones out.
+        if state.stored.len() > MAX_CACHED_CASE_EVENTS {
             return;
         }
-        let mut cases = self.lock();
-        if cases.len() >= self.capacity && !cases.contains_key(case_id) {
-            // Any case will do: the map's order is arbitrary, and a miss only costs a read.
-            if let Some(evicted) = cases.keys().next().cloned() {
-                cases.remove(&evicted);
-            }
-        }
-        cases.insert(case_id.to_owned(), state);
+        self.lock().put(case_id.to_owned(), state);
     }
 }
 
@@ -414,15 +413,22 @@ mod tests {
 
     #[test]
     fn an_outsized_case_is_not_cached_and_the_capacity_holds() {
+        // Two typical cases' worth of events.
         let cache = CaseCache::new(2);
         cache.put("BIG", state_of(MAX_CACHED_CASE_EVENTS + 1));
         assert!(cache.take("BIG").is_none());
-        cache.put("A", state_of(3));
-        cache.put("B", state_of(3));
-        cache.put("C", state_of(3));
+        cache.put("A", state_of(30));
+        cache.put("B", state_of(30));
+        cache.put("C", state_of(30));
         assert_eq!(cache.lock().len(), 2);
+        assert!(cache.lock().weight() <= 2 * TYPICAL_CASE_EVENTS);
         let c = cache.take("C").map(|s| s.stored.len());
-        assert_eq!(c, Some(3), "the newest case is kept");
+        assert_eq!(c, Some(30), "the newest case is kept");
         assert!(cache.take("C").is_none(), "taking removes it");
+        // Small cases: many more of them fit than the capacity in cases.
+        for i in 0..20 {
+            cache.put(&format!("S{i}"), state_of(3));
+        }
+        assert!(cache.lock().len() > 2, "the bound is events, not cases");
     }
 }

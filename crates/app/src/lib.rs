@@ -8,6 +8,7 @@
 //! types here; only this crate and `caselog-store` depend on sqlx.
 
 pub mod audit;
+pub mod cache;
 pub mod error;
 pub mod ingest;
 pub mod projector;

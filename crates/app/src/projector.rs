@@ -3,8 +3,9 @@
 //! transaction: the touched cases' facts, refolded from their events up to the new checkpoint,
 //! and the checkpoint itself.
 
+use crate::cache::WeightedCache;
 use crate::error::Error;
-use crate::ingest::payload_of;
+use crate::ingest::{TYPICAL_CASE_EVENTS, payload_of};
 use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload};
 use caselog_projections::{CaseFacts, facts_of};
 use caselog_store::projection::CASE_FACTS;
@@ -26,7 +27,8 @@ pub struct ProjectorSettings {
     /// How long to gather appends after a wake-up before projecting them: under load, one
     /// transaction then covers many appends instead of one each.
     pub gather: Duration,
-    /// Case histories the leader keeps between steps, so that a touched case is not read again.
+    /// Case histories the leader keeps between steps, so that a touched case is not read again
+    /// (about this many cases of a typical size: the bound is their events).
     pub cached_cases: usize,
 }
 
@@ -100,16 +102,17 @@ pub struct Applied {
 #[derive(Debug)]
 pub struct HistoryCache {
     position: Option<i64>,
-    cases: HashMap<String, CaseHistory>,
-    capacity: usize,
+    cases: WeightedCache<CaseHistory>,
 }
 
 impl HistoryCache {
+    /// Holds about `capacity` cases of a typical size (see [`TYPICAL_CASE_EVENTS`]).
     pub fn new(capacity: usize) -> HistoryCache {
         HistoryCache {
             position: None,
-            cases: HashMap::new(),
-            capacity,
+            cases: WeightedCache::new(capacity.saturating_mul(TYPICAL_CASE_EVENTS), |history: &CaseHistory| {
+                history.events().len()
+            }),
         }
     }
 
@@ -117,20 +120,14 @@ impl HistoryCache {
     /// cache stays invalid until `keep` puts histories back after a successful step.
     fn take_at(&mut self, from: i64) -> HashMap<String, CaseHistory> {
         let position = self.position.take();
-        let cases = std::mem::take(&mut self.cases);
+        let cases = self.cases.take_all();
         if position == Some(from) { cases } else { HashMap::new() }
     }
 
-    fn keep(&mut self, position: i64, mut cases: HashMap<String, CaseHistory>) {
-        while cases.len() > self.capacity {
-            // Any case will do: a miss costs one read.
-            let Some(evicted) = cases.keys().next().cloned() else {
-                break;
-            };
-            cases.remove(&evicted);
-        }
+    fn keep(&mut self, position: i64, cases: HashMap<String, CaseHistory>) {
+        // Any case may be left out: a miss costs one read.
+        self.cases.put_all(cases);
         self.position = Some(position);
-        self.cases = cases;
     }
 }
 

@@ -37,7 +37,8 @@ impl CaseEvents {
         CaseEvents::with_settings(log, DEFAULT_CACHED_CASES, GroupSettings::default())
     }
 
-    /// Keeps up to `cached_cases` recently written cases in memory (see `ingest::CaseCache`), and
+    /// Keeps about `cached_cases` recently written cases in memory, bounded by their events (see
+    /// `ingest::CaseCache`), and
     /// writes concurrent appends together (see `caselog_store::combine`). Needs a Tokio runtime.
     pub fn with_settings(log: EventLog, cached_cases: usize, group_appends: GroupSettings) -> CaseEvents {
         CaseEvents {

@@ -41,6 +41,10 @@ pub enum Error {
     Contention,
     #[error("the event store is unavailable; retry later")]
     Unavailable(#[source] caselog_store::Error),
+    /// A store failure that is not an outage (a corrupt row, a statement PostgreSQL refused):
+    /// a fault of the service, kept with its source so that the log shows the whole chain.
+    #[error("internal error")]
+    Store(#[source] caselog_store::Error),
     #[error("internal error")]
     Internal(String),
 }
@@ -51,7 +55,7 @@ impl Error {
     pub fn detail(&self) -> String {
         match self {
             Error::Internal(detail) => format!("internal error: {detail}"),
-            Error::Unavailable(source) => format!("{self}: {source}"),
+            Error::Unavailable(_) | Error::Store(_) => chain(self),
             other => other.to_string(),
         }
     }
@@ -90,7 +94,7 @@ impl From<caselog_store::Error> for Error {
     fn from(err: caselog_store::Error) -> Error {
         match err {
             caselog_store::Error::Unavailable(_) => Error::Unavailable(err),
-            other => Error::Internal(other.to_string()),
+            other => Error::Store(other),
         }
     }
 }
@@ -126,4 +130,34 @@ fn describe(violations: &[FieldViolation]) -> String {
 /// How many violations are left out of a refusal, if any.
 pub fn more_than_sent(violations: &[FieldViolation]) -> Option<usize> {
     violations.len().checked_sub(MAX_VIOLATIONS_SENT).filter(|n| *n > 0)
+}
+
+/// An error and every source under it, outermost first: what an operator needs in a log line.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("statement refused")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn the_log_line_keeps_every_source() {
+        let err = Outer(std::io::Error::other("connection reset"));
+        assert_eq!(chain(&err), "statement refused: connection reset");
+        let store = Error::from(caselog_store::Error::AppenderStopped);
+        assert!(matches!(store, Error::Store(_)));
+        assert_eq!(store.detail(), "internal error: the group appender has stopped");
+    }
 }

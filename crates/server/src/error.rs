@@ -4,7 +4,7 @@
 //! `BadRequest` naming every bad field. Internal detail (SQL, driver errors) goes to the log,
 //! never onto the wire.
 
-use caselog_app::error::{MAX_VIOLATIONS_SENT, more_than_sent};
+use caselog_app::error::{MAX_VIOLATIONS_SENT, chain, more_than_sent};
 use caselog_domain::{Denial, FieldViolation};
 use std::collections::HashMap;
 use tonic::{Code, Status};
@@ -76,7 +76,8 @@ pub fn to_status(err: Error) -> Status {
     let (code, reason) = err.classify(&mut metadata);
     match &err {
         Error::App(AppError::Internal(detail)) => tracing::error!(%detail, "internal error"),
-        Error::App(AppError::Unavailable(source)) => tracing::warn!(error = %source, "store unavailable"),
+        Error::App(store @ AppError::Store(_)) => tracing::error!(error = %chain(store), "internal error"),
+        Error::App(outage @ AppError::Unavailable(_)) => tracing::warn!(error = %chain(outage), "store unavailable"),
         _ => {}
     }
     let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
@@ -175,7 +176,7 @@ fn classify_app(err: &AppError, metadata: &mut HashMap<String, String>) -> (Code
             (Code::Unavailable, "PROJECTION_BEHIND")
         }
         AppError::Unavailable(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
-        AppError::Internal(_) => (Code::Internal, "INTERNAL"),
+        AppError::Internal(_) | AppError::Store(_) => (Code::Internal, "INTERNAL"),
     }
 }
 
@@ -212,6 +213,7 @@ mod tests {
             AppError::Contention.into(),
             AppError::Unavailable(caselog_store::Error::AppenderStopped).into(),
             AppError::Internal("bug".into()).into(),
+            AppError::Store(caselog_store::Error::DuplicateEventId).into(),
             Error::Unauthenticated("no token".into()),
             Error::TooManyConcurrentRequests { limit: 1 },
             Error::TooManySubscriptions { limit: 1 },
@@ -279,6 +281,7 @@ mod tests {
                     | AppError::AuditUnavailable
                     | AppError::Contention
                     | AppError::Unavailable(_)
+                    | AppError::Store(_)
                     | AppError::Internal(_) => {}
                 },
                 Error::Unauthenticated(_)

@@ -188,3 +188,33 @@ async fn oversized_requests_are_refused_before_anything_is_written(pool: PgPool)
     assert_eq!(event_count(&pool).await, 0);
     let _ = pb::AppendEventsResponse::default();
 }
+
+/// A query that waits for a position the projections will not reach in time.
+fn waiting_query() -> pb::QueryMetricsRequest {
+    pb::QueryMetricsRequest {
+        metric_ids: vec!["S1".into()],
+        period: Some(pb::PeriodSpec {
+            kind: Some(pb::period_spec::Kind::Month("2025-03".into())),
+        }),
+        min_position: 1_000_000_000,
+        ..Default::default()
+    }
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_call_past_the_server_timeout_ends_with_deadline_exceeded(pool: PgPool) {
+    let limits = ServerLimits {
+        request_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(pool, limits).await;
+    let mut metrics = pb::metrics_service_client::MetricsServiceClient::new(server.channel.clone());
+    let started = std::time::Instant::now();
+    let status = metrics.query_metrics(waiting_query()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("server's request timeout"), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered at the deadline, not after the wait"
+    );
+}

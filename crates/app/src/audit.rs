@@ -29,7 +29,7 @@ pub async fn record(
         detail: bounded_json(detail),
     };
     log.record_audit(&entry).await.map(|_| ()).map_err(|err| {
-        error!(error = %err, action, target, "audit record not written");
+        error!(error = %crate::error::chain(&err), action, target, "audit record not written");
         Error::AuditUnavailable
     })
 }

@@ -68,7 +68,7 @@ pub async fn run(log: EventLog, settings: ProjectorSettings) {
                             }
                         }
                         Err(err) => {
-                            warn!(error = %err, "projection step failed; retrying");
+                            warn!(error = %err.detail(), "projection step failed; retrying");
                             tokio::time::sleep(settings.leadership_retry).await;
                         }
                     }
@@ -79,7 +79,7 @@ pub async fn run(log: EventLog, settings: ProjectorSettings) {
                 }
             }
             Ok(None) => debug!("another process leads the projections"),
-            Err(err) => debug!(error = %err, "cannot try for projection leadership"),
+            Err(err) => debug!(error = %crate::error::chain(&err), "cannot try for projection leadership"),
         }
         tokio::time::sleep(settings.leadership_retry).await;
     }

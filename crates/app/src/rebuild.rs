@@ -226,7 +226,7 @@ pub async fn rebuild(
     // Let go of the lock before answering, so that a rebuild asked for next is not refused
     // while the dropped session's connection is still being torn down.
     if let Err(err) = session.close().await {
-        warn!(error = %err, "closing the rebuild session");
+        warn!(error = %crate::error::chain(&err), "closing the rebuild session");
     }
     result
 }

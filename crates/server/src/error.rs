@@ -34,6 +34,8 @@ pub enum Error {
         "the server is shutting down; the rebuild was abandoned and the live projections are unchanged; run it again"
     )]
     RebuildAbandoned,
+    #[error("the call did not finish within {whose} ({millis} ms); what it had not yet done was not done")]
+    DeadlineExceeded { whose: &'static str, millis: u128 },
 }
 
 impl Error {
@@ -127,6 +129,7 @@ impl Error {
                 (Code::Unavailable, "SERVER_SHUTTING_DOWN")
             }
             Error::RebuildAbandoned => (Code::Unavailable, "SERVER_SHUTTING_DOWN"),
+            Error::DeadlineExceeded { .. } => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
             Error::SubscriberTooSlow { resume_from } => {
                 metadata.insert("resume_from".to_owned(), resume_from.to_string());
                 (Code::Aborted, "SUBSCRIBER_TOO_SLOW")
@@ -220,6 +223,10 @@ mod tests {
             Error::SubscriberTooSlow { resume_from: 1 },
             Error::ShuttingDown { resume_from: 1 },
             Error::RebuildAbandoned,
+            Error::DeadlineExceeded {
+                whose: "the server's request timeout",
+                millis: 1,
+            },
             Denial::RoleNotPermitted {
                 organisation: organisation(),
                 action: "read",
@@ -289,7 +296,8 @@ mod tests {
                 | Error::TooManySubscriptions { .. }
                 | Error::SubscriberTooSlow { .. }
                 | Error::ShuttingDown { .. }
-                | Error::RebuildAbandoned => {}
+                | Error::RebuildAbandoned
+                | Error::DeadlineExceeded { .. } => {}
             }
             if let Error::App(AppError::Denied(denial)) = err {
                 match denial {
@@ -334,6 +342,6 @@ mod tests {
                 "{reason} is not in the README's error table (or docs/events.md for rules)"
             );
         }
-        assert_eq!(codes.len(), 24 + Rule::ALL.len(), "{:?}", codes.keys());
+        assert_eq!(codes.len(), 25 + Rule::ALL.len(), "{:?}", codes.keys());
     }
 }

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod convert;
+pub mod deadline;
 pub mod error;
 pub mod feed;
 pub mod metrics;
@@ -174,11 +175,12 @@ pub async fn run(
     if let Some(tls) = security.tls {
         builder = builder.tls_config(tls)?;
     }
+    // No `timeout` here: `DeadlineLayer` enforces it, answering DEADLINE_EXCEEDED.
     let result = builder
-        .timeout(limits.request_timeout)
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path(), caller = tracing::field::Empty))
+        .layer(deadline::DeadlineLayer::new(limits.request_timeout))
         .layer(AuthLayer::new(security.authenticator))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -207,7 +209,7 @@ async fn watch_database(log: EventLog, reporter: HealthReporter, interval: Durat
         let status = match tokio::time::timeout(interval.max(Duration::from_secs(1)), log.ping()).await {
             Ok(Ok(())) => ServingStatus::Serving,
             Ok(Err(err)) => {
-                warn!(error = %err, "database unreachable; health is NOT_SERVING");
+                warn!(error = %caselog_app::error::chain(&err), "database unreachable; health is NOT_SERVING");
                 ServingStatus::NotServing
             }
             Err(_) => ServingStatus::NotServing,

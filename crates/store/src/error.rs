@@ -44,13 +44,29 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Error {
-        match err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                Error::Unavailable(err)
-            }
-            other => Error::Database(other),
+        let lost = match &err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| means_unavailable(&code)),
+            _ => false,
+        };
+        if lost {
+            Error::Unavailable(err)
+        } else {
+            Error::Database(err)
         }
     }
+}
+
+/// Whether a SQLSTATE says the database is (for now) not there to answer, rather than that the
+/// statement was wrong: the server shutting down or restarting (57P01-57P03, 57P05), a lost
+/// connection (class 08), no connection slots left (53300), or a standby that cannot serve
+/// writes (25006). A caller may retry these.
+pub(crate) fn means_unavailable(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08") || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "57P05" | "53300" | "25006")
 }
 
 /// A case version, or a row count, as the `events` rows store it (int4): the one place where the
@@ -65,4 +81,19 @@ pub(crate) fn row_count(rows: usize) -> Result<i32, Error> {
         version: i64::MAX,
         rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::means_unavailable;
+
+    #[test]
+    fn connection_loss_and_shutdown_are_outages_not_faults() {
+        for code in ["57P01", "57P02", "57P03", "08006", "08003", "53300", "25006"] {
+            assert!(means_unavailable(code), "{code}");
+        }
+        for code in ["23505", "42P01", "22003", "40001", "57014", "CL001"] {
+            assert!(!means_unavailable(code), "{code}");
+        }
+    }
 }

@@ -218,3 +218,58 @@ async fn a_call_past_the_server_timeout_ends_with_deadline_exceeded(pool: PgPool
         "answered at the deadline, not after the wait"
     );
 }
+
+/// A health Watch and a subscription left open by their clients: shutdown still reports
+/// NOT_SERVING at once, ends the subscription with a status saying where to resume, and
+/// finishes within the grace period.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn shutdown_says_not_serving_at_once_and_finishes_within_the_grace_period(pool: PgPool) {
+    let limits = ServerLimits {
+        health_interval: Duration::from_millis(200),
+        shutdown_grace: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(pool, limits).await;
+    assert!(health_becomes(&server, "", ServingStatus::Serving).await);
+    let mut health = HealthClient::new(server.anonymous.clone());
+    let mut watch = health
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
+    let mut feed = pb::event_feed_service_client::EventFeedServiceClient::new(server.channel.clone());
+    let mut subscription = feed
+        .subscribe_events(pb::SubscribeEventsRequest {
+            from_position: 0,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(server.stop());
+    let update = tokio::time::timeout(Duration::from_secs(1), watch.message())
+        .await
+        .expect("health told its watchers at once");
+    assert_eq!(update.unwrap().unwrap().status(), ServingStatus::NotServing);
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match subscription.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the subscription was ended");
+    let status = ended.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "SERVER_SHUTTING_DOWN");
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("shutdown finished within the grace period")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+}

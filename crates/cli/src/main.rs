@@ -159,6 +159,10 @@ struct ServeArgs {
     /// Seconds a request may run before DEADLINE_EXCEEDED.
     #[arg(long, env = "CASELOG_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     request_timeout_secs: u64,
+    /// On SIGTERM or Ctrl-C: seconds in-flight calls and open streams have before their
+    /// connections are closed (a second signal exits at once).
+    #[arg(long, env = "CASELOG_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
     /// Largest request message, in bytes.
     #[arg(long, env = "CASELOG_MAX_REQUEST_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_request_bytes: usize,
@@ -660,6 +664,7 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let limits = ServerLimits {
         request_timeout: Duration::from_secs(args.request_timeout_secs),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         max_request_bytes: args.max_request_bytes,
         cached_cases: args.cached_cases,
         group_appends: caselog_store::GroupSettings {
@@ -668,7 +673,19 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         ..ServerLimits::default()
     };
-    caselog_server::run(listener, EventLog::new(pool), limits, security, shutdown_signal()).await?;
+    // The first signal drains; a second one, for an operator who will not wait, exits at once.
+    let (first_signal, drain) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = first_signal.send(());
+        shutdown_signal().await;
+        eprintln!("caselog: second signal: exiting without waiting for the drain");
+        std::process::exit(130);
+    });
+    let drained = async move {
+        let _ = drain.await;
+    };
+    caselog_server::run(listener, EventLog::new(pool), limits, security, drained).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -45,6 +45,9 @@ const DATABASE_BACKED: [&str; 5] = [
     "caselog.v1.AdminService",
 ];
 
+/// How long a shutdown waits for calls and streams before closing their connections.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Limits the server applies to every connection and request.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
@@ -63,6 +66,9 @@ pub struct ServerLimits {
     pub group_appends: caselog_store::GroupSettings,
     pub feed: FeedSettings,
     pub projector: projector::ProjectorSettings,
+    /// After the shutdown signal, how long in-flight calls and open streams have before the
+    /// remaining connections are closed.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerLimits {
@@ -76,6 +82,7 @@ impl Default for ServerLimits {
             group_appends: caselog_store::GroupSettings::default(),
             feed: FeedSettings::default(),
             projector: projector::ProjectorSettings::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -122,10 +129,15 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let health_task = tokio::spawn(watch_database(log.clone(), health_reporter, limits.health_interval));
 
     let signalling_task = tokio::spawn(log.clone().run_feed_signalling());
     let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
+    let health_task = tokio::spawn(watch_database(
+        log.clone(),
+        health_reporter,
+        limits.health_interval,
+        draining_rx.clone(),
+    ));
     let event_feed = EventFeed::new(log.clone(), limits.feed.clone(), draining_rx.clone());
     let metrics_task = tokio::spawn(event_feed.clone().publish_metrics(Duration::from_secs(10)));
     let feed = EventFeedServiceServer::new(event_feed);
@@ -176,7 +188,7 @@ pub async fn run(
         builder = builder.tls_config(tls)?;
     }
     // No `timeout` here: `DeadlineLayer` enforces it, answering DEADLINE_EXCEEDED.
-    let result = builder
+    let serving = builder
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path(), caller = tracing::field::Empty))
@@ -189,8 +201,22 @@ pub async fn run(
         .add_service(feed)
         .add_service(metrics)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    // tonic waits for every connection to end, and a client's stream (a health Watch, say) may
+    // never end: after the grace period the connections left are closed.
+    let grace = limits.shutdown_grace;
+    let mut draining = draining_rx.clone();
+    let grace_over = async move {
+        let _ = draining.wait_for(|d| *d).await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        result = serving => result,
+        () = grace_over => {
+            warn!(grace_secs = grace.as_secs_f64(), "calls or streams still open after the grace period; closing their connections");
+            Ok(())
+        }
+    };
     health_task.abort();
     signalling_task.abort();
     metrics_task.abort();
@@ -202,8 +228,28 @@ pub async fn run(
     Ok(result?)
 }
 
-/// Reports NOT_SERVING while the database does not answer, SERVING once it does.
-async fn watch_database(log: EventLog, reporter: HealthReporter, interval: Duration) {
+/// Reports NOT_SERVING while the database does not answer, SERVING once it does, and
+/// NOT_SERVING for good from the moment the server starts draining, so that load balancers
+/// stop sending calls at once (`liveness` stays SERVING: the process is alive until it exits).
+async fn watch_database(
+    log: EventLog,
+    reporter: HealthReporter,
+    interval: Duration,
+    mut draining: tokio::sync::watch::Receiver<bool>,
+) {
+    let checking = async {
+        database_health(&log, &reporter, interval).await;
+    };
+    tokio::select! {
+        () = checking => {}
+        _ = draining.wait_for(|d| *d) => {}
+    }
+    for service in DATABASE_BACKED {
+        reporter.set_service_status(service, ServingStatus::NotServing).await;
+    }
+}
+
+async fn database_health(log: &EventLog, reporter: &HealthReporter, interval: Duration) {
     let mut last = Some(ServingStatus::NotServing);
     loop {
         let status = match tokio::time::timeout(interval.max(Duration::from_secs(1)), log.ping()).await {

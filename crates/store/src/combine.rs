@@ -51,7 +51,17 @@ struct Pending {
     reply: oneshot::Sender<Result<Vec<AppendedRow>, Error>>,
 }
 
-/// Appends like [`EventLog::append`], grouping concurrent ones. Cheap to clone.
+impl Pending {
+    /// Whether the caller has stopped waiting (its request was cancelled or its deadline
+    /// passed): an append not yet sent is then withdrawn, never written.
+    fn withdrawn(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// Appends like [`EventLog::append`], grouping concurrent ones. Cheap to clone. An append whose
+/// caller stops waiting before its statement is sent is withdrawn; one whose statement was sent
+/// may still commit (the caller cannot know: it resends with the same event ids).
 #[derive(Debug, Clone)]
 pub struct GroupAppender {
     sender: mpsc::Sender<Pending>,
@@ -112,11 +122,17 @@ async fn group(log: EventLog, mut receiver: mpsc::Receiver<Pending>, settings: G
                 None => return,
             },
         };
+        if first.withdrawn() {
+            continue;
+        }
         let mut cases: HashSet<String> = HashSet::from([first.case_id.clone()]);
         let mut events = first.rows.len();
         let mut batch = vec![first];
         let mut still_held = VecDeque::new();
         while let Some(pending) = held.pop_front() {
+            if pending.withdrawn() {
+                continue;
+            }
             if events + pending.rows.len() <= settings.max_events && cases.insert(pending.case_id.clone()) {
                 events += pending.rows.len();
                 batch.push(pending);
@@ -127,6 +143,9 @@ async fn group(log: EventLog, mut receiver: mpsc::Receiver<Pending>, settings: G
         held = still_held;
         while events < settings.max_events {
             let Ok(pending) = receiver.try_recv() else { break };
+            if pending.withdrawn() {
+                continue;
+            }
             if events + pending.rows.len() <= settings.max_events && cases.insert(pending.case_id.clone()) {
                 events += pending.rows.len();
                 batch.push(pending);
@@ -142,7 +161,10 @@ async fn group(log: EventLog, mut receiver: mpsc::Receiver<Pending>, settings: G
     }
 }
 
-async fn write_group(log: &EventLog, batch: Vec<Pending>) {
+async fn write_group(log: &EventLog, mut batch: Vec<Pending>) {
+    // Waiting for a slot can take long (a slow or restarting database): callers that have gone
+    // meanwhile were told their append failed, so it must not be written now.
+    batch.retain(|pending| !pending.withdrawn());
     if batch.len() > 1 {
         match append_group(log, &batch).await {
             Ok(mut results) => {
@@ -155,6 +177,9 @@ async fn write_group(log: &EventLog, batch: Vec<Pending>) {
         }
     }
     for pending in batch {
+        if pending.withdrawn() {
+            continue;
+        }
         let result = log
             .append(&pending.case_id, pending.after_version, &pending.source, &pending.rows)
             .await;

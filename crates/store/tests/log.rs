@@ -134,3 +134,47 @@ async fn a_version_beyond_the_rows_range_is_an_error_not_a_wrap(pool: PgPool) {
     }
     assert_eq!(count(&pool).await, 0);
 }
+
+/// An append whose caller gave up while it waited behind a stuck group is withdrawn: it is never
+/// written later, when the database moves again.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn an_append_whose_caller_gave_up_before_its_statement_is_never_written(pool: PgPool) {
+    use caselog_store::{GroupAppender, GroupSettings};
+    use std::time::Duration;
+    let log = EventLog::new(pool.clone());
+    let appender = GroupAppender::start(
+        log.clone(),
+        GroupSettings {
+            max_in_flight: 1,
+            max_wait: Duration::from_secs(30),
+            ..GroupSettings::default()
+        },
+    );
+    // Holds every insert until it commits.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let appender = appender.clone();
+        async move { appender.append("LS1", 0, "court:LS", rows(1)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        appender.append("LS2", 0, "court:LS", rows(1)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the second append waits behind the first");
+    blocker.commit().await.unwrap();
+    first.await.unwrap().unwrap();
+    // The grouping task has moved past the abandoned append once a later one is written.
+    appender.append("LS3", 0, "court:LS", rows(1)).await.unwrap();
+    let abandoned: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE case_id = 'LS2'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(abandoned, 0, "an append its caller was told had failed was written");
+    assert_eq!(count(&pool).await, 2);
+}

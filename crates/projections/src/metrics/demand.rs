@@ -34,10 +34,7 @@ pub(super) fn count<'a>(
     cx: &mut Counting<'_, 'a>,
     _caseloads: &mut Caseloads<'a>,
 ) -> Result<(), MetricsError> {
-    let Counting {
-        query, case, case_keys, ..
-    } = cx;
-    let (query, case) = (*query, *case);
+    let (query, case, case_keys) = cx.unit();
     if !query.period.contains(case.received()) {
         return Ok(());
     }

@@ -790,6 +790,13 @@ struct Counting<'q, 'a> {
     calendar: &'q WorkingCalendar,
 }
 
+impl<'q, 'a> Counting<'q, 'a> {
+    /// The query, the case, and the case's group keys (built the first time a unit needs them).
+    fn unit(&mut self) -> (&'q MetricsQuery, &'a CaseFacts, &mut CaseKeys) {
+        (self.query, self.case, &mut self.case_keys)
+    }
+}
+
 /// How a family adds a case's units.
 type CountFamily =
     for<'q, 'a> fn(&mut Collector<'a>, &mut Counting<'q, 'a>, &mut Caseloads<'a>) -> Result<(), MetricsError>;

@@ -39,10 +39,7 @@ pub(super) fn count<'a>(
     cx: &mut Counting<'_, 'a>,
     _caseloads: &mut Caseloads<'a>,
 ) -> Result<(), MetricsError> {
-    let Counting {
-        query, case, case_keys, ..
-    } = cx;
-    let (query, case) = (*query, *case);
+    let (query, case, case_keys) = cx.unit();
     let snapshot = query.snapshot_date();
     if !case.open_on(snapshot) {
         return Ok(());

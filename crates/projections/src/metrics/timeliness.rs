@@ -114,13 +114,8 @@ pub(super) fn count<'a>(
     cx: &mut Counting<'_, 'a>,
     _caseloads: &mut Caseloads<'a>,
 ) -> Result<(), MetricsError> {
-    let Counting {
-        query,
-        case,
-        case_keys,
-        calendar,
-    } = cx;
-    let (query, case, calendar) = (*query, *case, *calendar);
+    let calendar = cx.calendar;
+    let (query, case, case_keys) = cx.unit();
     let period = &query.period;
     let settings = &query.settings;
     if let Some(closed) = case.closed_on.filter(|d| period.contains(*d)) {

@@ -43,10 +43,7 @@ pub(super) fn count<'a>(
     cx: &mut Counting<'_, 'a>,
     caseloads: &mut Caseloads<'a>,
 ) -> Result<(), MetricsError> {
-    let Counting {
-        query, case, case_keys, ..
-    } = cx;
-    let (query, case) = (*query, *case);
+    let (query, case, case_keys) = cx.unit();
     let snapshot = query.snapshot_date();
     if wanted(c)
         && case.open_on(snapshot)

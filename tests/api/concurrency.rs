@@ -3,6 +3,7 @@
 
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
+use caselog_domain::Version;
 use caselog_tests::*;
 use sqlx::PgPool;
 use std::collections::HashSet;
@@ -206,13 +207,14 @@ async fn grouped_appends_keep_their_own_outcomes(pool: PgPool) {
     let log = EventLog::new(pool.clone());
     let appender = GroupAppender::start(log.clone(), GroupSettings::default());
     let row = || NewRow {
-        event_id: uuid::Uuid::new_v4(),
+        event_id: uuid::Uuid::new_v4().into(),
         event_type: "hearing_listed".into(),
         occurred_on: chrono::NaiveDate::from_ymd_opt(2025, 5, 1).unwrap(),
         data: serde_json::json!({"hearing_type": "cmh", "listed_for": "2025-06-02"}),
         metadata: serde_json::json!({}),
     };
-    log.append("TAKEN", 0, "test", &[row()]).await.unwrap();
+    log.append("TAKEN", Version::ZERO, "test", &[row()]).await.unwrap();
+    let version = |n: u64| Version::try_from(n).unwrap();
     for round in 0..20 {
         let mut appends = tokio::task::JoinSet::new();
         for case in 0..24 {
@@ -222,17 +224,17 @@ async fn grouped_appends_keep_their_own_outcomes(pool: PgPool) {
                 let case_id = format!("G{case}");
                 (
                     case_id.clone(),
-                    appender.append(&case_id, round * 2, "test", rows).await,
+                    appender.append(&case_id, version(round * 2), "test", rows).await,
                 )
             });
         }
         let taken = appender.clone();
         let stale = row();
-        let conflicting = tokio::spawn(async move { taken.append("TAKEN", 0, "test", vec![stale]).await });
+        let conflicting = tokio::spawn(async move { taken.append("TAKEN", Version::ZERO, "test", vec![stale]).await });
         while let Some(done) = appends.join_next().await {
             let (case_id, result) = done.unwrap();
             let appended = result.unwrap_or_else(|e| panic!("{case_id} in round {round}: {e}"));
-            let versions: Vec<i64> = appended.iter().map(|a| a.version).collect();
+            let versions: Vec<u64> = appended.iter().map(|a| a.version.get()).collect();
             assert_eq!(versions, [round * 2 + 1, round * 2 + 2], "{case_id}");
             assert!(appended[0].position < appended[1].position);
         }

@@ -3,6 +3,7 @@
 
 use caselog_api::v1 as pb;
 use caselog_api::v1::event_feed_service_client::EventFeedServiceClient;
+use caselog_domain::Position;
 use caselog_server::{FeedSettings, ServerLimits};
 use caselog_store::{EventLog, FeedFilter};
 use caselog_tests::*;
@@ -143,7 +144,10 @@ async fn an_append_held_invisible_holds_readers_back_and_is_then_delivered_once(
         );
         server.client().append_events(request).await.unwrap();
     }
-    let page = log.read_all(0, 1000, &FeedFilter::default()).await.unwrap();
+    let page = log
+        .read_all(Position::ZERO, 1000, &FeedFilter::default())
+        .await
+        .unwrap();
     assert!(
         page.events.iter().all(|e| e.position <= held_floor),
         "the reader stops below the held append"
@@ -156,7 +160,7 @@ async fn an_append_held_invisible_holds_readers_back_and_is_then_delivered_once(
             .unwrap()
             .positions
             .iter()
-            .all(|p| *p as i64 <= held_floor),
+            .all(|p| *p <= held_floor.get()),
         "the subscriber stops below the held append"
     );
 
@@ -169,7 +173,10 @@ async fn an_append_held_invisible_holds_readers_back_and_is_then_delivered_once(
     assert_eq!(all.len(), 22);
     wait_until_reached(&received, all.last().unwrap().0 as u64).await;
     assert_exactly(&received.lock().unwrap(), &all);
-    let page = log.read_all(0, 1000, &FeedFilter::default()).await.unwrap();
+    let page = log
+        .read_all(Position::ZERO, 1000, &FeedFilter::default())
+        .await
+        .unwrap();
     assert_eq!(page.events.len(), 22);
 }
 
@@ -197,11 +204,11 @@ async fn rolled_back_appends_leave_gaps_but_never_stall_readers(pool: PgPool) {
     let all = committed(&pool).await;
     assert_eq!(all.len(), 6);
     assert!(
-        horizon.allocated > all.last().unwrap().0,
+        horizon.allocated.get() > all.last().unwrap().0 as u64,
         "rolled-back positions are gaps at the end"
     );
     // The subscriber gets past the trailing gap without any further append.
-    wait_until_reached(&received, horizon.allocated as u64).await;
+    wait_until_reached(&received, horizon.allocated.get()).await;
     assert_exactly(&received.lock().unwrap(), &all);
 }
 

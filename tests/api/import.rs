@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 fn new_event(occurred_on: NaiveDate, payload: Payload) -> NewEvent {
     NewEvent {
-        event_id: Uuid::new_v4(),
+        event_id: Uuid::new_v4().into(),
         occurred_on,
         payload,
         metadata: Metadata::default(),

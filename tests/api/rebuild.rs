@@ -34,7 +34,7 @@ async fn load_history(pool: &PgPool, seed: u64, days: u64, cases_per_day: f64) {
 
 /// Waits until the live projection has applied everything in the log; returns that position.
 async fn caught_up(server: &TestServer, pool: &PgPool) -> u64 {
-    let head = EventLog::new(pool.clone()).horizon().await.unwrap().safe as u64;
+    let head = EventLog::new(pool.clone()).horizon().await.unwrap().safe.get();
     let mut metrics = MetricsServiceClient::new(server.channel.clone());
     for _ in 0..100 {
         match metrics.query_metrics(national_query(head)).await {

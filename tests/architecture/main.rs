@@ -99,3 +99,13 @@ fn the_grpc_crate_does_not_carry_the_generator_or_the_command_line() {
         );
     }
 }
+
+#[test]
+fn the_store_knows_the_identities_of_the_domain_and_nothing_above_it() {
+    let crates = normal_dependencies();
+    let ours: Vec<&String> = crates["caselog-store"]
+        .iter()
+        .filter(|name| name.starts_with("caselog-"))
+        .collect();
+    assert_eq!(ours, ["caselog-domain"], "the store may use the domain's types only");
+}

@@ -2,7 +2,7 @@
 //! store. `caselog-server` turns each into a gRPC status (its `error.rs`); the command line
 //! prints [`Error::detail`].
 
-use caselog_domain::{BatchRejection, Denial, FieldViolation, Rejection, Rule};
+use caselog_domain::{BatchRejection, Denial, EventId, FieldViolation, Position, Rejection, Rule, Version};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,15 +18,15 @@ pub enum Error {
         event_index: usize,
     },
     #[error("the case is at version {actual}, not the expected version {expected}; read the case and retry")]
-    VersionConflict { expected: u64, actual: u64 },
+    VersionConflict { expected: Version, actual: Version },
     #[error("event {event_id} is already recorded with different content; a new event needs a new event_id")]
-    EventIdReused { event_id: String, event_index: usize },
+    EventIdReused { event_id: EventId, event_index: usize },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}; ask about dates the working-day calendar covers")]
     OutsideCalendar(String),
     #[error("the projections have applied position {checkpoint}, not yet {wanted}; retry shortly")]
-    ProjectionBehind { checkpoint: i64, wanted: i64 },
+    ProjectionBehind { checkpoint: Position, wanted: Position },
     #[error("{what}; retry shortly")]
     Busy { what: String },
     #[error("another rebuild of the projections is running; wait for it to finish")]

@@ -4,7 +4,10 @@
 
 use crate::cache::WeightedCache;
 use crate::error::Error;
-use caselog_domain::{CaseHistory, CaseId, EventType, FieldViolation, HistoryEvent, NewEvent, Payload, Principal};
+use caselog_domain::{
+    CaseHistory, CaseId, EventId, EventType, FieldViolation, HistoryEvent, NewEvent, Payload, Position, Principal,
+    Version,
+};
 use caselog_store::{EventLog, GroupAppender, NewRow, StoredEvent};
 use chrono::NaiveDate;
 use std::collections::{HashMap, HashSet};
@@ -25,16 +28,16 @@ const MAX_ATTEMPTS: u32 = 20;
 /// The outcome for one event of an append, in request order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventOutcome {
-    pub event_id: Uuid,
-    pub position: i64,
-    pub version: i64,
+    pub event_id: EventId,
+    pub position: Position,
+    pub version: Version,
     pub already_present: bool,
 }
 
 /// The outcome of an append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
-    pub version: i64,
+    pub version: Version,
     pub events: Vec<EventOutcome>,
 }
 
@@ -105,7 +108,7 @@ pub async fn append(
     path: &WritePath,
     case_id: &CaseId,
     events: &[NewEvent],
-    expected_version: Option<u64>,
+    expected_version: Option<Version>,
     writer: &Principal,
     today: NaiveDate,
 ) -> Result<Appended, Error> {
@@ -135,7 +138,7 @@ pub async fn append(
             Attempt::Undecided => debug!(case_id, "cached case is behind the log; reading it"),
         }
     }
-    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let ids: Vec<EventId> = events.iter().map(|e| e.event_id).collect();
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
             // Spread the retries of writers that collided on one case.
@@ -180,7 +183,7 @@ struct AppendRequest<'a> {
     path: &'a WritePath,
     case_id: &'a str,
     events: &'a [NewEvent],
-    expected_version: Option<u64>,
+    expected_version: Option<Version>,
     writer: &'a Principal,
     today: NaiveDate,
 }
@@ -206,8 +209,8 @@ impl AppendRequest<'_> {
         // Before anything tells whether the case or its events exist. The parties of a case never
         // change, so a cached case answers this as well as a read one.
         writer.may_append(&state.history, events)?;
-        let wanted: HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let found: HashMap<Uuid, &StoredEvent> = state
+        let wanted: HashSet<EventId> = events.iter().map(|e| e.event_id).collect();
+        let found: HashMap<EventId, &StoredEvent> = state
             .stored
             .iter()
             .chain(elsewhere)
@@ -220,21 +223,19 @@ impl AppendRequest<'_> {
                 Some(existing) if same_content(existing, case_id, event) => {}
                 Some(_) => {
                     return Err(Error::EventIdReused {
-                        event_id: event.event_id.to_string(),
+                        event_id: event.event_id,
                         event_index: index,
                     });
                 }
                 None => new_indices.push(index),
             }
         }
-        let recorded: HashMap<Uuid, (i64, i64)> = found
-            .into_iter()
-            .map(|(id, e)| (id, (e.position, i64::from(e.version))))
-            .collect();
+        let recorded: HashMap<EventId, (Position, Version)> =
+            found.into_iter().map(|(id, e)| (id, (e.position, e.version))).collect();
         let version_before = state.history.version();
         if new_indices.is_empty() {
             debug!(case_id, "every event already recorded");
-            let result = outcomes(events, &recorded, version_before as i64, &[]);
+            let result = outcomes(events, &recorded, version_before, &[]);
             return Ok(Attempt::Done(result, state));
         }
         if let Some(expected) = expected_version
@@ -258,13 +259,10 @@ impl AppendRequest<'_> {
         }
         let source = writer.organisation.as_str();
         let rows: Vec<NewRow> = batch.iter().map(row_of).collect();
-        match appender
-            .append(case_id, version_before as i64, source, rows.clone())
-            .await
-        {
+        match appender.append(case_id, version_before, source, rows.clone()).await {
             Ok(appended) => {
-                let version = appended.last().map_or(version_before as i64, |a| a.version);
-                let fresh: Vec<(Uuid, i64, i64)> = batch
+                let version = appended.last().map_or(version_before, |a| a.version);
+                let fresh: Vec<(EventId, Position, Version)> = batch
                     .iter()
                     .zip(&appended)
                     .map(|(e, a)| (e.event_id, a.position, a.version))
@@ -276,7 +274,7 @@ impl AppendRequest<'_> {
                         position: at.position,
                         event_id: row.event_id,
                         case_id: case_id.to_owned(),
-                        version: at.version as i32,
+                        version: at.version,
                         event_type: row.event_type,
                         occurred_on: row.occurred_on,
                         data: row.data,
@@ -289,10 +287,10 @@ impl AppendRequest<'_> {
             Err(caselog_store::Error::VersionConflict { .. })
                 if expected_version.is_some() && authority == Authority::Recorded =>
             {
-                let actual = log.read_case(case_id).await?.len() as u64;
+                let actual = log.read_case(case_id).await?.len();
                 Err(Error::VersionConflict {
                     expected: expected_version.unwrap_or_default(),
-                    actual,
+                    actual: Version::try_from(actual).unwrap_or(Version::MAX),
                 })
             }
             Err(caselog_store::Error::VersionConflict { .. } | caselog_store::Error::DuplicateEventId) => {
@@ -305,9 +303,9 @@ impl AppendRequest<'_> {
 
 fn outcomes(
     events: &[NewEvent],
-    recorded: &HashMap<Uuid, (i64, i64)>,
-    version: i64,
-    fresh: &[(Uuid, i64, i64)],
+    recorded: &HashMap<EventId, (Position, Version)>,
+    version: Version,
+    fresh: &[(EventId, Position, Version)],
 ) -> Appended {
     let events = events
         .iter()
@@ -319,10 +317,10 @@ fn outcomes(
                 already_present: true,
             },
             None => {
-                let (_, position, version) = fresh
+                let (position, version) = fresh
                     .iter()
                     .find(|(id, ..)| *id == e.event_id)
-                    .copied()
+                    .map(|&(_, position, version)| (position, version))
                     .unwrap_or_default();
                 EventOutcome {
                     event_id: e.event_id,
@@ -393,10 +391,10 @@ mod tests {
     fn state_of(events: usize) -> CaseState {
         let stored = (0..events)
             .map(|i| StoredEvent {
-                position: i as i64 + 1,
-                event_id: Uuid::new_v4(),
+                position: Position::try_from(i as u64 + 1).unwrap_or_default(),
+                event_id: Uuid::new_v4().into(),
                 case_id: "LS1".into(),
-                version: i as i32 + 1,
+                version: Version::ZERO.after(i + 1).unwrap_or_default(),
                 event_type: "hearing_listed".into(),
                 occurred_on: NaiveDate::from_ymd_opt(2025, 5, 1).unwrap_or_default(),
                 data: serde_json::json!({}),

@@ -6,7 +6,7 @@
 use crate::cache::WeightedCache;
 use crate::error::Error;
 use crate::ingest::{TYPICAL_CASE_EVENTS, payload_of};
-use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload};
+use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload, Position};
 use caselog_projections::{CaseFacts, facts_of};
 use caselog_store::projection::CASE_FACTS;
 use caselog_store::rebuild::Cut;
@@ -19,7 +19,7 @@ use tracing::{debug, info, instrument, warn};
 #[derive(Debug, Clone)]
 pub struct ProjectorSettings {
     /// Feed events per transaction.
-    pub page_size: i64,
+    pub page_size: u32,
     /// How often a follower tries to become leader.
     pub leadership_retry: Duration,
     /// Re-check interval when no wake-up comes.
@@ -88,8 +88,8 @@ pub async fn run(log: EventLog, settings: ProjectorSettings) {
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
-    pub from: i64,
-    pub to: i64,
+    pub from: Position,
+    pub to: Position,
     /// The page was full: more may be waiting.
     pub full: bool,
     /// An append was in flight below the allocated position.
@@ -101,7 +101,7 @@ pub struct Applied {
 /// between successful steps of one leader; anything else empties it.
 #[derive(Debug)]
 pub struct HistoryCache {
-    position: Option<i64>,
+    position: Option<Position>,
     cases: WeightedCache<CaseHistory>,
 }
 
@@ -118,13 +118,13 @@ impl HistoryCache {
 
     /// Takes the histories valid at checkpoint `from` (none if the cache is not at it). The
     /// cache stays invalid until `keep` puts histories back after a successful step.
-    fn take_at(&mut self, from: i64) -> HashMap<String, CaseHistory> {
+    fn take_at(&mut self, from: Position) -> HashMap<String, CaseHistory> {
         let position = self.position.take();
         let cases = self.cases.take_all();
         if position == Some(from) { cases } else { HashMap::new() }
     }
 
-    fn keep(&mut self, position: i64, cases: HashMap<String, CaseHistory>) {
+    fn keep(&mut self, position: Position, cases: HashMap<String, CaseHistory>) {
         // Any case may be left out: a miss costs one read.
         self.cases.put_all(cases);
         self.position = Some(position);
@@ -133,7 +133,7 @@ impl HistoryCache {
 
 /// Applies the next page of the feed to the case-facts projection, in one transaction with the
 /// checkpoint, reading every touched case from the log.
-pub async fn apply_next_page(log: &EventLog, page_size: i64) -> Result<Applied, Error> {
+pub async fn apply_next_page(log: &EventLog, page_size: u32) -> Result<Applied, Error> {
     apply_next_page_with(log, page_size, &mut HistoryCache::new(0)).await
 }
 
@@ -142,7 +142,7 @@ pub async fn apply_next_page(log: &EventLog, page_size: i64) -> Result<Applied, 
 #[instrument(skip(log, histories), err(level = "debug"))]
 pub async fn apply_next_page_with(
     log: &EventLog,
-    page_size: i64,
+    page_size: u32,
     histories: &mut HistoryCache,
 ) -> Result<Applied, Error> {
     let from = log.checkpoint(CASE_FACTS).await?;
@@ -169,7 +169,7 @@ pub async fn apply_next_page_with(
             touched.push(event.case_id.clone());
         }
         if let Some(history) = cached.get_mut(&event.case_id) {
-            if i64::from(event.version) == history.version() as i64 + 1 {
+            if history.version().after(1).is_ok_and(|next| next == event.version) {
                 history.push(HistoryEvent {
                     event_id: event.event_id,
                     occurred_on: event.occurred_on,
@@ -200,7 +200,7 @@ pub async fn apply_next_page_with(
     if log.save_case_facts(&facts_rows, from, to).await? {
         histories.keep(to, cached);
     } else {
-        debug!(from, "checkpoint moved by another process; skipping");
+        debug!(%from, "checkpoint moved by another process; skipping");
     }
     Ok(applied)
 }

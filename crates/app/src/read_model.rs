@@ -5,6 +5,7 @@
 use crate::error::Error;
 use crate::projector::{facts_at, fold_cases};
 use caselog_calendar::WorkingCalendar;
+use caselog_domain::Position;
 use caselog_projections::metrics::{MetricsError, compute_parallel};
 use caselog_projections::{CaseFacts, MetricResult, MetricsQuery, Reach, WorklistItem, WorklistKind};
 use caselog_store::EventLog;
@@ -31,7 +32,8 @@ pub struct ReadModel {
 #[derive(Debug, Default)]
 struct FactsCache {
     generation: i64,
-    position: i64,
+    /// The checkpoint the copy reflects; `None` before the first refresh.
+    position: Option<Position>,
     /// Contiguous, with `reaches[i]` the reach of `cases[i]`, so a query scans 16 bytes per case
     /// to find the few it needs.
     cases: Vec<CaseFacts>,
@@ -40,6 +42,10 @@ struct FactsCache {
 }
 
 impl FactsCache {
+    fn position(&self) -> Position {
+        self.position.unwrap_or_default()
+    }
+
     fn clear(&mut self) {
         self.cases.clear();
         self.reaches.clear();
@@ -75,10 +81,7 @@ impl ReadModel {
     pub fn new(log: EventLog) -> ReadModel {
         ReadModel {
             log,
-            cache: Arc::new(RwLock::new(FactsCache {
-                position: -1,
-                ..FactsCache::default()
-            })),
+            cache: Arc::new(RwLock::new(FactsCache::default())),
             as_of_folds: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
@@ -90,19 +93,19 @@ impl ReadModel {
         &self,
         query: MetricsQuery,
         as_of: Option<DateTime<Utc>>,
-        min_position: u64,
-    ) -> Result<(i64, Vec<MetricResult>), Error> {
+        min_position: Position,
+    ) -> Result<(Position, Vec<MetricResult>), Error> {
         let calendar = WorkingCalendar::england_and_wales();
         match as_of {
             Some(at) => {
                 let _fold = self.as_of_folds.try_acquire().map_err(|_| Error::Busy {
                     what: "an as_of query is already being answered by this server".into(),
                 })?;
-                Ok((0, self.answer_as_of(query, at, calendar).await?))
+                Ok((Position::ZERO, self.answer_as_of(query, at, calendar).await?))
             }
             None => {
                 let facts = self.current_facts(min_position).await?;
-                let position = facts.position;
+                let position = facts.position();
                 let results = counted(move || {
                     let counting: Vec<&CaseFacts> = facts.counting_in(&query).collect();
                     compute_parallel(&query, &counting, calendar, counting_threads())
@@ -121,23 +124,23 @@ impl ReadModel {
         service_area: &str,
         as_at: NaiveDate,
         within_working_days: u32,
-        min_position: u64,
-    ) -> Result<(i64, Vec<WorklistItem>), Error> {
+        min_position: Position,
+    ) -> Result<(Position, Vec<WorklistItem>), Error> {
         let facts = self.current_facts(min_position).await?;
         let calendar = WorkingCalendar::england_and_wales();
         let items =
             caselog_projections::worklist(kind, service_area, &facts.cases, as_at, within_working_days, calendar)?;
-        Ok((facts.position, items))
+        Ok((facts.position(), items))
     }
 
     /// The projection as of its latest checkpoint, after waiting for `min_position`; an owned
     /// guard, so that counting can run off the async workers.
-    async fn current_facts(&self, min_position: u64) -> Result<OwnedRwLockReadGuard<FactsCache>, Error> {
+    async fn current_facts(&self, min_position: Position) -> Result<OwnedRwLockReadGuard<FactsCache>, Error> {
         let (generation, position) = self.wait_for(min_position).await?;
         // Concurrent queries share the copy while it is current; only a refresh is exclusive.
         {
             let cache = self.cache.clone().read_owned().await;
-            if cache.generation == generation && cache.position >= position {
+            if cache.generation == generation && cache.position.is_some_and(|at| at >= position) {
                 return Ok(cache);
             }
         }
@@ -152,7 +155,7 @@ impl ReadModel {
             cache.upsert(facts);
         }
         cache.generation = changes.generation;
-        cache.position = changes.position;
+        cache.position = Some(changes.position);
         Ok(cache.downgrade())
     }
 
@@ -166,9 +169,9 @@ impl ReadModel {
         at: chrono::DateTime<chrono::Utc>,
         calendar: &'static WorkingCalendar,
     ) -> Result<Vec<caselog_projections::MetricResult>, Error> {
-        let facts = self.current_facts(0).await?;
+        let facts = self.current_facts(Position::ZERO).await?;
         let (last_recorded_by, changed) = self.log.recorded_after(at).await?;
-        if last_recorded_by > facts.position {
+        if last_recorded_by > facts.position() {
             drop(facts);
             let cases = facts_at(&self.log, Cut::RecordedBy(at)).await?;
             return counted(move || {
@@ -197,8 +200,7 @@ impl ReadModel {
 
     /// Waits until the projection has applied `min_position`; returns its generation and
     /// checkpoint then.
-    async fn wait_for(&self, min_position: u64) -> Result<(i64, i64), Error> {
-        let wanted = i64::try_from(min_position).unwrap_or(i64::MAX);
+    async fn wait_for(&self, wanted: Position) -> Result<(i64, Position), Error> {
         let started = Instant::now();
         loop {
             let (generation, checkpoint) = self.log.case_facts_version().await?;

@@ -9,6 +9,7 @@
 use crate::error::Error;
 use crate::projector::{fold_cases, read_pages};
 use caselog_calendar::WorkingCalendar;
+use caselog_domain::Position;
 use caselog_domain::england::date_in_england;
 use caselog_projections::metrics::Settings;
 use caselog_projections::{CaseFacts, MetricId, MetricsQuery, Period, WorklistItem, WorklistKind, compute, worklist};
@@ -22,9 +23,9 @@ use tokio::sync::watch;
 use tracing::{info, instrument, warn};
 
 /// The catch-up loop stops and switches once fewer positions than this remain.
-const SWITCH_WITHIN: i64 = 5_000;
+const SWITCH_WITHIN: u64 = 5_000;
 /// Positions refolded per catch-up step.
-const CATCH_UP_STEP: i64 = 50_000;
+const CATCH_UP_STEP: u64 = 50_000;
 /// How long a verification waits for the live projection to reach the rebuilt position.
 const VERIFY_WAIT: Duration = Duration::from_secs(60);
 const EXAMPLES: usize = 5;
@@ -65,7 +66,7 @@ pub struct Progress {
     pub events_total: u64,
     pub cases: u64,
     /// The position the new table reflects.
-    pub position: i64,
+    pub position: Position,
     pub elapsed: Duration,
 }
 
@@ -88,7 +89,7 @@ pub struct Summary {
     pub events: u64,
     pub cases: u64,
     /// The position the rebuilt projection reflects.
-    pub position: i64,
+    pub position: Position,
     /// SHA-256 over every case's facts in case-id order: equal for equal projection states.
     pub digest: String,
     /// Time spent reading, folding and writing the log up to the starting position.
@@ -251,7 +252,7 @@ async fn rebuild_holding(
     };
     progress.send_replace(Some(state.clone()));
     info!(
-        start_at,
+        %start_at,
         events_total,
         verify_only = options.verify_only,
         "rebuild started"
@@ -290,10 +291,10 @@ async fn rebuild_holding(
         if options.verify_only {
             target = target.min(log.checkpoint(caselog_store::projection::CASE_FACTS).await?);
         }
-        if target - at < SWITCH_WITHIN {
+        if target.since(at) < SWITCH_WITHIN {
             break;
         }
-        let to = target.min(at + CATCH_UP_STEP);
+        let to = target.min(at.saturating_add(CATCH_UP_STEP));
         let rows = refold(session.changed_cases(at, to).await?, &mut digests).await?;
         session.upsert_rows(&rows, to).await?;
         at = to;
@@ -360,7 +361,7 @@ async fn rebuild_holding(
     info!(
         events = summary.events,
         cases = summary.cases,
-        position = summary.position,
+        position = %summary.position,
         digest = %summary.digest,
         seconds = summary.elapsed.as_secs_f64(),
         "rebuild finished"

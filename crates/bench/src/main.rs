@@ -12,6 +12,7 @@ use anyhow::Context;
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
 use caselog_api::v1::event_feed_service_client::EventFeedServiceClient;
+use caselog_domain::Version;
 use caselog_store::{ConnectSettings, EventLog, NewRow};
 use clap::{Parser, Subcommand};
 use sqlx::PgPool;
@@ -194,7 +195,7 @@ const PLAIN_APPEND: &str = "INSERT INTO bench_events_plain (position, event_id, 
 
 fn bench_row() -> NewRow {
     NewRow {
-        event_id: uuid::Uuid::new_v4(),
+        event_id: uuid::Uuid::new_v4().into(),
         event_type: "hearing_listed".into(),
         occurred_on: chrono::NaiveDate::from_ymd_opt(2025, 5, 1).unwrap_or_default(),
         data: serde_json::json!({"hearing_type": "cmh", "listed_for": "2025-07-01"}),
@@ -218,7 +219,7 @@ async fn run_appends(pool: &PgPool, side: Side, writers: usize, duration: Durati
         let (log, pool, count) = (log.clone(), pool.clone(), count.clone());
         let case_id = format!("BENCH-{}-{run}-{w}-{}", side as u8, uuid::Uuid::new_v4().simple());
         tasks.spawn(async move {
-            let mut version = 0i64;
+            let mut version = Version::ZERO;
             while start.elapsed() < duration {
                 let row = bench_row();
                 match side {
@@ -229,9 +230,9 @@ async fn run_appends(pool: &PgPool, side: Side, writers: usize, duration: Durati
                     Side::Plain => {
                         sqlx::query(PLAIN_APPEND)
                             .bind(&case_id)
-                            .bind(i32::try_from(version + 1)?)
+                            .bind(i32::from(version.after(1)?))
                             .bind("bench")
-                            .bind(vec![row.event_id])
+                            .bind(vec![uuid::Uuid::from(row.event_id)])
                             .bind(vec![row.event_type])
                             .bind(vec![row.occurred_on])
                             .bind(vec![row.data])
@@ -240,7 +241,7 @@ async fn run_appends(pool: &PgPool, side: Side, writers: usize, duration: Durati
                             .await?;
                     }
                 }
-                version += 1;
+                version = version.after(1)?;
                 count.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())
@@ -315,7 +316,7 @@ async fn delivery_latency(pool: &PgPool, load: Load, duration: Duration) -> anyh
     let mut feed = EventFeedServiceClient::new(channel.clone());
     let mut stream = feed
         .subscribe_events(pb::SubscribeEventsRequest {
-            from_position: head as u64,
+            from_position: head.get(),
             filter: None,
         })
         .await?

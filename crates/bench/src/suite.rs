@@ -338,7 +338,7 @@ fn latest_complete_financial_year() -> i32 {
     }
 }
 
-async fn wait_for_projection(channel: &Authed, head: i64) -> anyhow::Result<Duration> {
+async fn wait_for_projection(channel: &Authed, head: caselog_domain::Position) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut metrics = MetricsServiceClient::new(channel.clone());
     let query = pb::QueryMetricsRequest {
@@ -346,7 +346,7 @@ async fn wait_for_projection(channel: &Authed, head: i64) -> anyhow::Result<Dura
         period: Some(pb::PeriodSpec {
             kind: Some(pb::period_spec::Kind::Month("2025-01".into())),
         }),
-        min_position: head.max(0) as u64,
+        min_position: head.get(),
         ..Default::default()
     };
     loop {
@@ -735,7 +735,7 @@ async fn projection_keep_up(pool: &PgPool, channel: &Authed, rate: u64, duration
                 let checkpoint = log.checkpoint(caselog_store::projection::CASE_FACTS).await?;
                 let oldest: Option<chrono::DateTime<chrono::Utc>> =
                     sqlx::query_scalar("SELECT min(recorded_at) FROM events WHERE position > $1")
-                        .bind(checkpoint)
+                        .bind(i64::from(checkpoint))
                         .fetch_one(&pool)
                         .await?;
                 let lag = oldest.map_or(0.0, |t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64);

@@ -4,10 +4,10 @@
 use caselog_app::Error;
 use caselog_app::ingest::row_of;
 use caselog_calendar::WorkingCalendar;
-use caselog_domain::NewEvent;
 use caselog_domain::england::date_in_england;
 use caselog_domain::interchange::to_line;
 use caselog_domain::{CaseHistory, HistoryEvent};
+use caselog_domain::{NewEvent, Version};
 use caselog_projections::metrics::Settings;
 use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, facts_of};
 use caselog_store::{EventLog, LoadRow};
@@ -113,9 +113,15 @@ pub async fn load(options: &GenerateOptions, log: &EventLog, source: &str) -> Re
                 generated.facts.push(facts);
             }
             for (i, event) in events.iter().enumerate() {
+                let Ok(version) = Version::ZERO.after(i + 1) else {
+                    failure = Some(Error::Internal(format!(
+                        "generated case {case_id} has more events than a case can hold"
+                    )));
+                    return;
+                };
                 chunk.push(LoadRow {
                     case_id: case_id.clone(),
-                    version: i as i32 + 1,
+                    version,
                     source: source.clone(),
                     row: row_of(event),
                 });

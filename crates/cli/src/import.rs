@@ -10,8 +10,8 @@ use anyhow::Context;
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
 use caselog_app::ingest::MAX_BATCH;
-use caselog_domain::NewEvent;
 use caselog_domain::interchange::parse_line;
+use caselog_domain::{EventId, NewEvent};
 use caselog_server::auth::{BearerToken, WithToken};
 use caselog_server::convert::new_event_out;
 use std::collections::{BTreeMap, HashMap};
@@ -85,7 +85,7 @@ pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> an
     let mut report = ImportReport::default();
     let mut cases: BTreeMap<String, Vec<Line>> = BTreeMap::new();
     let mut first_seen: Vec<String> = Vec::new();
-    let mut seen_ids: HashMap<uuid::Uuid, (usize, String, NewEvent)> = HashMap::new();
+    let mut seen_ids: HashMap<EventId, (usize, String, NewEvent)> = HashMap::new();
     let mut duplicates: Vec<(usize, usize)> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;

@@ -473,7 +473,7 @@ impl Principal {
 
     /// The type of the event a void names, when it is recorded or in the same batch (a void of
     /// an unknown event is left to the lifecycle rules, which refuse it).
-    fn voided_type(&self, history: &CaseHistory, batch: &[NewEvent], voided: uuid::Uuid) -> Option<EventType> {
+    fn voided_type(&self, history: &CaseHistory, batch: &[NewEvent], voided: crate::EventId) -> Option<EventType> {
         history
             .events()
             .iter()

@@ -3,16 +3,16 @@
 //! time, so later events of a batch see the earlier ones.
 
 use crate::event::{AllocationRole, CaseIssued, CaseOutcome, Child, NewEvent, Payload, ReportType};
+use crate::ids::{EventId, Version};
 use crate::rules::{BatchRejection, FieldViolation, Rejection, Rule};
 use crate::validate::validate_event;
 use chrono::NaiveDate;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use uuid::Uuid;
 
 /// One recorded event of a case, as the lifecycle needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEvent {
-    pub event_id: Uuid,
+    pub event_id: EventId,
     pub occurred_on: NaiveDate,
     pub payload: Payload,
 }
@@ -101,13 +101,15 @@ impl CaseHistory {
         self.events.push(event);
     }
 
-    /// The case's version: the number of events recorded for it.
-    pub fn version(&self) -> u64 {
-        self.events.len() as u64
+    /// The case's version: the number of events recorded for it. A history is built from the
+    /// log, whose versions are at most [`Version::MAX`], so this saturates only on a history no
+    /// log could hold.
+    pub fn version(&self) -> Version {
+        Version::try_from(self.events.len()).unwrap_or(Version::MAX)
     }
 
     /// For each voided event, the id of the `event_voided` that voids it.
-    pub fn voided_by(&self) -> HashMap<Uuid, Uuid> {
+    pub fn voided_by(&self) -> HashMap<EventId, EventId> {
         self.events
             .iter()
             .filter_map(|e| match &e.payload {
@@ -263,7 +265,7 @@ impl CaseHistory {
         }
     }
 
-    fn check_void(&self, target_id: Uuid) -> Result<(), Rejection> {
+    fn check_void(&self, target_id: EventId) -> Result<(), Rejection> {
         let Some(target) = self.events.iter().find(|e| e.event_id == target_id) else {
             return Err(Rejection::rule(
                 Rule::VoidedEventNotInCase,

@@ -1,15 +1,15 @@
 //! Case events as the domain sees them: the thirteen payloads of the event vocabulary, with the
 //! field names and enum values of the interchange format (and of the stored `data` column).
 
+use crate::ids::EventId;
 use chrono::NaiveDate;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
-use uuid::Uuid;
 
 /// An event as a sender submits it, before the log gives it a version and a position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
-    pub event_id: Uuid,
+    pub event_id: EventId,
     pub occurred_on: NaiveDate,
     pub payload: Payload,
     pub metadata: Metadata,
@@ -416,7 +416,7 @@ pub struct CaseClosed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventVoided {
-    pub voided_event_id: Uuid,
+    pub voided_event_id: EventId,
     pub reason: VoidReason,
 }
 

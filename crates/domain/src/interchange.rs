@@ -2,9 +2,9 @@
 //! `{"event_id", "case_id", "type", "occurred_on", "data", "metadata"?}`.
 
 use crate::event::{EventType, Metadata, NewEvent, Payload};
+use crate::ids::EventId;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 /// One line of the interchange format.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +16,7 @@ pub struct InterchangeEvent {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Line {
-    event_id: Uuid,
+    event_id: EventId,
     case_id: String,
     #[serde(rename = "type")]
     event_type: String,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 fn ev(payload: Payload) -> NewEvent {
     NewEvent {
-        event_id: Uuid::new_v4(),
+        event_id: Uuid::new_v4().into(),
         occurred_on: NaiveDate::from_ymd_opt(2025, 5, 1).unwrap(),
         payload,
         metadata: Metadata::default(),

@@ -17,7 +17,7 @@ const TODAY: i64 = 400;
 
 fn ev(on: i64, payload: Payload) -> NewEvent {
     NewEvent {
-        event_id: Uuid::new_v4(),
+        event_id: Uuid::new_v4().into(),
         occurred_on: day(on),
         payload,
         metadata: Metadata::default(),
@@ -159,7 +159,7 @@ fn a_batch_sees_its_own_earlier_events() {
     let history = CaseHistory::default()
         .decide(&[issued(0, LawType::Public), join, seen(4, "c2")], day(TODAY))
         .unwrap();
-    assert_eq!(history.version(), 3);
+    assert_eq!(history.version().get(), 3);
 }
 
 #[test]
@@ -210,7 +210,7 @@ trait CloneWithNewId {
 impl CloneWithNewId for NewEvent {
     fn clone_with_new_id(&self) -> NewEvent {
         NewEvent {
-            event_id: Uuid::new_v4(),
+            event_id: Uuid::new_v4().into(),
             ..self.clone()
         }
     }
@@ -293,7 +293,7 @@ proptest! {
             let before = history.clone();
             match history.decide(std::slice::from_ref(&event), day(TODAY)) {
                 Ok(next) => {
-                    prop_assert_eq!(next.version(), before.version() + 1);
+                    prop_assert_eq!(next.version().get(), before.version().get() + 1);
                     history = next;
                     accepted.push(event);
                 }
@@ -337,7 +337,7 @@ proptest! {
 
 fn check_invariants(history: &CaseHistory) -> Result<(), TestCaseError> {
     let Some(view) = history.view() else {
-        prop_assert_eq!(history.version(), 0, "only an empty history has no case");
+        prop_assert_eq!(history.version().get(), 0, "only an empty history has no case");
         return Ok(());
     };
     let voided = history.voided_by();

@@ -28,7 +28,7 @@ fn plan(seed: &[u8]) -> Vec<Planned> {
     let push = |out: &mut Vec<Planned>, on: i64, payload: Payload, after: Vec<usize>| {
         out.push(Planned {
             event: NewEvent {
-                event_id: Uuid::new_v4(),
+                event_id: Uuid::new_v4().into(),
                 occurred_on: day(on),
                 payload,
                 metadata: Metadata::default(),

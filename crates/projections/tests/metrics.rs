@@ -17,7 +17,7 @@ fn d(s: &str) -> NaiveDate {
 
 fn ev(on: &str, payload: Payload) -> NewEvent {
     NewEvent {
-        event_id: Uuid::new_v4(),
+        event_id: Uuid::new_v4().into(),
         occurred_on: d(on),
         payload,
         metadata: Metadata::default(),

@@ -207,7 +207,7 @@ fn progress_out(p: &Progress) -> pb::RebuildProgress {
         events_processed: p.events_processed,
         events_total: p.events_total,
         cases: p.cases,
-        position: p.position.max(0) as u64,
+        position: p.position.get(),
         events_per_second: p.events_per_second(),
         elapsed: Some(duration_out(p.elapsed)),
         estimated_time_left: p.time_left().map(duration_out),
@@ -259,7 +259,7 @@ fn summary_out(s: &Summary) -> pb::RebuildSummary {
     pb::RebuildSummary {
         events: s.events,
         cases: s.cases,
-        position: s.position.max(0) as u64,
+        position: s.position.get(),
         digest: s.digest.clone(),
         elapsed: Some(duration_out(s.elapsed)),
         events_per_second: s.load_rate(),

@@ -7,9 +7,8 @@ use caselog_domain::event::{
     self as ev, AllocationRole, ApplicationType, BirthMonth, CaseOutcome, HearingType, LawType, ReportType, SeenMode,
     VoidReason,
 };
-use caselog_domain::{FieldViolation, Metadata, NewEvent, Payload};
+use caselog_domain::{EventId, FieldViolation, Metadata, NewEvent, Payload};
 use chrono::NaiveDate;
-use uuid::Uuid;
 
 /// Collects the violations found while reading one message.
 #[derive(Debug, Default)]
@@ -42,8 +41,8 @@ impl Reader {
         }
     }
 
-    fn uuid(&mut self, field: &str, text: &str) -> Option<Uuid> {
-        let parsed = Uuid::try_parse(text).ok();
+    fn event_id(&mut self, field: &str, text: &str) -> Option<EventId> {
+        let parsed = text.parse::<EventId>().ok();
         if parsed.is_none() {
             self.bad(
                 field,
@@ -77,7 +76,7 @@ impl Reader {
 /// Reads one event of an append request. Violation paths are relative to the event.
 pub fn new_event(event: pb::NewEvent) -> Result<NewEvent, Vec<FieldViolation>> {
     let mut r = Reader::default();
-    let event_id = r.uuid("event_id", &event.event_id);
+    let event_id = r.event_id("event_id", &event.event_id);
     let occurred_on = r.date("occurred_on", &event.occurred_on);
     let payload = match event.payload.and_then(|p| p.kind) {
         Some(kind) => payload(&mut r, kind),
@@ -191,7 +190,7 @@ fn payload(r: &mut Reader, kind: pb::event_payload::Kind) -> Option<Payload> {
             outcome: r.enumeration("payload.case_closed.outcome", m.outcome, outcome_in)?,
         }),
         Kind::EventVoided(m) => {
-            let voided_event_id = r.uuid("payload.event_voided.voided_event_id", &m.voided_event_id);
+            let voided_event_id = r.event_id("payload.event_voided.voided_event_id", &m.voided_event_id);
             let reason = r.enumeration("payload.event_voided.reason", m.reason, void_reason_in);
             Payload::EventVoided(ev::EventVoided {
                 voided_event_id: voided_event_id?,

@@ -5,7 +5,7 @@
 //! never onto the wire.
 
 use caselog_app::error::{MAX_VIOLATIONS_SENT, chain, more_than_sent};
-use caselog_domain::{Denial, FieldViolation};
+use caselog_domain::{Denial, FieldViolation, Position};
 use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -27,9 +27,9 @@ pub enum Error {
     #[error("this client already holds {limit} subscriptions; end one before opening another")]
     TooManySubscriptions { limit: usize },
     #[error("the subscriber did not keep up; subscribe again from position {resume_from}")]
-    SubscriberTooSlow { resume_from: i64 },
+    SubscriberTooSlow { resume_from: Position },
     #[error("the server is shutting down; subscribe again from position {resume_from}")]
-    ShuttingDown { resume_from: i64 },
+    ShuttingDown { resume_from: Position },
     #[error(
         "the server is shutting down; the rebuild was abandoned and the live projections are unchanged; run it again"
     )]
@@ -156,7 +156,7 @@ fn classify_app(err: &AppError, metadata: &mut HashMap<String, String>) -> (Code
             (Code::Aborted, "VERSION_CONFLICT")
         }
         AppError::EventIdReused { event_id, event_index } => {
-            metadata.insert("event_id".to_owned(), event_id.clone());
+            metadata.insert("event_id".to_owned(), event_id.to_string());
             metadata.insert("event_index".to_owned(), event_index.to_string());
             (Code::AlreadyExists, "EVENT_ID_REUSED")
         }
@@ -187,7 +187,7 @@ fn classify_app(err: &AppError, metadata: &mut HashMap<String, String>) -> (Code
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use caselog_domain::Rule;
+    use caselog_domain::{Rule, Version};
     use caselog_projections::disclosure::Refusal;
 
     /// One error of every kind. The match below has no wildcard, so a new variant does not
@@ -196,17 +196,21 @@ mod tests {
         let organisation = || "court:LS".to_owned();
         let mut errors: Vec<Error> = vec![
             Error::invalid(vec![FieldViolation::new("case_id", "required")]),
-            AppError::VersionConflict { expected: 1, actual: 2 }.into(),
+            AppError::VersionConflict {
+                expected: Version::ZERO,
+                actual: Version::MAX,
+            }
+            .into(),
             AppError::EventIdReused {
-                event_id: "e".into(),
+                event_id: uuid::Uuid::nil().into(),
                 event_index: 0,
             }
             .into(),
             AppError::NotFound("no case".into()).into(),
             AppError::OutsideCalendar("2040".into()).into(),
             AppError::ProjectionBehind {
-                checkpoint: 1,
-                wanted: 2,
+                checkpoint: Position::ZERO,
+                wanted: Position::MAX,
             }
             .into(),
             AppError::Busy { what: "as_of".into() }.into(),
@@ -220,8 +224,12 @@ mod tests {
             Error::Unauthenticated("no token".into()),
             Error::TooManyConcurrentRequests { limit: 1 },
             Error::TooManySubscriptions { limit: 1 },
-            Error::SubscriberTooSlow { resume_from: 1 },
-            Error::ShuttingDown { resume_from: 1 },
+            Error::SubscriberTooSlow {
+                resume_from: Position::ZERO,
+            },
+            Error::ShuttingDown {
+                resume_from: Position::ZERO,
+            },
             Error::RebuildAbandoned,
             Error::DeadlineExceeded {
                 whose: "the server's request timeout",

@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::service::recorded_event;
 use caselog_api::v1 as pb;
 use caselog_api::v1::event_feed_service_server::EventFeedService;
-use caselog_domain::{CaseId, EventType, FieldViolation};
+use caselog_domain::{CaseId, EventType, FieldViolation, Position};
 use caselog_store::{EventLog, FeedFilter};
 use serde_json::json;
 use std::collections::HashMap;
@@ -30,7 +30,7 @@ pub struct FeedSettings {
     /// A subscriber that accepts nothing for this long is ended (and may resume).
     pub slow_subscriber_timeout: Duration,
     /// Events read from the log per query.
-    pub page_size: i64,
+    pub page_size: u32,
     /// Re-check interval while an append is in flight below the allocated position (a rollback
     /// announces nothing).
     pub in_flight_poll: Duration,
@@ -68,7 +68,7 @@ pub struct EventFeed {
 #[derive(Debug, Default)]
 struct Subscribers {
     next_id: AtomicU64,
-    cursors: Mutex<HashMap<u64, i64>>,
+    cursors: Mutex<HashMap<u64, Position>>,
 }
 
 /// Removes a subscriber from the registry when its stream ends, however it ends.
@@ -78,7 +78,7 @@ struct Registration {
 }
 
 impl Registration {
-    fn update(&self, cursor: i64) {
+    fn update(&self, cursor: Position) {
         if let Ok(mut cursors) = self.subscribers.cursors.lock() {
             cursors.insert(self.id, cursor);
         }
@@ -103,7 +103,7 @@ impl EventFeed {
         }
     }
 
-    fn register(&self, cursor: i64) -> Registration {
+    fn register(&self, cursor: Position) -> Registration {
         let id = self.subscribers.next_id.fetch_add(1, Ordering::Relaxed);
         let registration = Registration {
             id,
@@ -143,8 +143,8 @@ fn filter_of(filter: Option<pb::FeedFilter>) -> Result<FeedFilter, Error> {
     }
 }
 
-fn position_of(from: u64) -> Result<i64, Error> {
-    i64::try_from(from).map_err(|_| {
+fn position_of(from: u64) -> Result<Position, Error> {
+    Position::try_from(from).map_err(|_| {
         Error::invalid(vec![FieldViolation::new(
             "from_position",
             "from_position is beyond any position",
@@ -212,11 +212,7 @@ impl EventFeed {
         } else {
             request.limit
         };
-        let page = self
-            .log
-            .read_all(after, i64::from(limit), &filter)
-            .await
-            .map_err(Error::from)?;
+        let page = self.log.read_all(after, limit, &filter).await.map_err(Error::from)?;
         let events = page
             .events
             .iter()
@@ -224,8 +220,8 @@ impl EventFeed {
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(pb::ReadAllResponse {
             events,
-            next_from_position: page.next_after as u64,
-            safe_position: page.horizon.safe as u64,
+            next_from_position: page.next_after.get(),
+            safe_position: page.horizon.safe.get(),
         })
     }
 
@@ -264,13 +260,13 @@ impl EventFeed {
             Err(_) => (0, None),
         };
         Ok(pb::GetFeedStatusResponse {
-            head_position: head as u64,
-            allocated_position: horizon.allocated as u64,
-            safe_position: horizon.safe as u64,
-            safe_position_lag: (horizon.allocated - horizon.safe).max(0) as u64,
+            head_position: head.get(),
+            allocated_position: horizon.allocated.get(),
+            safe_position: horizon.safe.get(),
+            safe_position_lag: horizon.allocated.since(horizon.safe),
             oldest_open_transaction_ms: oldest.map_or(0, |d| d.as_millis() as u64),
             subscribers: subscribers as u32,
-            max_subscriber_lag: slowest.map_or(0, |c| (horizon.safe - c).max(0) as u64),
+            max_subscriber_lag: slowest.map_or(0, |cursor| horizon.safe.since(cursor)),
         })
     }
 
@@ -353,7 +349,7 @@ struct Pump {
 impl Pump {
     /// Ends with `Ok` when the client goes away, with the status to send otherwise.
     #[instrument(skip(self), fields(subscriber = self.registration.id))]
-    async fn run(mut self, from: i64) -> Result<(), Status> {
+    async fn run(mut self, from: Position) -> Result<(), Status> {
         let mut wakeups = self.log.feed_wakeups();
         let mut cursor = from;
         let mut last_sent = from;
@@ -381,7 +377,7 @@ impl Pump {
             }
             if cursor > last_sent || !caught_up {
                 let checkpoint = pb::Checkpoint {
-                    position: cursor as u64,
+                    position: cursor.get(),
                     caught_up: true,
                 };
                 self.send(pb::subscribe_events_response::Message::Checkpoint(checkpoint), cursor)
@@ -408,21 +404,21 @@ impl Pump {
         }
     }
 
-    async fn send(&self, message: pb::subscribe_events_response::Message, position: i64) -> Result<(), Status> {
+    async fn send(&self, message: pb::subscribe_events_response::Message, position: Position) -> Result<(), Status> {
         let response = pb::SubscribeEventsResponse { message: Some(message) };
         match tokio::time::timeout(self.settings.slow_subscriber_timeout, self.events.send(response)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_closed)) => Err(Status::cancelled("subscriber went away")),
             Err(_elapsed) => {
                 let resume_from = self.last_delivered(position);
-                info!(resume_from, "ending a subscriber that does not keep up");
+                info!(%resume_from, "ending a subscriber that does not keep up");
                 Err(Error::SubscriberTooSlow { resume_from }.into())
             }
         }
     }
 
     /// The position the client has certainly been sent, from which it can resume.
-    fn last_delivered(&self, undelivered: i64) -> i64 {
+    fn last_delivered(&self, undelivered: Position) -> Position {
         self.registration
             .subscribers
             .cursors

@@ -7,8 +7,8 @@ use crate::error::{AppError, Error};
 use caselog_api::v1 as pb;
 use caselog_api::v1::metrics_service_server::MetricsService;
 use caselog_app::ReadModel;
-use caselog_domain::FieldViolation;
 use caselog_domain::england::date_in_england;
+use caselog_domain::{FieldViolation, Position};
 use caselog_projections::metrics::Settings;
 use caselog_projections::{Dimension, MetricId, MetricsQuery, Period, WorklistKind, disclosure};
 use caselog_store::EventLog;
@@ -117,10 +117,13 @@ impl Metrics {
         request: &pb::QueryMetricsRequest,
     ) -> Result<pb::QueryMetricsResponse, Error> {
         let as_of = request.as_of.as_ref().map(as_of_instant).transpose()?;
-        let (position, results) = self.read_model.metrics(query, as_of, request.min_position).await?;
+        let (position, results) = self
+            .read_model
+            .metrics(query, as_of, Position::saturating_from(request.min_position))
+            .await?;
         Ok(pb::QueryMetricsResponse {
             results: results.into_iter().map(result_out).collect(),
-            position: position as u64,
+            position: position.get(),
         })
     }
 
@@ -189,7 +192,13 @@ impl Metrics {
         } as usize;
         let (position, items) = self
             .read_model
-            .worklist(kind, &request.service_area, as_at, within, request.min_position)
+            .worklist(
+                kind,
+                &request.service_area,
+                as_at,
+                within,
+                Position::saturating_from(request.min_position),
+            )
             .await?;
         let page: Vec<pb::WorklistItem> = items
             .iter()
@@ -214,7 +223,7 @@ impl Metrics {
             } else {
                 String::new()
             },
-            position: position as u64,
+            position: position.get(),
         })
     }
 }

@@ -8,13 +8,12 @@ use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_server::CaseEventService;
 use caselog_app::ingest::{self, CaseCache, WritePath, history_of, payload_of};
 use caselog_domain::england::date_in_england;
-use caselog_domain::{CaseHistory, CaseId, FieldViolation, Metadata, Principal};
+use caselog_domain::{CaseHistory, CaseId, EventId, FieldViolation, Metadata, Principal, Version};
 use caselog_store::{EventLog, GroupAppender, GroupSettings, StoredEvent};
 use chrono::Utc;
 use serde_json::json;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 /// Optional metadata header naming the sending organisation. The source recorded is always the
 /// authenticated organisation; a request naming another one is refused (SOURCE_MISMATCH).
@@ -102,29 +101,35 @@ impl CaseEventService for CaseEvents {
                 Err(bad) => violations.extend(bad.into_iter().map(|v| v.at(index))),
             }
         }
+        let expected_version = match request.expected_version.map(Version::try_from).transpose() {
+            Ok(expected) => expected,
+            Err(_) => {
+                violations.push(FieldViolation::new(
+                    "expected_version",
+                    format!(
+                        "expected_version is at most {}, the largest version a case can have",
+                        Version::MAX
+                    ),
+                ));
+                None
+            }
+        };
         let Some(case_id) = case_id.filter(|_| violations.is_empty()) else {
             return Err(Error::invalid(violations).into());
         };
         let today = date_in_england(Utc::now());
-        let appended = ingest::append(
-            &self.write_path,
-            &case_id,
-            &events,
-            request.expected_version,
-            &principal,
-            today,
-        )
-        .await
-        .map_err(Error::from)?;
+        let appended = ingest::append(&self.write_path, &case_id, &events, expected_version, &principal, today)
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(pb::AppendEventsResponse {
-            version: appended.version as u64,
+            version: appended.version.get(),
             events: appended
                 .events
                 .into_iter()
                 .map(|e| pb::AppendedEvent {
                     event_id: e.event_id.to_string(),
-                    position: e.position as u64,
-                    version: e.version as u64,
+                    position: e.position.get(),
+                    version: e.version.get(),
                     already_present: e.already_present,
                 })
                 .collect(),
@@ -187,7 +192,7 @@ impl CaseEvents {
             outcome: view
                 .closure
                 .map_or(pb::CaseOutcome::Unspecified, |c| convert::outcome_out(c.outcome)) as i32,
-            version: history.version(),
+            version: history.version().get(),
         };
         Ok(case)
     }
@@ -215,7 +220,7 @@ impl CaseEvents {
                     "page_token",
                     "not a page token from a previous response; send it unchanged",
                 ));
-                0
+                Version::ZERO
             }
         };
         let Some(case_id) = case_id.filter(|_| violations.is_empty()) else {
@@ -231,7 +236,7 @@ impl CaseEvents {
         let voided_by = history.voided_by();
         let page: Vec<_> = stored
             .iter()
-            .filter(|e| i64::from(e.version) > after_version)
+            .filter(|e| e.version > after_version)
             .take(page_size as usize)
             .collect();
         let more = page
@@ -242,7 +247,7 @@ impl CaseEvents {
             .map(|stored| recorded_event(stored, voided_by.get(&stored.event_id)))
             .collect::<Result<Vec<_>, Error>>()?;
         let next_page_token = match (more, page.last()) {
-            (true, Some(last)) => encode_page_token(i64::from(last.version)),
+            (true, Some(last)) => encode_page_token(last.version),
             _ => String::new(),
         };
         Ok(pb::ListCaseEventsResponse {
@@ -253,13 +258,13 @@ impl CaseEvents {
 }
 
 /// A stored event as sent to clients; `voided_by` is the void of this event, if known.
-pub(crate) fn recorded_event(stored: &StoredEvent, voided_by: Option<&Uuid>) -> Result<pb::RecordedEvent, Error> {
+pub(crate) fn recorded_event(stored: &StoredEvent, voided_by: Option<&EventId>) -> Result<pb::RecordedEvent, Error> {
     let metadata: Metadata = serde_json::from_value(stored.metadata.clone()).unwrap_or_default();
     Ok(pb::RecordedEvent {
         event_id: stored.event_id.to_string(),
         case_id: stored.case_id.clone(),
-        version: stored.version as u64,
-        position: stored.position as u64,
+        version: stored.version.get(),
+        position: stored.position.get(),
         occurred_on: stored.occurred_on.to_string(),
         recorded_at: Some(prost_types::Timestamp {
             seconds: stored.recorded_at.timestamp(),
@@ -275,17 +280,14 @@ pub(crate) fn recorded_event(stored: &StoredEvent, voided_by: Option<&Uuid>) -> 
 
 const PAGE_TOKEN_PREFIX: &str = "v1.after.";
 
-fn encode_page_token(after_version: i64) -> String {
+fn encode_page_token(after_version: Version) -> String {
     format!("{PAGE_TOKEN_PREFIX}{after_version}")
 }
 
-fn decode_page_token(token: &str) -> Option<i64> {
+fn decode_page_token(token: &str) -> Option<Version> {
     if token.is_empty() {
-        return Some(0);
+        return Some(Version::ZERO);
     }
-    token
-        .strip_prefix(PAGE_TOKEN_PREFIX)?
-        .parse()
-        .ok()
-        .filter(|v: &i64| *v >= 0)
+    let after: u64 = token.strip_prefix(PAGE_TOKEN_PREFIX)?.parse().ok()?;
+    Version::try_from(after).ok()
 }

@@ -7,8 +7,9 @@
 //! or event id already taken by one of its appends), every append in it is retried alone, so
 //! each gets exactly the answer it would have had by itself.
 
-use crate::error::{row_count, row_int};
+use crate::error::{batch_versions, stored_position, stored_version};
 use crate::{AppendedRow, Error, EventLog, NewRow};
+use caselog_domain::Version;
 use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -45,7 +46,7 @@ impl Default for GroupSettings {
 
 struct Pending {
     case_id: String,
-    after_version: i64,
+    after_version: Version,
     source: String,
     rows: Vec<NewRow>,
     reply: oneshot::Sender<Result<Vec<AppendedRow>, Error>>,
@@ -85,7 +86,7 @@ impl GroupAppender {
     pub async fn append(
         &self,
         case_id: &str,
-        after_version: i64,
+        after_version: Version,
         source: &str,
         rows: Vec<NewRow>,
     ) -> Result<Vec<AppendedRow>, Error> {
@@ -191,7 +192,7 @@ async fn write_group(log: &EventLog, mut batch: Vec<Pending>) {
 #[instrument(skip(log, batch), fields(appends = batch.len()), err(level = "debug"))]
 async fn append_group(log: &EventLog, batch: &[Pending]) -> Result<Vec<Vec<AppendedRow>>, Error> {
     let total: usize = batch.iter().map(|p| p.rows.len()).sum();
-    let count = row_count(total)?;
+    let (_, _, count) = batch_versions(Version::ZERO, total)?;
     let mut case_ids = Vec::with_capacity(total);
     let mut versions = Vec::with_capacity(total);
     let mut sources = Vec::with_capacity(total);
@@ -201,11 +202,12 @@ async fn append_group(log: &EventLog, batch: &[Pending]) -> Result<Vec<Vec<Appen
     let mut data = Vec::with_capacity(total);
     let mut metadata = Vec::with_capacity(total);
     for pending in batch {
+        let (first, ..) = batch_versions(pending.after_version, pending.rows.len())?;
         for (i, row) in pending.rows.iter().enumerate() {
             case_ids.push(pending.case_id.as_str());
-            versions.push(row_int(pending.after_version + 1 + i as i64, pending.rows.len())?);
+            versions.push(i32::from(first) + i as i32);
             sources.push(pending.source.as_str());
-            event_ids.push(row.event_id);
+            event_ids.push(uuid::Uuid::from(row.event_id));
             types.push(row.event_type.as_str());
             occurred.push(row.occurred_on);
             data.push(&row.data);
@@ -236,8 +238,8 @@ async fn append_group(log: &EventLog, batch: &[Pending]) -> Result<Vec<Vec<Appen
     let mut by_case: std::collections::HashMap<String, Vec<AppendedRow>> = std::collections::HashMap::new();
     for (case_id, version, position, recorded_at) in inserted {
         by_case.entry(case_id).or_default().push(AppendedRow {
-            position,
-            version: i64::from(version),
+            position: stored_position(position)?,
+            version: stored_version(version)?,
             recorded_at,
         });
     }

@@ -1,12 +1,12 @@
 //! Store errors: what a caller can act on (a conflict, a duplicate, an outage), and the rest.
 
-use uuid::Uuid;
+use caselog_domain::{EventId, OutOfRange, Position, Version};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Another append took one of the case versions this append wanted.
     #[error("case {case_id} already has an event at one of versions {first_version}..")]
-    VersionConflict { case_id: String, first_version: i64 },
+    VersionConflict { case_id: String, first_version: Version },
     /// One of the event ids is already recorded (by an append that committed meanwhile).
     #[error("an event id of the batch is already recorded")]
     DuplicateEventId,
@@ -17,16 +17,19 @@ pub enum Error {
     Database(#[source] sqlx::Error),
     #[error("{0:?} is not a database role name this tool will grant to (lower-case letters, digits, '_')")]
     InvalidRoleName(String),
-    #[error("version {version} (or a batch of {rows} rows) is beyond what a case's rows store (2^31 - 1)")]
-    VersionOutOfRange { version: i64, rows: usize },
+    #[error("a batch of {rows} events after version {after} passes the largest version a case can have ({max})", max = Version::MAX)]
+    VersionOutOfRange { after: Version, rows: usize },
+    /// A row holds a version or a position no append writes: the table was changed by hand.
+    #[error("a stored row is out of range: {0}")]
+    StoredOutOfRange(#[from] OutOfRange),
     #[error("the group appender has stopped")]
     AppenderStopped,
     #[error("stored event {event_id} cannot be read: {message}")]
-    Corrupt { event_id: Uuid, message: String },
+    Corrupt { event_id: EventId, message: String },
 }
 
 impl Error {
-    pub(crate) fn from_sqlx(err: sqlx::Error, case_id: &str, first_version: i64) -> Error {
+    pub(crate) fn from_sqlx(err: sqlx::Error, case_id: &str, first_version: Version) -> Error {
         if let Some(db) = err.as_database_error()
             && db.is_unique_violation()
         {
@@ -69,18 +72,24 @@ pub(crate) fn means_unavailable(sqlstate: &str) -> bool {
     sqlstate.starts_with("08") || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "57P05" | "53300" | "25006")
 }
 
-/// A case version, or a row count, as the `events` rows store it (int4): the one place where the
-/// wider integers of the API narrow, and where overflow is an error rather than a wrap or a cap.
-pub(crate) fn row_int(value: i64, rows: usize) -> Result<i32, Error> {
-    i32::try_from(value).map_err(|_| Error::VersionOutOfRange { version: value, rows })
+/// The versions a batch of `rows` events after `after` takes, first and last, and its row count
+/// as the rows' integers: the one check that a batch fits the versions a case can have.
+pub(crate) fn batch_versions(after: Version, rows: usize) -> Result<(Version, Version, i32), Error> {
+    let out_of_range = || Error::VersionOutOfRange { after, rows };
+    let first = after.after(1).map_err(|_| out_of_range())?;
+    let last = after.after(rows).map_err(|_| out_of_range())?;
+    let count = i32::try_from(rows).map_err(|_| out_of_range())?;
+    Ok((first, last, count))
 }
 
-/// How many rows a batch holds, as the rows' integers.
-pub(crate) fn row_count(rows: usize) -> Result<i32, Error> {
-    i32::try_from(rows).map_err(|_| Error::VersionOutOfRange {
-        version: i64::MAX,
-        rows,
-    })
+/// A position read from a row or a function of the database.
+pub(crate) fn stored_position(value: i64) -> Result<Position, Error> {
+    Ok(Position::try_from(value)?)
+}
+
+/// A version read from a row.
+pub(crate) fn stored_version(value: i32) -> Result<Version, Error> {
+    Ok(Version::try_from(value)?)
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@
 //! through PostgreSQL NOTIFY on [`FEED_CHANNEL`], sent by a coalescing notifier (one NOTIFY in
 //! flight at a time, so busy writers do not all queue on PostgreSQL's notification lock).
 
+use crate::error::stored_position;
 use crate::log::{COLUMNS, StoredEvent};
 use crate::{Error, EventLog};
+use caselog_domain::Position;
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,9 +33,9 @@ pub struct FeedFilter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Horizon {
     /// The highest position handed out (possibly not committed yet).
-    pub allocated: i64,
+    pub allocated: Position,
     /// Every append at or below this position has finished.
-    pub safe: i64,
+    pub safe: Position,
 }
 
 impl Horizon {
@@ -49,7 +51,7 @@ pub struct FeedPage {
     pub events: Vec<StoredEvent>,
     /// Where the next read starts (exclusive): the last event's position when the page is full,
     /// otherwise the safe position (everything up to it has been scanned).
-    pub next_after: i64,
+    pub next_after: Position,
     pub horizon: Horizon,
     /// Whether the page stopped at `limit` (more may be readable at once).
     pub full: bool,
@@ -89,12 +91,15 @@ impl EventLog {
         let (allocated, safe): (i64, i64) = sqlx::query_as("SELECT allocated, safe FROM caselog_feed_horizon()")
             .fetch_one(&self.pool)
             .await?;
-        Ok(Horizon { allocated, safe })
+        Ok(Horizon {
+            allocated: stored_position(allocated)?,
+            safe: stored_position(safe)?,
+        })
     }
 
     /// Up to `limit` events with a position above `after` that are safe to read, in position order.
     #[instrument(skip(self, filter), err(level = "debug"))]
-    pub async fn read_all(&self, after: i64, limit: i64, filter: &FeedFilter) -> Result<FeedPage, Error> {
+    pub async fn read_all(&self, after: Position, limit: u32, filter: &FeedFilter) -> Result<FeedPage, Error> {
         // Two statements on purpose: the rows must be read with a snapshot taken after the horizon.
         let horizon = self.horizon().await?;
         let types = (!filter.event_types.is_empty()).then_some(&filter.event_types);
@@ -106,14 +111,14 @@ impl EventLog {
                 AND ($4::text[] IS NULL OR case_id = ANY($4))
               ORDER BY position LIMIT $5"
         )))
-        .bind(after)
-        .bind(horizon.safe)
+        .bind(i64::from(after))
+        .bind(i64::from(horizon.safe))
         .bind(types)
         .bind(cases)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let full = events.len() as i64 >= limit;
+        let full = events.len() >= limit as usize;
         let next_after = match events.last() {
             Some(last) if full => last.position,
             _ => horizon.safe.max(after),
@@ -127,10 +132,12 @@ impl EventLog {
     }
 
     /// The highest committed position (0 for an empty log).
-    pub async fn head_position(&self) -> Result<i64, Error> {
-        Ok(sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-            .fetch_one(&self.pool)
-            .await?)
+    pub async fn head_position(&self) -> Result<Position, Error> {
+        stored_position(
+            sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Age of the oldest open transaction that has written something, in this database.

@@ -1,8 +1,9 @@
 //! Appending to and reading from the `events` table.
 
 use crate::Error;
-use crate::error::{row_count, row_int};
+use crate::error::{batch_versions, stored_position, stored_version};
 use crate::feed::{FeedSignal, SharedSignal};
+use caselog_domain::{EventId, Position, Version};
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use uuid::Uuid;
 /// An event row to append. The store adds the position, version and `recorded_at`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRow {
-    pub event_id: Uuid,
+    pub event_id: EventId,
     pub event_type: String,
     pub occurred_on: NaiveDate,
     pub data: serde_json::Value,
@@ -23,7 +24,7 @@ pub struct NewRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadRow {
     pub case_id: String,
-    pub version: i32,
+    pub version: Version,
     pub source: String,
     pub row: NewRow,
 }
@@ -31,18 +32,21 @@ pub struct LoadRow {
 /// Where an appended row landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendedRow {
-    pub position: i64,
-    pub version: i64,
+    pub position: Position,
+    pub version: Version,
     pub recorded_at: DateTime<Utc>,
 }
 
 /// A row of the log.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StoredEvent {
-    pub position: i64,
-    pub event_id: Uuid,
+    #[sqlx(try_from = "i64")]
+    pub position: Position,
+    #[sqlx(try_from = "Uuid")]
+    pub event_id: EventId,
     pub case_id: String,
-    pub version: i32,
+    #[sqlx(try_from = "i32")]
+    pub version: Version,
     pub event_type: String,
     pub occurred_on: NaiveDate,
     pub data: serde_json::Value,
@@ -56,8 +60,10 @@ pub struct StoredEvent {
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ReplayRow {
     pub case_id: String,
-    pub event_id: Uuid,
-    pub version: i32,
+    #[sqlx(try_from = "Uuid")]
+    pub event_id: EventId,
+    #[sqlx(try_from = "i32")]
+    pub version: Version,
     pub event_type: String,
     pub occurred_on: NaiveDate,
     pub data: String,
@@ -69,7 +75,14 @@ pub struct ReplayRow {
 const COPY_FROM_ROWS: usize = 64;
 
 /// One `events` row in `COPY` text format.
-fn push_copy_row(buffer: &mut Vec<u8>, position: i64, case_id: &str, version: i64, source: &str, row: &NewRow) {
+fn push_copy_row(
+    buffer: &mut Vec<u8>,
+    position: Position,
+    case_id: &str,
+    version: Version,
+    source: &str,
+    row: &NewRow,
+) {
     crate::copy_text::copy_text_row(
         buffer,
         &[
@@ -128,17 +141,15 @@ impl EventLog {
     pub async fn append(
         &self,
         case_id: &str,
-        after_version: i64,
+        after_version: Version,
         source: &str,
         rows: &[NewRow],
     ) -> Result<Vec<AppendedRow>, Error> {
         if rows.len() >= COPY_FROM_ROWS {
             return self.append_by_copy(case_id, after_version, source, rows).await;
         }
-        let count = row_count(rows.len())?;
-        let first_version = after_version + 1;
-        let last_version = row_int(after_version + i64::from(count), rows.len())?;
-        let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+        let (first_version, _, count) = batch_versions(after_version, rows.len())?;
+        let event_ids: Vec<Uuid> = rows.iter().map(|r| Uuid::from(r.event_id)).collect();
         let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
         let occurred: Vec<NaiveDate> = rows.iter().map(|r| r.occurred_on).collect();
         let data: Vec<&serde_json::Value> = rows.iter().map(|r| &r.data).collect();
@@ -154,7 +165,7 @@ impl EventLog {
         )
         .bind(count)
         .bind(case_id)
-        .bind(last_version - count + 1)
+        .bind(i32::from(first_version))
         .bind(source)
         .bind(&event_ids)
         .bind(&types)
@@ -164,14 +175,16 @@ impl EventLog {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::from_sqlx(e, case_id, first_version))?;
-        let mut appended: Vec<AppendedRow> = inserted
+        let mut appended = inserted
             .into_iter()
-            .map(|(position, version, recorded_at)| AppendedRow {
-                position,
-                version: i64::from(version),
-                recorded_at,
+            .map(|(position, version, recorded_at)| {
+                Ok(AppendedRow {
+                    position: stored_position(position)?,
+                    version: stored_version(version)?,
+                    recorded_at,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, Error>>()?;
         appended.sort_by_key(|row| row.version);
         self.signal.appended();
         Ok(appended)
@@ -183,13 +196,11 @@ impl EventLog {
     async fn append_by_copy(
         &self,
         case_id: &str,
-        after_version: i64,
+        after_version: Version,
         source: &str,
         rows: &[NewRow],
     ) -> Result<Vec<AppendedRow>, Error> {
-        let count = row_count(rows.len())?;
-        let first_version = after_version + 1;
-        row_int(after_version + i64::from(count), rows.len())?;
+        let (first_version, _, count) = batch_versions(after_version, rows.len())?;
         let mut tx = self.pool.begin().await?;
         let (positions, recorded_at): (Vec<i64>, DateTime<Utc>) =
             sqlx::query_as("SELECT caselog_allocate_positions($1), now()")
@@ -198,10 +209,12 @@ impl EventLog {
                 .await?;
         let mut buffer = Vec::with_capacity(rows.len() * 400);
         let mut appended = Vec::with_capacity(rows.len());
-        for ((row, position), version) in rows.iter().zip(&positions).zip(first_version..) {
-            push_copy_row(&mut buffer, *position, case_id, version, source, row);
+        for (i, (row, position)) in rows.iter().zip(&positions).enumerate() {
+            let position = stored_position(*position)?;
+            let version = after_version.after(i + 1)?;
+            push_copy_row(&mut buffer, position, case_id, version, source, row);
             appended.push(AppendedRow {
-                position: *position,
+                position,
                 version,
                 recorded_at,
             });
@@ -220,12 +233,10 @@ impl EventLog {
     /// from 1. Writes nothing when a case or an event id is already recorded.
     #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]
     pub async fn load_new_cases(&self, rows: &[LoadRow]) -> Result<(), Error> {
-        let Ok(count) = i32::try_from(rows.len()) else {
-            return Err(Error::DuplicateEventId);
-        };
-        if count == 0 {
+        let Some(first) = rows.first() else {
             return Ok(());
-        }
+        };
+        let (_, _, count) = batch_versions(Version::ZERO, rows.len())?;
         let mut tx = self.pool.begin().await?;
         let positions: Vec<i64> = sqlx::query_scalar("SELECT caselog_allocate_positions($1)")
             .bind(count)
@@ -235,17 +246,16 @@ impl EventLog {
         for (row, position) in rows.iter().zip(&positions) {
             push_copy_row(
                 &mut buffer,
-                *position,
+                stored_position(*position)?,
                 &row.case_id,
-                i64::from(row.version),
+                row.version,
                 &row.source,
                 &row.row,
             );
         }
-        let first = &rows[0];
         copy_in(&mut tx, buffer)
             .await
-            .map_err(|e| Error::from_sqlx(e, &first.case_id, i64::from(first.version)))?;
+            .map_err(|e| Error::from_sqlx(e, &first.case_id, first.version))?;
         tx.commit().await?;
         self.signal.appended();
         Ok(())
@@ -287,15 +297,16 @@ impl EventLog {
     pub async fn read_case_and_events(
         &self,
         case_id: &str,
-        event_ids: &[Uuid],
+        event_ids: &[EventId],
     ) -> Result<(Vec<StoredEvent>, Vec<StoredEvent>), Error> {
+        let event_ids: Vec<Uuid> = event_ids.iter().copied().map(Uuid::from).collect();
         let rows: Vec<StoredEvent> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM events WHERE case_id = $1
              UNION ALL
              SELECT {COLUMNS} FROM events WHERE event_id = ANY($2) AND case_id <> $1"
         )))
         .bind(case_id)
-        .bind(event_ids)
+        .bind(&event_ids)
         .fetch_all(&self.pool)
         .await?;
         let (mut case, others): (Vec<_>, Vec<_>) = rows.into_iter().partition(|e| e.case_id == case_id);

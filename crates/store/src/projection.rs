@@ -2,8 +2,10 @@
 //! transaction so that a crash at any instant leaves a state a clean rebuild would reach. The
 //! store sees facts as opaque JSON.
 
+use crate::error::stored_position;
 use crate::log::{REPLAY_COLUMNS, ReplayRow};
 use crate::{Error, EventLog};
+use caselog_domain::Position;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use tracing::instrument;
@@ -20,7 +22,7 @@ pub const CASE_FACTS: &str = "case_facts";
 pub struct FactsChanges {
     pub generation: i64,
     /// The checkpoint the rows reflect.
-    pub position: i64,
+    pub position: Position,
     /// A rebuild replaced the table: `rows` is all of it and the reader's copy is stale.
     pub replaced: bool,
     /// The facts of each case, as JSON text.
@@ -59,8 +61,8 @@ impl EventLog {
     }
 
     /// The position up to which `projection` has applied every event.
-    pub async fn checkpoint(&self, projection: &str) -> Result<i64, Error> {
-        Ok(
+    pub async fn checkpoint(&self, projection: &str) -> Result<Position, Error> {
+        stored_position(
             sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
                 .bind(projection)
                 .fetch_optional(&self.pool)
@@ -71,12 +73,12 @@ impl EventLog {
 
     /// Every event of `case_ids` at or below `up_to`, ordered by case then version.
     #[instrument(skip(self, case_ids), fields(cases = case_ids.len()), err(level = "debug"))]
-    pub async fn read_cases_up_to(&self, case_ids: &[String], up_to: i64) -> Result<Vec<ReplayRow>, Error> {
+    pub async fn read_cases_up_to(&self, case_ids: &[String], up_to: Position) -> Result<Vec<ReplayRow>, Error> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {REPLAY_COLUMNS} FROM events WHERE case_id = ANY($1) AND position <= $2 ORDER BY case_id, version"
         )))
         .bind(case_ids)
-        .bind(up_to)
+        .bind(i64::from(up_to))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -101,15 +103,16 @@ impl EventLog {
     /// What changed after `at`: the highest position recorded at or before it (0: none), and the
     /// cases with an event recorded after it. One scan of the log.
     #[instrument(skip(self), err(level = "debug"))]
-    pub async fn recorded_after(&self, at: DateTime<Utc>) -> Result<(i64, Vec<String>), Error> {
-        Ok(sqlx::query_as(
+    pub async fn recorded_after(&self, at: DateTime<Utc>) -> Result<(Position, Vec<String>), Error> {
+        let (position, cases): (i64, Vec<String>) = sqlx::query_as(
             "SELECT coalesce(max(position) FILTER (WHERE recorded_at <= $1), 0),
                     coalesce(array_agg(DISTINCT case_id) FILTER (WHERE recorded_at > $1), '{}')
                FROM events",
         )
         .bind(at)
         .fetch_one(&self.pool)
-        .await?)
+        .await?;
+        Ok((stored_position(position)?, cases))
     }
 
     /// Writes case-facts rows and moves the checkpoint from `from` to `to`, in one transaction.
@@ -118,9 +121,10 @@ impl EventLog {
     pub async fn save_case_facts(
         &self,
         rows: &[(String, serde_json::Value)],
-        from: i64,
-        to: i64,
+        from: Position,
+        to: Position,
     ) -> Result<bool, Error> {
+        let (from, to) = (i64::from(from), i64::from(to));
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query("UPDATE projection_checkpoints SET position = $1, updated_at = now() WHERE projection = $2 AND position = $3")
             .bind(to)
@@ -153,20 +157,20 @@ impl EventLog {
 
     /// The case-facts projection's generation and checkpoint.
     #[instrument(skip(self), err(level = "debug"))]
-    pub async fn case_facts_version(&self) -> Result<(i64, i64), Error> {
-        Ok(
+    pub async fn case_facts_version(&self) -> Result<(i64, Position), Error> {
+        let (generation, position): (i64, i64) =
             sqlx::query_as("SELECT generation, position FROM projection_checkpoints WHERE projection = $1")
                 .bind(CASE_FACTS)
                 .fetch_one(&self.pool)
-                .await?,
-        )
+                .await?;
+        Ok((generation, stored_position(position)?))
     }
 
     /// What changed in the case-facts projection since a reader's copy was at `since` of
-    /// `generation`, read in one snapshot: the rows written after `since`, or every row when a
-    /// rebuild has replaced the table since (another generation).
+    /// `generation`, read in one snapshot: the rows written after `since`, or every row when the
+    /// reader has no copy (`None`) or a rebuild has replaced the table since (another generation).
     #[instrument(skip(self), err(level = "debug"))]
-    pub async fn case_facts_since(&self, generation: i64, since: i64) -> Result<FactsChanges, Error> {
+    pub async fn case_facts_since(&self, generation: i64, since: Option<Position>) -> Result<FactsChanges, Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
@@ -176,17 +180,17 @@ impl EventLog {
                 .bind(CASE_FACTS)
                 .fetch_one(&mut *tx)
                 .await?;
-        let replaced = current != generation;
+        let replaced = current != generation || since.is_none();
         // As text: a reader parses it straight into its own types (a JSON value tree of every
         // case first would cost several times the facts' own memory).
         let facts: Vec<String> = sqlx::query_scalar("SELECT facts::text FROM case_facts WHERE as_of_position > $1")
-            .bind(if replaced { i64::MIN } else { since })
+            .bind(since.filter(|_| !replaced).map_or(i64::MIN, i64::from))
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(FactsChanges {
             generation: current,
-            position,
+            position: stored_position(position)?,
             replaced,
             rows: facts,
         })

@@ -8,9 +8,11 @@
 //! `case_facts_rebuild`, which the next rebuild drops.
 
 use crate::copy_text::copy_text_row;
+use crate::error::stored_position;
 use crate::log::{REPLAY_COLUMNS, ReplayRow};
 use crate::projection::CASE_FACTS;
 use crate::{Error, EventLog};
+use caselog_domain::Position;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
 use tracing::instrument;
@@ -22,7 +24,7 @@ const REBUILD_LOCK: (i32, i32) = (0x6361_7365, 2);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
     /// Events at or below a position that is safe to read (see the feed's horizon).
-    Position(i64),
+    Position(Position),
     /// Events recorded at or before an instant.
     RecordedBy(DateTime<Utc>),
 }
@@ -75,7 +77,7 @@ impl EventLog {
         loop {
             let query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(after_case.unwrap_or(""));
             let query = match cut {
-                Cut::Position(p) => query.bind(p),
+                Cut::Position(p) => query.bind(i64::from(p)),
                 Cut::RecordedBy(t) => query.bind(t),
             };
             // Walk the (case_id, version) index whatever the statistics say: without them (a
@@ -100,9 +102,9 @@ impl EventLog {
 
     /// How many events have a position at or below `up_to`.
     #[instrument(skip(self), err(level = "debug"))]
-    pub async fn count_events_up_to(&self, up_to: i64) -> Result<i64, Error> {
+    pub async fn count_events_up_to(&self, up_to: Position) -> Result<i64, Error> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM events WHERE position <= $1")
-            .bind(up_to)
+            .bind(i64::from(up_to))
             .fetch_one(&self.pool)
             .await?)
     }
@@ -148,7 +150,7 @@ impl RebuildSession {
 
     /// Appends rows (case id, facts as JSON text) to the rebuilt table in one `COPY`.
     #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]
-    pub async fn copy_rows(&mut self, rows: &[(String, String)], position: i64) -> Result<(), Error> {
+    pub async fn copy_rows(&mut self, rows: &[(String, String)], position: Position) -> Result<(), Error> {
         let mut buffer = Vec::with_capacity(rows.iter().map(|(id, f)| id.len() + f.len() + 24).sum());
         let position = position.to_string();
         for (case_id, facts) in rows {
@@ -179,17 +181,17 @@ impl RebuildSession {
 
     /// Every event of each case that has an event in (`after`, `up_to`], up to `up_to`, ordered
     /// by case then version: what catching up from `after` to `up_to` must refold.
-    pub async fn changed_cases(&mut self, after: i64, up_to: i64) -> Result<Vec<ReplayRow>, Error> {
+    pub async fn changed_cases(&mut self, after: Position, up_to: Position) -> Result<Vec<ReplayRow>, Error> {
         changed_cases(&mut self.connection, after, up_to).await
     }
 
     /// Writes catch-up rows into the rebuilt table.
-    pub async fn upsert_rows(&mut self, rows: &[(String, String)], position: i64) -> Result<(), Error> {
+    pub async fn upsert_rows(&mut self, rows: &[(String, String)], position: Position) -> Result<(), Error> {
         upsert_rebuilt(&mut self.connection, rows, position).await
     }
 
     /// The feed's safe position now.
-    pub async fn safe_position(&mut self) -> Result<i64, Error> {
+    pub async fn safe_position(&mut self) -> Result<Position, Error> {
         safe_position(&mut self.connection).await
     }
 
@@ -209,7 +211,7 @@ impl RebuildSession {
         .await?;
         Ok(Finish {
             tx,
-            live_position,
+            live_position: stored_position(live_position)?,
             generation,
         })
     }
@@ -241,20 +243,20 @@ impl RebuildSession {
 pub struct Finish<'a> {
     tx: Transaction<'a, Postgres>,
     /// The live projection's checkpoint, which cannot move while this transaction is open.
-    pub live_position: i64,
+    pub live_position: Position,
     pub generation: i64,
 }
 
 impl Finish<'_> {
-    pub async fn safe_position(&mut self) -> Result<i64, Error> {
+    pub async fn safe_position(&mut self) -> Result<Position, Error> {
         safe_position(&mut *self.tx).await
     }
 
-    pub async fn changed_cases(&mut self, after: i64, up_to: i64) -> Result<Vec<ReplayRow>, Error> {
+    pub async fn changed_cases(&mut self, after: Position, up_to: Position) -> Result<Vec<ReplayRow>, Error> {
         changed_cases(&mut *self.tx, after, up_to).await
     }
 
-    pub async fn upsert_rows(&mut self, rows: &[(String, String)], position: i64) -> Result<(), Error> {
+    pub async fn upsert_rows(&mut self, rows: &[(String, String)], position: Position) -> Result<(), Error> {
         upsert_rebuilt(&mut *self.tx, rows, position).await
     }
 
@@ -296,7 +298,7 @@ impl Finish<'_> {
     /// Puts the rebuilt table in the live one's place at `position` and commits; returns the new
     /// generation.
     #[instrument(skip(self), err(level = "debug"))]
-    pub async fn switch(mut self, position: i64) -> Result<i64, Error> {
+    pub async fn switch(mut self, position: Position) -> Result<i64, Error> {
         sqlx::query("SELECT caselog_rebuild_switch()")
             .execute(&mut *self.tx)
             .await?;
@@ -304,7 +306,7 @@ impl Finish<'_> {
             "UPDATE projection_checkpoints SET position = $1, generation = generation + 1, updated_at = now()
               WHERE projection = $2 RETURNING generation",
         )
-        .bind(position)
+        .bind(i64::from(position))
         .bind(CASE_FACTS)
         .fetch_one(&mut *self.tx)
         .await?;
@@ -313,26 +315,36 @@ impl Finish<'_> {
     }
 }
 
-async fn safe_position(executor: impl PgExecutor<'_>) -> Result<i64, Error> {
-    Ok(sqlx::query_scalar("SELECT safe FROM caselog_feed_horizon()")
-        .fetch_one(executor)
-        .await?)
+async fn safe_position(executor: impl PgExecutor<'_>) -> Result<Position, Error> {
+    stored_position(
+        sqlx::query_scalar("SELECT safe FROM caselog_feed_horizon()")
+            .fetch_one(executor)
+            .await?,
+    )
 }
 
-async fn changed_cases(executor: impl PgExecutor<'_>, after: i64, up_to: i64) -> Result<Vec<ReplayRow>, Error> {
+async fn changed_cases(
+    executor: impl PgExecutor<'_>,
+    after: Position,
+    up_to: Position,
+) -> Result<Vec<ReplayRow>, Error> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {REPLAY_COLUMNS} FROM events
           WHERE case_id IN (SELECT case_id FROM events WHERE position > $1 AND position <= $2)
             AND position <= $2
           ORDER BY case_id, version"
     )))
-    .bind(after)
-    .bind(up_to)
+    .bind(i64::from(after))
+    .bind(i64::from(up_to))
     .fetch_all(executor)
     .await?)
 }
 
-async fn upsert_rebuilt(executor: impl PgExecutor<'_>, rows: &[(String, String)], position: i64) -> Result<(), Error> {
+async fn upsert_rebuilt(
+    executor: impl PgExecutor<'_>,
+    rows: &[(String, String)],
+    position: Position,
+) -> Result<(), Error> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -345,7 +357,7 @@ async fn upsert_rebuilt(executor: impl PgExecutor<'_>, rows: &[(String, String)]
     )
     .bind(&ids)
     .bind(&facts)
-    .bind(position)
+    .bind(i64::from(position))
     .execute(executor)
     .await?;
     Ok(())

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use caselog_domain::{Position, Version};
 use caselog_store::{Error, EventLog, FeedFilter, NewRow};
 use chrono::NaiveDate;
 use sqlx::PgPool;
@@ -12,13 +13,17 @@ use uuid::Uuid;
 fn rows(n: usize) -> Vec<NewRow> {
     (0..n)
         .map(|i| NewRow {
-            event_id: Uuid::new_v4(),
+            event_id: Uuid::new_v4().into(),
             event_type: "hearing_listed".into(),
             occurred_on: NaiveDate::from_ymd_opt(2025, 4, 17).unwrap(),
             data: serde_json::json!({"hearing_type": "cmh", "listed_for": "2025-05-20", "n": i}),
             metadata: serde_json::json!({}),
         })
         .collect()
+}
+
+fn v(n: u64) -> Version {
+    Version::try_from(n).unwrap()
 }
 
 async fn count(pool: &PgPool) -> i64 {
@@ -31,15 +36,15 @@ async fn count(pool: &PgPool) -> i64 {
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn appends_take_the_next_versions_and_increasing_positions(pool: PgPool) {
     let log = EventLog::new(pool);
-    let first = log.append("LS1", 0, "court:LS", &rows(3)).await.unwrap();
-    let other = log.append("LS2", 0, "court:LS", &rows(2)).await.unwrap();
-    let second = log.append("LS1", 3, "court:LS", &rows(1)).await.unwrap();
-    let versions: Vec<i64> = first.iter().chain(&second).map(|r| r.version).collect();
+    let first = log.append("LS1", v(0), "court:LS", &rows(3)).await.unwrap();
+    let other = log.append("LS2", v(0), "court:LS", &rows(2)).await.unwrap();
+    let second = log.append("LS1", v(3), "court:LS", &rows(1)).await.unwrap();
+    let versions: Vec<u64> = first.iter().chain(&second).map(|r| r.version.get()).collect();
     assert_eq!(versions, [1, 2, 3, 4]);
-    let positions: Vec<i64> = first.iter().chain(&other).chain(&second).map(|r| r.position).collect();
+    let positions: Vec<Position> = first.iter().chain(&other).chain(&second).map(|r| r.position).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
     let case = log.read_case("LS1").await.unwrap();
-    assert_eq!(case.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(case.iter().map(|e| e.version.get()).collect::<Vec<_>>(), [1, 2, 3, 4]);
     assert!(case.iter().all(|e| e.source == "court:LS"));
 }
 
@@ -47,12 +52,12 @@ async fn appends_take_the_next_versions_and_increasing_positions(pool: PgPool) {
 async fn a_taken_version_or_a_recorded_id_refuses_the_whole_batch(pool: PgPool) {
     let log = EventLog::new(pool.clone());
     let recorded = rows(2);
-    log.append("LS1", 0, "court:LS", &recorded).await.unwrap();
-    let stale = log.append("LS1", 1, "court:LS", &rows(2)).await;
+    log.append("LS1", v(0), "court:LS", &recorded).await.unwrap();
+    let stale = log.append("LS1", v(1), "court:LS", &rows(2)).await;
     assert!(matches!(stale, Err(Error::VersionConflict { .. })), "{stale:?}");
     let mut reused = rows(2);
     reused[1].event_id = recorded[0].event_id;
-    let duplicate = log.append("LS1", 2, "court:LS", &reused).await;
+    let duplicate = log.append("LS1", v(2), "court:LS", &reused).await;
     assert!(matches!(duplicate, Err(Error::DuplicateEventId)), "{duplicate:?}");
     assert_eq!(count(&pool).await, 2, "nothing of a refused batch is written");
 }
@@ -61,16 +66,16 @@ async fn a_taken_version_or_a_recorded_id_refuses_the_whole_batch(pool: PgPool) 
 async fn a_large_batch_is_copied_whole_or_not_at_all(pool: PgPool) {
     let log = EventLog::new(pool.clone());
     let batch = rows(100);
-    let appended = log.append("LS1", 0, "court:LS", &batch).await.unwrap();
+    let appended = log.append("LS1", v(0), "court:LS", &batch).await.unwrap();
     assert_eq!(
-        appended.iter().map(|r| r.version).collect::<Vec<_>>(),
+        appended.iter().map(|r| r.version.get()).collect::<Vec<_>>(),
         (1..=100).collect::<Vec<_>>()
     );
     assert!(appended.windows(2).all(|w| w[0].position < w[1].position));
     let mut reused = rows(100);
     reused[99].event_id = batch[0].event_id;
-    assert!(log.append("LS1", 100, "court:LS", &reused).await.is_err());
-    assert!(log.append("LS1", 50, "court:LS", &rows(100)).await.is_err());
+    assert!(log.append("LS1", v(100), "court:LS", &reused).await.is_err());
+    assert!(log.append("LS1", v(50), "court:LS", &rows(100)).await.is_err());
     assert_eq!(count(&pool).await, 100);
     assert_eq!(log.read_case("LS1").await.unwrap().len(), 100);
 }
@@ -78,7 +83,7 @@ async fn a_large_batch_is_copied_whole_or_not_at_all(pool: PgPool) {
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn the_log_refuses_updates_and_deletes(pool: PgPool) {
     let log = EventLog::new(pool.clone());
-    log.append("LS1", 0, "court:LS", &rows(1)).await.unwrap();
+    log.append("LS1", v(0), "court:LS", &rows(1)).await.unwrap();
     for statement in [
         "UPDATE events SET source = 'someone else'",
         "DELETE FROM events",
@@ -97,7 +102,7 @@ async fn the_log_refuses_updates_and_deletes(pool: PgPool) {
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn an_open_append_holds_the_safe_position_back_until_it_ends(pool: PgPool) {
     let log = EventLog::new(pool.clone());
-    log.append("LS1", 0, "court:LS", &rows(1)).await.unwrap();
+    log.append("LS1", v(0), "court:LS", &rows(1)).await.unwrap();
     let before = log.horizon().await.unwrap();
     assert_eq!(before.safe, before.allocated);
 
@@ -107,27 +112,27 @@ async fn an_open_append_holds_the_safe_position_back_until_it_ends(pool: PgPool)
         .fetch_one(&mut *open)
         .await
         .unwrap();
-    log.append("LS2", 0, "court:LS", &rows(1)).await.unwrap();
+    log.append("LS2", v(0), "court:LS", &rows(1)).await.unwrap();
     let during = log.horizon().await.unwrap();
     assert!(
-        during.safe < promised[0],
+        i64::from(during.safe) < promised[0],
         "{during:?} passes the open promise {promised:?}"
     );
-    let page = log.read_all(0, 100, &FeedFilter::default()).await.unwrap();
+    let page = log.read_all(Position::ZERO, 100, &FeedFilter::default()).await.unwrap();
     assert!(page.events.iter().all(|e| e.position <= during.safe));
     assert_eq!(page.events.len(), 1, "the later commit waits behind the open append");
 
     open.rollback().await.unwrap();
     let after = log.horizon().await.unwrap();
     assert_eq!(after.safe, after.allocated);
-    let page = log.read_all(0, 100, &FeedFilter::default()).await.unwrap();
+    let page = log.read_all(Position::ZERO, 100, &FeedFilter::default()).await.unwrap();
     assert_eq!(page.events.len(), 2, "a rolled-back promise leaves only a gap");
 }
 
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn a_version_beyond_the_rows_range_is_an_error_not_a_wrap(pool: PgPool) {
     let log = EventLog::new(pool.clone());
-    let near_the_end = i64::from(i32::MAX) - 1;
+    let near_the_end = v(u64::from(Version::MAX) - 1);
     for batch in [rows(2), rows(100)] {
         let refused = log.append("LS1", near_the_end, "court:LS", &batch).await;
         assert!(matches!(refused, Err(Error::VersionOutOfRange { .. })), "{refused:?}");
@@ -158,19 +163,19 @@ async fn an_append_whose_caller_gave_up_before_its_statement_is_never_written(po
         .unwrap();
     let first = tokio::spawn({
         let appender = appender.clone();
-        async move { appender.append("LS1", 0, "court:LS", rows(1)).await }
+        async move { appender.append("LS1", v(0), "court:LS", rows(1)).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let gave_up = tokio::time::timeout(
         Duration::from_millis(300),
-        appender.append("LS2", 0, "court:LS", rows(1)),
+        appender.append("LS2", v(0), "court:LS", rows(1)),
     )
     .await;
     assert!(gave_up.is_err(), "the second append waits behind the first");
     blocker.commit().await.unwrap();
     first.await.unwrap().unwrap();
     // The grouping task has moved past the abandoned append once a later one is written.
-    appender.append("LS3", 0, "court:LS", rows(1)).await.unwrap();
+    appender.append("LS3", v(0), "court:LS", rows(1)).await.unwrap();
     let abandoned: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE case_id = 'LS2'")
         .fetch_one(&pool)
         .await

@@ -8,9 +8,8 @@
 
 use caselog_calendar::WorkingCalendar;
 use caselog_domain::event::*;
-use caselog_domain::{CaseHistory, Metadata, NewEvent, Payload};
+use caselog_domain::{CaseHistory, EventId, Metadata, NewEvent, Payload};
 use chrono::{Datelike, Duration, NaiveDate};
-use uuid::Uuid;
 
 /// SplitMix64: small, fast, and fixed forever.
 #[derive(Debug, Clone)]
@@ -60,9 +59,9 @@ impl Rng {
         weights.len() - 1
     }
 
-    fn uuid(&mut self) -> Uuid {
+    fn event_id(&mut self) -> EventId {
         let bytes = (u128::from(self.next_u64()) << 64) | u128::from(self.next_u64());
-        uuid::Builder::from_random_bytes(bytes.to_be_bytes()).into_uuid()
+        uuid::Builder::from_random_bytes(bytes.to_be_bytes()).into_uuid().into()
     }
 }
 
@@ -184,11 +183,11 @@ impl<'a> CaseBuilder<'a> {
     }
 
     /// Records an event that occurred on `on` (dropped when after the window's last day).
-    fn push(&mut self, on: NaiveDate, payload: Payload) -> Option<Uuid> {
+    fn push(&mut self, on: NaiveDate, payload: Payload) -> Option<EventId> {
         if on > self.last_day {
             return None;
         }
-        let event_id = self.rng.uuid();
+        let event_id = self.rng.event_id();
         // Most events are recorded within days; one in ten weeks late.
         let delay = if self.rng.chance(0.1) {
             self.rng.between(7, 28)
@@ -258,7 +257,7 @@ impl<'a> CaseBuilder<'a> {
             received_on,
         };
         // case_issued is recorded the day it occurs: it must come first.
-        let event_id = self.rng.uuid();
+        let event_id = self.rng.event_id();
         self.events.push((
             issued_on,
             NewEvent {

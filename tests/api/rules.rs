@@ -345,6 +345,26 @@ async fn a_stale_expected_version_is_aborted(pool: PgPool) {
     assert_eq!(client.append_events(current).await.unwrap().into_inner().version, 2);
 }
 
+/// A version no case can reach (past 2^31 - 1, what a stored row holds) is a mistake in the
+/// request, not a conflict: it is refused before anything is read, naming the field.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn an_expected_version_beyond_any_case_is_invalid(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let mut client = server.client();
+    for beyond in [u64::from(u32::MAX), 1 << 31, u64::MAX] {
+        let mut request = append("LS1", vec![issue()]);
+        request.expected_version = Some(beyond);
+        let status = client.append_events(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{beyond}");
+        assert_eq!(bad_fields(&status), ["expected_version"]);
+    }
+    let mut largest = append("LS1", vec![issue()]);
+    largest.expected_version = Some((1 << 31) - 1);
+    let status = client.append_events(largest).await.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "the largest version is a version: a conflict");
+    assert_eq!(event_count(&pool).await, 0);
+}
+
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn late_and_out_of_order_events_are_accepted(pool: PgPool) {
     let server = TestServer::start(pool).await;

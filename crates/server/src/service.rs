@@ -291,3 +291,19 @@ fn decode_page_token(token: &str) -> Option<Version> {
     let after: u64 = token.strip_prefix(PAGE_TOKEN_PREFIX)?.parse().ok()?;
     Version::try_from(after).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_token_names_a_version_a_case_can_have() {
+        let four = Version::ZERO.after(4).ok();
+        assert_eq!(decode_page_token(&encode_page_token(Version::MAX)), Some(Version::MAX));
+        assert_eq!(decode_page_token("v1.after.4"), four);
+        assert_eq!(decode_page_token(""), Some(Version::ZERO));
+        for forged in ["v1.after.2147483648", "v1.after.-1", "v1.after.x", "after.4", "v1.after."] {
+            assert_eq!(decode_page_token(forged), None, "{forged}");
+        }
+    }
+}

@@ -361,7 +361,11 @@ async fn an_expected_version_beyond_any_case_is_invalid(pool: PgPool) {
     let mut largest = append("LS1", vec![issue()]);
     largest.expected_version = Some((1 << 31) - 1);
     let status = client.append_events(largest).await.unwrap_err();
-    assert_eq!(status.code(), Code::Aborted, "the largest version is a version: a conflict");
+    assert_eq!(
+        status.code(),
+        Code::Aborted,
+        "the largest version is a version: a conflict"
+    );
     assert_eq!(event_count(&pool).await, 0);
 }
 

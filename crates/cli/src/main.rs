@@ -13,6 +13,7 @@ use caselog_store::{ConnectSettings, EventLog};
 #[cfg(feature = "generator")]
 use caselog_workload::WorkloadSettings;
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -491,7 +492,6 @@ fn output(path: Option<&PathBuf>) -> anyhow::Result<Box<dyn std::io::Write>> {
 
 async fn export_command(args: ExportArgs) -> anyhow::Result<ExitCode> {
     use caselog_cli::export::{ExportProgress, LineFormat, Selection, export};
-    use std::io::IsTerminal;
     let channel = args.client.connect().await?;
     let selection = Selection {
         case_id: args.case.clone(),
@@ -500,15 +500,14 @@ async fn export_command(args: ExportArgs) -> anyhow::Result<ExitCode> {
         recorded_before: args.recorded_before,
     };
     let mut out = output(args.out.as_ref())?;
-    let on_terminal = std::io::stderr().is_terminal();
-    let mut last_shown = std::time::Instant::now();
+    // Drawn only on a terminal: a redirected stderr gets the final line alone.
+    let bar = ProgressBar::hidden().with_style(bar_style("exported {msg} events [{bar:30}] position {pos}/{len}"));
     let show = |p: ExportProgress| {
-        if on_terminal && last_shown.elapsed() >= Duration::from_millis(250) {
-            last_shown = std::time::Instant::now();
-            eprint!(
-                "\rexported {} events, at position {} of {}   ",
-                p.events_written, p.position, p.end_position
-            );
+        bar.set_message(p.events_written.to_string());
+        bar.set_length(p.end_position);
+        bar.set_position(p.position);
+        if bar.is_hidden() {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
         }
     };
     let done = export(
@@ -520,9 +519,7 @@ async fn export_command(args: ExportArgs) -> anyhow::Result<ExitCode> {
         show,
     )
     .await?;
-    if on_terminal {
-        eprint!("\r");
-    }
+    bar.finish_and_clear();
     eprintln!(
         "exported {} events{}",
         done.events_written,
@@ -749,30 +746,46 @@ async fn rebuild_command(args: RebuildArgs) -> anyhow::Result<ExitCode> {
         verify_only: args.verify,
         page_events: args.page_events,
     };
-    let (progress, mut seen) = tokio::sync::watch::channel(None);
-    // A bar redrawn in place is for a person at a terminal; in a redirected log, one
-    // line per phase says how far it got.
+    let (progress, mut seen) = tokio::sync::watch::channel::<Option<Progress>>(None);
+    // The bar is drawn only on a terminal; a redirected log gets one line per phase instead.
     let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let bar = tokio::spawn(async move {
+    let watcher = tokio::spawn(async move {
+        // Hidden until it first holds a whole state, so that no half-set bar is drawn.
+        let bar = ProgressBar::hidden().with_style(bar_style(
+            "{prefix:>11} [{bar:30}] {percent:>3}% {pos}/{len} events, {msg}, about {eta} left",
+        ));
         let mut last_phase = None;
         while seen.changed().await.is_ok() {
-            if let Some(current) = seen.borrow_and_update().clone() {
-                if on_terminal {
-                    eprint!("\r{}", progress_bar(&current));
-                } else if last_phase != Some(current.phase) {
-                    last_phase = Some(current.phase);
-                    eprintln!("{}", progress_bar(&current).trim_end());
-                }
+            let Some(current) = seen.borrow_and_update().clone() else {
+                continue;
+            };
+            bar.set_prefix(phase_name(current.phase));
+            bar.set_message(format!(
+                "{} cases, {:.0} events/s",
+                current.cases,
+                current.events_per_second()
+            ));
+            bar.set_length(current.events_total);
+            bar.set_position(current.events_processed);
+            if bar.is_hidden() {
+                bar.set_draw_target(ProgressDrawTarget::stderr());
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            if !on_terminal && last_phase != Some(current.phase) {
+                last_phase = Some(current.phase);
+                eprintln!(
+                    "{}: {}/{} events, {} cases",
+                    phase_name(current.phase),
+                    current.events_processed,
+                    current.events_total,
+                    current.cases
+                );
+            }
         }
+        bar.finish_and_clear();
     });
     let result = rebuild(&log, &options, &progress).await;
     drop(progress);
-    let _ = bar.await;
-    if on_terminal {
-        eprintln!();
-    }
+    let _ = watcher.await;
     // An administrative action like the RPC, recorded with the operating-system user.
     let operator = Principal {
         organisation: format!(
@@ -837,33 +850,18 @@ async fn import_command(args: ImportArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// One line of progress, redrawn in place: phase, bar, counts, rate and time left.
-fn progress_bar(p: &Progress) -> String {
-    const WIDTH: usize = 30;
-    let done = if p.events_total == 0 {
-        1.0
-    } else {
-        (p.events_processed as f64 / p.events_total as f64).min(1.0)
-    };
-    let filled = (done * WIDTH as f64).round() as usize;
-    let phase = match p.phase {
+/// A progress bar's look; indicatif draws it only when stderr is a terminal.
+fn bar_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("#>.")
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
         Phase::Loading => "loading",
         Phase::Indexing => "indexing",
         Phase::CatchingUp => "catching up",
         Phase::Finishing => "finishing",
-    };
-    let left = p
-        .time_left()
-        .map(|t| format!(", about {} s left", t.as_secs()))
-        .unwrap_or_default();
-    format!(
-        "{phase:>11} [{}{}] {:>3.0}% {}/{} events, {} cases, {:.0} events/s{left}   ",
-        "#".repeat(filled),
-        ".".repeat(WIDTH - filled),
-        done * 100.0,
-        p.events_processed,
-        p.events_total,
-        p.cases,
-        p.events_per_second()
-    )
+    }
 }

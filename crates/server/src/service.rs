@@ -302,7 +302,13 @@ mod tests {
         assert_eq!(decode_page_token(&encode_page_token(Version::MAX)), Some(Version::MAX));
         assert_eq!(decode_page_token("v1.after.4"), four);
         assert_eq!(decode_page_token(""), Some(Version::ZERO));
-        for forged in ["v1.after.2147483648", "v1.after.-1", "v1.after.x", "after.4", "v1.after."] {
+        for forged in [
+            "v1.after.2147483648",
+            "v1.after.-1",
+            "v1.after.x",
+            "after.4",
+            "v1.after.",
+        ] {
             assert_eq!(decode_page_token(forged), None, "{forged}");
         }
     }

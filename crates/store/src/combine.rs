@@ -7,10 +7,11 @@
 //! or event id already taken by one of its appends), every append in it is retried alone, so
 //! each gets exactly the answer it would have had by itself.
 
-use crate::error::{batch_versions, stored_position, stored_version};
+use crate::error::{batch_versions, is_outage, stored_position, stored_version};
 use crate::{AppendedRow, Error, EventLog, NewRow};
 use caselog_domain::Version;
 use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::PgConnection;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -163,11 +164,29 @@ async fn group(log: EventLog, mut receiver: mpsc::Receiver<Pending>, settings: G
 }
 
 async fn write_group(log: &EventLog, mut batch: Vec<Pending>) {
-    // Waiting for a slot can take long (a slow or restarting database): callers that have gone
-    // meanwhile were told their append failed, so it must not be written now.
+    // Waiting for a slot or a connection can take long (a slow or restarting database): callers
+    // that have gone meanwhile were told their append failed, so it must not be written now.
+    // Hence the connection first, and only then the last look at who still waits.
+    let mut connection = match log.pool.acquire().await {
+        Ok(connection) => connection,
+        Err(err) => {
+            debug!(error = %err, appends = batch.len(), "no connection for a group append");
+            let outage = is_outage(&err);
+            for pending in batch {
+                // sqlx errors cannot be cloned: each caller gets the same failure, by message.
+                let message = err.to_string();
+                let _ = pending.reply.send(Err(if outage {
+                    Error::Unavailable(sqlx::Error::Io(std::io::Error::other(message)))
+                } else {
+                    Error::Database(sqlx::Error::Protocol(message))
+                }));
+            }
+            return;
+        }
+    };
     batch.retain(|pending| !pending.withdrawn());
     if batch.len() > 1 {
-        match append_group(log, &batch).await {
+        match append_group(log, &mut connection, &batch).await {
             Ok(mut results) => {
                 for (pending, appended) in batch.into_iter().zip(results.drain(..)) {
                     let _ = pending.reply.send(Ok(appended));
@@ -182,15 +201,25 @@ async fn write_group(log: &EventLog, mut batch: Vec<Pending>) {
             continue;
         }
         let result = log
-            .append(&pending.case_id, pending.after_version, &pending.source, &pending.rows)
+            .append_on(
+                &mut connection,
+                &pending.case_id,
+                pending.after_version,
+                &pending.source,
+                &pending.rows,
+            )
             .await;
         let _ = pending.reply.send(result);
     }
 }
 
 /// One statement for the whole group; the rows of each append, in request order.
-#[instrument(skip(log, batch), fields(appends = batch.len()), err(level = "debug"))]
-async fn append_group(log: &EventLog, batch: &[Pending]) -> Result<Vec<Vec<AppendedRow>>, Error> {
+#[instrument(skip(log, connection, batch), fields(appends = batch.len()), err(level = "debug"))]
+async fn append_group(
+    log: &EventLog,
+    connection: &mut PgConnection,
+    batch: &[Pending],
+) -> Result<Vec<Vec<AppendedRow>>, Error> {
     let total: usize = batch.iter().map(|p| p.rows.len()).sum();
     let (_, _, count) = batch_versions(Version::ZERO, total)?;
     let mut case_ids = Vec::with_capacity(total);
@@ -232,7 +261,7 @@ async fn append_group(log: &EventLog, batch: &[Pending]) -> Result<Vec<Vec<Appen
     .bind(&occurred)
     .bind(&data)
     .bind(&metadata)
-    .fetch_all(&log.pool)
+    .fetch_all(&mut *connection)
     .await?;
     log.signal.appended();
     let mut by_case: std::collections::HashMap<String, Vec<AppendedRow>> = std::collections::HashMap::new();

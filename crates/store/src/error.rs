@@ -47,20 +47,25 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Error {
-        let lost = match &err {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(db) => db.code().is_some_and(|code| means_unavailable(&code)),
-            _ => false,
-        };
-        if lost {
+        if is_outage(&err) {
             Error::Unavailable(err)
         } else {
             Error::Database(err)
         }
+    }
+}
+
+/// Whether the database could not be reached or did not answer in time, rather than refusing
+/// the statement.
+pub(crate) fn is_outage(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| means_unavailable(&code)),
+        _ => false,
     }
 }
 

@@ -5,7 +5,7 @@ use crate::error::{batch_versions, stored_position, stored_version};
 use crate::feed::{FeedSignal, SharedSignal};
 use caselog_domain::{EventId, Position, Version};
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
 use tracing::instrument;
 use uuid::Uuid;
@@ -145,8 +145,25 @@ impl EventLog {
         source: &str,
         rows: &[NewRow],
     ) -> Result<Vec<AppendedRow>, Error> {
+        let mut connection = self.pool.acquire().await?;
+        self.append_on(&mut connection, case_id, after_version, source, rows)
+            .await
+    }
+
+    /// [`EventLog::append`] on a connection the caller already holds, so that it can decide,
+    /// once it has one, whether the append is still wanted.
+    pub(crate) async fn append_on(
+        &self,
+        connection: &mut PgConnection,
+        case_id: &str,
+        after_version: Version,
+        source: &str,
+        rows: &[NewRow],
+    ) -> Result<Vec<AppendedRow>, Error> {
         if rows.len() >= COPY_FROM_ROWS {
-            return self.append_by_copy(case_id, after_version, source, rows).await;
+            return self
+                .append_by_copy(connection, case_id, after_version, source, rows)
+                .await;
         }
         let (first_version, _, count) = batch_versions(after_version, rows.len())?;
         let event_ids: Vec<Uuid> = rows.iter().map(|r| Uuid::from(r.event_id)).collect();
@@ -172,7 +189,7 @@ impl EventLog {
         .bind(&occurred)
         .bind(&data)
         .bind(&metadata)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *connection)
         .await
         .map_err(|e| Error::from_sqlx(e, case_id, first_version))?;
         let mut appended = inserted
@@ -195,13 +212,14 @@ impl EventLog {
     /// column's default gives the copied rows.
     async fn append_by_copy(
         &self,
+        connection: &mut PgConnection,
         case_id: &str,
         after_version: Version,
         source: &str,
         rows: &[NewRow],
     ) -> Result<Vec<AppendedRow>, Error> {
         let (first_version, _, count) = batch_versions(after_version, rows.len())?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = sqlx::Connection::begin(connection).await?;
         let (positions, recorded_at): (Vec<i64>, DateTime<Utc>) =
             sqlx::query_as("SELECT caselog_allocate_positions($1), now()")
                 .bind(count)

@@ -183,3 +183,36 @@ async fn an_append_whose_caller_gave_up_before_its_statement_is_never_written(po
     assert_eq!(abandoned, 0, "an append its caller was told had failed was written");
     assert_eq!(count(&pool).await, 2);
 }
+
+/// The same when the wait is for a connection (the pool exhausted, or the database restarting):
+/// the group looks at who still waits only once it holds a connection, so an append whose
+/// caller gave up meanwhile is never sent.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn an_append_whose_caller_gave_up_waiting_for_a_connection_is_never_written(pool: PgPool) {
+    use caselog_store::{GroupAppender, GroupSettings};
+    use sqlx::postgres::PgPoolOptions;
+    use std::time::Duration;
+    let one_connection = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    let log = EventLog::new(one_connection.clone());
+    let appender = GroupAppender::start(log.clone(), GroupSettings::default());
+    let held = one_connection.acquire().await.unwrap();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        appender.append("LS1", v(0), "court:LS", rows(1)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the append waits for the only connection");
+    drop(held);
+    appender.append("LS2", v(0), "court:LS", rows(1)).await.unwrap();
+    let abandoned: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE case_id = 'LS1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(abandoned, 0, "an append its caller was told had failed was written");
+    assert_eq!(count(&pool).await, 1);
+}

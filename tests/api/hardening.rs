@@ -314,3 +314,53 @@ async fn refusing_a_case_takes_no_longer_for_a_large_one(pool: PgPool) {
         "refusing a 4,001-event case took {large:?}, a missing one {missing:?}"
     );
 }
+
+/// With every ordinary connection taken, a child-level read waits for one once, fails with
+/// UNAVAILABLE, and its refusal is still recorded straight away through the connections kept
+/// for audit records (not after a second wait behind the reads).
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn under_connection_exhaustion_a_read_fails_after_one_wait_and_is_still_recorded(pool: PgPool) {
+    use caselog_store::EventLog;
+    use sqlx::postgres::PgPoolOptions;
+    let options = pool.connect_options().as_ref().clone();
+    let wait = Duration::from_secs(1);
+    let ordinary = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(wait)
+        .connect_lazy_with(options.clone());
+    let reserved = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(wait)
+        .connect_lazy_with(options);
+    let log = EventLog::new(ordinary.clone()).with_audit_pool(reserved);
+    let server = TestServer::start_on(log, caselog_server::ServerLimits::default()).await;
+    server.issue_case("LS1").await;
+
+    // The server keeps one for the feed's LISTEN; take every other one, until a wait for
+    // another times out.
+    let mut taken = Vec::new();
+    while let Ok(connection) = ordinary.acquire().await {
+        taken.push(connection);
+        assert!(taken.len() <= 4);
+    }
+    let started = std::time::Instant::now();
+    let status = server
+        .client()
+        .get_case(pb::GetCaseRequest { case_id: "LS1".into() })
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        took < wait * 3 / 2,
+        "the read waited {took:?}: more than one wait of {wait:?}"
+    );
+    drop(taken);
+    let outcomes: Vec<String> =
+        sqlx::query_scalar("SELECT outcome FROM audit_records WHERE action LIKE '%/GetCase' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes[0], "Unavailable STORE_UNAVAILABLE");
+}

@@ -45,12 +45,17 @@ impl TestServer {
     }
 
     pub async fn start_with(pool: PgPool, limits: ServerLimits) -> TestServer {
+        TestServer::start_on(EventLog::new(pool), limits).await
+    }
+
+    /// A server on `log` as given (its pools, say).
+    pub async fn start_on(log: EventLog, limits: ServerLimits) -> TestServer {
         let security = Security {
             authenticator: security::authenticator(false, 64),
             tls: None,
             plaintext_health: None,
         };
-        let (addr, shutdown, handle) = TestServer::spawn(pool, limits, security).await;
+        let (addr, shutdown, handle) = TestServer::spawn(log, limits, security).await;
         let anonymous = connect(addr).await;
         TestServer::new(addr, anonymous, shutdown, handle)
     }
@@ -83,7 +88,7 @@ impl TestServer {
             tls: Some(pki.server_tls()),
             plaintext_health: health,
         };
-        let (addr, shutdown, handle) = TestServer::spawn(pool, ServerLimits::default(), security).await;
+        let (addr, shutdown, handle) = TestServer::spawn(EventLog::new(pool), ServerLimits::default(), security).await;
         let mut anonymous = None;
         for _ in 0..50 {
             if let Ok(channel) = pki.channel(addr, None).await {
@@ -97,7 +102,7 @@ impl TestServer {
     }
 
     async fn spawn(
-        pool: PgPool,
+        log: EventLog,
         limits: ServerLimits,
         security: Security,
     ) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
@@ -108,7 +113,7 @@ impl TestServer {
             let shutdown = async {
                 let _ = rx.await;
             };
-            caselog_server::run(listener, EventLog::new(pool), limits, security, shutdown)
+            caselog_server::run(listener, log, limits, security, shutdown)
                 .await
                 .unwrap();
         });

@@ -157,6 +157,10 @@ struct ServeArgs {
     /// Largest pool of database connections.
     #[arg(long, env = "CASELOG_DB_MAX_CONNECTIONS", default_value_t = 16)]
     db_max_connections: u32,
+    /// Further connections kept for audit records, so that a read which got a connection is
+    /// recorded at once even when reads have taken all the others.
+    #[arg(long, env = "CASELOG_DB_AUDIT_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    db_audit_connections: u32,
     /// Seconds a request may run before DEADLINE_EXCEEDED.
     #[arg(long, env = "CASELOG_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     request_timeout_secs: u64,
@@ -643,6 +647,13 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..ConnectSettings::default()
     };
     let pool = caselog_store::connect(&args.database.database_url, &settings)?;
+    let audit_pool = caselog_store::connect(
+        &args.database.database_url,
+        &ConnectSettings {
+            max_connections: args.db_audit_connections,
+            ..settings.clone()
+        },
+    )?;
     if args.migrate {
         caselog_store::MIGRATOR
             .run(&pool)
@@ -682,7 +693,8 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let drained = async move {
         let _ = drain.await;
     };
-    caselog_server::run(listener, EventLog::new(pool), limits, security, drained).await?;
+    let log = EventLog::new(pool).with_audit_pool(audit_pool);
+    caselog_server::run(listener, log, limits, security, drained).await?;
     Ok(ExitCode::SUCCESS)
 }
 

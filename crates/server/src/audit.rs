@@ -2,7 +2,7 @@
 //! application's audit writer. A read whose record cannot be written is not served:
 //! special-category data is never read unrecorded.
 
-use crate::error::Error;
+use crate::error::{AppError, Error};
 pub use caselog_app::audit::{OK, record};
 use caselog_domain::Principal;
 use caselog_store::EventLog;
@@ -21,7 +21,25 @@ pub async fn recorded<T>(
         Ok(_) => OK.to_owned(),
         Err(err) => err.outcome(),
     };
-    match record(log, principal, action, target, detail, outcome).await {
+    let writing = record(log, principal, action, target, detail, outcome);
+    // A call that failed because the store is unavailable has already waited for it once: its
+    // record is tried through the audit connections, but the caller is not kept waiting for
+    // them as long again. (`record` logs a record it could not write.)
+    let written = if matches!(result, Err(Error::App(AppError::Unavailable(_)))) {
+        tokio::time::timeout(OUTAGE_RECORD_WAIT, writing)
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!(
+                    action,
+                    target,
+                    "audit record of a call that found the store unavailable not written in time"
+                );
+                Err(AppError::AuditUnavailable)
+            })
+    } else {
+        writing.await
+    };
+    match written {
         Ok(()) => result,
         Err(unrecorded) => match result {
             Ok(_) => Err(unrecorded.into()),
@@ -29,3 +47,6 @@ pub async fn recorded<T>(
         },
     }
 }
+
+/// How long the record of a call that found the store unavailable may take.
+const OUTAGE_RECORD_WAIT: std::time::Duration = std::time::Duration::from_millis(500);

@@ -50,7 +50,7 @@ impl EventLog {
         .bind(&entry.target)
         .bind(&entry.outcome)
         .bind(&entry.detail)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.audit_pool)
         .await?;
         Ok(id)
     }

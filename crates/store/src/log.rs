@@ -122,15 +122,26 @@ pub(crate) const COLUMNS: &str =
 #[derive(Debug, Clone)]
 pub struct EventLog {
     pub(crate) pool: PgPool,
+    /// Where audit records are written: the same pool, or one reserved for them.
+    pub(crate) audit_pool: PgPool,
     pub(crate) signal: SharedSignal,
 }
 
 impl EventLog {
     pub fn new(pool: PgPool) -> EventLog {
         EventLog {
+            audit_pool: pool.clone(),
             pool,
             signal: Arc::new(FeedSignal::new()),
         }
+    }
+
+    /// Writes audit records through `pool` instead: connections kept for them, so that when
+    /// reads have taken every other connection, a read that got one is recorded at once rather
+    /// than waiting a second time behind the others.
+    pub fn with_audit_pool(mut self, pool: PgPool) -> EventLog {
+        self.audit_pool = pool;
+        self
     }
 
     /// Appends `rows` to a case as versions `after_version + 1 ..`, all or none: in one statement,

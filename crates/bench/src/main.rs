@@ -6,6 +6,7 @@
 //! takes positions from a plain sequence; (2) delivery latency to a live gRPC subscriber while
 //! writers append at a steady rate through the gRPC service.
 
+mod faults;
 mod suite;
 
 use anyhow::Context;
@@ -67,6 +68,20 @@ enum Bench {
         #[arg(long, allow_hyphen_values = true)]
         serve_arg: Vec<String>,
     },
+    /// The fault campaign: writers keep a ledger while the server and PostgreSQL are killed,
+    /// a rebuild and a projection catch-up are killed, connections run out and SIGTERM meets
+    /// open streams; then the log is checked against the ledger. Prints a table.
+    Faults {
+        /// The short version (about a minute, as CI runs it).
+        #[arg(long)]
+        short: bool,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        /// The caselog binary (default: next to this one).
+        #[arg(long)]
+        caselog: Option<std::path::PathBuf>,
+    },
     /// The cost of the never-skipping feed on appends, and commit-to-delivery latency.
     Feed {
         /// Concurrent writers for the append comparison.
@@ -118,10 +133,7 @@ async fn main() -> anyhow::Result<()> {
             only,
             serve_arg,
         } => {
-            let caselog = match caselog {
-                Some(path) => path,
-                None => std::env::current_exe()?.with_file_name("caselog"),
-            };
+            let caselog = caselog_binary(caselog)?;
             let options = suite::SuiteOptions {
                 database_url: cli.database_url.clone(),
                 load_years,
@@ -136,6 +148,19 @@ async fn main() -> anyhow::Result<()> {
                 serve_args: serve_arg,
             };
             suite::run(&pool, &options).await?;
+        }
+        Bench::Faults {
+            short,
+            writers,
+            caselog,
+        } => {
+            let options = faults::FaultOptions {
+                caselog: caselog_binary(caselog)?,
+                short,
+                writers,
+                fallback_database_url: cli.database_url.clone(),
+            };
+            faults::run(&options).await?;
         }
         Bench::Feed {
             writers,
@@ -435,6 +460,14 @@ fn hearings(case_id: &str, count: usize) -> pb::AppendEventsRequest {
         })
         .collect();
     request
+}
+
+/// The caselog binary: as given, or next to this one.
+fn caselog_binary(given: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    Ok(match given {
+        Some(path) => path,
+        None => std::env::current_exe()?.with_file_name("caselog"),
+    })
 }
 
 /// The value at quantile `p` of ascending `sorted_ms` (NaN when empty).

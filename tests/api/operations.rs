@@ -226,7 +226,7 @@ async fn a_call_past_the_server_timeout_ends_with_deadline_exceeded(pool: PgPool
 async fn shutdown_says_not_serving_at_once_and_finishes_within_the_grace_period(pool: PgPool) {
     let limits = ServerLimits {
         health_interval: Duration::from_millis(200),
-        shutdown_grace: Duration::from_secs(1),
+        shutdown_grace: Duration::from_secs(5),
         ..Default::default()
     };
     let server = TestServer::start_with(pool, limits).await;
@@ -254,6 +254,13 @@ async fn shutdown_says_not_serving_at_once_and_finishes_within_the_grace_period(
         .await
         .expect("health told its watchers at once");
     assert_eq!(update.unwrap().unwrap().status(), ServingStatus::NotServing);
+    let watch_end = tokio::time::timeout(Duration::from_secs(2), watch.message())
+        .await
+        .expect("the Watch stream ends soon after NOT_SERVING");
+    assert!(
+        matches!(watch_end, Ok(None)),
+        "the Watch ends cleanly (OK), not with a broken connection: {watch_end:?}"
+    );
     let ended = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             match subscription.message().await {
@@ -271,5 +278,9 @@ async fn shutdown_says_not_serving_at_once_and_finishes_within_the_grace_period(
         .await
         .expect("shutdown finished within the grace period")
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "with every stream ended, shutdown does not wait out the 5 s grace: {:?}",
+        started.elapsed()
+    );
 }

@@ -36,6 +36,9 @@ use tracing::{info, warn};
 pub use feed::{EventFeed, FeedSettings};
 pub use service::{CaseEvents, SOURCE_HEADER};
 
+/// The health service name of liveness probes: SERVING while the process answers.
+const LIVENESS: &str = "liveness";
+
 /// The services whose health follows the database ("" is the server as a whole).
 const DATABASE_BACKED: [&str; 5] = [
     "",
@@ -116,7 +119,7 @@ pub async fn run(
     }
     // For liveness probes: the process answers, whatever the database does.
     health_reporter
-        .set_service_status("liveness", ServingStatus::Serving)
+        .set_service_status(LIVENESS, ServingStatus::Serving)
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(caselog_api::FILE_DESCRIPTOR_SET)
@@ -247,7 +250,18 @@ async fn watch_database(
     for service in DATABASE_BACKED {
         reporter.set_service_status(service, ServingStatus::NotServing).await;
     }
+    // Watchers have been told. Their streams are then ended, with OK after that last status, so
+    // that an open Watch neither waits for the grace period nor ends with a broken connection.
+    tokio::time::sleep(WATCHERS_TOLD_WITHIN).await;
+    let mut reporter = reporter;
+    for service in DATABASE_BACKED.iter().chain(&[LIVENESS]) {
+        reporter.clear_service_status(service).await;
+    }
 }
+
+/// How long health watchers have to receive NOT_SERVING before their streams end on shutdown
+/// (a Check then answers NOT_FOUND).
+const WATCHERS_TOLD_WITHIN: Duration = Duration::from_millis(500);
 
 async fn database_health(log: &EventLog, reporter: &HealthReporter, interval: Duration) {
     let mut last = Some(ServingStatus::NotServing);

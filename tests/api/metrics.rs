@@ -433,3 +433,43 @@ async fn worklists_list_what_is_near_or_past_most_urgent_first(pool: PgPool) {
     let status = metrics.list_worklist(bad).await.unwrap_err();
     assert_eq!(bad_fields(&status), ["kind", "service_area", "as_at", "page_token"]);
 }
+
+/// What operators see of the read model (exported as `caselog.read_model.*`): nothing before a
+/// query, then every case, the checkpoint, and how long the load took.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn the_read_model_reports_its_size_and_load_time(pool: PgPool) {
+    use caselog_app::ReadModel;
+    use caselog_projections::WorklistKind;
+    let server = TestServer::start(pool.clone()).await;
+    for case in ["LS1", "LS2", "LS3"] {
+        server.issue_case(case).await;
+    }
+    server.stop().await;
+    let log = EventLog::new(pool);
+    loop {
+        let applied = apply_next_page(&log, 100).await.unwrap();
+        if applied.from == applied.to {
+            break;
+        }
+    }
+    let read_model = ReadModel::new(log.clone());
+    assert_eq!(read_model.stats().await.cases, 0, "nothing is loaded before a query");
+    let head = log.head_position().await.unwrap();
+    read_model
+        .worklist(
+            WorklistKind::CasesOpenOver52Weeks,
+            "A5",
+            NaiveDate::from_ymd_opt(2026, 1, 5).unwrap(),
+            5,
+            head,
+        )
+        .await
+        .unwrap();
+    let stats = read_model.stats().await;
+    assert_eq!(stats.cases, 3);
+    assert_eq!(stats.position, head);
+    assert!(
+        stats.last_full_load.is_some() && stats.last_refresh.is_some(),
+        "{stats:?}"
+    );
+}

@@ -39,6 +39,21 @@ struct FactsCache {
     cases: Vec<CaseFacts>,
     reaches: Vec<Reach>,
     index: HashMap<String, usize>,
+    /// How long the last load of the whole projection took (the first query's, or after a
+    /// rebuild), and the last refresh of any size.
+    last_full_load: Option<Duration>,
+    last_refresh: Option<Duration>,
+}
+
+/// What an operator sees of the read model (`caselog.read_model.*` gauges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadModelStats {
+    /// Cases held in memory.
+    pub cases: u64,
+    /// The checkpoint the copy reflects (zero before the first query loads it).
+    pub position: Position,
+    pub last_full_load: Option<Duration>,
+    pub last_refresh: Option<Duration>,
 }
 
 impl FactsCache {
@@ -145,6 +160,7 @@ impl ReadModel {
             }
         }
         let mut cache = self.cache.clone().write_owned().await;
+        let refreshing = Instant::now();
         let changes = self.log.case_facts_since(cache.generation, cache.position).await?;
         if changes.replaced {
             cache.clear();
@@ -156,7 +172,22 @@ impl ReadModel {
         }
         cache.generation = changes.generation;
         cache.position = Some(changes.position);
+        cache.last_refresh = Some(refreshing.elapsed());
+        if changes.replaced {
+            cache.last_full_load = cache.last_refresh;
+        }
         Ok(cache.downgrade())
+    }
+
+    /// The size of the in-memory copy and how long loading it took.
+    pub async fn stats(&self) -> ReadModelStats {
+        let cache = self.cache.read().await;
+        ReadModelStats {
+            cases: cache.cases.len() as u64,
+            position: cache.position(),
+            last_full_load: cache.last_full_load,
+            last_refresh: cache.last_refresh,
+        }
     }
 
     /// The figures from the log as it was recorded at `at`. A case with no event recorded after

@@ -794,6 +794,7 @@ fn postgres_binaries() -> Option<PathBuf> {
 fn signal(pid: u32, name: &str) {
     let _ = std::process::Command::new("kill")
         .args([format!("-{name}"), pid.to_string()])
+        .stderr(Stdio::null())
         .status();
 }
 

@@ -145,8 +145,13 @@ pub async fn run(
     let metrics_task = tokio::spawn(event_feed.clone().publish_metrics(Duration::from_secs(10)));
     let feed = EventFeedServiceServer::new(event_feed);
     let projector_task = tokio::spawn(projector::run(log.clone(), limits.projector.clone()));
-    let metrics = MetricsServiceServer::new(metrics::Metrics::new(log.clone()))
-        .max_decoding_message_size(limits.max_request_bytes);
+    let metrics_service = metrics::Metrics::new(log.clone());
+    let read_model_task = tokio::spawn(
+        metrics_service
+            .clone()
+            .publish_read_model_metrics(Duration::from_secs(10)),
+    );
+    let metrics = MetricsServiceServer::new(metrics_service).max_decoding_message_size(limits.max_request_bytes);
     let admin = AdminServiceServer::new(admin::Admin::new(log.clone(), draining_rx.clone()))
         .max_decoding_message_size(limits.max_request_bytes);
     let feed = feed.max_decoding_message_size(limits.max_request_bytes);
@@ -223,6 +228,7 @@ pub async fn run(
     health_task.abort();
     signalling_task.abort();
     metrics_task.abort();
+    read_model_task.abort();
     projector_task.abort();
     if let Some(task) = health_only_task {
         task.abort();

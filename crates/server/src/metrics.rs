@@ -7,6 +7,7 @@ use crate::error::{AppError, Error};
 use caselog_api::v1 as pb;
 use caselog_api::v1::metrics_service_server::MetricsService;
 use caselog_app::ReadModel;
+use caselog_app::read_model::ReadModelStats;
 use caselog_domain::england::date_in_england;
 use caselog_domain::{FieldViolation, Position};
 use caselog_projections::metrics::Settings;
@@ -14,7 +15,10 @@ use caselog_projections::{Dimension, MetricId, MetricsQuery, Period, WorklistKin
 use caselog_store::EventLog;
 use chrono::NaiveDate;
 use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tonic::{Request, Response, Status};
+use tracing::debug;
 
 const LIST_WORKLIST: &str = "caselog.v1.MetricsService/ListWorklist";
 const DEFAULT_WITHIN_WORKING_DAYS: u32 = 5;
@@ -35,6 +39,77 @@ impl Metrics {
             log,
         }
     }
+
+    /// Samples the read model's size and load times, and this process's resident memory, every
+    /// `interval` into OpenTelemetry gauges (`caselog.read_model.*`,
+    /// `caselog.process.resident_bytes`), exported when OTLP export is configured. Runs until
+    /// aborted.
+    pub async fn publish_read_model_metrics(self, interval: Duration) {
+        let latest = Arc::new(Mutex::new((ReadModelStats::default(), 0_u64)));
+        let meter = opentelemetry::global::meter("caselog");
+        let gauge = |name: &'static str, description: &'static str, read: fn(&(ReadModelStats, u64)) -> u64| {
+            let latest = latest.clone();
+            meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |observer| {
+                    if let Ok(sample) = latest.lock() {
+                        observer.observe(read(&sample), &[]);
+                    }
+                })
+                .build()
+        };
+        let millis = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
+        let _gauges = [
+            gauge(
+                "caselog.read_model.cases",
+                "cases held in memory for metric queries",
+                |s| s.0.cases,
+            ),
+            gauge(
+                "caselog.read_model.position",
+                "checkpoint the in-memory case facts reflect",
+                |s| s.0.position.get(),
+            ),
+            gauge(
+                "caselog.read_model.full_load_ms",
+                "duration of the last load of every case's facts (first query, or after a rebuild)",
+                |s| s.0.last_full_load.map_or(0, |d| d.as_millis() as u64),
+            ),
+            gauge(
+                "caselog.read_model.refresh_ms",
+                "duration of the last refresh of the in-memory case facts",
+                |s| s.0.last_refresh.map_or(0, |d| d.as_millis() as u64),
+            ),
+            gauge(
+                "caselog.process.resident_bytes",
+                "resident memory of this process (Linux; 0 elsewhere)",
+                |s| s.1,
+            ),
+        ];
+        loop {
+            let stats = self.read_model.stats().await;
+            let resident = resident_bytes().unwrap_or(0);
+            debug!(
+                cases = stats.cases,
+                full_load_ms = millis(stats.last_full_load),
+                resident_bytes = resident,
+                "read model"
+            );
+            if let Ok(mut sample) = latest.lock() {
+                *sample = (stats, resident);
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
+
+/// This process's resident set (`VmRSS` of `/proc/self/status`, in KiB there).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[tonic::async_trait]

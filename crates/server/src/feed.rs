@@ -274,47 +274,37 @@ impl EventFeed {
     /// (`caselog.feed.*`), exported when OTLP export is configured. Runs until aborted.
     pub async fn publish_metrics(self, interval: Duration) {
         let latest = Arc::new(Mutex::new(pb::GetFeedStatusResponse::default()));
-        let meter = opentelemetry::global::meter("caselog");
-        let gauge = |name: &'static str, description: &'static str, read: fn(&pb::GetFeedStatusResponse) -> u64| {
-            let latest = latest.clone();
-            meter
-                .u64_observable_gauge(name)
-                .with_description(description)
-                .with_callback(move |observer| {
-                    if let Ok(status) = latest.lock() {
-                        observer.observe(read(&status), &[]);
-                    }
-                })
-                .build()
-        };
-        let _gauges = [
-            gauge("caselog.feed.head_position", "highest committed position", |s| {
-                s.head_position
-            }),
-            gauge(
-                "caselog.feed.safe_position",
-                "position below which every append has finished",
-                |s| s.safe_position,
-            ),
-            gauge(
-                "caselog.feed.safe_position_lag",
-                "positions held back by appends in flight",
-                |s| s.safe_position_lag,
-            ),
-            gauge(
-                "caselog.feed.oldest_open_transaction_ms",
-                "age of the oldest open writing transaction",
-                |s| s.oldest_open_transaction_ms,
-            ),
-            gauge("caselog.feed.subscribers", "live subscribers of this process", |s| {
-                u64::from(s.subscribers)
-            }),
-            gauge(
-                "caselog.feed.max_subscriber_lag",
-                "safe position minus the slowest subscriber's",
-                |s| s.max_subscriber_lag,
-            ),
-        ];
+        let _gauges = crate::telemetry::sampled_gauges(
+            &latest,
+            &[
+                ("caselog.feed.head_position", "highest committed position", |s| {
+                    s.head_position
+                }),
+                (
+                    "caselog.feed.safe_position",
+                    "position below which every append has finished",
+                    |s| s.safe_position,
+                ),
+                (
+                    "caselog.feed.safe_position_lag",
+                    "positions held back by appends in flight",
+                    |s| s.safe_position_lag,
+                ),
+                (
+                    "caselog.feed.oldest_open_transaction_ms",
+                    "age of the oldest open writing transaction",
+                    |s| s.oldest_open_transaction_ms,
+                ),
+                ("caselog.feed.subscribers", "live subscribers of this process", |s| {
+                    u64::from(s.subscribers)
+                }),
+                (
+                    "caselog.feed.max_subscriber_lag",
+                    "safe position minus the slowest subscriber's",
+                    |s| s.max_subscriber_lag,
+                ),
+            ],
+        );
         loop {
             match self.status().await {
                 Ok(status) => {

@@ -46,47 +46,37 @@ impl Metrics {
     /// aborted.
     pub async fn publish_read_model_metrics(self, interval: Duration) {
         let latest = Arc::new(Mutex::new((ReadModelStats::default(), 0_u64)));
-        let meter = opentelemetry::global::meter("caselog");
-        let gauge = |name: &'static str, description: &'static str, read: fn(&(ReadModelStats, u64)) -> u64| {
-            let latest = latest.clone();
-            meter
-                .u64_observable_gauge(name)
-                .with_description(description)
-                .with_callback(move |observer| {
-                    if let Ok(sample) = latest.lock() {
-                        observer.observe(read(&sample), &[]);
-                    }
-                })
-                .build()
-        };
         let millis = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
-        let _gauges = [
-            gauge(
-                "caselog.read_model.cases",
-                "cases held in memory for metric queries",
-                |s| s.0.cases,
-            ),
-            gauge(
-                "caselog.read_model.position",
-                "checkpoint the in-memory case facts reflect",
-                |s| s.0.position.get(),
-            ),
-            gauge(
-                "caselog.read_model.full_load_ms",
-                "duration of the last load of every case's facts (first query, or after a rebuild)",
-                |s| s.0.last_full_load.map_or(0, |d| d.as_millis() as u64),
-            ),
-            gauge(
-                "caselog.read_model.refresh_ms",
-                "duration of the last refresh of the in-memory case facts",
-                |s| s.0.last_refresh.map_or(0, |d| d.as_millis() as u64),
-            ),
-            gauge(
-                "caselog.process.resident_bytes",
-                "resident memory of this process (Linux; 0 elsewhere)",
-                |s| s.1,
-            ),
-        ];
+        let _gauges = crate::telemetry::sampled_gauges(
+            &latest,
+            &[
+                (
+                    "caselog.read_model.cases",
+                    "cases held in memory for metric queries",
+                    |s| s.0.cases,
+                ),
+                (
+                    "caselog.read_model.position",
+                    "checkpoint the in-memory case facts reflect",
+                    |s| s.0.position.get(),
+                ),
+                (
+                    "caselog.read_model.full_load_ms",
+                    "duration of the last load of every case's facts (first query, or after a rebuild)",
+                    |s| s.0.last_full_load.map_or(0, |d| d.as_millis() as u64),
+                ),
+                (
+                    "caselog.read_model.refresh_ms",
+                    "duration of the last refresh of the in-memory case facts",
+                    |s| s.0.last_refresh.map_or(0, |d| d.as_millis() as u64),
+                ),
+                (
+                    "caselog.process.resident_bytes",
+                    "resident memory of this process (Linux; 0 elsewhere)",
+                    |s| s.1,
+                ),
+            ],
+        );
         loop {
             let stats = self.read_model.stats().await;
             let resident = resident_bytes().unwrap_or(0);

@@ -68,3 +68,30 @@ pub fn init(json: bool, default_level: &str) -> anyhow::Result<Telemetry> {
     tracing_subscriber::registry().with(filter).with(fmt).with(otel).init();
     Ok(telemetry)
 }
+
+/// A gauge: its name, its description, and how to read it from the latest sample.
+pub(crate) type GaugeSpec<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+/// Registers u64 gauges that report the latest `T` a sampling task stored in `latest` (exported
+/// when OTLP export is configured); they stay registered while the returned value is kept.
+pub(crate) fn sampled_gauges<T: Send + Sync + 'static>(
+    latest: &std::sync::Arc<std::sync::Mutex<T>>,
+    specs: &[GaugeSpec<T>],
+) -> Vec<opentelemetry::metrics::ObservableGauge<u64>> {
+    let meter = opentelemetry::global::meter("caselog");
+    specs
+        .iter()
+        .map(|&(name, description, read)| {
+            let latest = latest.clone();
+            meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |observer| {
+                    if let Ok(sample) = latest.lock() {
+                        observer.observe(read(&sample), &[]);
+                    }
+                })
+                .build()
+        })
+        .collect()
+}

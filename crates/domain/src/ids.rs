@@ -5,11 +5,31 @@
 //! never a wrap or a cap.
 
 use crate::FieldViolation;
-use crate::validate::validate_case_id;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
+
+const CASE_ID_MAX: usize = 40;
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/' | '.')
+}
+
+/// Checks an identifier (a case, child, report or practitioner id): 1 to `max` characters of
+/// letters, digits, `-`, `_`, `/` and `.`, so that no name can be put where an id belongs.
+pub(crate) fn check_id(out: &mut Vec<FieldViolation>, field: &str, value: &str, max: usize, what: &str) {
+    if value.is_empty() {
+        out.push(FieldViolation::new(field, format!("{what} is required")));
+    } else if value.len() > max || !value.chars().all(is_id_char) {
+        out.push(FieldViolation::new(
+            field,
+            format!(
+                "{what} must be 1-{max} characters of A-Z, a-z, 0-9, '-', '_', '/', '.' (an identifier, never a name)"
+            ),
+        ));
+    }
+}
 
 /// A case reference as the court numbers it, e.g. `LS25C00123`: 1-40 characters of letters,
 /// digits, `-`, `_`, `/` and `.`, never a name.
@@ -20,7 +40,8 @@ impl CaseId {
     /// Checks `text`; the violations name the field `case_id` (re-point them with
     /// [`FieldViolation`]'s `field` for another place in a request).
     pub fn parse(text: &str) -> Result<CaseId, Vec<FieldViolation>> {
-        let violations = validate_case_id(text);
+        let mut violations = Vec::new();
+        check_id(&mut violations, "case_id", text, CASE_ID_MAX, "case_id");
         if violations.is_empty() {
             Ok(CaseId(text.to_owned()))
         } else {

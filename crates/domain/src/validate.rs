@@ -2,38 +2,14 @@
 //! dates against today in England. Paths follow the gRPC request (`payload.case_issued.court_code`).
 
 use crate::event::{CaseIssued, Child, LawType, Metadata, NewEvent, Payload};
+use crate::ids::check_id;
 use crate::reference::service_area_valid_on;
 use crate::rules::FieldViolation;
 use chrono::NaiveDate;
 use std::collections::HashSet;
 
 const ID_MAX: usize = 64;
-const CASE_ID_MAX: usize = 40;
 const METADATA_MAX: usize = 100;
-
-fn is_id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/' | '.')
-}
-
-fn check_id(out: &mut Vec<FieldViolation>, field: &str, value: &str, max: usize, what: &str) {
-    if value.is_empty() {
-        out.push(FieldViolation::new(field, format!("{what} is required")));
-    } else if value.len() > max || !value.chars().all(is_id_char) {
-        out.push(FieldViolation::new(
-            field,
-            format!(
-                "{what} must be 1-{max} characters of A-Z, a-z, 0-9, '-', '_', '/', '.' (an identifier, never a name)"
-            ),
-        ));
-    }
-}
-
-/// Checks a case reference: 1-40 characters of letters, digits, '-', '_', '/'.
-pub fn validate_case_id(case_id: &str) -> Vec<FieldViolation> {
-    let mut out = Vec::new();
-    check_id(&mut out, "case_id", case_id, CASE_ID_MAX, "case_id");
-    out
-}
 
 /// Checks one event on its own. `today` is the civil date in England now.
 pub fn validate_event(event: &NewEvent, today: NaiveDate) -> Vec<FieldViolation> {

@@ -221,7 +221,7 @@ async fn append_group(
     batch: &[Pending],
 ) -> Result<Vec<Vec<AppendedRow>>, Error> {
     let total: usize = batch.iter().map(|p| p.rows.len()).sum();
-    let (_, _, count) = batch_versions(Version::ZERO, total)?;
+    let (_, count) = batch_versions(Version::ZERO, total)?;
     let mut case_ids = Vec::with_capacity(total);
     let mut versions = Vec::with_capacity(total);
     let mut sources = Vec::with_capacity(total);
@@ -231,7 +231,7 @@ async fn append_group(
     let mut data = Vec::with_capacity(total);
     let mut metadata = Vec::with_capacity(total);
     for pending in batch {
-        let (first, ..) = batch_versions(pending.after_version, pending.rows.len())?;
+        let (first, _) = batch_versions(pending.after_version, pending.rows.len())?;
         for (i, row) in pending.rows.iter().enumerate() {
             case_ids.push(pending.case_id.as_str());
             versions.push(i32::from(first) + i as i32);

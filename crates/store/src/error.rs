@@ -77,14 +77,15 @@ pub(crate) fn means_unavailable(sqlstate: &str) -> bool {
     sqlstate.starts_with("08") || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "57P05" | "53300" | "25006")
 }
 
-/// The versions a batch of `rows` events after `after` takes, first and last, and its row count
-/// as the rows' integers: the one check that a batch fits the versions a case can have.
-pub(crate) fn batch_versions(after: Version, rows: usize) -> Result<(Version, Version, i32), Error> {
+/// The first version a batch of `rows` events after `after` takes, and its row count as the
+/// rows' integers: the one check that a batch (up to its last version) fits the versions a case
+/// can have.
+pub(crate) fn batch_versions(after: Version, rows: usize) -> Result<(Version, i32), Error> {
     let out_of_range = || Error::VersionOutOfRange { after, rows };
     let first = after.after(1).map_err(|_| out_of_range())?;
-    let last = after.after(rows).map_err(|_| out_of_range())?;
+    after.after(rows).map_err(|_| out_of_range())?;
     let count = i32::try_from(rows).map_err(|_| out_of_range())?;
-    Ok((first, last, count))
+    Ok((first, count))
 }
 
 /// A position read from a row or a function of the database.

@@ -176,7 +176,7 @@ impl EventLog {
                 .append_by_copy(connection, case_id, after_version, source, rows)
                 .await;
         }
-        let (first_version, _, count) = batch_versions(after_version, rows.len())?;
+        let (first_version, count) = batch_versions(after_version, rows.len())?;
         let event_ids: Vec<Uuid> = rows.iter().map(|r| Uuid::from(r.event_id)).collect();
         let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
         let occurred: Vec<NaiveDate> = rows.iter().map(|r| r.occurred_on).collect();
@@ -229,7 +229,7 @@ impl EventLog {
         source: &str,
         rows: &[NewRow],
     ) -> Result<Vec<AppendedRow>, Error> {
-        let (first_version, _, count) = batch_versions(after_version, rows.len())?;
+        let (first_version, count) = batch_versions(after_version, rows.len())?;
         let mut tx = sqlx::Connection::begin(connection).await?;
         let (positions, recorded_at): (Vec<i64>, DateTime<Utc>) =
             sqlx::query_as("SELECT caselog_allocate_positions($1), now()")
@@ -265,7 +265,7 @@ impl EventLog {
         let Some(first) = rows.first() else {
             return Ok(());
         };
-        let (_, _, count) = batch_versions(Version::ZERO, rows.len())?;
+        let (_, count) = batch_versions(Version::ZERO, rows.len())?;
         let mut tx = self.pool.begin().await?;
         let positions: Vec<i64> = sqlx::query_scalar("SELECT caselog_allocate_positions($1)")
             .bind(count)

@@ -195,7 +195,7 @@ pub async fn apply_next_page_with(
         };
         let json =
             serde_json::to_value(&facts).map_err(|e| Error::Internal(format!("facts of {}: {e}", facts.case_id)))?;
-        facts_rows.push((facts.case_id, json));
+        facts_rows.push((facts.case_id.to_string(), json));
     }
     if log.save_case_facts(&facts_rows, from, to).await? {
         histories.keep(to, cached);

@@ -7,8 +7,9 @@ use crate::projector::{facts_at, fold_cases};
 use caselog_calendar::WorkingCalendar;
 use caselog_domain::Position;
 use caselog_projections::metrics::{MetricsError, compute_parallel};
-use caselog_projections::{CaseFacts, MetricResult, MetricsQuery, Reach, WorklistItem, WorklistKind};
+use caselog_projections::{CaseFacts, MetricResult, MetricsQuery, Reach, SharedCodes, WorklistItem, WorklistKind};
 use caselog_store::EventLog;
+use caselog_store::projection::FactsSink;
 use caselog_store::rebuild::Cut;
 use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::HashMap;
@@ -38,7 +39,9 @@ struct FactsCache {
     /// to find the few it needs.
     cases: Vec<CaseFacts>,
     reaches: Vec<Reach>,
-    index: HashMap<String, usize>,
+    /// Keyed by the case's own id (one allocation for both).
+    index: HashMap<Arc<str>, u32>,
+    codes: SharedCodes,
     /// How long the last load of the whole projection took (the first query's, or after a
     /// rebuild), and the last refresh of any size.
     last_full_load: Option<Duration>,
@@ -65,21 +68,27 @@ impl FactsCache {
         self.cases.clear();
         self.reaches.clear();
         self.index.clear();
+        self.codes = SharedCodes::default();
     }
 
-    fn upsert(&mut self, facts: CaseFacts) {
+    fn upsert(&mut self, mut facts: CaseFacts) -> Result<(), Error> {
+        facts.share_codes(&mut self.codes);
         let reach = facts.reach();
         match self.index.get(&facts.case_id) {
             Some(&i) => {
-                self.cases[i] = facts;
-                self.reaches[i] = reach;
+                facts.case_id = self.cases[i as usize].case_id.clone();
+                self.cases[i as usize] = facts;
+                self.reaches[i as usize] = reach;
             }
             None => {
-                self.index.insert(facts.case_id.clone(), self.cases.len());
+                let i = u32::try_from(self.cases.len())
+                    .map_err(|_| Error::Internal("the read model holds 2^32 cases; no more fit".into()))?;
+                self.index.insert(facts.case_id.clone(), i);
                 self.cases.push(facts);
                 self.reaches.push(reach);
             }
         }
+        Ok(())
     }
 
     /// The cases that can count in `query` (see [`MetricsQuery::may_count`]).
@@ -89,6 +98,24 @@ impl FactsCache {
             .zip(&self.cases)
             .filter(|(reach, _)| query.may_count(reach))
             .map(|(_, case)| case)
+    }
+}
+
+impl FactsSink for FactsCache {
+    type Error = Error;
+
+    fn begin(&mut self, replaced: bool) {
+        if replaced {
+            // The position no longer describes what is held until the load completes.
+            self.position = None;
+            self.clear();
+        }
+    }
+
+    fn row(&mut self, facts: &str) -> Result<(), Error> {
+        let facts: CaseFacts =
+            serde_json::from_str(facts).map_err(|e| Error::Internal(format!("unreadable case facts: {e}")))?;
+        self.upsert(facts)
     }
 }
 
@@ -161,19 +188,13 @@ impl ReadModel {
         }
         let mut cache = self.cache.clone().write_owned().await;
         let refreshing = Instant::now();
-        let changes = self.log.case_facts_since(cache.generation, cache.position).await?;
-        if changes.replaced {
-            cache.clear();
-        }
-        for row in changes.rows {
-            let facts: CaseFacts =
-                serde_json::from_str(&row).map_err(|e| Error::Internal(format!("unreadable case facts: {e}")))?;
-            cache.upsert(facts);
-        }
-        cache.generation = changes.generation;
-        cache.position = Some(changes.position);
+        let generation = cache.generation;
+        let since = cache.position;
+        let version = self.log.case_facts_since(generation, since, &mut *cache).await??;
+        cache.generation = version.generation;
+        cache.position = Some(version.position);
         cache.last_refresh = Some(refreshing.elapsed());
-        if changes.replaced {
+        if version.replaced {
             cache.last_full_load = cache.last_refresh;
         }
         Ok(cache.downgrade())
@@ -221,7 +242,7 @@ impl ReadModel {
             let cases: Vec<&CaseFacts> = facts
                 .cases
                 .iter()
-                .filter(|f| !changed.contains(f.case_id.as_str()))
+                .filter(|f| !changed.contains(&*f.case_id))
                 .chain(&refolded)
                 .collect();
             compute_parallel(&query, &cases, calendar, counting_threads())

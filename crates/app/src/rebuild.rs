@@ -376,7 +376,7 @@ fn rows_of(events: &[ReplayRow]) -> Result<Vec<Row>, Error> {
 fn row_of(facts: &CaseFacts) -> Result<Row, Error> {
     let json = serde_json::to_string(facts).map_err(|e| Error::Internal(format!("facts of {}: {e}", facts.case_id)))?;
     Ok(Row {
-        case_id: facts.case_id.clone(),
+        case_id: facts.case_id.to_string(),
         digest: Sha256::digest(json.as_bytes()).into(),
         json,
     })

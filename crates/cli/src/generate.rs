@@ -62,7 +62,7 @@ pub fn write_ndjson(options: &GenerateOptions, out: &mut impl Write) -> std::io:
             case.first()
                 .and_then(|e| facts_of(&e.case_id, &CaseHistory::new(history))),
         ) {
-            debug_assert_eq!(first.case_id, facts.case_id);
+            debug_assert_eq!(first.case_id, *facts.case_id);
             generated.facts.push(facts);
         }
     });

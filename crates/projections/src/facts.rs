@@ -6,48 +6,102 @@ use caselog_domain::event::{ApplicationType, BirthMonth, LawType, ReportType, Se
 use caselog_domain::{CaseHistory, Payload};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::Arc;
 
+/// A case's facts as the read model holds them, hundreds of thousands at once: codes shared by
+/// many cases (courts, service areas, local authorities, practitioners, application-type sets)
+/// point at one copy (see [`SharedCodes`]), and every list is an exact-size boxed slice. The
+/// JSON form is the same as plain strings and arrays, so stored rows read either way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseFacts {
-    pub case_id: String,
+    pub case_id: Arc<str>,
     pub law_type: LawType,
-    pub application_types: Vec<ApplicationType>,
-    pub court_code: String,
-    pub service_area: String,
-    pub local_authority_code: Option<String>,
+    pub application_types: Arc<[ApplicationType]>,
+    pub court_code: Arc<str>,
+    pub service_area: Arc<str>,
+    pub local_authority_code: Option<Arc<str>>,
     pub issued_on: NaiveDate,
     pub received_on: Option<NaiveDate>,
     pub closed_on: Option<NaiveDate>,
     /// Lead and guardian allocations, sorted by date (then recording order).
-    pub lead_allocations: Vec<(NaiveDate, String)>,
-    pub children: Vec<ChildFacts>,
-    pub reports: Vec<ReportFacts>,
+    pub lead_allocations: Box<[(NaiveDate, Arc<str>)]>,
+    pub children: Box<[ChildFacts]>,
+    pub reports: Box<[ReportFacts]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChildFacts {
-    pub child_id: String,
+    pub child_id: Box<str>,
     pub birth_month: BirthMonth,
     /// `None` for children named at issue; the `child_joined` date otherwise.
     pub joined_on: Option<NaiveDate>,
-    pub seen_in_person: Vec<NaiveDate>,
-    pub seen_virtually: Vec<NaiveDate>,
-    pub engagement_records: Vec<NaiveDate>,
+    pub seen_in_person: Box<[NaiveDate]>,
+    pub seen_virtually: Box<[NaiveDate]>,
+    pub engagement_records: Box<[NaiveDate]>,
     /// Dates of letters of introduction, with whether each was personalised.
-    pub letters: Vec<(NaiveDate, bool)>,
-    pub recommendations_shared: Vec<NaiveDate>,
+    pub letters: Box<[(NaiveDate, bool)]>,
+    pub recommendations_shared: Box<[NaiveDate]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportFacts {
-    pub report_id: String,
+    pub report_id: Box<str>,
     pub report_type: ReportType,
     pub ordered_on: Option<NaiveDate>,
     /// Agreed due dates: (the day it was agreed, the due date), from the order and each extension.
-    pub due_dates: Vec<(NaiveDate, NaiveDate)>,
+    pub due_dates: Box<[(NaiveDate, NaiveDate)]>,
     /// Days on which an extension was agreed.
-    pub extensions: Vec<NaiveDate>,
+    pub extensions: Box<[NaiveDate]>,
     pub filed_on: Option<NaiveDate>,
+}
+
+/// One copy of each code and application-type set seen, so that the facts of many cases share
+/// them instead of each holding its own (the read model's memory is mostly these).
+#[derive(Debug, Default)]
+pub struct SharedCodes {
+    codes: HashSet<Arc<str>>,
+    application_sets: HashSet<Arc<[ApplicationType]>>,
+}
+
+impl SharedCodes {
+    fn code(&mut self, code: &mut Arc<str>) {
+        match self.codes.get(code) {
+            Some(shared) => *code = shared.clone(),
+            None => {
+                self.codes.insert(code.clone());
+            }
+        }
+    }
+
+    /// Distinct codes and application-type sets held.
+    pub fn len(&self) -> usize {
+        self.codes.len() + self.application_sets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl CaseFacts {
+    /// Points the case's codes at `shared`'s copies, adding those it has not seen.
+    pub fn share_codes(&mut self, shared: &mut SharedCodes) {
+        shared.code(&mut self.court_code);
+        shared.code(&mut self.service_area);
+        if let Some(code) = &mut self.local_authority_code {
+            shared.code(code);
+        }
+        for (_, practitioner) in &mut self.lead_allocations {
+            shared.code(practitioner);
+        }
+        match shared.application_sets.get(&self.application_types) {
+            Some(set) => self.application_types = set.clone(),
+            None => {
+                shared.application_sets.insert(self.application_types.clone());
+            }
+        }
+    }
 }
 
 /// The dates at which a case can count in any metric, in 16 bytes: a query over ten years
@@ -119,7 +173,7 @@ impl CaseFacts {
             .iter()
             .rev()
             .find(|(on, _)| *on <= day)
-            .map(|(_, who)| who.as_str())
+            .map(|(_, who)| &**who)
     }
 
     pub fn has_application(&self, wanted: impl Fn(ApplicationType) -> bool) -> bool {
@@ -131,94 +185,98 @@ impl CaseFacts {
 pub fn facts_of(case_id: &str, history: &CaseHistory) -> Option<CaseFacts> {
     let view = history.view()?;
     let voided = history.voided_by();
-    let mut facts = CaseFacts {
-        case_id: case_id.to_owned(),
-        law_type: view.issue.law_type,
-        application_types: view.issue.application_types.clone(),
-        court_code: view.issue.court_code.clone(),
-        service_area: view.issue.service_area.clone(),
-        local_authority_code: view.issue.local_authority_code.clone(),
-        issued_on: view.issued_on,
-        received_on: view.issue.received_on,
-        closed_on: view.closure.map(|c| c.closed_on),
-        lead_allocations: Vec::new(),
-        children: view
-            .issue
-            .children
-            .iter()
-            .map(|c| ChildFacts::new(&c.child_id, c.birth_month, None))
-            .collect(),
-        reports: Vec::new(),
-    };
+    let mut lead_allocations: Vec<(NaiveDate, Arc<str>)> = Vec::new();
+    let mut children: Vec<ChildDraft> = view
+        .issue
+        .children
+        .iter()
+        .map(|c| ChildDraft::new(&c.child_id, c.birth_month, None))
+        .collect();
+    let mut reports: Vec<ReportDraft> = Vec::new();
+    let child = |children: &mut Vec<ChildDraft>, id: &str| children.iter_mut().position(|c| c.child_id == id);
     let live = history.events().iter().filter(|e| !voided.contains_key(&e.event_id));
     for event in live {
         let on = event.occurred_on;
         match &event.payload {
-            Payload::ChildJoined(c) => facts
-                .children
-                .push(ChildFacts::new(&c.child_id, c.birth_month, Some(on))),
+            Payload::ChildJoined(c) => children.push(ChildDraft::new(&c.child_id, c.birth_month, Some(on))),
             Payload::CaseAllocated(a) if a.role.is_lead() => {
-                facts.lead_allocations.push((on, a.practitioner_id.clone()))
+                lead_allocations.push((on, a.practitioner_id.as_str().into()))
             }
             Payload::ChildSeen(s) => {
-                if let Some(child) = facts.child_mut(&s.child_id) {
+                if let Some(i) = child(&mut children, &s.child_id) {
                     match s.mode {
-                        SeenMode::InPerson => child.seen_in_person.push(on),
-                        SeenMode::Virtual => child.seen_virtually.push(on),
+                        SeenMode::InPerson => children[i].seen_in_person.push(on),
+                        SeenMode::Virtual => children[i].seen_virtually.push(on),
                     }
                 }
             }
             Payload::LetterSent(l) => {
-                if let Some(child) = facts.child_mut(&l.child_id) {
-                    child.letters.push((on, l.personalised));
+                if let Some(i) = child(&mut children, &l.child_id) {
+                    children[i].letters.push((on, l.personalised));
                 }
             }
             Payload::EngagementRecordCompleted(c) => {
-                if let Some(child) = facts.child_mut(&c.child_id) {
-                    child.engagement_records.push(on);
+                if let Some(i) = child(&mut children, &c.child_id) {
+                    children[i].engagement_records.push(on);
                 }
             }
             Payload::RecommendationShared(c) => {
-                if let Some(child) = facts.child_mut(&c.child_id) {
-                    child.recommendations_shared.push(on);
+                if let Some(i) = child(&mut children, &c.child_id) {
+                    children[i].recommendations_shared.push(on);
                 }
             }
             Payload::ReportOrdered(r) => {
-                let report = facts.report_mut(&r.report_id, r.report_type);
+                let report = ReportDraft::find_or_add(&mut reports, &r.report_id, r.report_type);
                 report.report_type = r.report_type;
                 report.ordered_on = Some(on);
                 report.due_dates.push((on, r.due_on));
             }
             Payload::FilingDateExtended(x) => {
-                if let Some(report) = facts.reports.iter_mut().find(|r| r.report_id == x.report_id) {
+                if let Some(report) = reports.iter_mut().find(|r| r.report_id == x.report_id) {
                     report.due_dates.push((on, x.due_on));
                     report.extensions.push(on);
                 }
             }
-            Payload::ReportFiled(f) => facts.report_mut(&f.report_id, f.report_type).filed_on = Some(on),
+            Payload::ReportFiled(f) => {
+                ReportDraft::find_or_add(&mut reports, &f.report_id, f.report_type).filed_on = Some(on)
+            }
             _ => {}
         }
     }
     // Stable sorts keep recording order among events of the same day.
-    facts.lead_allocations.sort_by_key(|(on, _)| *on);
-    for child in &mut facts.children {
-        child.seen_in_person.sort();
-        child.seen_virtually.sort();
-        child.engagement_records.sort();
-        child.letters.sort();
-        child.recommendations_shared.sort();
-    }
-    for report in &mut facts.reports {
-        report.due_dates.sort_by_key(|(agreed, _)| *agreed);
-        report.extensions.sort();
-    }
-    facts.reports.sort_by(|a, b| a.report_id.cmp(&b.report_id));
-    Some(facts)
+    lead_allocations.sort_by_key(|(on, _)| *on);
+    reports.sort_by(|a, b| a.report_id.cmp(&b.report_id));
+    Some(CaseFacts {
+        case_id: case_id.into(),
+        law_type: view.issue.law_type,
+        application_types: view.issue.application_types.as_slice().into(),
+        court_code: view.issue.court_code.as_str().into(),
+        service_area: view.issue.service_area.as_str().into(),
+        local_authority_code: view.issue.local_authority_code.as_deref().map(Arc::from),
+        issued_on: view.issued_on,
+        received_on: view.issue.received_on,
+        closed_on: view.closure.map(|c| c.closed_on),
+        lead_allocations: lead_allocations.into(),
+        children: children.into_iter().map(ChildDraft::finish).collect(),
+        reports: reports.into_iter().map(ReportDraft::finish).collect(),
+    })
 }
 
-impl ChildFacts {
-    fn new(child_id: &str, birth_month: BirthMonth, joined_on: Option<NaiveDate>) -> ChildFacts {
-        ChildFacts {
+/// A child's facts while its events are folded.
+struct ChildDraft {
+    child_id: String,
+    birth_month: BirthMonth,
+    joined_on: Option<NaiveDate>,
+    seen_in_person: Vec<NaiveDate>,
+    seen_virtually: Vec<NaiveDate>,
+    engagement_records: Vec<NaiveDate>,
+    letters: Vec<(NaiveDate, bool)>,
+    recommendations_shared: Vec<NaiveDate>,
+}
+
+impl ChildDraft {
+    fn new(child_id: &str, birth_month: BirthMonth, joined_on: Option<NaiveDate>) -> ChildDraft {
+        ChildDraft {
             child_id: child_id.to_owned(),
             birth_month,
             joined_on,
@@ -229,18 +287,45 @@ impl ChildFacts {
             recommendations_shared: Vec::new(),
         }
     }
+
+    fn finish(self) -> ChildFacts {
+        fn sorted<T: Ord>(mut dates: Vec<T>) -> Box<[T]> {
+            dates.sort();
+            dates.into_boxed_slice()
+        }
+        ChildFacts {
+            child_id: self.child_id.into_boxed_str(),
+            birth_month: self.birth_month,
+            joined_on: self.joined_on,
+            seen_in_person: sorted(self.seen_in_person),
+            seen_virtually: sorted(self.seen_virtually),
+            engagement_records: sorted(self.engagement_records),
+            letters: sorted(self.letters),
+            recommendations_shared: sorted(self.recommendations_shared),
+        }
+    }
 }
 
-impl CaseFacts {
-    fn child_mut(&mut self, child_id: &str) -> Option<&mut ChildFacts> {
-        self.children.iter_mut().find(|c| c.child_id == child_id)
-    }
+/// A report's facts while its events are folded.
+struct ReportDraft {
+    report_id: String,
+    report_type: ReportType,
+    ordered_on: Option<NaiveDate>,
+    due_dates: Vec<(NaiveDate, NaiveDate)>,
+    extensions: Vec<NaiveDate>,
+    filed_on: Option<NaiveDate>,
+}
 
-    fn report_mut(&mut self, report_id: &str, report_type: ReportType) -> &mut ReportFacts {
-        let index = match self.reports.iter().position(|r| r.report_id == report_id) {
+impl ReportDraft {
+    fn find_or_add<'a>(
+        reports: &'a mut Vec<ReportDraft>,
+        report_id: &str,
+        report_type: ReportType,
+    ) -> &'a mut ReportDraft {
+        let index = match reports.iter().position(|r| r.report_id == report_id) {
             Some(i) => i,
             None => {
-                self.reports.push(ReportFacts {
+                reports.push(ReportDraft {
                     report_id: report_id.to_owned(),
                     report_type,
                     ordered_on: None,
@@ -248,9 +333,22 @@ impl CaseFacts {
                     extensions: Vec::new(),
                     filed_on: None,
                 });
-                self.reports.len() - 1
+                reports.len() - 1
             }
         };
-        &mut self.reports[index]
+        &mut reports[index]
+    }
+
+    fn finish(mut self) -> ReportFacts {
+        self.due_dates.sort_by_key(|(agreed, _)| *agreed);
+        self.extensions.sort();
+        ReportFacts {
+            report_id: self.report_id.into_boxed_str(),
+            report_type: self.report_type,
+            ordered_on: self.ordered_on,
+            due_dates: self.due_dates.into(),
+            extensions: self.extensions.into(),
+            filed_on: self.filed_on,
+        }
     }
 }

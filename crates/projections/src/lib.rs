@@ -6,6 +6,6 @@ pub mod facts;
 pub mod metrics;
 pub mod worklists;
 
-pub use facts::{CaseFacts, Reach, facts_of};
+pub use facts::{CaseFacts, Reach, SharedCodes, facts_of};
 pub use metrics::{Dimension, MetricId, MetricResult, MetricsQuery, Period, Row, compute};
 pub use worklists::{WorklistItem, WorklistKind, worklist};

@@ -56,7 +56,7 @@ pub fn worklist<'a>(
     let mut items = Vec::new();
     for case in cases
         .into_iter()
-        .filter(|c| c.service_area == service_area && c.open_on(as_at))
+        .filter(|c| *c.service_area == *service_area && c.open_on(as_at))
     {
         let weeks_open = (as_at - case.issued_on).num_days() / 7;
         let item = |date: NaiveDate,
@@ -64,7 +64,7 @@ pub fn worklist<'a>(
                     report: Option<(&str, &'static str)>|
          -> Result<WorklistItem, MetricsError> {
             Ok(WorklistItem {
-                case_id: case.case_id.clone(),
+                case_id: case.case_id.to_string(),
                 child_id,
                 report_id: report.map(|(id, _)| id.to_owned()),
                 report_type: report.map(|(_, t)| t),
@@ -87,7 +87,7 @@ pub fn worklist<'a>(
                     if child.seen_in_person.iter().any(|d| *d <= as_at) {
                         continue;
                     }
-                    let candidate = item(deadline, Some(child.child_id.clone()), None)?;
+                    let candidate = item(deadline, Some(child.child_id.to_string()), None)?;
                     if candidate.working_days_left <= i64::from(within) {
                         items.push(candidate);
                     }

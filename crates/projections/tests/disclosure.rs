@@ -162,36 +162,41 @@ fn case() -> impl Strategy<Value = Case> {
 
 fn facts(i: usize, case: &Case) -> CaseFacts {
     CaseFacts {
-        case_id: format!("C{i}"),
+        case_id: format!("C{i}").into(),
         law_type: if case.public { LawType::Public } else { LawType::Private },
         application_types: vec![if case.public {
             ApplicationType::S31Care
         } else {
             ApplicationType::S8ChildArrangements
-        }],
+        }]
+        .into(),
         court_code: AXES[2].1[case.court].into(),
         service_area: AXES[1].1[case.area].into(),
         local_authority_code: case.public.then(|| AXES[3].1[case.authority].into()),
         issued_on: d("2025-04-01"),
         received_on: None,
         closed_on: case.closed.then(|| d("2025-06-02")),
-        lead_allocations: vec![(d("2025-04-02"), "fca-1".into())],
+        lead_allocations: vec![(d("2025-04-02"), "fca-1".into())].into(),
         children: case
             .children
             .iter()
             .enumerate()
             .map(|(c, (born, seen))| ChildFacts {
-                child_id: format!("C{i}-{c}"),
+                child_id: format!("C{i}-{c}").into(),
                 birth_month: BirthMonth { year: *born, month: 6 },
                 joined_on: None,
-                seen_in_person: if *seen { vec![d("2025-04-10")] } else { vec![] },
-                seen_virtually: vec![],
-                engagement_records: vec![],
-                letters: vec![],
-                recommendations_shared: vec![],
+                seen_in_person: if *seen {
+                    vec![d("2025-04-10")].into()
+                } else {
+                    Box::default()
+                },
+                seen_virtually: Box::default(),
+                engagement_records: Box::default(),
+                letters: Box::default(),
+                recommendations_shared: Box::default(),
             })
             .collect(),
-        reports: vec![],
+        reports: Box::default(),
     }
 }
 

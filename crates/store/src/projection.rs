@@ -7,6 +7,7 @@ use crate::log::{REPLAY_COLUMNS, ReplayRow};
 use crate::{Error, EventLog};
 use caselog_domain::Position;
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use sqlx::PgConnection;
 use tracing::instrument;
 
@@ -17,16 +18,24 @@ const PROJECTOR_LOCK: (i32, i32) = (0x6361_7365, 1);
 /// The name of the case-facts projection's checkpoint.
 pub const CASE_FACTS: &str = "case_facts";
 
-/// Case-facts rows a reader has not seen yet.
-#[derive(Debug, Clone)]
-pub struct FactsChanges {
+/// Where a reader of the case-facts projection stands after taking what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FactsVersion {
     pub generation: i64,
     /// The checkpoint the rows reflect.
     pub position: Position,
-    /// A rebuild replaced the table: `rows` is all of it and the reader's copy is stale.
+    /// A rebuild replaced the table (or the reader had no copy): the rows were all of it.
     pub replaced: bool,
-    /// The facts of each case, as JSON text.
-    pub rows: Vec<String>,
+}
+
+/// A reader's copy of the case-facts projection, fed one row at a time so that loading ten
+/// years never holds the table's text in memory at once.
+pub trait FactsSink {
+    type Error;
+    /// Called once before any row: `replaced` means the rows that follow are the whole table.
+    fn begin(&mut self, replaced: bool);
+    /// The facts of one case, as JSON text.
+    fn row(&mut self, facts: &str) -> Result<(), Self::Error>;
 }
 
 /// Proof of projection leadership: the session holding the advisory lock. Dropping it (or the
@@ -166,11 +175,17 @@ impl EventLog {
         Ok((generation, stored_position(position)?))
     }
 
-    /// What changed in the case-facts projection since a reader's copy was at `since` of
-    /// `generation`, read in one snapshot: the rows written after `since`, or every row when the
-    /// reader has no copy (`None`) or a rebuild has replaced the table since (another generation).
-    #[instrument(skip(self), err(level = "debug"))]
-    pub async fn case_facts_since(&self, generation: i64, since: Option<Position>) -> Result<FactsChanges, Error> {
+    /// Feeds `sink` what changed in the case-facts projection since a reader's copy was at
+    /// `since` of `generation`, read in one snapshot: the rows written after `since`, or every
+    /// row when the reader has no copy (`None`) or a rebuild has replaced the table since
+    /// (another generation). The outer error is the store's, the inner the sink's.
+    #[instrument(skip(self, sink), err(level = "debug"))]
+    pub async fn case_facts_since<S: FactsSink>(
+        &self,
+        generation: i64,
+        since: Option<Position>,
+        sink: &mut S,
+    ) -> Result<Result<FactsVersion, S::Error>, Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
@@ -180,19 +195,24 @@ impl EventLog {
                 .bind(CASE_FACTS)
                 .fetch_one(&mut *tx)
                 .await?;
-        let replaced = current != generation || since.is_none();
-        // As text: a reader parses it straight into its own types (a JSON value tree of every
-        // case first would cost several times the facts' own memory).
-        let facts: Vec<String> = sqlx::query_scalar("SELECT facts::text FROM case_facts WHERE as_of_position > $1")
-            .bind(since.filter(|_| !replaced).map_or(i64::MIN, i64::from))
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(FactsChanges {
+        let version = FactsVersion {
             generation: current,
             position: stored_position(position)?,
-            replaced,
-            rows: facts,
-        })
+            replaced: current != generation || since.is_none(),
+        };
+        sink.begin(version.replaced);
+        // As text, streamed: a reader parses each row straight into its own types (a JSON value
+        // tree of every case, or the whole table's text, would cost several times the facts).
+        let mut rows = sqlx::query_scalar::<_, String>("SELECT facts::text FROM case_facts WHERE as_of_position > $1")
+            .bind(since.filter(|_| !version.replaced).map_or(i64::MIN, i64::from))
+            .fetch(&mut *tx);
+        while let Some(facts) = rows.try_next().await? {
+            if let Err(refused) = sink.row(&facts) {
+                return Ok(Err(refused));
+            }
+        }
+        drop(rows);
+        tx.commit().await?;
+        Ok(Ok(version))
     }
 }

@@ -7,6 +7,7 @@
 //! through `caselog-store`. **Architecture invariant:** no tonic, prost or generated protobuf
 //! types here; only this crate and `caselog-store` depend on sqlx.
 
+mod as_of;
 pub mod audit;
 pub mod cache;
 pub mod error;

@@ -2,20 +2,23 @@
 //! the projector writes, and the figures and worklists counted from it. `as_of` answers fold
 //! the log as it was recorded at an instant, refolding only the cases written since.
 
+use crate::as_of::{AtInstant, RecordedSpans};
 use crate::error::Error;
-use crate::projector::{facts_at, fold_cases};
+use crate::projector::fold_cases;
 use caselog_calendar::WorkingCalendar;
 use caselog_domain::Position;
 use caselog_projections::metrics::{MetricsError, compute_parallel};
 use caselog_projections::{CaseFacts, MetricResult, MetricsQuery, Reach, SharedCodes, WorklistItem, WorklistKind};
 use caselog_store::EventLog;
 use caselog_store::projection::FactsSink;
-use caselog_store::rebuild::Cut;
 use chrono::{DateTime, NaiveDate, Utc};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+
+/// Cases read and folded together by an `as_of` answer: bounds the events it holds at once.
+const AS_OF_FOLD_CASES: usize = 2_000;
 
 /// The longest a query waits for the projections to reach `min_position`.
 const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(5);
@@ -24,8 +27,9 @@ const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 pub struct ReadModel {
     log: EventLog,
     cache: Arc<RwLock<FactsCache>>,
-    /// One `as_of` fold at a time per process: each holds every case's facts in memory.
+    /// One `as_of` fold at a time per process: each holds the facts of the cases it refolds.
     as_of_folds: Arc<tokio::sync::Semaphore>,
+    recorded_spans: Arc<tokio::sync::Mutex<RecordedSpans>>,
 }
 
 /// This process's copy of the case-facts projection, refreshed with the rows written since the
@@ -125,6 +129,7 @@ impl ReadModel {
             log,
             cache: Arc::new(RwLock::new(FactsCache::default())),
             as_of_folds: Arc::new(tokio::sync::Semaphore::new(1)),
+            recorded_spans: Arc::default(),
         }
     }
 
@@ -211,40 +216,59 @@ impl ReadModel {
         }
     }
 
-    /// The figures from the log as it was recorded at `at`. A case with no event recorded after
-    /// `at` has the same facts now as then, so when the projection holds every event recorded
-    /// by `at`, only the cases written since are folded again (cut at `at`); otherwise the whole
-    /// log is folded.
+    /// The figures from the log as it was recorded at `at`: the cases whose events were all
+    /// recorded by `at` count with the facts held here, those whose first event came later are
+    /// left out, and only the cases with events on both sides of `at`, or with events beyond
+    /// this copy, are folded again from their events recorded by `at` (see [`crate::as_of`]).
     async fn answer_as_of(
         &self,
         query: MetricsQuery,
-        at: chrono::DateTime<chrono::Utc>,
+        at: DateTime<Utc>,
         calendar: &'static WorkingCalendar,
-    ) -> Result<Vec<caselog_projections::MetricResult>, Error> {
+    ) -> Result<Vec<MetricResult>, Error> {
         let facts = self.current_facts(Position::ZERO).await?;
-        let (last_recorded_by, changed) = self.log.recorded_after(at).await?;
-        if last_recorded_by > facts.position() {
-            drop(facts);
-            let cases = facts_at(&self.log, Cut::RecordedBy(at)).await?;
-            return counted(move || {
-                let cases: Vec<&CaseFacts> = cases.iter().collect();
-                compute_parallel(&query, &cases, calendar, counting_threads())
-            })
-            .await;
+        let copy_at = facts.position();
+        let instant = at.timestamp_micros();
+        let mut spans = self.recorded_spans.lock().await;
+        spans.advance(&self.log, copy_at).await?;
+        // Events the copy has not applied (appended since it was read): fold their cases again.
+        let beyond_copy: HashSet<String> = self.log.cases_after(copy_at).await?.into_iter().collect();
+        let mut whole = Vec::new();
+        let mut refold: Vec<String> = beyond_copy.iter().cloned().collect();
+        for (i, (case, reach)) in facts.cases.iter().zip(&facts.reaches).enumerate() {
+            if beyond_copy.contains(&*case.case_id) {
+                continue;
+            }
+            match spans.get(&case.case_id).map(|span| span.at(instant)) {
+                Some(AtInstant::NotYet) => {}
+                Some(AtInstant::Whole) => {
+                    if query.may_count(reach) {
+                        whole.push(i);
+                    }
+                }
+                // Partly recorded by then, or never seen by the spans: fold to be sure.
+                Some(AtInstant::Partial) | None => refold.push(case.case_id.to_string()),
+            }
         }
-        let refolded = if changed.is_empty() {
-            Vec::new()
-        } else {
-            fold_cases(&self.log.read_cases_recorded_by(&changed, at).await?)?
-        };
-        counted(move || {
-            let changed: std::collections::HashSet<&str> = changed.iter().map(String::as_str).collect();
-            let cases: Vec<&CaseFacts> = facts
-                .cases
+        // Cases with events but no facts now (no `case_issued`, or it was voided since) may have
+        // had facts then.
+        refold.extend(
+            spans
                 .iter()
-                .filter(|f| !changed.contains(&*f.case_id))
-                .chain(&refolded)
-                .collect();
+                .filter(|(id, span)| {
+                    span.at(instant) != AtInstant::NotYet
+                        && !facts.index.contains_key(*id)
+                        && !beyond_copy.contains(*id)
+                })
+                .map(|(id, _)| id.to_owned()),
+        );
+        drop(spans);
+        let mut refolded = Vec::new();
+        for cases in refold.chunks(AS_OF_FOLD_CASES) {
+            refolded.extend(fold_cases(&self.log.read_cases_recorded_by(cases, at).await?)?);
+        }
+        counted(move || {
+            let cases: Vec<&CaseFacts> = whole.iter().map(|&i| &facts.cases[i]).chain(&refolded).collect();
             compute_parallel(&query, &cases, calendar, counting_threads())
         })
         .await

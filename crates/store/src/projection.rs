@@ -109,19 +109,38 @@ impl EventLog {
         .await?)
     }
 
-    /// What changed after `at`: the highest position recorded at or before it (0: none), and the
-    /// cases with an event recorded after it. One scan of the log.
-    #[instrument(skip(self), err(level = "debug"))]
-    pub async fn recorded_after(&self, at: DateTime<Utc>) -> Result<(Position, Vec<String>), Error> {
-        let (position, cases): (i64, Vec<String>) = sqlx::query_as(
-            "SELECT coalesce(max(position) FILTER (WHERE recorded_at <= $1), 0),
-                    coalesce(array_agg(DISTINCT case_id) FILTER (WHERE recorded_at > $1), '{}')
-               FROM events",
+    /// Each case's first and last recording instants, in microseconds since the epoch, over the
+    /// events above `after` (`None`: from the start) and at or below `up_to`; streamed to
+    /// `each` (case id, first, last) so that ten years of cases never sit in one result.
+    #[instrument(skip(self, each), err(level = "debug"))]
+    pub async fn recorded_spans(
+        &self,
+        after: Option<Position>,
+        up_to: Position,
+        mut each: impl FnMut(String, i64, i64),
+    ) -> Result<(), Error> {
+        let mut rows = sqlx::query_as::<_, (String, DateTime<Utc>, DateTime<Utc>)>(
+            "SELECT case_id, min(recorded_at), max(recorded_at) FROM events
+              WHERE position > $1 AND position <= $2 GROUP BY case_id",
         )
-        .bind(at)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((stored_position(position)?, cases))
+        .bind(after.map_or(-1, i64::from))
+        .bind(i64::from(up_to))
+        .fetch(&self.pool);
+        while let Some((case_id, first, last)) = rows.try_next().await? {
+            each(case_id, first.timestamp_micros(), last.timestamp_micros());
+        }
+        Ok(())
+    }
+
+    /// The cases with an event above `position` (a range of the log's primary key).
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn cases_after(&self, position: Position) -> Result<Vec<String>, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT case_id FROM events WHERE position > $1")
+                .bind(i64::from(position))
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Writes case-facts rows and moves the checkpoint from `from` to `to`, in one transaction.

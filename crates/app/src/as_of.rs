@@ -56,8 +56,13 @@ pub(crate) struct RecordedSpans {
 impl RecordedSpans {
     /// Extends the spans to cover the log up to `up_to`: the whole log the first time, then only
     /// the events added since. Every event at or below `up_to` must be committed (a projection's
-    /// checkpoint is).
-    pub async fn advance(&mut self, log: &EventLog, up_to: Position) -> Result<(), caselog_store::Error> {
+    /// checkpoint is). `held_id` gives the read model's copy of a case id, to share it.
+    pub async fn advance(
+        &mut self,
+        log: &EventLog,
+        up_to: Position,
+        held_id: impl Fn(&str) -> Option<Arc<str>>,
+    ) -> Result<(), caselog_store::Error> {
         if self.position.is_some_and(|at| at >= up_to) {
             return Ok(());
         }
@@ -67,7 +72,7 @@ impl RecordedSpans {
             match spans.get_mut(case_id.as_str()) {
                 Some(known) => known.widen(span),
                 None => {
-                    spans.insert(case_id.into(), span);
+                    spans.insert(held_id(&case_id).unwrap_or_else(|| case_id.into()), span);
                 }
             }
         })

@@ -230,7 +230,11 @@ impl ReadModel {
         let copy_at = facts.position();
         let instant = at.timestamp_micros();
         let mut spans = self.recorded_spans.lock().await;
-        spans.advance(&self.log, copy_at).await?;
+        spans
+            .advance(&self.log, copy_at, |id| {
+                facts.index.get_key_value(id).map(|(held, _)| held.clone())
+            })
+            .await?;
         // Events the copy has not applied (appended since it was read): fold their cases again.
         let beyond_copy: HashSet<String> = self.log.cases_after(copy_at).await?.into_iter().collect();
         let mut whole = Vec::new();

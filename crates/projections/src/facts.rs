@@ -30,18 +30,134 @@ pub struct CaseFacts {
     pub reports: Box<[ReportFacts]>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A child's facts, with every dated record in one exact-size list (a child has four or five,
+/// and one allocation for them all instead of one per kind is most of what the packing saves).
+/// Serialised as [`ChildRecords`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "ChildRecords")]
 pub struct ChildFacts {
     pub child_id: Box<str>,
     pub birth_month: BirthMonth,
     /// `None` for children named at issue; the `child_joined` date otherwise.
     pub joined_on: Option<NaiveDate>,
-    pub seen_in_person: Box<[NaiveDate]>,
-    pub seen_virtually: Box<[NaiveDate]>,
-    pub engagement_records: Box<[NaiveDate]>,
+    /// The records of each [`Kind`] in turn, each kind sorted.
+    dates: Box<[NaiveDate]>,
+    /// Where each kind's records end in `dates`.
+    ends: [u32; RECORD_KINDS],
+}
+
+/// The kinds of dated record a child has, in the order [`ChildFacts`] packs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    SeenInPerson,
+    SeenVirtually,
+    Engagement,
+    Letter,
+    PersonalisedLetter,
+    RecommendationShared,
+}
+
+const RECORD_KINDS: usize = 6;
+
+/// A child's facts as plain lists: how they are stored (JSON) and folded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildRecords {
+    pub child_id: String,
+    pub birth_month: BirthMonth,
+    pub joined_on: Option<NaiveDate>,
+    pub seen_in_person: Vec<NaiveDate>,
+    pub seen_virtually: Vec<NaiveDate>,
+    pub engagement_records: Vec<NaiveDate>,
     /// Dates of letters of introduction, with whether each was personalised.
-    pub letters: Box<[(NaiveDate, bool)]>,
-    pub recommendations_shared: Box<[NaiveDate]>,
+    pub letters: Vec<(NaiveDate, bool)>,
+    pub recommendations_shared: Vec<NaiveDate>,
+}
+
+impl ChildFacts {
+    fn records(&self, kind: Kind) -> &[NaiveDate] {
+        let index = kind as usize;
+        let start = if index == 0 { 0 } else { self.ends[index - 1] as usize };
+        &self.dates[start..self.ends[index] as usize]
+    }
+
+    pub fn seen_in_person(&self) -> &[NaiveDate] {
+        self.records(Kind::SeenInPerson)
+    }
+
+    pub fn seen_virtually(&self) -> &[NaiveDate] {
+        self.records(Kind::SeenVirtually)
+    }
+
+    pub fn engagement_records(&self) -> &[NaiveDate] {
+        self.records(Kind::Engagement)
+    }
+
+    pub fn recommendations_shared(&self) -> &[NaiveDate] {
+        self.records(Kind::RecommendationShared)
+    }
+
+    pub fn has_personalised_letter(&self) -> bool {
+        !self.records(Kind::PersonalisedLetter).is_empty()
+    }
+
+    /// Letters of introduction, with whether each was personalised, sorted as (date, flag).
+    pub fn letters(&self) -> Vec<(NaiveDate, bool)> {
+        let plain = self.records(Kind::Letter).iter().map(|d| (*d, false));
+        let personalised = self.records(Kind::PersonalisedLetter).iter().map(|d| (*d, true));
+        let mut letters: Vec<(NaiveDate, bool)> = plain.chain(personalised).collect();
+        letters.sort();
+        letters
+    }
+
+    /// The plain lists these were packed from.
+    pub fn to_records(&self) -> ChildRecords {
+        ChildRecords {
+            child_id: self.child_id.to_string(),
+            birth_month: self.birth_month,
+            joined_on: self.joined_on,
+            seen_in_person: self.seen_in_person().to_vec(),
+            seen_virtually: self.seen_virtually().to_vec(),
+            engagement_records: self.engagement_records().to_vec(),
+            letters: self.letters(),
+            recommendations_shared: self.recommendations_shared().to_vec(),
+        }
+    }
+}
+
+impl From<ChildRecords> for ChildFacts {
+    /// Sorts each kind (stable, as the fold leaves same-day records in recording order).
+    fn from(records: ChildRecords) -> ChildFacts {
+        let (personalised, plain): (Vec<_>, Vec<_>) = records.letters.iter().partition(|(_, p)| *p);
+        let kinds: [Vec<NaiveDate>; RECORD_KINDS] = [
+            records.seen_in_person,
+            records.seen_virtually,
+            records.engagement_records,
+            plain.into_iter().map(|(d, _)| d).collect(),
+            personalised.into_iter().map(|(d, _)| d).collect(),
+            records.recommendations_shared,
+        ];
+        let mut dates = Vec::with_capacity(kinds.iter().map(Vec::len).sum());
+        let mut ends = [0; RECORD_KINDS];
+        for (kind, mut list) in kinds.into_iter().enumerate() {
+            list.sort();
+            dates.extend(list);
+            // A child's records are events of one case, whose versions fit in an i32.
+            ends[kind] = u32::try_from(dates.len()).unwrap_or(u32::MAX);
+        }
+        ChildFacts {
+            child_id: records.child_id.into_boxed_str(),
+            birth_month: records.birth_month,
+            joined_on: records.joined_on,
+            dates: dates.into_boxed_slice(),
+            ends,
+        }
+    }
+}
+
+impl Serialize for ChildFacts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_records().serialize(serializer)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,19 +302,19 @@ pub fn facts_of(case_id: &str, history: &CaseHistory) -> Option<CaseFacts> {
     let view = history.view()?;
     let voided = history.voided_by();
     let mut lead_allocations: Vec<(NaiveDate, Arc<str>)> = Vec::new();
-    let mut children: Vec<ChildDraft> = view
+    let mut children: Vec<ChildRecords> = view
         .issue
         .children
         .iter()
-        .map(|c| ChildDraft::new(&c.child_id, c.birth_month, None))
+        .map(|c| ChildRecords::new(&c.child_id, c.birth_month, None))
         .collect();
     let mut reports: Vec<ReportDraft> = Vec::new();
-    let child = |children: &mut Vec<ChildDraft>, id: &str| children.iter_mut().position(|c| c.child_id == id);
+    let child = |children: &mut Vec<ChildRecords>, id: &str| children.iter_mut().position(|c| c.child_id == id);
     let live = history.events().iter().filter(|e| !voided.contains_key(&e.event_id));
     for event in live {
         let on = event.occurred_on;
         match &event.payload {
-            Payload::ChildJoined(c) => children.push(ChildDraft::new(&c.child_id, c.birth_month, Some(on))),
+            Payload::ChildJoined(c) => children.push(ChildRecords::new(&c.child_id, c.birth_month, Some(on))),
             Payload::CaseAllocated(a) if a.role.is_lead() => {
                 lead_allocations.push((on, a.practitioner_id.as_str().into()))
             }
@@ -257,26 +373,14 @@ pub fn facts_of(case_id: &str, history: &CaseHistory) -> Option<CaseFacts> {
         received_on: view.issue.received_on,
         closed_on: view.closure.map(|c| c.closed_on),
         lead_allocations: lead_allocations.into(),
-        children: children.into_iter().map(ChildDraft::finish).collect(),
+        children: children.into_iter().map(ChildFacts::from).collect(),
         reports: reports.into_iter().map(ReportDraft::finish).collect(),
     })
 }
 
-/// A child's facts while its events are folded.
-struct ChildDraft {
-    child_id: String,
-    birth_month: BirthMonth,
-    joined_on: Option<NaiveDate>,
-    seen_in_person: Vec<NaiveDate>,
-    seen_virtually: Vec<NaiveDate>,
-    engagement_records: Vec<NaiveDate>,
-    letters: Vec<(NaiveDate, bool)>,
-    recommendations_shared: Vec<NaiveDate>,
-}
-
-impl ChildDraft {
-    fn new(child_id: &str, birth_month: BirthMonth, joined_on: Option<NaiveDate>) -> ChildDraft {
-        ChildDraft {
+impl ChildRecords {
+    fn new(child_id: &str, birth_month: BirthMonth, joined_on: Option<NaiveDate>) -> ChildRecords {
+        ChildRecords {
             child_id: child_id.to_owned(),
             birth_month,
             joined_on,
@@ -285,23 +389,6 @@ impl ChildDraft {
             engagement_records: Vec::new(),
             letters: Vec::new(),
             recommendations_shared: Vec::new(),
-        }
-    }
-
-    fn finish(self) -> ChildFacts {
-        fn sorted<T: Ord>(mut dates: Vec<T>) -> Box<[T]> {
-            dates.sort();
-            dates.into_boxed_slice()
-        }
-        ChildFacts {
-            child_id: self.child_id.into_boxed_str(),
-            birth_month: self.birth_month,
-            joined_on: self.joined_on,
-            seen_in_person: sorted(self.seen_in_person),
-            seen_virtually: sorted(self.seen_virtually),
-            engagement_records: sorted(self.engagement_records),
-            letters: sorted(self.letters),
-            recommendations_shared: sorted(self.recommendations_shared),
         }
     }
 }

@@ -84,7 +84,7 @@ pub fn worklist<'a>(
                 }
                 let deadline = calendar.add_working_days(first_lead, 15)?;
                 for child in case.children_on(as_at) {
-                    if child.seen_in_person.iter().any(|d| *d <= as_at) {
+                    if child.seen_in_person().iter().any(|d| *d <= as_at) {
                         continue;
                     }
                     let candidate = item(deadline, Some(child.child_id.to_string()), None)?;

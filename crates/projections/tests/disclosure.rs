@@ -7,7 +7,7 @@
 
 use caselog_calendar::WorkingCalendar;
 use caselog_domain::event::{ApplicationType, BirthMonth, LawType};
-use caselog_projections::facts::ChildFacts;
+use caselog_projections::facts::{ChildFacts, ChildRecords};
 use caselog_projections::metrics::Settings;
 use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, Row, compute};
 use chrono::NaiveDate;
@@ -181,19 +181,17 @@ fn facts(i: usize, case: &Case) -> CaseFacts {
             .children
             .iter()
             .enumerate()
-            .map(|(c, (born, seen))| ChildFacts {
-                child_id: format!("C{i}-{c}").into(),
-                birth_month: BirthMonth { year: *born, month: 6 },
-                joined_on: None,
-                seen_in_person: if *seen {
-                    vec![d("2025-04-10")].into()
-                } else {
-                    Box::default()
-                },
-                seen_virtually: Box::default(),
-                engagement_records: Box::default(),
-                letters: Box::default(),
-                recommendations_shared: Box::default(),
+            .map(|(c, (born, seen))| {
+                ChildFacts::from(ChildRecords {
+                    child_id: format!("C{i}-{c}"),
+                    birth_month: BirthMonth { year: *born, month: 6 },
+                    joined_on: None,
+                    seen_in_person: if *seen { vec![d("2025-04-10")] } else { vec![] },
+                    seen_virtually: vec![],
+                    engagement_records: vec![],
+                    letters: vec![],
+                    recommendations_shared: vec![],
+                })
             })
             .collect(),
         reports: Box::default(),

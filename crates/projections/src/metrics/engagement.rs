@@ -69,7 +69,7 @@ pub(super) fn count<'a>(
             c.add(
                 MetricId::E2,
                 &k,
-                flag(child.engagement_records.iter().any(|d| *d <= closed)),
+                flag(child.engagement_records().iter().any(|d| *d <= closed)),
                 1.0,
             );
         }
@@ -79,12 +79,7 @@ pub(super) fn count<'a>(
     {
         for child in &case.children {
             let k = c.child_keys(case_keys, (query, case), child, first_lead);
-            c.add(
-                MetricId::E3,
-                &k,
-                flag(child.letters.iter().any(|(_, personalised)| *personalised)),
-                1.0,
-            );
+            c.add(MetricId::E3, &k, flag(child.has_personalised_letter()), 1.0);
         }
     }
     if c.wants(MetricId::E4) {
@@ -105,7 +100,7 @@ pub(super) fn count<'a>(
                 c.add(
                     MetricId::E4,
                     &k,
-                    flag(child.recommendations_shared.iter().any(|d| *d <= filed)),
+                    flag(child.recommendations_shared().iter().any(|d| *d <= filed)),
                     1.0,
                 );
             }

@@ -651,11 +651,11 @@ pub fn report_type_name(r: ReportType) -> &'static str {
 /// The days `child` was seen on, as the settings count seeing (T4, E1).
 fn seen_dates<'a>(child: &'a ChildFacts, settings: &Settings) -> impl Iterator<Item = NaiveDate> + 'a {
     let virtually: &[NaiveDate] = if settings.virtual_visits_count {
-        &child.seen_virtually
+        child.seen_virtually()
     } else {
         &[]
     };
-    child.seen_in_person.iter().chain(virtually).copied()
+    child.seen_in_person().iter().chain(virtually).copied()
 }
 
 /// Whether a case closed on `closed` concluded within the 26-week limit (T2, T3).

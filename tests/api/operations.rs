@@ -51,6 +51,42 @@ async fn health_is_serving_with_a_database(pool: PgPool) {
     assert!(health_becomes(&server, "liveness", ServingStatus::Serving).await);
 }
 
+/// A replica reports itself ready ("", what readiness probes ask) and its metrics service
+/// SERVING only once its read model is in memory; appends are served before that.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_server_is_ready_for_queries_only_once_its_read_model_is_loaded(pool: PgPool) {
+    // The projection table out of reach: the read model cannot load.
+    sqlx::query("ALTER TABLE case_facts RENAME TO case_facts_elsewhere")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let server = TestServer::start(pool.clone()).await;
+    assert!(health_becomes(&server, "caselog.v1.CaseEventService", ServingStatus::Serving).await);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut health = HealthClient::new(server.anonymous.clone());
+    for service in ["", "caselog.v1.MetricsService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(
+            status,
+            ServingStatus::NotServing,
+            "{service:?} before the read model loaded"
+        );
+    }
+    sqlx::query("ALTER TABLE case_facts_elsewhere RENAME TO case_facts")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(health_becomes(&server, "", ServingStatus::Serving).await);
+    assert!(health_becomes(&server, "caselog.v1.MetricsService", ServingStatus::Serving).await);
+}
+
 #[tokio::test]
 async fn health_is_not_serving_while_the_database_is_unreachable() {
     // Nothing listens on port 1 of loopback.

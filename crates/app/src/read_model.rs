@@ -205,6 +205,12 @@ impl ReadModel {
         Ok(cache.downgrade())
     }
 
+    /// Loads the projection into memory (or refreshes it): what a server does before it reports
+    /// ready, so that its first query does not pay for the load.
+    pub async fn load(&self) -> Result<(), Error> {
+        self.current_facts(Position::ZERO).await.map(drop)
+    }
+
     /// The size of the in-memory copy and how long loading it took.
     pub async fn stats(&self) -> ReadModelStats {
         let cache = self.cache.read().await;

@@ -39,7 +39,9 @@ pub use service::{CaseEvents, SOURCE_HEADER};
 /// The health service name of liveness probes: SERVING while the process answers.
 const LIVENESS: &str = "liveness";
 
-/// The services whose health follows the database ("" is the server as a whole).
+/// The services whose health follows the database ("" is the server as a whole). "" and the
+/// metrics service also wait for the read model's first load, so that a replica takes no
+/// traffic (readiness probes ask for "") before it can answer a query quickly.
 const DATABASE_BACKED: [&str; 5] = [
     "",
     "caselog.v1.CaseEventService",
@@ -135,17 +137,23 @@ pub async fn run(
 
     let signalling_task = tokio::spawn(log.clone().run_feed_signalling());
     let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
+    let (loaded_tx, loaded_rx) = tokio::sync::watch::channel(false);
     let health_task = tokio::spawn(watch_database(
         log.clone(),
         health_reporter,
         limits.health_interval,
-        draining_rx.clone(),
+        (loaded_rx, draining_rx.clone()),
     ));
     let event_feed = EventFeed::new(log.clone(), limits.feed.clone(), draining_rx.clone());
     let metrics_task = tokio::spawn(event_feed.clone().publish_metrics(Duration::from_secs(10)));
     let feed = EventFeedServiceServer::new(event_feed);
     let projector_task = tokio::spawn(projector::run(log.clone(), limits.projector.clone()));
     let metrics_service = metrics::Metrics::new(log.clone());
+    let load_task = tokio::spawn(
+        metrics_service
+            .clone()
+            .load_read_model(limits.health_interval.max(Duration::from_secs(1)), loaded_tx),
+    );
     let read_model_task = tokio::spawn(
         metrics_service
             .clone()
@@ -226,6 +234,7 @@ pub async fn run(
         }
     };
     health_task.abort();
+    load_task.abort();
     signalling_task.abort();
     metrics_task.abort();
     read_model_task.abort();
@@ -244,10 +253,10 @@ async fn watch_database(
     log: EventLog,
     reporter: HealthReporter,
     interval: Duration,
-    mut draining: tokio::sync::watch::Receiver<bool>,
+    (loaded, mut draining): (tokio::sync::watch::Receiver<bool>, tokio::sync::watch::Receiver<bool>),
 ) {
     let checking = async {
-        database_health(&log, &reporter, interval).await;
+        database_health(&log, &reporter, interval, loaded).await;
     };
     tokio::select! {
         () = checking => {}
@@ -269,10 +278,15 @@ async fn watch_database(
 /// (a Check then answers NOT_FOUND).
 const WATCHERS_TOLD_WITHIN: Duration = Duration::from_millis(500);
 
-async fn database_health(log: &EventLog, reporter: &HealthReporter, interval: Duration) {
-    let mut last = Some(ServingStatus::NotServing);
+async fn database_health(
+    log: &EventLog,
+    reporter: &HealthReporter,
+    interval: Duration,
+    mut loaded: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last = None;
     loop {
-        let status = match tokio::time::timeout(interval.max(Duration::from_secs(1)), log.ping()).await {
+        let database = match tokio::time::timeout(interval.max(Duration::from_secs(1)), log.ping()).await {
             Ok(Ok(())) => ServingStatus::Serving,
             Ok(Err(err)) => {
                 warn!(error = %caselog_app::error::chain(&err), "database unreachable; health is NOT_SERVING");
@@ -280,13 +294,25 @@ async fn database_health(log: &EventLog, reporter: &HealthReporter, interval: Du
             }
             Err(_) => ServingStatus::NotServing,
         };
-        if last != Some(status) {
+        let ready = if *loaded.borrow_and_update() {
+            database
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some((database, ready)) {
             for service in DATABASE_BACKED {
+                let waits_for_read_model = service.is_empty() || service == "caselog.v1.MetricsService";
+                let status = if waits_for_read_model { ready } else { database };
                 reporter.set_service_status(service, status).await;
             }
-            last = Some(status);
+            last = Some((database, ready));
         }
-        tokio::time::sleep(interval).await;
+        // The load finishing is worth telling at once (a loader gone without loading is not).
+        let loading = !*loaded.borrow() && loaded.has_changed().is_ok();
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = loaded.changed(), if loading => {}
+        }
     }
 }
 

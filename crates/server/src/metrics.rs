@@ -40,6 +40,23 @@ impl Metrics {
         }
     }
 
+    /// Loads the read model, retrying every `retry` while the database cannot answer; then
+    /// says so on `loaded` (health reports the server ready only after it).
+    pub async fn load_read_model(self, retry: Duration, loaded: tokio::sync::watch::Sender<bool>) {
+        loop {
+            match self.read_model.load().await {
+                Ok(()) => {
+                    let _ = loaded.send(true);
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err.detail(), "loading the read model failed; retrying");
+                    tokio::time::sleep(retry).await;
+                }
+            }
+        }
+    }
+
     /// Samples the read model's size and load times, and this process's resident memory, every
     /// `interval` into OpenTelemetry gauges (`caselog.read_model.*`,
     /// `caselog.process.resident_bytes`), exported when OTLP export is configured. Runs until

@@ -487,66 +487,61 @@ async fn folded_figures(
     caselog_projections::compute(query, &cases, caselog_calendar::WorkingCalendar::england_and_wales()).unwrap()
 }
 
-/// Cases recorded in rounds, so that at each instant between rounds some cases are whole, some
-/// half recorded, some not begun; one case's visit is voided later (it counts as seen at early
-/// instants and not now), and the last round is appended just before the questions (the read
-/// model's copy may not have it). Each `as_of` answer equals a fold of the log cut at its
-/// instant.
-#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
-async fn as_of_at_any_instant_equals_a_fold_of_the_log_as_recorded_then(pool: PgPool) {
-    use caselog_projections::{Dimension, MetricId, MetricsQuery, Period};
-    let server = TestServer::start(pool.clone()).await;
-    let mut client = server.client();
-    let mut instants = Vec::new();
-    let mut voided_visit = None;
-    for round in 0..6 {
-        for case in 0..6usize {
-            let id = format!("AS{case}");
-            let begins = if case == 5 { 0 } else { case.min(4) };
-            let start = day("2024-05-01", 7 * case as i64);
-            let on = |n: i64| day(&start, n);
-            let events = match round.cmp(&begins) {
-                std::cmp::Ordering::Less => continue,
-                std::cmp::Ordering::Equal => {
-                    let issue = event(
-                        &start,
-                        if case % 2 == 0 {
-                            issued_public(&["a", "b"])
-                        } else {
-                            issued_private(&["a"])
-                        },
-                    );
-                    vec![issue, event(&on(2), allocated("fca-1", pb::AllocationRole::Lead))]
-                }
-                std::cmp::Ordering::Greater => match round - begins {
-                    1 => {
-                        let visit = event(&on(9 + case as i64), seen("a"));
-                        if case == 5 {
-                            voided_visit = Some(visit.clone());
-                        }
-                        vec![visit]
+/// Round `round` of six cases recorded in rounds, so that at each instant between rounds some
+/// cases are whole, some half recorded, some not begun; case AS5's visit (round 1) is voided in
+/// round 4.
+async fn append_round(
+    client: &mut caselog_api::v1::case_event_service_client::CaseEventServiceClient<AuthChannel>,
+    round: usize,
+    voided_visit: &mut Option<pb::NewEvent>,
+) {
+    for case in 0..6usize {
+        let id = format!("AS{case}");
+        let begins = if case == 5 { 0 } else { case.min(4) };
+        let start = day("2024-05-01", 7 * case as i64);
+        let on = |n: i64| day(&start, n);
+        let events = match round.cmp(&begins) {
+            std::cmp::Ordering::Less => continue,
+            std::cmp::Ordering::Equal => {
+                let issue = event(
+                    &start,
+                    if case % 2 == 0 {
+                        issued_public(&["a", "b"])
+                    } else {
+                        issued_private(&["a"])
+                    },
+                );
+                vec![issue, event(&on(2), allocated("fca-1", pb::AllocationRole::Lead))]
+            }
+            std::cmp::Ordering::Greater => match round - begins {
+                1 => {
+                    let visit = event(&on(9 + case as i64), seen("a"));
+                    if case == 5 {
+                        *voided_visit = Some(visit.clone());
                     }
-                    2 => vec![event(&on(20), ordered("R1", pb::ReportType::Section7, &on(80)))],
-                    3 if case == 5 => vec![event(
-                        &on(30),
-                        voided(voided_visit.as_ref().unwrap(), pb::VoidReason::EnteredInError),
-                    )],
-                    3 => vec![event(&on(70), filed("R1", pb::ReportType::Section7))],
-                    4 => vec![event(&on(150 + 10 * case as i64), closed(pb::CaseOutcome::FinalOrder))],
-                    _ => continue,
-                },
-            };
-            client.append_events(append(&id, events)).await.unwrap();
-        }
-        instants.push(
-            sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>("SELECT now()")
-                .fetch_one(&pool)
-                .await
-                .unwrap(),
-        );
+                    vec![visit]
+                }
+                2 => vec![event(&on(20), ordered("R1", pb::ReportType::Section7, &on(80)))],
+                3 if case == 5 => vec![event(
+                    &on(30),
+                    voided(voided_visit.as_ref().unwrap(), pb::VoidReason::EnteredInError),
+                )],
+                3 => vec![event(&on(70), filed("R1", pb::ReportType::Section7))],
+                4 => vec![event(&on(150 + 10 * case as i64), closed(pb::CaseOutcome::FinalOrder))],
+                _ => continue,
+            },
+        };
+        client.append_events(append(&id, events)).await.unwrap();
     }
-    let read_model = caselog_app::ReadModel::new(EventLog::new(pool.clone()));
-    let query = MetricsQuery {
+}
+
+async fn database_now(pool: &PgPool) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query_scalar("SELECT now()").fetch_one(pool).await.unwrap()
+}
+
+fn every_metric_by_law_type() -> caselog_projections::MetricsQuery {
+    use caselog_projections::{Dimension, MetricId, MetricsQuery, Period};
+    MetricsQuery {
         metrics: MetricId::ALL.to_vec(),
         period: Period::financial_year(2024).unwrap(),
         snapshot: None,
@@ -554,7 +549,29 @@ async fn as_of_at_any_instant_equals_a_fold_of_the_log_as_recorded_then(pool: Pg
         filters: Vec::new(),
         suppress_small_numbers: false,
         settings: Default::default(),
-    };
+    }
+}
+
+/// Applies every event to the case-facts projection.
+async fn project_everything(log: &EventLog) {
+    while apply_next_page(log, 1_000).await.map(|a| a.from != a.to).unwrap() {}
+}
+
+/// The cases of [`append_round`]. The last round is appended just before the questions (the
+/// read model's copy may not have it). Each `as_of` answer equals a fold of the log cut at its
+/// instant.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn as_of_at_any_instant_equals_a_fold_of_the_log_as_recorded_then(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let mut client = server.client();
+    let mut instants = Vec::new();
+    let mut voided_visit = None;
+    for round in 0..6 {
+        append_round(&mut client, round, &mut voided_visit).await;
+        instants.push(database_now(&pool).await);
+    }
+    let read_model = caselog_app::ReadModel::new(EventLog::new(pool.clone()));
+    let query = every_metric_by_law_type();
     let before_any = instants[0] - chrono::Duration::seconds(1);
     for at in std::iter::once(before_any).chain(instants) {
         let expected = folded_figures(&pool, &query, at).await;
@@ -564,4 +581,76 @@ async fn as_of_at_any_instant_equals_a_fold_of_the_log_as_recorded_then(pool: Pg
             .unwrap();
         assert_eq!(answered, expected, "as_of {at}");
     }
+}
+
+/// A read model that starts after a snapshot was written loads it and the rows written after it:
+/// its figures now, and as of every instant (its recording spans came in the snapshot too),
+/// equal a fold of the log. A snapshot that cannot be read is passed over for the rows.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_read_model_loaded_from_a_snapshot_and_the_rows_after_it_answers_as_a_fold(pool: PgPool) {
+    use caselog_app::ReadModel;
+    let server = TestServer::start(pool.clone()).await;
+    let mut client = server.client();
+    let log = EventLog::new(pool.clone());
+    let (mut instants, mut voided_visit) = (Vec::new(), None);
+    for round in 0..3 {
+        append_round(&mut client, round, &mut voided_visit).await;
+        instants.push(database_now(&pool).await);
+    }
+    project_everything(&log).await;
+    let first = ReadModel::new(log.clone());
+    let snapshot = first.write_snapshot().await.unwrap().expect("no snapshot existed");
+    assert_eq!(
+        (snapshot.cases, snapshot.position),
+        (4, log.head_position().await.unwrap())
+    );
+    assert_eq!(first.write_snapshot().await.unwrap(), None, "one as recent exists");
+
+    for round in 3..6 {
+        append_round(&mut client, round, &mut voided_visit).await;
+        instants.push(database_now(&pool).await);
+    }
+    project_everything(&log).await;
+    let head = log.head_position().await.unwrap();
+    let query = every_metric_by_law_type();
+    let expected_now = folded_figures(&pool, &query, database_now(&pool).await).await;
+
+    let second = ReadModel::new(log.clone());
+    second.load().await.unwrap();
+    let stats = second.stats().await;
+    assert_eq!(
+        (stats.cases, stats.position, stats.loaded_snapshot),
+        (6, head, Some(snapshot.position))
+    );
+    let (_, now) = second.metrics(query.clone(), None, head).await.unwrap();
+    assert_eq!(now, expected_now, "snapshot and the rows after it");
+    for &at in &instants {
+        let (_, answered) = second.metrics(query.clone(), Some(at), head).await.unwrap();
+        assert_eq!(answered, folded_figures(&pool, &query, at).await, "as_of {at}");
+    }
+
+    // A newer snapshot whose part is not of this format's encoding.
+    let (generation, _) = log.case_facts_version().await.unwrap();
+    sqlx::query(
+        "INSERT INTO read_model_snapshots (generation, position, format, parts, cases, bytes)
+         VALUES ($1, $2, 1, 1, 6, 3)",
+    )
+    .bind(generation)
+    .bind(i64::from(head))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO read_model_snapshot_parts (generation, position, part, data) VALUES ($1, $2, 0, '\\xffffff')",
+    )
+    .bind(generation)
+    .bind(i64::from(head))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let third = ReadModel::new(log.clone());
+    let (_, now) = third.metrics(query.clone(), None, head).await.unwrap();
+    assert_eq!(now, expected_now, "from every case's row");
+    let stats = third.stats().await;
+    assert_eq!((stats.cases, stats.loaded_snapshot), (6, None));
 }

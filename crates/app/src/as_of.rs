@@ -2,16 +2,18 @@
 //! events recorded by then, so a case whose events were all recorded by the instant has today's
 //! facts, and a case whose first event was recorded after it did not exist; only the cases with
 //! events on both sides are folded again from the log. Each case's first and last recording
-//! instants are held here, read once from the log and then only for the events added since.
+//! instants are held here, read once from the log (or a snapshot) and then only for the events
+//! added since.
 
 use caselog_domain::Position;
 use caselog_store::EventLog;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The first and last recording instants of a case's events, in microseconds since the epoch
 /// (what PostgreSQL stores, so comparisons here agree with `recorded_at <= $1` there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Span {
     pub first: i64,
     pub last: i64,
@@ -45,40 +47,73 @@ impl Span {
     }
 }
 
-/// Every case's [`Span`] over the log up to a position.
+/// Every case's [`Span`] over the log up to a position (at or beyond the read model's copy,
+/// which extends it as it refreshes).
 #[derive(Debug, Default)]
 pub(crate) struct RecordedSpans {
-    /// The position the spans cover; `None` before the first read.
-    position: Option<Position>,
+    position: Position,
     spans: HashMap<Arc<str>, Span>,
 }
 
+/// Spans read from the log, not yet merged into [`RecordedSpans`].
+pub(crate) type ReadSpans = Vec<(String, Span)>;
+
+/// The spans of the cases with events above `after` (`None`: from the start) and at or below
+/// `up_to`, over those events only. Every event at or below `up_to` must be committed (a
+/// projection's checkpoint is).
+pub(crate) async fn read_spans(
+    log: &EventLog,
+    after: Option<Position>,
+    up_to: Position,
+) -> Result<ReadSpans, caselog_store::Error> {
+    let mut read = Vec::new();
+    log.recorded_spans(after, up_to, |case_id, first, last| {
+        read.push((case_id, Span { first, last }));
+    })
+    .await?;
+    Ok(read)
+}
+
 impl RecordedSpans {
-    /// Extends the spans to cover the log up to `up_to`: the whole log the first time, then only
-    /// the events added since. Every event at or below `up_to` must be committed (a projection's
-    /// checkpoint is). `held_id` gives the read model's copy of a case id, to share it.
-    pub async fn advance(
-        &mut self,
-        log: &EventLog,
-        up_to: Position,
-        held_id: impl Fn(&str) -> Option<Arc<str>>,
-    ) -> Result<(), caselog_store::Error> {
-        if self.position.is_some_and(|at| at >= up_to) {
-            return Ok(());
+    /// The position the spans cover.
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// Widens the spans with `read`, which covers the log from `self.position()` (or from the
+    /// start, for new spans) to `up_to`. `held_id` gives the read model's copy of a case id,
+    /// to share it.
+    pub fn merge(&mut self, read: ReadSpans, up_to: Position, held_id: impl Fn(&str) -> Option<Arc<str>>) {
+        for (case_id, span) in read {
+            self.insert(case_id, span, &held_id);
         }
-        let spans = &mut self.spans;
-        log.recorded_spans(self.position, up_to, |case_id, first, last| {
-            let span = Span { first, last };
-            match spans.get_mut(case_id.as_str()) {
-                Some(known) => known.widen(span),
-                None => {
-                    spans.insert(held_id(&case_id).unwrap_or_else(|| case_id.into()), span);
-                }
+        self.position = self.position.max(up_to);
+    }
+
+    pub fn insert(&mut self, case_id: String, span: Span, held_id: impl Fn(&str) -> Option<Arc<str>>) {
+        match self.spans.get_mut(case_id.as_str()) {
+            Some(known) => known.widen(span),
+            None => {
+                self.spans
+                    .insert(held_id(&case_id).unwrap_or_else(|| case_id.into()), span);
             }
-        })
-        .await?;
-        self.position = Some(up_to);
-        Ok(())
+        }
+    }
+
+    /// Marks spans loaded from a snapshot as covering the log up to `position`.
+    pub fn covering(mut self, position: Position) -> RecordedSpans {
+        self.position = position;
+        self
+    }
+
+    /// The copy of `case_id` held here, to share it.
+    pub fn held_id(&self, case_id: &str) -> Option<Arc<str>> {
+        self.spans.get_key_value(case_id).map(|(held, _)| held.clone())
+    }
+
+    /// Every case with its span, ids shared.
+    pub fn to_vec(&self) -> Vec<(Arc<str>, Span)> {
+        self.spans.iter().map(|(id, span)| (id.clone(), *span)).collect()
     }
 
     pub fn get(&self, case_id: &str) -> Option<Span> {

@@ -1,16 +1,19 @@
 //! The read model: this process's copy of the case-facts projection, kept current with the rows
 //! the projector writes, and the figures and worklists counted from it. `as_of` answers fold
-//! the log as it was recorded at an instant, refolding only the cases written since.
+//! the log as it was recorded at an instant, refolding only the cases written since. A server
+//! loads its copy from the newest snapshot and the rows written after it, and writes snapshots
+//! as the projection moves on (see [`ReadModel::write_snapshot`]).
 
-use crate::as_of::{AtInstant, RecordedSpans};
+use crate::as_of::{AtInstant, RecordedSpans, read_spans};
 use crate::error::Error;
 use crate::projector::fold_cases;
+use crate::snapshot::{self, Part};
 use caselog_calendar::WorkingCalendar;
 use caselog_domain::Position;
 use caselog_projections::metrics::{MetricsError, compute_parallel};
 use caselog_projections::{CaseFacts, MetricResult, MetricsQuery, Reach, SharedCodes, WorklistItem, WorklistKind};
-use caselog_store::EventLog;
 use caselog_store::projection::FactsSink;
+use caselog_store::{EventLog, SnapshotHead, SnapshotSink};
 use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -29,7 +32,8 @@ pub struct ReadModel {
     cache: Arc<RwLock<FactsCache>>,
     /// One `as_of` fold at a time per process: each holds the facts of the cases it refolds.
     as_of_folds: Arc<tokio::sync::Semaphore>,
-    recorded_spans: Arc<tokio::sync::Mutex<RecordedSpans>>,
+    /// Held while the spans of the whole log are read, so that it happens once.
+    reading_spans: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// This process's copy of the case-facts projection, refreshed with the rows written since the
@@ -46,10 +50,38 @@ struct FactsCache {
     /// Keyed by the case's own id (one allocation for both).
     index: HashMap<Arc<str>, u32>,
     codes: SharedCodes,
+    /// Each case's recording span, for `as_of`: `None` until an `as_of` or a snapshot needs them
+    /// (or a snapshot brought them); once present, extended at every refresh to cover at least
+    /// `position`.
+    spans: Option<RecordedSpans>,
     /// How long the last load of the whole projection took (the first query's, or after a
     /// rebuild), and the last refresh of any size.
     last_full_load: Option<Duration>,
     last_refresh: Option<Duration>,
+    /// The position of the snapshot the last full load started from (`None`: from the rows).
+    loaded_snapshot: Option<Position>,
+}
+
+/// When a server writes a snapshot of its read model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// How often a server checks whether one is due.
+    pub check_every: Duration,
+    /// A snapshot is due when none exists for the projection's generation, or the newest is this
+    /// many events behind the server's copy; 0 writes none.
+    pub after_events: u64,
+}
+
+impl Default for SnapshotPolicy {
+    /// A check a minute, and a snapshot every 100,000 events (about five weeks of national
+    /// traffic, or a few minutes of a bulk import): at ten years one takes about as long to
+    /// write as a full load takes to read.
+    fn default() -> SnapshotPolicy {
+        SnapshotPolicy {
+            check_every: Duration::from_secs(60),
+            after_events: 100_000,
+        }
+    }
 }
 
 /// What an operator sees of the read model (`caselog.read_model.*` gauges).
@@ -61,6 +93,9 @@ pub struct ReadModelStats {
     pub position: Position,
     pub last_full_load: Option<Duration>,
     pub last_refresh: Option<Duration>,
+    /// The position of the snapshot the last full load started from (`None`: every case's row
+    /// was read).
+    pub loaded_snapshot: Option<Position>,
 }
 
 impl FactsCache {
@@ -73,6 +108,12 @@ impl FactsCache {
         self.reaches.clear();
         self.index.clear();
         self.codes = SharedCodes::default();
+        self.spans = None;
+    }
+
+    /// The copy of `case_id` held here, to share it.
+    fn held_id(&self, case_id: &str) -> Option<Arc<str>> {
+        self.index.get_key_value(case_id).map(|(held, _)| held.clone())
     }
 
     fn upsert(&mut self, mut facts: CaseFacts) -> Result<(), Error> {
@@ -85,6 +126,9 @@ impl FactsCache {
                 self.reaches[i as usize] = reach;
             }
             None => {
+                if let Some(held) = self.spans.as_ref().and_then(|spans| spans.held_id(&facts.case_id)) {
+                    facts.case_id = held;
+                }
                 let i = u32::try_from(self.cases.len())
                     .map_err(|_| Error::Internal("the read model holds 2^32 cases; no more fit".into()))?;
                 self.index.insert(facts.case_id.clone(), i);
@@ -110,9 +154,12 @@ impl FactsSink for FactsCache {
 
     fn begin(&mut self, replaced: bool) {
         if replaced {
-            // The position no longer describes what is held until the load completes.
+            // The position no longer describes what is held until the load completes. The spans
+            // describe the log, not the projection, and survive a rebuild.
             self.position = None;
+            let spans = self.spans.take();
             self.clear();
+            self.spans = spans;
         }
     }
 
@@ -123,13 +170,36 @@ impl FactsSink for FactsCache {
     }
 }
 
+/// Loads a snapshot's parts into an empty copy: the cases first, then the spans (sharing the
+/// cases' ids).
+struct SnapshotLoader<'a> {
+    cache: &'a mut FactsCache,
+    spans: RecordedSpans,
+}
+
+impl SnapshotSink for SnapshotLoader<'_> {
+    type Error = Error;
+
+    fn part(&mut self, data: &[u8]) -> Result<(), Error> {
+        match snapshot::decode(data)? {
+            Part::Cases(cases) => cases.into_iter().try_for_each(|facts| self.cache.upsert(facts)),
+            Part::Spans(spans) => {
+                for (case_id, span) in spans {
+                    self.spans.insert(case_id, span, |id| self.cache.held_id(id));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 impl ReadModel {
     pub fn new(log: EventLog) -> ReadModel {
         ReadModel {
             log,
             cache: Arc::new(RwLock::new(FactsCache::default())),
             as_of_folds: Arc::new(tokio::sync::Semaphore::new(1)),
-            recorded_spans: Arc::default(),
+            reading_spans: Arc::default(),
         }
     }
 
@@ -193,16 +263,195 @@ impl ReadModel {
         }
         let mut cache = self.cache.clone().write_owned().await;
         let refreshing = Instant::now();
-        let generation = cache.generation;
+        let from_snapshot = match cache.position {
+            None => self.load_snapshot(&mut cache, generation).await,
+            Some(_) => None,
+        };
         let since = cache.position;
-        let version = self.log.case_facts_since(generation, since, &mut *cache).await??;
+        let version = self
+            .log
+            .case_facts_since(cache.generation, since, &mut *cache)
+            .await??;
         cache.generation = version.generation;
         cache.position = Some(version.position);
+        self.extend_spans(&mut cache, version.position).await;
         cache.last_refresh = Some(refreshing.elapsed());
-        if version.replaced {
+        if version.replaced || from_snapshot.is_some() {
             cache.last_full_load = cache.last_refresh;
+            cache.loaded_snapshot = from_snapshot.map(|head| head.position);
+            tracing::info!(
+                cases = cache.cases.len(),
+                position = %version.position,
+                snapshot_position = from_snapshot.map(|head| head.position.to_string()),
+                millis = refreshing.elapsed().as_millis() as u64,
+                "read model loaded"
+            );
         }
         Ok(cache.downgrade())
+    }
+
+    /// Loads the newest snapshot of `generation` into an empty copy, with its spans; returns its
+    /// head, or `None` (leaving the copy empty) when there is none or it cannot be read, and
+    /// the copy must be loaded from the projection's rows.
+    async fn load_snapshot(&self, cache: &mut FactsCache, generation: i64) -> Option<SnapshotHead> {
+        cache.clear();
+        let mut loader = SnapshotLoader {
+            cache: &mut *cache,
+            spans: RecordedSpans::default(),
+        };
+        let read = self.log.read_snapshot(generation, snapshot::FORMAT, &mut loader).await;
+        let spans = loader.spans;
+        match read {
+            Ok(Ok(Some(head))) => {
+                cache.generation = head.generation;
+                cache.position = Some(head.position);
+                cache.spans = Some(spans.covering(head.position));
+                Some(head)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(unreadable)) => {
+                tracing::warn!(error = %unreadable.detail(), "the read-model snapshot cannot be read; loading the projection instead");
+                cache.clear();
+                None
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the read-model snapshot failed; loading the projection instead");
+                cache.clear();
+                None
+            }
+        }
+    }
+
+    /// Extends the spans, if held, to cover the log up to `position`; forgets them if that fails
+    /// (they are read again when next needed).
+    async fn extend_spans(&self, cache: &mut FactsCache, position: Position) {
+        let Some(covered) = cache.spans.as_ref().map(RecordedSpans::position) else {
+            return;
+        };
+        if covered >= position {
+            return;
+        }
+        match read_spans(&self.log, Some(covered), position).await {
+            Ok(read) => {
+                let FactsCache { spans, index, .. } = cache;
+                if let Some(spans) = spans {
+                    spans.merge(read, position, |id| {
+                        index.get_key_value(id).map(|(held, _)| held.clone())
+                    });
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "extending the recording spans failed; they will be read again");
+                cache.spans = None;
+            }
+        }
+    }
+
+    /// Reads every case's recording span from the log, once, without holding the copy while
+    /// the log is read (ten years take seconds): queries go on meanwhile.
+    async fn ensure_spans(&self) -> Result<(), Error> {
+        let _reading = self.reading_spans.lock().await;
+        let up_to = {
+            let cache = self.cache.read().await;
+            match (&cache.spans, cache.position) {
+                (Some(_), _) | (None, None) => return Ok(()),
+                (None, Some(position)) => position,
+            }
+        };
+        let read = read_spans(&self.log, None, up_to).await?;
+        let mut cache = self.cache.write().await;
+        if cache.spans.is_some() || cache.position.is_none() {
+            return Ok(());
+        }
+        let mut spans = RecordedSpans::default();
+        spans.merge(read, up_to, |id| cache.held_id(id));
+        cache.spans = Some(spans);
+        // The copy may have moved on while the log was read.
+        let position = cache.position();
+        self.extend_spans(&mut cache, position).await;
+        Ok(())
+    }
+
+    /// Writes a snapshot of this copy (with its spans) for servers that start later, unless
+    /// another process is writing one or one as recent exists. Each part is encoded under a
+    /// brief read lock, so queries and refreshes go on meanwhile; the parts may then hold
+    /// facts newer than the snapshot's position, which is harmless: a loader applies every row
+    /// written after that position on top.
+    #[tracing::instrument(skip(self), err(level = "debug"))]
+    pub async fn write_snapshot(&self) -> Result<Option<SnapshotHead>, Error> {
+        self.current_facts(Position::ZERO).await.map(drop)?;
+        self.ensure_spans().await?;
+        let (generation, position, spans) = {
+            let cache = self.cache.read().await;
+            match (cache.position, &cache.spans) {
+                (Some(position), Some(spans)) => (cache.generation, position, spans.to_vec()),
+                _ => return Ok(None),
+            }
+        };
+        let Some(mut writer) = self.log.begin_snapshot(generation, position).await? else {
+            return Ok(None);
+        };
+        let mut written = 0;
+        loop {
+            let part = {
+                let cache = self.cache.read().await;
+                if cache.generation != generation || cache.position.is_none() {
+                    // A rebuild was switched in: this copy is of the old projection.
+                    return Ok(None);
+                }
+                if written >= cache.cases.len() {
+                    break;
+                }
+                let end = cache.cases.len().min(written + snapshot::CASES_PER_PART);
+                let part = snapshot::encode_cases(&cache.cases[written..end])?;
+                written = end;
+                part
+            };
+            writer.part(&part).await?;
+        }
+        for chunk in spans.chunks(snapshot::SPANS_PER_PART) {
+            writer.part(&snapshot::encode_spans(chunk)?).await?;
+        }
+        Ok(Some(writer.finish(snapshot::FORMAT, written as i64).await?))
+    }
+
+    /// Writes a snapshot when none of the projection's generation exists or the newest is
+    /// `after_events` or more events behind this copy.
+    pub async fn snapshot_if_due(&self, after_events: u64) -> Result<Option<SnapshotHead>, Error> {
+        let (generation, position) = {
+            let cache = self.cache.read().await;
+            match cache.position {
+                Some(position) => (cache.generation, position),
+                None => return Ok(None),
+            }
+        };
+        let latest = self.log.latest_snapshot(generation).await?;
+        if latest.is_some_and(|head| position.since(head.position) < after_events) {
+            return Ok(None);
+        }
+        self.write_snapshot().await
+    }
+
+    /// Checks now and then whether a snapshot is due (see [`ReadModel::snapshot_if_due`]) and
+    /// writes it. Runs until aborted; returns at once when the policy writes none.
+    pub async fn keep_snapshots(self, policy: SnapshotPolicy) {
+        if policy.after_events == 0 {
+            return;
+        }
+        loop {
+            tokio::time::sleep(policy.check_every).await;
+            match self.snapshot_if_due(policy.after_events).await {
+                Ok(Some(head)) => tracing::info!(
+                    position = %head.position,
+                    cases = head.cases,
+                    parts = head.parts,
+                    bytes = head.bytes,
+                    "read-model snapshot written"
+                ),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(error = %err.detail(), "writing a read-model snapshot failed"),
+            }
+        }
     }
 
     /// Loads the projection into memory (or refreshes it): what a server does before it reports
@@ -219,6 +468,7 @@ impl ReadModel {
             position: cache.position(),
             last_full_load: cache.last_full_load,
             last_refresh: cache.last_refresh,
+            loaded_snapshot: cache.loaded_snapshot,
         }
     }
 
@@ -232,15 +482,18 @@ impl ReadModel {
         at: DateTime<Utc>,
         calendar: &'static WorkingCalendar,
     ) -> Result<Vec<MetricResult>, Error> {
-        let facts = self.current_facts(Position::ZERO).await?;
+        let mut facts = self.current_facts(Position::ZERO).await?;
+        if facts.spans.is_none() {
+            drop(facts);
+            self.ensure_spans().await?;
+            facts = self.current_facts(Position::ZERO).await?;
+        }
         let copy_at = facts.position();
         let instant = at.timestamp_micros();
-        let mut spans = self.recorded_spans.lock().await;
-        spans
-            .advance(&self.log, copy_at, |id| {
-                facts.index.get_key_value(id).map(|(held, _)| held.clone())
-            })
-            .await?;
+        let spans = facts
+            .spans
+            .as_ref()
+            .ok_or_else(|| Error::Internal("the recording spans could not be read; ask again".into()))?;
         // Events the copy has not applied (appended since it was read): fold their cases again.
         let beyond_copy: HashSet<String> = self.log.cases_after(copy_at).await?.into_iter().collect();
         let mut whole = Vec::new();
@@ -272,7 +525,6 @@ impl ReadModel {
                 })
                 .map(|(id, _)| id.to_owned()),
         );
-        drop(spans);
         let mut refolded = Vec::new();
         for cases in refold.chunks(AS_OF_FOLD_CASES) {
             refolded.extend(fold_cases(&self.log.read_cases_recorded_by(cases, at).await?)?);

@@ -175,6 +175,11 @@ struct ServeArgs {
     /// (0: read every time).
     #[arg(long, env = "CASELOG_CACHED_CASES", default_value_t = caselog_server::service::DEFAULT_CACHED_CASES)]
     cached_cases: usize,
+    /// Events the projection moves on by before a server writes a new snapshot of its read model
+    /// (0: never write one). A restarting server loads the newest snapshot and the rows written
+    /// after it, instead of every case's JSON.
+    #[arg(long, env = "CASELOG_SNAPSHOT_AFTER_EVENTS", default_value_t = caselog_app::read_model::SnapshotPolicy::default().after_events)]
+    snapshot_after_events: u64,
     /// Grouped append statements written at the same time (concurrent appends to different
     /// cases share one statement and one commit).
     #[arg(long, env = "CASELOG_APPEND_GROUPS_IN_FLIGHT", default_value_t = 1)]
@@ -675,6 +680,10 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         max_request_bytes: args.max_request_bytes,
         cached_cases: args.cached_cases,
+        snapshots: caselog_app::read_model::SnapshotPolicy {
+            after_events: args.snapshot_after_events,
+            ..Default::default()
+        },
         group_appends: caselog_store::GroupSettings {
             max_in_flight: args.append_groups_in_flight,
             ..caselog_store::GroupSettings::default()

@@ -67,6 +67,8 @@ pub struct ServerLimits {
     pub health_interval: Duration,
     /// Recently written cases kept in memory so that the next append to one needs no read.
     pub cached_cases: usize,
+    /// When the read model is written as a snapshot for servers that start later.
+    pub snapshots: caselog_app::read_model::SnapshotPolicy,
     /// How concurrent appends are grouped into shared statements.
     pub group_appends: caselog_store::GroupSettings,
     pub feed: FeedSettings,
@@ -84,6 +86,7 @@ impl Default for ServerLimits {
             concurrency_per_connection: 64,
             health_interval: Duration::from_secs(2),
             cached_cases: service::DEFAULT_CACHED_CASES,
+            snapshots: caselog_app::read_model::SnapshotPolicy::default(),
             group_appends: caselog_store::GroupSettings::default(),
             feed: FeedSettings::default(),
             projector: projector::ProjectorSettings::default(),
@@ -159,6 +162,7 @@ pub async fn run(
             .clone()
             .publish_read_model_metrics(Duration::from_secs(10)),
     );
+    let snapshot_task = tokio::spawn(metrics_service.read_model().keep_snapshots(limits.snapshots));
     let metrics = MetricsServiceServer::new(metrics_service).max_decoding_message_size(limits.max_request_bytes);
     let admin = AdminServiceServer::new(admin::Admin::new(log.clone(), draining_rx.clone()))
         .max_decoding_message_size(limits.max_request_bytes);
@@ -238,6 +242,7 @@ pub async fn run(
     signalling_task.abort();
     metrics_task.abort();
     read_model_task.abort();
+    snapshot_task.abort();
     projector_task.abort();
     if let Some(task) = health_only_task {
         task.abort();

@@ -40,6 +40,11 @@ impl Metrics {
         }
     }
 
+    /// The read model this service answers from (shared, not copied).
+    pub fn read_model(&self) -> ReadModel {
+        self.read_model.clone()
+    }
+
     /// Loads the read model, retrying every `retry` while the database cannot answer; then
     /// says so on `loaded` (health reports the server ready only after it).
     pub async fn load_read_model(self, retry: Duration, loaded: tokio::sync::watch::Sender<bool>) {
@@ -86,6 +91,11 @@ impl Metrics {
                     "caselog.read_model.refresh_ms",
                     "duration of the last refresh of the in-memory case facts",
                     |s| s.0.last_refresh.map_or(0, |d| d.as_millis() as u64),
+                ),
+                (
+                    "caselog.read_model.loaded_snapshot_position",
+                    "position of the snapshot the last full load started from (0: loaded from every case's row)",
+                    |s| s.0.loaded_snapshot.map_or(0, |p| p.get()),
                 ),
                 (
                     "caselog.process.resident_bytes",

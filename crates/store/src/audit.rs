@@ -105,7 +105,10 @@ pub async fn grant_service_role(pool: &sqlx::PgPool, role: &str) -> Result<(), E
         // rebuild functions need them back.
         "ALTER TABLE case_facts OWNER TO CURRENT_USER".to_owned(),
         "ALTER TABLE projection_checkpoints OWNER TO CURRENT_USER".to_owned(),
-        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON case_facts, projection_checkpoints TO {role}"),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON case_facts, projection_checkpoints, \
+             read_model_snapshots, read_model_snapshot_parts TO {role}"
+        ),
         format!("INSERT INTO caselog_service_roles (role_name) VALUES ('{role}') ON CONFLICT DO NOTHING"),
         format!(
             "GRANT EXECUTE ON FUNCTION caselog_rebuild_create(), caselog_rebuild_index(), \

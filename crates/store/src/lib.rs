@@ -12,12 +12,14 @@ pub mod feed;
 mod log;
 pub mod projection;
 pub mod rebuild;
+pub mod snapshot;
 
 pub use audit::{AuditEntry, AuditQuery, AuditRecord, grant_service_role};
 pub use combine::{GroupAppender, GroupSettings};
 pub use error::Error;
 pub use feed::{FeedFilter, FeedPage, Horizon};
 pub use log::{AppendedRow, EventLog, LoadRow, NewRow, ReplayRow, StoredEvent};
+pub use snapshot::{SnapshotHead, SnapshotSink, SnapshotWriter};
 /// The connection pool `connect` returns.
 pub use sqlx::PgPool;
 

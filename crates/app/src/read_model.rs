@@ -74,8 +74,7 @@ pub struct SnapshotPolicy {
 
 impl Default for SnapshotPolicy {
     /// A check a minute, and a snapshot every 100,000 events (about five weeks of national
-    /// traffic, or a few minutes of a bulk import): at ten years one takes about as long to
-    /// write as a full load takes to read.
+    /// traffic, or a minute of a bulk import's catch-up).
     fn default() -> SnapshotPolicy {
         SnapshotPolicy {
             check_every: Duration::from_secs(60),
@@ -421,8 +420,8 @@ impl ReadModel {
         let (generation, position) = {
             let cache = self.cache.read().await;
             match cache.position {
-                Some(position) => (cache.generation, position),
-                None => return Ok(None),
+                Some(position) if !cache.cases.is_empty() => (cache.generation, position),
+                _ => return Ok(None),
             }
         };
         let latest = self.log.latest_snapshot(generation).await?;
@@ -432,14 +431,14 @@ impl ReadModel {
         self.write_snapshot().await
     }
 
-    /// Checks now and then whether a snapshot is due (see [`ReadModel::snapshot_if_due`]) and
-    /// writes it. Runs until aborted; returns at once when the policy writes none.
+    /// Checks whether a snapshot is due (see [`ReadModel::snapshot_if_due`]) once the copy is
+    /// loaded, then every `check_every`, and writes it. Runs until aborted; returns at once when
+    /// the policy writes none.
     pub async fn keep_snapshots(self, policy: SnapshotPolicy) {
         if policy.after_events == 0 {
             return;
         }
         loop {
-            tokio::time::sleep(policy.check_every).await;
             match self.snapshot_if_due(policy.after_events).await {
                 Ok(Some(head)) => tracing::info!(
                     position = %head.position,
@@ -451,6 +450,7 @@ impl ReadModel {
                 Ok(None) => {}
                 Err(err) => tracing::warn!(error = %err.detail(), "writing a read-model snapshot failed"),
             }
+            tokio::time::sleep(policy.check_every).await;
         }
     }
 

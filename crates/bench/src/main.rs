@@ -60,7 +60,7 @@ enum Bench {
         /// Events per second offered while measuring projection lag.
         #[arg(long, default_value_t = 2000)]
         keep_up_rate: u64,
-        /// Run only these measurements (replay, query, batch, single, keep-up).
+        /// Run only these measurements (replay, query, batch, single, keep-up, restart).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// An argument passed on to the `caselog serve` child, to measure a setting

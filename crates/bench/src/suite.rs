@@ -43,7 +43,8 @@ pub struct SuiteOptions {
     pub clients: Vec<usize>,
     /// Events per second offered while measuring projection lag.
     pub keep_up_rate: u64,
-    /// Which measurements to run: replay, query, batch, single, keep-up (all when empty).
+    /// Which measurements to run: replay, query, batch, single, keep-up, restart (all when
+    /// empty).
     pub only: Vec<String>,
     /// Extra arguments for the `caselog serve` child.
     pub serve_args: Vec<String>,
@@ -72,6 +73,13 @@ pub async fn run(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
             "\n(the service's projection reached position {head} {:.1} s after it started)",
             waited.as_secs_f64()
         );
+        if options.runs("restart") {
+            let waited = wait_for_snapshot(pool, head).await?;
+            println!(
+                "(the service's read-model snapshot covered position {head} {:.1} s later)",
+                waited.as_secs_f64()
+            );
+        }
         if options.runs("query") {
             query_latency(pool, &service.channel, options.queries).await?;
         }
@@ -95,7 +103,81 @@ pub async fn run(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
         "\n== service: peak resident memory of `caselog serve` over the run: {}",
         peak.map_or("unknown".into(), mib)
     );
-    result
+    result?;
+    if options.runs("restart") {
+        restart(pool, options).await?;
+    }
+    Ok(())
+}
+
+/// Waits until the service has written a read-model snapshot at most one snapshot interval
+/// (100,000 events) behind `head`, as it does once it has loaded its copy.
+async fn wait_for_snapshot(pool: &PgPool, head: caselog_domain::Position) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let behind = caselog_app::read_model::SnapshotPolicy::default().after_events;
+    loop {
+        let covered: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM read_model_snapshots s JOIN projection_checkpoints c
+                              ON c.projection = 'case_facts' AND c.generation = s.generation
+                             WHERE s.position + $2 >= $1)",
+        )
+        .bind(i64::from(head))
+        .bind(i64::try_from(behind)?)
+        .fetch_one(pool)
+        .await?;
+        if covered {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("no read-model snapshot near position {head} within ten minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A new `caselog serve` on the same database: how long from its start until it answers the
+/// query of the latency measurement, loading its read model from the newest snapshot and the
+/// rows written after it; and its peak memory meanwhile.
+async fn restart(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
+    println!("\n== restart: a new `caselog serve` until its first QueryMetrics answer");
+    let snapshot: Option<(i64, i64, i32, i64)> = sqlx::query_as(
+        "SELECT position, cases, parts, bytes FROM read_model_snapshots ORDER BY taken_at DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let stored: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('read_model_snapshot_parts')")
+        .fetch_one(pool)
+        .await?;
+    let checkpoint = EventLog::new(pool.clone()).checkpoint(caselog_store::projection::CASE_FACTS).await?;
+    match snapshot {
+        Some((position, cases, parts, bytes)) => println!(
+            "newest read-model snapshot: position {position} (projection checkpoint {checkpoint}), {cases} cases, \
+             {:.1} MiB in {parts} parts ({:.1} MiB stored with its indexes)",
+            bytes as f64 / 1048576.0,
+            stored as f64 / 1048576.0
+        ),
+        None => println!("no read-model snapshot: the new service reads every case's row"),
+    }
+    let started = Instant::now();
+    let service = Service::start(options).await?;
+    let mut metrics = MetricsServiceClient::new(service.channel.clone());
+    let request = year_query(latest_complete_financial_year(), 0);
+    let answered = loop {
+        match metrics.query_metrics(request.clone()).await {
+            Ok(_) => break started.elapsed(),
+            Err(status) if status.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_secs(600) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => bail!("the restarted service did not answer: {status}"),
+        }
+    };
+    let peak = service.stop().await;
+    println!(
+        "first answer {:.2} s after the process was started (goal: at most 2 s); peak resident {}",
+        answered.as_secs_f64(),
+        peak.map_or("unknown".into(), mib)
+    );
+    Ok(())
 }
 
 fn mib(kib: u64) -> String {

@@ -141,6 +141,7 @@ pub async fn run(
     let signalling_task = tokio::spawn(log.clone().run_feed_signalling());
     let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
     let (loaded_tx, loaded_rx) = tokio::sync::watch::channel(false);
+    let mut loaded = loaded_rx.clone();
     let health_task = tokio::spawn(watch_database(
         log.clone(),
         health_reporter,
@@ -162,7 +163,14 @@ pub async fn run(
             .clone()
             .publish_read_model_metrics(Duration::from_secs(10)),
     );
-    let snapshot_task = tokio::spawn(metrics_service.read_model().keep_snapshots(limits.snapshots));
+    let snapshot_task = tokio::spawn({
+        let read_model = metrics_service.read_model();
+        async move {
+            if loaded.wait_for(|done| *done).await.is_ok() {
+                read_model.keep_snapshots(limits.snapshots).await;
+            }
+        }
+    });
     let metrics = MetricsServiceServer::new(metrics_service).max_decoding_message_size(limits.max_request_bytes);
     let admin = AdminServiceServer::new(admin::Admin::new(log.clone(), draining_rx.clone()))
         .max_decoding_message_size(limits.max_request_bytes);

@@ -344,3 +344,65 @@ async fn loading_cases_that_are_already_recorded_fails_and_writes_nothing(pool: 
         .unwrap();
     assert_eq!(after.0, before.0, "nothing was written");
 }
+
+/// When a rebuild is switched in, a read model that holds the previous projection goes on
+/// answering from it (the rebuilt one is loaded beside it, here held back by a lock on its
+/// table) and then answers from the rebuilt one, with the same figures.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_read_model_answers_through_a_rebuild_switch_without_a_pause(pool: PgPool) {
+    use caselog_projections::{Dimension, MetricId, MetricsQuery, Period};
+    load_history(&pool, 17, 60, 10.0).await;
+    let log = EventLog::new(pool.clone());
+    while caselog_app::projector::apply_next_page(&log, 5_000)
+        .await
+        .map(|a| a.from != a.to)
+        .unwrap()
+    {}
+    let head = log.head_position().await.unwrap();
+    let query = MetricsQuery {
+        metrics: MetricId::ALL.to_vec(),
+        period: Period::financial_year(2025).unwrap(),
+        snapshot: None,
+        group_by: vec![Dimension::LawType],
+        filters: Vec::new(),
+        suppress_small_numbers: false,
+        settings: Default::default(),
+    };
+    let model = caselog_app::ReadModel::new(log.clone());
+    let before = model.metrics(query.clone(), None, head).await.unwrap();
+    let held_generation = model.stats().await.generation;
+
+    let (progress, _) = tokio::sync::watch::channel(None);
+    let options = RebuildOptions {
+        verify_only: false,
+        page_events: 5_000,
+    };
+    let summary = rebuild(&log, &options, &progress).await.unwrap();
+    assert!(matches!(summary.outcome, Outcome::Switched { .. }));
+
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE case_facts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let during = tokio::time::timeout(Duration::from_secs(2), model.metrics(query.clone(), None, head))
+            .await
+            .expect("answered from the held copy, not after loading the rebuilt one")
+            .unwrap();
+        assert_eq!(during, before);
+        assert_eq!(model.stats().await.generation, held_generation);
+    }
+    blocker.rollback().await.unwrap();
+
+    let mut switched = false;
+    for _ in 0..200 {
+        if model.stats().await.generation != held_generation {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(switched, "the rebuilt projection was never switched in");
+    assert_eq!(model.metrics(query, None, head).await.unwrap(), before);
+}

@@ -49,7 +49,7 @@ impl Span {
 
 /// Every case's [`Span`] over the log up to a position (at or beyond the read model's copy,
 /// which extends it as it refreshes).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct RecordedSpans {
     position: Position,
     spans: HashMap<Arc<str>, Span>,

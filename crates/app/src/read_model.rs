@@ -34,6 +34,8 @@ pub struct ReadModel {
     as_of_folds: Arc<tokio::sync::Semaphore>,
     /// Held while the spans of the whole log are read, so that it happens once.
     reading_spans: Arc<tokio::sync::Mutex<()>>,
+    /// Held while a rebuilt projection is loaded beside the copy (one load at a time).
+    switching: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// This process's copy of the case-facts projection, refreshed with the rows written since the
@@ -86,6 +88,8 @@ impl Default for SnapshotPolicy {
 /// What an operator sees of the read model (`caselog.read_model.*` gauges).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadModelStats {
+    /// The projection's generation the copy is of (a rebuild switched in makes the next).
+    pub generation: i64,
     /// Cases held in memory.
     pub cases: u64,
     /// The checkpoint the copy reflects (zero before the first query loads it).
@@ -199,6 +203,7 @@ impl ReadModel {
             cache: Arc::new(RwLock::new(FactsCache::default())),
             as_of_folds: Arc::new(tokio::sync::Semaphore::new(1)),
             reading_spans: Arc::default(),
+            switching: Arc::default(),
         }
     }
 
@@ -259,7 +264,16 @@ impl ReadModel {
             if cache.generation == generation && cache.position.is_some_and(|at| at >= position) {
                 return Ok(cache);
             }
+            // A rebuild was switched in: the new projection is loaded beside this copy, which
+            // answers meanwhile whoever it satisfies (its facts at its position are what the
+            // new projection's are there, both folds of the same log).
+            if cache.generation != generation && cache.position.is_some_and(|at| at >= min_position) {
+                self.switch_in_background(generation);
+                return Ok(cache);
+            }
         }
+        // Whoever the old copy cannot satisfy waits for the switch rather than load a third copy.
+        let _switched = self.switching.lock().await;
         let mut cache = self.cache.clone().write_owned().await;
         let refreshing = Instant::now();
         let from_snapshot = match cache.position {
@@ -289,10 +303,68 @@ impl ReadModel {
         Ok(cache.downgrade())
     }
 
+    /// Starts loading `generation` beside the copy held, unless a load is under way, and swaps
+    /// it in when complete.
+    fn switch_in_background(&self, generation: i64) {
+        let Ok(switching) = self.switching.clone().try_lock_owned() else {
+            return;
+        };
+        let model = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = model.switch_to(generation).await {
+                tracing::warn!(error = %err.detail(), "loading the rebuilt projection failed; the next query tries again");
+            }
+            drop(switching);
+        });
+    }
+
+    async fn switch_to(&self, generation: i64) -> Result<(), Error> {
+        let loading = Instant::now();
+        let mut fresh = FactsCache {
+            // Its case ids are shared with the new copy's as it loads.
+            spans: self.cache.read().await.spans.clone(),
+            ..FactsCache::default()
+        };
+        let from_snapshot = self.load_snapshot(&mut fresh, generation).await;
+        let version = self
+            .log
+            .case_facts_since(fresh.generation, fresh.position, &mut fresh)
+            .await??;
+        fresh.generation = version.generation;
+        fresh.position = Some(version.position);
+        fresh.last_full_load = Some(loading.elapsed());
+        fresh.last_refresh = fresh.last_full_load;
+        fresh.loaded_snapshot = from_snapshot.map(|head| head.position);
+        let mut cache = self.cache.write().await;
+        if cache.generation == fresh.generation {
+            return Ok(());
+        }
+        *cache = fresh;
+        self.extend_spans(&mut cache, version.position).await;
+        tracing::info!(
+            cases = cache.cases.len(),
+            generation = version.generation,
+            position = %version.position,
+            millis = loading.elapsed().as_millis() as u64,
+            "rebuilt projection switched in"
+        );
+        Ok(())
+    }
+
     /// Loads the newest snapshot of `generation` into an empty copy, with its spans; returns its
     /// head, or `None` (leaving the copy empty) when there is none or it cannot be read, and
     /// the copy must be loaded from the projection's rows.
     async fn load_snapshot(&self, cache: &mut FactsCache, generation: i64) -> Option<SnapshotHead> {
+        let held_spans = cache.spans.take();
+        let head = self.read_snapshot_into(cache, generation).await;
+        if head.is_none() {
+            // The spans describe the log, whichever projection is loaded.
+            cache.spans = held_spans;
+        }
+        head
+    }
+
+    async fn read_snapshot_into(&self, cache: &mut FactsCache, generation: i64) -> Option<SnapshotHead> {
         cache.clear();
         let mut loader = SnapshotLoader {
             cache: &mut *cache,
@@ -464,6 +536,7 @@ impl ReadModel {
     pub async fn stats(&self) -> ReadModelStats {
         let cache = self.cache.read().await;
         ReadModelStats {
+            generation: cache.generation,
             cases: cache.cases.len() as u64,
             position: cache.position(),
             last_full_load: cache.last_full_load,

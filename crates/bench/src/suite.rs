@@ -140,15 +140,16 @@ async fn wait_for_snapshot(pool: &PgPool, head: caselog_domain::Position) -> any
 /// rows written after it; and its peak memory meanwhile.
 async fn restart(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
     println!("\n== restart: a new `caselog serve` until its first QueryMetrics answer");
-    let snapshot: Option<(i64, i64, i32, i64)> = sqlx::query_as(
-        "SELECT position, cases, parts, bytes FROM read_model_snapshots ORDER BY taken_at DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
+    let snapshot: Option<(i64, i64, i32, i64)> =
+        sqlx::query_as("SELECT position, cases, parts, bytes FROM read_model_snapshots ORDER BY taken_at DESC LIMIT 1")
+            .fetch_optional(pool)
+            .await?;
     let stored: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('read_model_snapshot_parts')")
         .fetch_one(pool)
         .await?;
-    let checkpoint = EventLog::new(pool.clone()).checkpoint(caselog_store::projection::CASE_FACTS).await?;
+    let checkpoint = EventLog::new(pool.clone())
+        .checkpoint(caselog_store::projection::CASE_FACTS)
+        .await?;
     match snapshot {
         Some((position, cases, parts, bytes)) => println!(
             "newest read-model snapshot: position {position} (projection checkpoint {checkpoint}), {cases} cases, \
@@ -165,7 +166,9 @@ async fn restart(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
     let answered = loop {
         match metrics.query_metrics(request.clone()).await {
             Ok(_) => break started.elapsed(),
-            Err(status) if status.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_secs(600) => {
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_secs(600) =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(status) => bail!("the restarted service did not answer: {status}"),

@@ -54,13 +54,17 @@ enum Bench {
         /// Queries in the latency measurement.
         #[arg(long, default_value_t = 100)]
         queries: usize,
+        /// Open cases given one more event after an instant, so that an `as_of` at that instant
+        /// must fold them again (the straddle measurement).
+        #[arg(long, default_value_t = 30_000)]
+        straddlers: usize,
         /// Client counts for single-event appends.
         #[arg(long, value_delimiter = ',', default_value = "1,16,32")]
         clients: Vec<usize>,
         /// Events per second offered while measuring projection lag.
         #[arg(long, default_value_t = 2000)]
         keep_up_rate: u64,
-        /// Run only these measurements (replay, query, batch, single, keep-up, restart).
+        /// Run only these measurements (replay, query, straddle, batch, single, keep-up, restart).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// An argument passed on to the `caselog serve` child, to measure a setting
@@ -128,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             batches,
             queries,
+            straddlers,
             clients,
             keep_up_rate,
             only,
@@ -142,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
                 seconds,
                 batches,
                 queries,
+                straddlers,
                 clients,
                 keep_up_rate,
                 only,
@@ -483,7 +489,7 @@ fn sorted(mut ms: Vec<f64>) -> Vec<f64> {
     ms
 }
 
-fn request(case_id: &str, occurred_on: &str, kind: pb::event_payload::Kind) -> pb::AppendEventsRequest {
+pub(crate) fn request(case_id: &str, occurred_on: &str, kind: pb::event_payload::Kind) -> pb::AppendEventsRequest {
     pb::AppendEventsRequest {
         case_id: case_id.into(),
         events: vec![pb::NewEvent {

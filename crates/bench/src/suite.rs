@@ -5,7 +5,7 @@
 //! memory is its own), and the rebuild is `caselog rebuild`, also a child process.
 
 use crate::{Authed, DevTokenFile, authed};
-use crate::{hearings, issue, percentile, print_machine, sorted};
+use crate::{hearings, issue, percentile, print_machine, request, sorted};
 use anyhow::{Context, bail};
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
@@ -39,12 +39,14 @@ pub struct SuiteOptions {
     pub batches: usize,
     /// Queries in the latency measurement.
     pub queries: usize,
+    /// Open cases given one more event after an instant, for the straddle measurement.
+    pub straddlers: usize,
     /// Client counts for single-event appends.
     pub clients: Vec<usize>,
     /// Events per second offered while measuring projection lag.
     pub keep_up_rate: u64,
-    /// Which measurements to run: replay, query, batch, single, keep-up, restart (all when
-    /// empty).
+    /// Which measurements to run: replay, query, straddle, batch, single, keep-up, restart
+    /// (all when empty).
     pub only: Vec<String>,
     /// Extra arguments for the `caselog serve` child.
     pub serve_args: Vec<String>,
@@ -83,6 +85,9 @@ pub async fn run(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
         if options.runs("query") {
             query_latency(pool, &service.channel, options.queries).await?;
         }
+        if options.runs("straddle") {
+            straddling_as_of(pool, &service.channel, options.straddlers).await?;
+        }
         if options.runs("batch") {
             batch_ingest(pool, &service.channel, options.batches).await?;
         }
@@ -107,6 +112,87 @@ pub async fn run(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
     if options.runs("restart") {
         restart(pool, options).await?;
     }
+    Ok(())
+}
+
+/// `as_of` at an instant after which `straddlers` open cases each got one more event: every one
+/// of them has events on both sides of the instant and is folded again, as the open cases of a
+/// log recorded day by day are at any past instant (the bulk load writes each case whole, so
+/// the query measurement's instants have almost none).
+async fn straddling_as_of(pool: &PgPool, channel: &Authed, straddlers: usize) -> anyhow::Result<()> {
+    let open: Vec<String> = sqlx::query_scalar(
+        "SELECT case_id FROM case_facts WHERE facts->>'closed_on' IS NULL ORDER BY case_id LIMIT $1",
+    )
+    .bind(i64::try_from(straddlers)?)
+    .fetch_all(pool)
+    .await?;
+    println!(
+        "\n== straddle: as_of at an instant after which {} open cases each got one more event",
+        open.len()
+    );
+    let instant: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let today = caselog_domain::england::date_in_england(chrono::Utc::now());
+    let listed_for = (today + chrono::Days::new(28)).to_string();
+    let next = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(open);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (mut client, next, open) = (CaseEventServiceClient::new(channel.clone()), next.clone(), open.clone());
+        let (today, listed_for) = (today.to_string(), listed_for.clone());
+        tasks.spawn(async move {
+            let mut refused = Vec::new();
+            while let Some(case_id) = open.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let kind = pb::event_payload::Kind::HearingListed(pb::HearingListed {
+                    hearing_type: pb::HearingType::Cmh as i32,
+                    listed_for: listed_for.clone(),
+                });
+                if let Err(status) = client.append_events(request(case_id, &today, kind)).await {
+                    refused.push(status);
+                }
+            }
+            refused
+        });
+    }
+    let mut refused = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        refused.extend(done?);
+    }
+    if let Some(first) = refused.first() {
+        println!(
+            "{} of the appends were refused (first: {:?} {})",
+            refused.len(),
+            first.code(),
+            first.message()
+        );
+    }
+    let straddling: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT case_id FROM events GROUP BY case_id
+                                HAVING min(recorded_at) <= $1 AND max(recorded_at) > $1) AS s",
+    )
+    .bind(instant)
+    .fetch_one(pool)
+    .await?;
+    let head = EventLog::new(pool.clone()).horizon().await?.safe;
+    wait_for_projection(channel, head).await?;
+    let mut metrics = MetricsServiceClient::new(channel.clone());
+    let mut as_of = year_query(latest_complete_financial_year(), head.get());
+    as_of.as_of = Some(prost_types::Timestamp {
+        seconds: instant.timestamp(),
+        nanos: instant.timestamp_subsec_nanos() as i32,
+    });
+    let mut seconds = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        metrics.query_metrics(as_of.clone()).await?;
+        seconds.push(started.elapsed().as_secs_f64());
+    }
+    let seconds = sorted(seconds);
+    println!(
+        "{straddling} cases with events on both sides of the instant; as_of there, 5 queries: p50 {:.2} s, max {:.2} s (goal: at most 1 s)",
+        percentile(&seconds, 0.5),
+        seconds.last().copied().unwrap_or(f64::NAN)
+    );
     Ok(())
 }
 

@@ -539,19 +539,6 @@ async fn database_now(pool: &PgPool) -> chrono::DateTime<chrono::Utc> {
     sqlx::query_scalar("SELECT now()").fetch_one(pool).await.unwrap()
 }
 
-fn every_metric_by_law_type() -> caselog_projections::MetricsQuery {
-    use caselog_projections::{Dimension, MetricId, MetricsQuery, Period};
-    MetricsQuery {
-        metrics: MetricId::ALL.to_vec(),
-        period: Period::financial_year(2024).unwrap(),
-        snapshot: None,
-        group_by: vec![Dimension::LawType],
-        filters: Vec::new(),
-        suppress_small_numbers: false,
-        settings: Default::default(),
-    }
-}
-
 /// Applies every event to the case-facts projection.
 async fn project_everything(log: &EventLog) {
     while apply_next_page(log, 1_000).await.map(|a| a.from != a.to).unwrap() {}
@@ -571,7 +558,7 @@ async fn as_of_at_any_instant_equals_a_fold_of_the_log_as_recorded_then(pool: Pg
         instants.push(database_now(&pool).await);
     }
     let read_model = caselog_app::ReadModel::new(EventLog::new(pool.clone()));
-    let query = every_metric_by_law_type();
+    let query = every_metric_by_law_type(2024);
     let before_any = instants[0] - chrono::Duration::seconds(1);
     for at in std::iter::once(before_any).chain(instants) {
         let expected = folded_figures(&pool, &query, at).await;
@@ -612,7 +599,7 @@ async fn a_read_model_loaded_from_a_snapshot_and_the_rows_after_it_answers_as_a_
     }
     project_everything(&log).await;
     let head = log.head_position().await.unwrap();
-    let query = every_metric_by_law_type();
+    let query = every_metric_by_law_type(2024);
     let expected_now = folded_figures(&pool, &query, database_now(&pool).await).await;
 
     let second = ReadModel::new(log.clone());

@@ -350,7 +350,6 @@ async fn loading_cases_that_are_already_recorded_fails_and_writes_nothing(pool: 
 /// table) and then answers from the rebuilt one, with the same figures.
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn a_read_model_answers_through_a_rebuild_switch_without_a_pause(pool: PgPool) {
-    use caselog_projections::{Dimension, MetricId, MetricsQuery, Period};
     load_history(&pool, 17, 60, 10.0).await;
     let log = EventLog::new(pool.clone());
     while caselog_app::projector::apply_next_page(&log, 5_000)
@@ -359,15 +358,7 @@ async fn a_read_model_answers_through_a_rebuild_switch_without_a_pause(pool: PgP
         .unwrap()
     {}
     let head = log.head_position().await.unwrap();
-    let query = MetricsQuery {
-        metrics: MetricId::ALL.to_vec(),
-        period: Period::financial_year(2025).unwrap(),
-        snapshot: None,
-        group_by: vec![Dimension::LawType],
-        filters: Vec::new(),
-        suppress_small_numbers: false,
-        settings: Default::default(),
-    };
+    let query = every_metric_by_law_type(2025);
     let model = caselog_app::ReadModel::new(log.clone());
     let before = model.metrics(query.clone(), None, head).await.unwrap();
     let held_generation = model.stats().await.generation;

@@ -318,3 +318,18 @@ pub async fn event_count(pool: &PgPool) -> i64 {
         .await
         .unwrap()
 }
+
+/// Every metric of the financial year starting in April `year`, grouped by law type, unsuppressed
+/// (what the read model is asked directly, with no gRPC between).
+pub fn every_metric_by_law_type(year: i32) -> caselog_projections::MetricsQuery {
+    use caselog_projections::{Dimension, MetricId, MetricsQuery, Period};
+    MetricsQuery {
+        metrics: MetricId::ALL.to_vec(),
+        period: Period::financial_year(year).expect("a financial year"),
+        snapshot: None,
+        group_by: vec![Dimension::LawType],
+        filters: Vec::new(),
+        suppress_small_numbers: false,
+        settings: Default::default(),
+    }
+}

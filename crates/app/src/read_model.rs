@@ -486,15 +486,17 @@ impl ReadModel {
         Ok(Some(writer.finish(snapshot::FORMAT, written as i64).await?))
     }
 
-    /// Writes a snapshot when none of the projection's generation exists or the newest is
-    /// `after_events` or more events behind this copy.
+    /// Refreshes the copy, then writes a snapshot of it when it holds cases and none of the
+    /// projection's generation exists or the newest is `after_events` or more events behind.
     pub async fn snapshot_if_due(&self, after_events: u64) -> Result<Option<SnapshotHead>, Error> {
+        // Refreshed first, so that a server nobody queries still snapshots what the projector
+        // wrote (and answers its next query from a current copy).
         let (generation, position) = {
-            let cache = self.cache.read().await;
-            match cache.position {
-                Some(position) if !cache.cases.is_empty() => (cache.generation, position),
-                _ => return Ok(None),
+            let facts = self.current_facts(Position::ZERO).await?;
+            if facts.cases.is_empty() {
+                return Ok(None);
             }
+            (facts.generation, facts.position())
         };
         let latest = self.log.latest_snapshot(generation).await?;
         if latest.is_some_and(|head| position.since(head.position) < after_events) {

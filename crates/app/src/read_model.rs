@@ -600,15 +600,40 @@ impl ReadModel {
                 })
                 .map(|(id, _)| id.to_owned()),
         );
-        let mut refolded = Vec::new();
-        for cases in refold.chunks(AS_OF_FOLD_CASES) {
-            refolded.extend(fold_cases(&self.log.read_cases_recorded_by(cases, at).await?)?);
-        }
+        let refolded = self.refold_recorded_by(refold, at).await?;
         counted(move || {
             let cases: Vec<&CaseFacts> = whole.iter().map(|&i| &facts.cases[i]).chain(&refolded).collect();
             compute_parallel(&query, &cases, calendar, counting_threads())
         })
         .await
+    }
+
+    /// The facts of `cases` from their events recorded by `at`: a reader task stays a chunk
+    /// ahead while the previous chunk is folded on the blocking pool, so the database and the
+    /// fold work at once.
+    async fn refold_recorded_by(&self, cases: Vec<String>, at: DateTime<Utc>) -> Result<Vec<CaseFacts>, Error> {
+        let (sender, mut chunks) = tokio::sync::mpsc::channel(1);
+        let log = self.log.clone();
+        let reader = tokio::spawn(async move {
+            for chunk in cases.chunks(AS_OF_FOLD_CASES) {
+                let read = log.read_cases_recorded_by(chunk, at).await;
+                if sender.send(read).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut refolded = Vec::new();
+        while let Some(rows) = chunks.recv().await {
+            let rows = rows?;
+            let folded = tokio::task::spawn_blocking(move || fold_cases(&rows))
+                .await
+                .map_err(|e| Error::Internal(format!("as_of fold stopped: {e}")))??;
+            refolded.extend(folded);
+        }
+        reader
+            .await
+            .map_err(|e| Error::Internal(format!("as_of reader stopped: {e}")))?;
+        Ok(refolded)
     }
 
     /// Waits until the projection has applied `min_position`; returns its generation and

@@ -4,7 +4,7 @@
 //! loads its copy from the newest snapshot and the rows written after it, and writes snapshots
 //! as the projection moves on (see [`ReadModel::write_snapshot`]).
 
-use crate::as_of::{AtInstant, RecordedSpans, read_spans};
+use crate::as_of::{AtInstant, RecordedSpans, Span, read_spans};
 use crate::error::Error;
 use crate::projector::fold_cases;
 use crate::snapshot::{self, Part};
@@ -50,7 +50,7 @@ struct FactsCache {
     cases: Vec<CaseFacts>,
     reaches: Vec<Reach>,
     /// Keyed by the case's own id (one allocation for both).
-    index: HashMap<Arc<str>, u32>,
+    index: HashMap<Arc<str>, u32, foldhash::quality::RandomState>,
     codes: SharedCodes,
     /// Each case's recording span, for `as_of`: `None` until an `as_of` or a snapshot needs them
     /// (or a snapshot brought them); once present, extended at every refresh to cover at least
@@ -173,26 +173,115 @@ impl FactsSink for FactsCache {
     }
 }
 
-/// Loads a snapshot's parts into an empty copy: the cases first, then the spans (sharing the
-/// cases' ids).
+/// Threads decoding a snapshot's parts while the copy applies those already decoded: decoding
+/// and applying are each about half of a load, and parts are independent.
+const SNAPSHOT_DECODERS: usize = 2;
+
+/// Loads a snapshot's parts into an empty copy. Parts go to decoder threads as they arrive and
+/// are applied as they come back (cases in any order: each is one case's facts); the spans
+/// are applied last, once every case id is held, so they share them. `finish` waits for the
+/// rest.
 struct SnapshotLoader<'a> {
     cache: &'a mut FactsCache,
     spans: RecordedSpans,
+    to_decode: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    decoded: std::sync::mpsc::Receiver<Result<Part, Error>>,
+    decoders: Vec<std::thread::JoinHandle<()>>,
+    spans_decoded: Vec<Vec<(String, Span)>>,
+}
+
+impl<'a> SnapshotLoader<'a> {
+    fn new(cache: &'a mut FactsCache) -> Result<SnapshotLoader<'a>, Error> {
+        let (to_decode, parts) = std::sync::mpsc::sync_channel::<Vec<u8>>(SNAPSHOT_DECODERS * 2);
+        let (send_decoded, decoded) = std::sync::mpsc::channel();
+        let parts = Arc::new(std::sync::Mutex::new(parts));
+        let decoders = (0..SNAPSHOT_DECODERS)
+            .map(|_| {
+                let (parts, send_decoded) = (parts.clone(), send_decoded.clone());
+                std::thread::Builder::new()
+                    .name("snapshot-decoder".into())
+                    .spawn(move || {
+                        loop {
+                            let next = parts
+                                .lock()
+                                .map_err(|_| ())
+                                .and_then(|parts| parts.recv().map_err(|_| ()));
+                            let Ok(data) = next else { return };
+                            if send_decoded.send(snapshot::decode(&data)).is_err() {
+                                return;
+                            }
+                        }
+                    })
+                    .map_err(|e| Error::Internal(format!("starting a snapshot decoder: {e}")))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(SnapshotLoader {
+            cache,
+            spans: RecordedSpans::default(),
+            to_decode: Some(to_decode),
+            decoded,
+            decoders,
+            spans_decoded: Vec::new(),
+        })
+    }
+
+    fn apply(&mut self, part: Result<Part, Error>) -> Result<(), Error> {
+        match part? {
+            Part::Cases(cases) => cases.into_iter().try_for_each(|facts| self.cache.upsert(facts)),
+            Part::Spans(spans) => {
+                self.spans_decoded.push(spans);
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for the parts still being decoded, applies them and then the spans.
+    fn finish(mut self) -> Result<RecordedSpans, Error> {
+        drop(self.to_decode.take());
+        while let Ok(part) = self.decoded.recv() {
+            self.apply(part)?;
+        }
+        for spans in std::mem::take(&mut self.spans_decoded) {
+            for (case_id, span) in spans {
+                self.spans.insert(case_id, span, |id| self.cache.held_id(id));
+            }
+        }
+        Ok(std::mem::take(&mut self.spans))
+    }
+}
+
+impl Drop for SnapshotLoader<'_> {
+    fn drop(&mut self) {
+        // Closing the queue ends the decoders once they finish the part in hand.
+        drop(self.to_decode.take());
+        for decoder in self.decoders.drain(..) {
+            let _ = decoder.join();
+        }
+    }
 }
 
 impl SnapshotSink for SnapshotLoader<'_> {
     type Error = Error;
 
+    fn begin(&mut self, head: &SnapshotHead) {
+        let cases = usize::try_from(head.cases).unwrap_or(0);
+        self.cache.cases.reserve(cases);
+        self.cache.reaches.reserve(cases);
+        self.cache.index.reserve(cases);
+    }
+
     fn part(&mut self, data: &[u8]) -> Result<(), Error> {
-        match snapshot::decode(data)? {
-            Part::Cases(cases) => cases.into_iter().try_for_each(|facts| self.cache.upsert(facts)),
-            Part::Spans(spans) => {
-                for (case_id, span) in spans {
-                    self.spans.insert(case_id, span, |id| self.cache.held_id(id));
-                }
-                Ok(())
-            }
+        let queue = self
+            .to_decode
+            .as_ref()
+            .ok_or_else(|| Error::Internal("snapshot parts after the end".into()))?;
+        queue
+            .send(data.to_vec())
+            .map_err(|_| Error::Internal("the snapshot decoders stopped".into()))?;
+        while let Ok(part) = self.decoded.try_recv() {
+            self.apply(part)?;
         }
+        Ok(())
     }
 }
 
@@ -366,14 +455,17 @@ impl ReadModel {
 
     async fn read_snapshot_into(&self, cache: &mut FactsCache, generation: i64) -> Option<SnapshotHead> {
         cache.clear();
-        let mut loader = SnapshotLoader {
-            cache: &mut *cache,
-            spans: RecordedSpans::default(),
+        let read = match SnapshotLoader::new(&mut *cache) {
+            Ok(mut loader) => match self.log.read_snapshot(generation, snapshot::FORMAT, &mut loader).await {
+                Ok(Ok(Some(head))) => Ok(loader.finish().map(|spans| Some((head, spans)))),
+                Ok(Ok(None)) => Ok(Ok(None)),
+                Ok(Err(refused)) => Ok(Err(refused)),
+                Err(err) => Err(err),
+            },
+            Err(err) => Ok(Err(err)),
         };
-        let read = self.log.read_snapshot(generation, snapshot::FORMAT, &mut loader).await;
-        let spans = loader.spans;
         match read {
-            Ok(Ok(Some(head))) => {
+            Ok(Ok(Some((head, spans)))) => {
                 cache.generation = head.generation;
                 cache.position = Some(head.position);
                 cache.spans = Some(spans.covering(head.position));

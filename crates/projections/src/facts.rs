@@ -4,7 +4,7 @@
 
 use caselog_domain::event::{ApplicationType, BirthMonth, LawType, ReportType, SeenMode};
 use caselog_domain::{CaseHistory, Payload};
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -32,9 +32,10 @@ pub struct CaseFacts {
 
 /// A child's facts, with every dated record in one exact-size list (a child has four or five,
 /// and one allocation for them all instead of one per kind is most of what the packing saves).
-/// Serialised as [`ChildRecords`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "ChildRecords")]
+/// Serialised as [`ChildRecords`] in human-readable formats (the stored JSON), and as held, with
+/// dates as day numbers, in compact ones (read-model snapshots), where decoding is most of a
+/// server's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildFacts {
     pub child_id: Box<str>,
     pub birth_month: BirthMonth,
@@ -156,8 +157,62 @@ impl From<ChildRecords> for ChildFacts {
 
 impl Serialize for ChildFacts {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.to_records().serialize(serializer)
+        if serializer.is_human_readable() {
+            return self.to_records().serialize(serializer);
+        }
+        PackedChild {
+            child_id: self.child_id.clone(),
+            birth_month: self.birth_month,
+            joined_on: self.joined_on.map(day_number),
+            dates: self.dates.iter().copied().map(day_number).collect(),
+            ends: self.ends,
+        }
+        .serialize(serializer)
     }
+}
+
+impl<'de> Deserialize<'de> for ChildFacts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ChildFacts, D::Error> {
+        use serde::de::Error;
+        if deserializer.is_human_readable() {
+            return ChildRecords::deserialize(deserializer).map(ChildFacts::from);
+        }
+        let packed = PackedChild::deserialize(deserializer)?;
+        let date = |n: i32| {
+            NaiveDate::from_num_days_from_ce_opt(n).ok_or_else(|| D::Error::custom(format!("day {n} is not a date")))
+        };
+        let dates = packed
+            .dates
+            .iter()
+            .map(|&n| date(n))
+            .collect::<Result<Box<[NaiveDate]>, _>>()?;
+        // `records` slices by these: they must rise to the end of the list.
+        let rising = packed.ends.windows(2).all(|pair| pair[0] <= pair[1]);
+        if !rising || packed.ends[RECORD_KINDS - 1] as usize != dates.len() {
+            return Err(D::Error::custom("a child's record ends do not fit its dates"));
+        }
+        Ok(ChildFacts {
+            child_id: packed.child_id,
+            birth_month: packed.birth_month,
+            joined_on: packed.joined_on.map(date).transpose()?,
+            dates,
+            ends: packed.ends,
+        })
+    }
+}
+
+/// [`ChildFacts`] in compact formats: as held, dates as days from the common era.
+#[derive(Serialize, Deserialize)]
+struct PackedChild {
+    child_id: Box<str>,
+    birth_month: BirthMonth,
+    joined_on: Option<i32>,
+    dates: Box<[i32]>,
+    ends: [u32; RECORD_KINDS],
+}
+
+fn day_number(date: NaiveDate) -> i32 {
+    date.num_days_from_ce()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,8 +231,8 @@ pub struct ReportFacts {
 /// them instead of each holding its own (the read model's memory is mostly these).
 #[derive(Debug, Default)]
 pub struct SharedCodes {
-    codes: HashSet<Arc<str>>,
-    application_sets: HashSet<Arc<[ApplicationType]>>,
+    codes: HashSet<Arc<str>, foldhash::fast::RandomState>,
+    application_sets: HashSet<Arc<[ApplicationType]>, foldhash::fast::RandomState>,
 }
 
 impl SharedCodes {

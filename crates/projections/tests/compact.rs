@@ -1,6 +1,7 @@
 //! The read model holds case facts as they come back from their stored JSON, with codes shared
 //! between cases (`SharedCodes`): that form counts exactly as the facts straight from the fold,
-//! and writes back the same JSON, for random national workloads and questions.
+//! and writes back the same JSON, for random national workloads and questions. Its snapshots'
+//! compact encoding (postcard) gives back the same facts.
 
 #![allow(clippy::unwrap_used)]
 
@@ -67,6 +68,8 @@ proptest! {
         for (a, b) in held.iter().zip(&straight) {
             prop_assert_eq!(serde_json::to_string(a).unwrap(), serde_json::to_string(b).unwrap());
         }
+        let from_snapshot: Vec<CaseFacts> = postcard::from_bytes(&postcard::to_stdvec(&held).unwrap()).unwrap();
+        prop_assert_eq!(&from_snapshot, &straight);
         let month_start = first_day + chrono::Months::new(month % 18);
         for period in [
             Period::month(month_start.year_ce().1 as i32, month_start.month0() + 1).unwrap(),
@@ -85,5 +88,23 @@ proptest! {
             // A refused question (suppression refuses some cross-classifications) is refused alike.
             prop_assert_eq!(compute(&query, &held, calendar), compute(&query, &straight, calendar));
         }
+    }
+}
+
+/// A snapshot whose child records claim more dates than it holds is refused, not sliced.
+#[test]
+fn a_compact_child_whose_record_ends_overrun_its_dates_is_refused() {
+    use caselog_projections::facts::ChildFacts;
+    let packed = |ends: [u32; 6]| {
+        postcard::to_stdvec(&("c1", "2019-06", None::<i32>, vec![738_000_i32, 738_001], ends)).unwrap()
+    };
+    let fits: ChildFacts = postcard::from_bytes(&packed([1, 1, 2, 2, 2, 2])).unwrap();
+    assert_eq!(fits.seen_in_person().len(), 1);
+    assert_eq!(fits.engagement_records().len(), 1);
+    for overrun in [[0, 0, 0, 0, 0, 5], [2, 1, 2, 2, 2, 2], [0, 0, 0, 0, 0, 1]] {
+        assert!(
+            postcard::from_bytes::<ChildFacts>(&packed(overrun)).is_err(),
+            "{overrun:?}"
+        );
     }
 }

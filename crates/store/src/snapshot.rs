@@ -51,6 +51,8 @@ const HEAD_COLUMNS: &str = "generation, position, format, parts, cases, bytes, t
 /// A reader of a snapshot's parts, fed one at a time in order.
 pub trait SnapshotSink {
     type Error;
+    /// Called once, before the parts of the snapshot `head` describes.
+    fn begin(&mut self, head: &SnapshotHead);
     fn part(&mut self, data: &[u8]) -> Result<(), Self::Error>;
 }
 
@@ -149,6 +151,7 @@ impl EventLog {
         let Some(head) = head.map(head_of).transpose()? else {
             return Ok(Ok(None));
         };
+        sink.begin(&head);
         let mut parts = sqlx::query_scalar::<_, Vec<u8>>(
             "SELECT data FROM read_model_snapshot_parts WHERE generation = $1 AND position = $2 ORDER BY part",
         )

@@ -107,6 +107,10 @@ impl RecordedSpans {
         self
     }
 
+    pub fn reserve(&mut self, cases: usize) {
+        self.spans.reserve(cases);
+    }
+
     /// The copy of `case_id` held here, to share it.
     pub fn held_id(&self, case_id: &str) -> Option<Arc<str>> {
         self.spans.get_key_value(case_id).map(|(held, _)| held.clone())

@@ -268,6 +268,7 @@ impl SnapshotSink for SnapshotLoader<'_> {
         self.cache.cases.reserve(cases);
         self.cache.reaches.reserve(cases);
         self.cache.index.reserve(cases);
+        self.spans.reserve(cases);
     }
 
     fn part(&mut self, data: &[u8]) -> Result<(), Error> {

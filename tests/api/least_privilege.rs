@@ -102,6 +102,13 @@ async fn the_service_role_serves_everything_but_cannot_change_the_log_or_the_tra
     }
     assert_eq!(summary.unwrap().cases, 1);
 
+    // A snapshot of the read model, written and loaded as the role.
+    let log = caselog_store::EventLog::new(service_pool.clone());
+    caselog_app::ReadModel::new(log.clone()).write_snapshot().await.unwrap();
+    let restarted = caselog_app::ReadModel::new(log);
+    restarted.load().await.unwrap();
+    assert!(restarted.stats().await.loaded_snapshot.is_some());
+
     // What the role must not do.
     for statement in [
         "UPDATE events SET source = 'forged'",

@@ -616,25 +616,24 @@ async fn a_read_model_loaded_from_a_snapshot_and_the_rows_after_it_answers_as_a_
         assert_eq!(answered, folded_figures(&pool, &query, at).await, "as_of {at}");
     }
 
-    // A newer snapshot whose part is not of this format's encoding.
-    let (generation, _) = log.case_facts_version().await.unwrap();
-    sqlx::query(
-        "INSERT INTO read_model_snapshots (generation, position, format, parts, cases, bytes)
-         VALUES ($1, $2, 1, 1, 6, 3)",
-    )
-    .bind(generation)
-    .bind(i64::from(head))
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO read_model_snapshot_parts (generation, position, part, data) VALUES ($1, $2, 0, '\\xffffff')",
-    )
-    .bind(generation)
-    .bind(i64::from(head))
-    .execute(&pool)
-    .await
-    .unwrap();
+    // A newer snapshot replaces the older one.
+    let rewritten = second
+        .write_snapshot()
+        .await
+        .unwrap()
+        .expect("the copy is past the snapshot");
+    assert_eq!(rewritten.position, head);
+    let kept: Vec<i64> = sqlx::query_scalar("SELECT position FROM read_model_snapshots")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, [i64::from(head)]);
+
+    // A snapshot whose first part is not of this format's encoding.
+    sqlx::query("UPDATE read_model_snapshot_parts SET data = '\\xffffff' WHERE part = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
     let third = ReadModel::new(log.clone());
     let (_, now) = third.metrics(query.clone(), None, head).await.unwrap();
     assert_eq!(now, expected_now, "from every case's row");

@@ -82,7 +82,9 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Commits the snapshot of `cases` cases in `format`, and removes every other one.
+    /// Commits the snapshot of `cases` cases in `format`, and removes the ones it supersedes:
+    /// older ones of its generation and every one of an earlier generation (a writer still
+    /// holding a copy from before a rebuild must not remove the rebuilt projection's).
     #[instrument(skip(self), fields(parts = self.parts, bytes = self.bytes), err(level = "debug"))]
     pub async fn finish(mut self, format: i32, cases: i64) -> Result<SnapshotHead, Error> {
         let (generation, position) = (self.generation, i64::from(self.position));
@@ -100,7 +102,7 @@ impl SnapshotWriter {
         .await?;
         for table in ["read_model_snapshot_parts", "read_model_snapshots"] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE (generation, position) <> ($1, $2)"
+                "DELETE FROM {table} WHERE generation < $1 OR (generation = $1 AND position < $2)"
             )))
             .bind(generation)
             .bind(position)

@@ -230,7 +230,8 @@ async fn a_projection_interrupted_anywhere_ends_where_a_clean_rebuild_does(pool:
 
 async fn leaders(pool: &PgPool) -> i64 {
     sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND classid = x'63617365'::int::oid AND objid = 1 AND objsubid = 2
            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .fetch_one(pool)
@@ -616,12 +617,21 @@ async fn a_read_model_loaded_from_a_snapshot_and_the_rows_after_it_answers_as_a_
         assert_eq!(answered, folded_figures(&pool, &query, at).await, "as_of {at}");
     }
 
-    // A newer snapshot replaces the older one.
+    // A newer snapshot replaces the older one, even while a rebuild holds its lock.
+    let mut rebuilding = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(x'63617365'::int, 2)")
+        .execute(&mut *rebuilding)
+        .await
+        .unwrap();
     let rewritten = second
         .write_snapshot()
         .await
         .unwrap()
         .expect("the copy is past the snapshot");
+    sqlx::query("SELECT pg_advisory_unlock(x'63617365'::int, 2)")
+        .execute(&mut *rebuilding)
+        .await
+        .unwrap();
     assert_eq!(rewritten.position, head);
     let kept: Vec<i64> = sqlx::query_scalar("SELECT position FROM read_model_snapshots")
         .fetch_all(&pool)

@@ -264,7 +264,9 @@ impl SnapshotSink for SnapshotLoader<'_> {
     type Error = Error;
 
     fn begin(&mut self, head: &SnapshotHead) {
-        let cases = usize::try_from(head.cases).unwrap_or(0);
+        // A head is a hint for sizing, not trusted: a damaged one must not abort on reserving.
+        const MOST_CASES_RESERVED: usize = 10_000_000;
+        let cases = usize::try_from(head.cases).unwrap_or(0).min(MOST_CASES_RESERVED);
         self.cache.cases.reserve(cases);
         self.cache.reaches.reserve(cases);
         self.cache.index.reserve(cases);

@@ -923,7 +923,7 @@ async fn projector_failover(
     })
 }
 
-/// The backend holding the projection leadership lock (`PROJECTOR_LOCK` of the store).
+/// The backend holding the projection leadership lock (`locks::PROJECTOR` of the store: classid "case", objid 1).
 async fn projection_leader(pool: &sqlx::PgPool) -> anyhow::Result<Option<i32>> {
     Ok(sqlx::query_scalar(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted

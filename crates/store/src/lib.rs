@@ -9,6 +9,7 @@ pub mod combine;
 mod copy_text;
 mod error;
 pub mod feed;
+mod locks;
 mod log;
 pub mod projection;
 pub mod rebuild;

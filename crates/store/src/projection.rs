@@ -4,16 +4,12 @@
 
 use crate::error::stored_position;
 use crate::log::{REPLAY_COLUMNS, ReplayRow};
-use crate::{Error, EventLog};
+use crate::{Error, EventLog, locks};
 use caselog_domain::Position;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use sqlx::PgConnection;
 use tracing::instrument;
-
-/// Advisory lock (two-int4 form: int8 keys belong to the feed) held by the one process that runs
-/// the projections.
-const PROJECTOR_LOCK: (i32, i32) = (0x6361_7365, 1);
 
 /// The name of the case-facts projection's checkpoint.
 pub const CASE_FACTS: &str = "case_facts";
@@ -58,8 +54,8 @@ impl EventLog {
     pub async fn try_lead_projections(&self) -> Result<Option<Leadership>, Error> {
         let mut connection = self.pool.acquire().await?;
         let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-            .bind(PROJECTOR_LOCK.0)
-            .bind(PROJECTOR_LOCK.1)
+            .bind(locks::PROJECTOR.0)
+            .bind(locks::PROJECTOR.1)
             .fetch_one(&mut *connection)
             .await?;
         // A session that lost keeps no lock and goes back to the pool; one that won leaves the

@@ -11,14 +11,11 @@ use crate::copy_text::copy_text_row;
 use crate::error::stored_position;
 use crate::log::{REPLAY_COLUMNS, ReplayRow};
 use crate::projection::CASE_FACTS;
-use crate::{Error, EventLog};
+use crate::{Error, EventLog, locks};
 use caselog_domain::Position;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
 use tracing::instrument;
-
-/// Advisory lock (two-int4 form) held by the one session that may rebuild.
-const REBUILD_LOCK: (i32, i32) = (0x6361_7365, 2);
 
 /// Which events a case-ordered read includes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,8 +111,8 @@ impl EventLog {
     pub async fn try_lock_rebuild(&self) -> Result<Option<RebuildSession>, Error> {
         let mut connection = self.pool.acquire().await?;
         let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-            .bind(REBUILD_LOCK.0)
-            .bind(REBUILD_LOCK.1)
+            .bind(locks::REBUILD.0)
+            .bind(locks::REBUILD.1)
             .fetch_one(&mut *connection)
             .await?;
         if !won {
@@ -220,8 +217,8 @@ impl RebuildSession {
     /// lock then outlives the call until the server notices the closed connection).
     pub async fn close(mut self) -> Result<(), Error> {
         sqlx::query("SELECT pg_advisory_unlock($1, $2)")
-            .bind(REBUILD_LOCK.0)
-            .bind(REBUILD_LOCK.1)
+            .bind(locks::REBUILD.0)
+            .bind(locks::REBUILD.1)
             .execute(&mut self.connection)
             .await?;
         sqlx::Connection::close(self.connection).await?;

@@ -4,16 +4,12 @@
 //! store does not know what the parts hold, only their order.
 
 use crate::error::stored_position;
-use crate::{Error, EventLog};
+use crate::{Error, EventLog, locks};
 use caselog_domain::Position;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use sqlx::{Postgres, Transaction};
 use tracing::instrument;
-
-/// Advisory lock (two-int4 form, beside the projector's) held by the transaction writing a
-/// snapshot, so that replicas started together do not all write one.
-const SNAPSHOT_LOCK: (i32, i32) = (0x6361_7365, 2);
 
 /// What describes a stored snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,8 +172,8 @@ impl EventLog {
     pub async fn begin_snapshot(&self, generation: i64, position: Position) -> Result<Option<SnapshotWriter>, Error> {
         let mut tx = self.pool.begin().await?;
         let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
-            .bind(SNAPSHOT_LOCK.0)
-            .bind(SNAPSHOT_LOCK.1)
+            .bind(locks::SNAPSHOT.0)
+            .bind(locks::SNAPSHOT.1)
             .fetch_one(&mut *tx)
             .await?;
         if !won {

@@ -1,7 +1,7 @@
 //! `caselog import`: thousands of events of realistic cases, every line accounted for, and a
 //! second import that writes nothing.
 
-use caselog_cli::import::{ImportOptions, LineOutcome, import};
+use caselog_cli::import::{ImportOptions, ImportProgress, LineOutcome, import, import_text};
 use caselog_domain::event::*;
 use caselog_domain::interchange::to_line;
 use caselog_domain::{Metadata, NewEvent, Payload};
@@ -124,14 +124,14 @@ async fn importing_a_file_twice_writes_it_once(pool: PgPool) {
     let total = text.lines().count();
     assert!(total > 2500, "a few thousand events ({total})");
 
-    let first = import(&text, server.anonymous.clone(), &harness_import())
+    let first = import_text(&text, server.anonymous.clone(), &harness_import())
         .await
         .unwrap();
     assert_eq!(
         (first.appended(), first.already_present(), first.rejected()),
         (total, 0, 0),
         "{:?}",
-        first.lines.values().find(|o| matches!(o, LineOutcome::Rejected(_)))
+        first.rejections().next()
     );
     assert_eq!(event_count(&pool).await, total as i64);
 
@@ -139,7 +139,7 @@ async fn importing_a_file_twice_writes_it_once(pool: PgPool) {
         batch_size: 3,
         ..harness_import()
     };
-    let second = import(&text, server.anonymous.clone(), &options).await.unwrap();
+    let second = import_text(&text, server.anonymous.clone(), &options).await.unwrap();
     assert_eq!(
         (second.appended(), second.already_present(), second.rejected()),
         (0, total, 0)
@@ -164,16 +164,16 @@ async fn a_rejected_line_does_not_stop_the_lines_around_it(pool: PgPool) {
     lines.insert(5, "{not json".into());
     let text = lines.join("\n");
 
-    let report = import(&text, server.anonymous.clone(), &harness_import())
+    let report = import_text(&text, server.anonymous.clone(), &harness_import())
         .await
         .unwrap();
     assert_eq!(report.appended(), good);
     assert_eq!(report.rejected(), 2);
-    let LineOutcome::Rejected(why) = &report.lines[&3] else {
-        panic!("line 3: {:?}", report.lines[&3])
+    let Some(LineOutcome::Rejected(why)) = report.outcome(3) else {
+        panic!("line 3: {:?}", report.outcome(3))
     };
     assert!(why.contains("stranger") && why.contains("child_id"), "{why}");
-    assert!(matches!(&report.lines[&6], LineOutcome::Rejected(why) if why.contains("not a valid event line")));
+    assert!(matches!(report.outcome(6), Some(LineOutcome::Rejected(why)) if why.contains("not a valid event line")));
 
     // All or nothing: the whole case with the bad line is refused, the other case is recorded.
     let fresh = TestServer::start(pool.clone()).await;
@@ -190,7 +190,9 @@ async fn a_rejected_line_does_not_stop_the_lines_around_it(pool: PgPool) {
         all_or_nothing: true,
         ..harness_import()
     };
-    let report = import(&relabelled, fresh.anonymous.clone(), &options).await.unwrap();
+    let report = import_text(&relabelled, fresh.anonymous.clone(), &options)
+        .await
+        .unwrap();
     let case0_lines = relabelled.lines().filter(|l| l.contains("AN00000")).count();
     assert_eq!(
         report.rejected(),
@@ -211,16 +213,118 @@ async fn a_line_repeated_in_the_file_is_already_present_and_a_reused_id_is_rejec
     let reused = repeated.replace("\"practitioner_id\":\"fca-0\"", "\"practitioner_id\":\"fca-99\"");
     assert_ne!(reused, repeated);
     lines.push(reused); // the same event id with other content
-    let report = import(&lines.join("\n"), server.anonymous.clone(), &harness_import())
+    let report = import_text(&lines.join("\n"), server.anonymous.clone(), &harness_import())
         .await
         .unwrap();
     assert_eq!(report.appended(), total);
-    assert_eq!(report.lines[&4], LineOutcome::AlreadyPresent);
-    let LineOutcome::Rejected(why) = &report.lines[&lines.len()] else {
-        panic!("{:?}", report.lines[&lines.len()])
+    assert_eq!(report.outcome(4), Some(LineOutcome::AlreadyPresent));
+    let Some(LineOutcome::Rejected(why)) = report.outcome(lines.len()) else {
+        panic!("{:?}", report.outcome(lines.len()))
     };
     assert!(why.contains("used on line 2 with different content"), "{why}");
     assert_eq!(event_count(&pool).await, total as i64);
+}
+
+/// Lines of `cases` cases dealt out one event of each case at a time, as a file in recording
+/// order spreads each case through it; each case's own events stay in their order.
+fn interleaved(cases: usize) -> Vec<String> {
+    let text = ndjson(cases);
+    let mut by_case: Vec<Vec<String>> = vec![Vec::new(); cases];
+    for line in text.lines() {
+        let at = line.find("\"case_id\":\"IM").expect("a case id") + 13;
+        let case: usize = line[at..at + 5].parse().unwrap();
+        by_case[case].push(line.to_owned());
+    }
+    let longest = by_case.iter().map(Vec::len).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|i| by_case.iter().filter_map(move |lines| lines.get(i).cloned()))
+        .collect()
+}
+
+/// A file whose cases are spread through it goes through a window of a few lines in small
+/// requests, several in flight, yet every case is recorded in its file order, the progress
+/// accounts for every line, and a second pass (whole-file window) writes nothing.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_file_in_recording_order_streams_through_a_small_window_keeping_each_cases_order(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let lines = interleaved(40);
+    let total = lines.len();
+    let mut text = lines.join("\n");
+    text.push('\n');
+    let options = ImportOptions {
+        window: 100,
+        batch_size: 2,
+        concurrency: 8,
+        ..harness_import()
+    };
+    let mut last_seen = ImportProgress::default();
+    let reader = std::io::Cursor::new(text.clone().into_bytes());
+    let report = import(
+        reader,
+        Some(text.len() as u64),
+        server.anonymous.clone(),
+        &options,
+        |p| last_seen = *p,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.appended(), report.rejected()),
+        (total, 0),
+        "{:?}",
+        report.rejections().next()
+    );
+    assert_eq!(
+        (last_seen.lines_settled, last_seen.appended, last_seen.bytes_read),
+        (total, total, text.len() as u64)
+    );
+
+    let recorded: Vec<(String, String)> =
+        sqlx::query_as("SELECT case_id, event_id::text FROM events ORDER BY case_id, version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut in_file: Vec<(String, String)> = lines
+        .iter()
+        .map(|line| {
+            let parsed = caselog_domain::interchange::parse_line(line).unwrap();
+            (parsed.case_id, parsed.event.event_id.to_string())
+        })
+        .collect();
+    in_file.sort_by(|a, b| a.0.cmp(&b.0)); // stable: each case's lines keep their file order
+    assert_eq!(recorded, in_file);
+
+    let again = import_text(&text, server.anonymous.clone(), &harness_import())
+        .await
+        .unwrap();
+    assert_eq!((again.appended(), again.already_present()), (0, total));
+    assert_eq!(event_count(&pool).await, total as i64);
+}
+
+/// All or nothing sends a case once the window moves past it: a line of that case further on
+/// cannot join it and is rejected with the reason, and the other lines are unaffected.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn all_or_nothing_rejects_a_line_of_a_case_already_sent_and_says_why(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let mut lines: Vec<String> = ndjson(3).lines().map(str::to_owned).collect();
+    let straggler = lines.remove(1); // case IM00000's allocation, moved to the end
+    lines.push(straggler);
+    let options = ImportOptions {
+        all_or_nothing: true,
+        window: 12, // a whole case of these, not two
+        ..harness_import()
+    };
+    let report = import_text(&lines.join("\n"), server.anonymous.clone(), &options)
+        .await
+        .unwrap();
+    let Some(LineOutcome::Rejected(why)) = report.outcome(lines.len()) else {
+        panic!("{:?}", report.outcome(lines.len()))
+    };
+    assert!(
+        why.contains("IM00000") && why.contains("already sent whole") && why.contains("window (12 lines)"),
+        "{why}"
+    );
+    assert_eq!((report.appended(), report.rejected()), (lines.len() - 1, 1));
 }
 
 /// Import options of the test harness, which may migrate any history.

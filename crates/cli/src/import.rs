@@ -1,23 +1,30 @@
-//! `caselog import`: a gRPC client that pushes an NDJSON file to a running service, case by case,
-//! and accounts for every line: appended, already present, or rejected with the reason.
+//! `caselog import`: a gRPC client that pushes an NDJSON file to a running service and accounts
+//! for every line: appended, already present, or rejected with the reason.
 //!
-//! Lines of one case are sent in file order, in batches; cases are sent concurrently. A batch
-//! refused because of one event (ErrorInfo `event_index`) is re-sent without that event, so a
-//! bad line never stops the lines around it, unless `all_or_nothing` asks for each case to be
-//! recorded whole or not at all.
+//! The file is streamed through a window of at most `window` lines held in memory, so a file of
+//! any size imports in bounded memory. Lines of one case are kept in file order and sent together,
+//! up to `batch_size` per request, while they are in the window: a file grouped by case goes out
+//! in full batches, and a file in recording order (each case's lines spread through it) in
+//! batches of the lines that lie near each other. When the window is full, the case whose oldest
+//! held line is earliest is sent. One request per case is in flight at a time, so a case's lines
+//! are recorded in file order; requests for different cases run concurrently (`concurrency`).
+//!
+//! A batch refused because of one event (ErrorInfo `event_index`) is re-sent without that event,
+//! so a bad line never stops the lines around it, unless `all_or_nothing` asks for each case to
+//! be recorded whole or not at all.
 
 use anyhow::Context;
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
 use caselog_app::ingest::MAX_BATCH;
+use caselog_domain::EventId;
 use caselog_domain::interchange::parse_line;
-use caselog_domain::{EventId, NewEvent};
 use caselog_server::auth::{BearerToken, WithToken};
 use caselog_server::convert::new_event_out;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Semaphore;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -27,21 +34,27 @@ use tonic_types::StatusExt;
 pub struct ImportOptions {
     /// Events per AppendEvents call (at most 1,000).
     pub batch_size: usize,
-    /// Cases sent at the same time.
+    /// Requests in flight at the same time (each for a different case).
     pub concurrency: usize,
     /// Bearer token sent with every request (none: the connection's client certificate alone).
     pub token: Option<String>,
     /// Record each case whole or not at all (one batch per case).
     pub all_or_nothing: bool,
+    /// Lines held in memory at most: read but not yet answered.
+    pub window: usize,
 }
+
+/// The default `window`: about 100 MB of held events.
+pub const DEFAULT_WINDOW: usize = 200_000;
 
 impl Default for ImportOptions {
     fn default() -> ImportOptions {
         ImportOptions {
             batch_size: 500,
-            concurrency: 8,
+            concurrency: 16,
             token: None,
             all_or_nothing: false,
+            window: DEFAULT_WINDOW,
         }
     }
 }
@@ -54,177 +67,506 @@ pub enum LineOutcome {
     Rejected(String),
 }
 
-/// Per-line outcomes of an import, keyed by 1-based line number (blank lines are skipped).
+/// One byte per line read: what became of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Blank,
+    Appended,
+    AlreadyPresent,
+    Rejected,
+}
+
+/// Per-line outcomes of an import, by 1-based line number (blank lines have none). One byte per
+/// line and the text of each rejection are kept, so its size follows the file's line count, not
+/// its bytes.
 #[derive(Debug, Default)]
 pub struct ImportReport {
-    pub lines: BTreeMap<usize, LineOutcome>,
+    settled: Vec<Option<Settled>>,
+    reasons: BTreeMap<usize, String>,
+    appended: usize,
+    already_present: usize,
     /// The highest position of an event this import appended (0 when none): a QueryMetrics
     /// with this `min_position` sees all of them.
     pub last_position: u64,
 }
 
 impl ImportReport {
-    pub fn count(&self, wanted: fn(&LineOutcome) -> bool) -> usize {
-        self.lines.values().filter(|o| wanted(o)).count()
-    }
     pub fn appended(&self) -> usize {
-        self.count(|o| matches!(o, LineOutcome::Appended))
+        self.appended
     }
     pub fn already_present(&self) -> usize {
-        self.count(|o| matches!(o, LineOutcome::AlreadyPresent))
+        self.already_present
     }
     pub fn rejected(&self) -> usize {
-        self.count(|o| matches!(o, LineOutcome::Rejected(_)))
+        self.reasons.len()
     }
-}
-
-type Line = (usize, NewEvent);
-
-/// Imports NDJSON `text` into the service behind `channel`.
-pub async fn import(text: &str, channel: Channel, options: &ImportOptions) -> anyhow::Result<ImportReport> {
-    let mut report = ImportReport::default();
-    let mut cases: BTreeMap<String, Vec<Line>> = BTreeMap::new();
-    let mut first_seen: Vec<String> = Vec::new();
-    let mut seen_ids: HashMap<EventId, (usize, String, NewEvent)> = HashMap::new();
-    let mut duplicates: Vec<(usize, usize)> = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line_no = i + 1;
-        if raw.trim().is_empty() {
-            continue;
-        }
-        match parse_line(raw) {
-            Ok(parsed) => {
-                // A line repeated in the file (a sender's retry) is the same event: it is already
-                // present once the first copy is; the same id with other content is refused here,
-                // since one batch cannot hold both.
-                match seen_ids.get(&parsed.event.event_id) {
-                    Some((first, case_id, event)) if *case_id == parsed.case_id && *event == parsed.event => {
-                        duplicates.push((line_no, *first));
-                        continue;
-                    }
-                    Some((first, _, _)) => {
-                        let reason = format!(
-                            "event_id {} is used on line {first} with different content; a new event needs a new event_id",
-                            parsed.event.event_id
-                        );
-                        report.lines.insert(line_no, LineOutcome::Rejected(reason));
-                        continue;
-                    }
-                    None => {
-                        seen_ids.insert(
-                            parsed.event.event_id,
-                            (line_no, parsed.case_id.clone(), parsed.event.clone()),
-                        );
-                    }
-                }
-                let lines = cases.entry(parsed.case_id.clone()).or_default();
-                if lines.is_empty() {
-                    first_seen.push(parsed.case_id);
-                }
-                lines.push((line_no, parsed.event));
-            }
-            Err(err) => {
-                report.lines.insert(line_no, LineOutcome::Rejected(err.to_string()));
-            }
+    /// Lines with an outcome (every line that is not blank).
+    pub fn settled(&self) -> usize {
+        self.appended + self.already_present + self.reasons.len()
+    }
+    /// What became of line `line_no` (None for a blank line or one beyond the file).
+    pub fn outcome(&self, line_no: usize) -> Option<LineOutcome> {
+        match self.settled.get(line_no.checked_sub(1)?).copied().flatten()? {
+            Settled::Blank => None,
+            Settled::Appended => Some(LineOutcome::Appended),
+            Settled::AlreadyPresent => Some(LineOutcome::AlreadyPresent),
+            Settled::Rejected => Some(LineOutcome::Rejected(self.reasons[&line_no].clone())),
         }
     }
-    let bearer = BearerToken::new(options.token.as_deref()).context("the token is not a valid header value")?;
-    let batch_size = if options.all_or_nothing {
-        MAX_BATCH
-    } else {
-        options.batch_size.clamp(1, MAX_BATCH)
-    };
-    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
-    let mut tasks = JoinSet::new();
-    for case_id in first_seen {
-        let lines = cases.remove(&case_id).unwrap_or_default();
-        let client = CaseEventServiceClient::with_interceptor(channel.clone(), bearer.clone())
-            .max_decoding_message_size(16 * 1024 * 1024)
-            .max_encoding_message_size(16 * 1024 * 1024);
-        let permits = permits.clone();
-        let all_or_nothing = options.all_or_nothing;
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let sender = CaseSender {
-                client,
-                case_id,
-                all_or_nothing,
-                last_position: 0,
-            };
-            sender.send_case(lines, batch_size).await
+    /// Every rejected line with its reason, in line order.
+    pub fn rejections(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.reasons.iter().map(|(n, why)| (*n, why.as_str()))
+    }
+
+    fn settle(&mut self, line_no: usize, outcome: LineOutcome) {
+        let index = line_no - 1;
+        if self.settled.len() <= index {
+            self.settled.resize(index + 1, None);
+        }
+        self.settled[index] = Some(match outcome {
+            LineOutcome::Appended => {
+                self.appended += 1;
+                Settled::Appended
+            }
+            LineOutcome::AlreadyPresent => {
+                self.already_present += 1;
+                Settled::AlreadyPresent
+            }
+            LineOutcome::Rejected(reason) => {
+                self.reasons.insert(line_no, reason);
+                Settled::Rejected
+            }
         });
     }
-    while let Some(joined) = tasks.join_next().await {
-        let (outcomes, last_position) = joined?;
-        report.lines.extend(outcomes);
-        report.last_position = report.last_position.max(last_position);
+
+    fn blank(&mut self, line_no: usize) {
+        if self.settled.len() < line_no {
+            self.settled.resize(line_no, None);
+        }
+        self.settled[line_no - 1] = Some(Settled::Blank);
     }
-    for (line_no, first) in duplicates {
-        let outcome = match report.lines.get(&first) {
-            Some(LineOutcome::Rejected(_)) => {
-                LineOutcome::Rejected(format!("repeats line {first}, which was rejected"))
-            }
-            _ => LineOutcome::AlreadyPresent,
-        };
-        report.lines.insert(line_no, outcome);
-    }
-    Ok(report)
 }
 
-struct CaseSender {
-    client: CaseEventServiceClient<WithToken>,
-    case_id: String,
+/// Where an import has got to, for a progress display.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportProgress {
+    pub bytes_read: u64,
+    /// The file's size, when known.
+    pub bytes_total: Option<u64>,
+    pub lines_settled: usize,
+    pub appended: usize,
+    pub already_present: usize,
+    pub rejected: usize,
+    pub elapsed: Duration,
+}
+
+impl ImportProgress {
+    /// Lines answered per second since the start.
+    pub fn lines_per_second(&self) -> f64 {
+        self.lines_settled as f64 / self.elapsed.as_secs_f64().max(1e-3)
+    }
+}
+
+/// How often the progress callback is called at most (and once more at the end).
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// A line held for sending: its number, its event id, and the event as the wire carries it.
+struct Held {
+    line_no: usize,
+    event_id: EventId,
+    event: pb::NewEvent,
+}
+
+/// One line as the reader thread hands it over.
+enum ReadLine {
+    Blank,
+    Event { case_id: String, held: Box<Held> },
+    Bad(String),
+}
+
+/// Lines the reader thread parses before handing them over together.
+const READ_CHUNK: usize = 512;
+
+/// Imports NDJSON `text` into the service behind `channel` (for tests and small inputs).
+pub async fn import_text(text: &str, channel: Channel, options: &ImportOptions) -> anyhow::Result<ImportReport> {
+    let reader = std::io::Cursor::new(text.as_bytes().to_vec());
+    import(reader, None, channel, options, |_| {}).await
+}
+
+/// Imports the NDJSON read from `reader` into the service behind `channel`, calling `progress`
+/// now and then. `bytes_total` (the file's size, when known) is passed through to `progress`.
+pub async fn import(
+    reader: impl BufRead + Send + 'static,
+    bytes_total: Option<u64>,
+    channel: Channel,
+    options: &ImportOptions,
+    mut progress: impl FnMut(&ImportProgress),
+) -> anyhow::Result<ImportReport> {
+    let bearer = BearerToken::new(options.token.as_deref()).context("the token is not a valid header value")?;
+    let client = CaseEventServiceClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(16 * 1024 * 1024)
+        .max_encoding_message_size(16 * 1024 * 1024);
+    let (chunks, mut read) = mpsc::channel::<(u64, Vec<(usize, ReadLine)>)>(4);
+    let reader = tokio::task::spawn_blocking(move || read_lines(reader, &chunks));
+    let mut window = Window::new(options);
+    let started = Instant::now();
+    let mut shown = started;
+    let mut bytes_read = 0;
+    let mut in_flight: JoinSet<Answered> = JoinSet::new();
+    let mut reading = true;
+    // Lines handed over but not yet taken into the window (a chunk can be larger than its room).
+    let mut backlog: VecDeque<(usize, ReadLine)> = VecDeque::new();
+    loop {
+        while window.held < window.limit {
+            let Some((line_no, line)) = backlog.pop_front() else {
+                break;
+            };
+            window.take(line_no, line);
+        }
+        // Read while there is room; a full window (or the end) sends the oldest cases.
+        let room = window.held < window.limit && backlog.is_empty();
+        tokio::select! {
+            chunk = read.recv(), if reading && room => match chunk {
+                Some((bytes, lines)) => {
+                    bytes_read = bytes;
+                    backlog.extend(lines);
+                    continue;
+                }
+                None => {
+                    reading = false;
+                    window.flush_all();
+                }
+            },
+            Some(answered) = in_flight.join_next(), if !in_flight.is_empty() => {
+                window.settle(answered?);
+            }
+            else => {}
+        }
+        if !reading && window.held == 0 && in_flight.is_empty() {
+            break;
+        }
+        if !reading && in_flight.is_empty() && window.ready.is_empty() {
+            anyhow::bail!(
+                "the import stalled with {} lines unsent (a fault of caselog import)",
+                window.held
+            );
+        }
+        if window.held >= window.limit && window.ready.is_empty() && in_flight.len() < window.concurrency {
+            window.send_oldest();
+        }
+        while in_flight.len() < window.concurrency {
+            let Some(batch) = window.next_batch() else { break };
+            let client = client.clone();
+            let all_or_nothing = window.all_or_nothing;
+            in_flight.spawn(async move { batch.send(client, all_or_nothing).await });
+        }
+        if shown.elapsed() >= PROGRESS_EVERY {
+            shown = Instant::now();
+            progress(&window.progress(bytes_read, bytes_total, started));
+        }
+    }
+    reader.await.context("the file reader stopped")??;
+    progress(&window.progress(bytes_read, bytes_total, started));
+    Ok(window.report)
+}
+
+/// Reads, parses and converts lines on a blocking thread, handing them over in chunks with the
+/// bytes read so far. Stops early when the importer has gone away.
+fn read_lines(mut reader: impl BufRead, chunks: &mpsc::Sender<(u64, Vec<(usize, ReadLine)>)>) -> anyhow::Result<()> {
+    let (mut bytes, mut line_no, mut raw) = (0u64, 0usize, Vec::new());
+    let mut chunk = Vec::with_capacity(READ_CHUNK);
+    loop {
+        raw.clear();
+        let read = reader.read_until(b'\n', &mut raw).context("reading the file")?;
+        if read == 0 {
+            break;
+        }
+        bytes += read as u64;
+        line_no += 1;
+        let line = match std::str::from_utf8(&raw) {
+            Ok(text) if text.trim().is_empty() => ReadLine::Blank,
+            Ok(text) => match parse_line(text.trim_end_matches(['\n', '\r'])) {
+                Ok(parsed) => ReadLine::Event {
+                    case_id: parsed.case_id,
+                    held: Box::new(Held {
+                        line_no,
+                        event_id: parsed.event.event_id,
+                        event: new_event_out(&parsed.event),
+                    }),
+                },
+                Err(err) => ReadLine::Bad(err.to_string()),
+            },
+            Err(err) => ReadLine::Bad(format!("the line is not UTF-8 text ({err})")),
+        };
+        chunk.push((line_no, line));
+        if chunk.len() == READ_CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(READ_CHUNK));
+            if chunks.blocking_send((bytes, full)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = chunks.blocking_send((bytes, chunk));
+    }
+    Ok(())
+}
+
+/// A case's lines held in the window.
+#[derive(Default)]
+struct CaseLines {
+    held: VecDeque<Held>,
+    /// A request for this case is in flight; the next waits for its answer.
+    in_flight: bool,
+    /// Send every held line, not only full batches (the window filled, or the file ended).
+    flush: bool,
+    /// In the ready queue already.
+    ready: bool,
+}
+
+/// The lines read and not yet answered, by case.
+struct Window {
+    cases: HashMap<String, CaseLines>,
+    /// Cases with held lines not in flight, by their oldest held line: which to send when full.
+    oldest: BTreeMap<usize, String>,
+    /// Cases with a batch to send, in the order they became ready.
+    ready: VecDeque<String>,
+    /// Lines repeating an earlier held line of their case (same id, same content), by that line:
+    /// they take its outcome.
+    repeats: HashMap<usize, Vec<usize>>,
+    /// All or nothing: the cases already sent, whose later lines cannot join them.
+    sent_whole: HashSet<String>,
+    held: usize,
+    limit: usize,
+    batch_size: usize,
+    concurrency: usize,
     all_or_nothing: bool,
+    report: ImportReport,
+}
+
+impl Window {
+    fn new(options: &ImportOptions) -> Window {
+        Window {
+            cases: HashMap::new(),
+            oldest: BTreeMap::new(),
+            ready: VecDeque::new(),
+            repeats: HashMap::new(),
+            sent_whole: HashSet::new(),
+            held: 0,
+            limit: options.window.max(1),
+            batch_size: if options.all_or_nothing {
+                MAX_BATCH
+            } else {
+                options.batch_size.clamp(1, MAX_BATCH)
+            },
+            concurrency: options.concurrency.max(1),
+            all_or_nothing: options.all_or_nothing,
+            report: ImportReport::default(),
+        }
+    }
+
+    fn take(&mut self, line_no: usize, line: ReadLine) {
+        let (case_id, held) = match line {
+            ReadLine::Blank => return self.report.blank(line_no),
+            ReadLine::Bad(reason) => return self.report.settle(line_no, LineOutcome::Rejected(reason)),
+            ReadLine::Event { case_id, held } => (case_id, *held),
+        };
+        if self.sent_whole.contains(&case_id) {
+            let reason = format!(
+                "case {case_id} was already sent whole (all or nothing) before this line was read: \
+                 a case's lines must lie within the window ({} lines) of each other",
+                self.limit
+            );
+            return self.report.settle(line_no, LineOutcome::Rejected(reason));
+        }
+        let case = self.cases.entry(case_id.clone()).or_default();
+        // A sender's retry repeats a line: it is the same event if the content is the same. One
+        // request cannot hold an id twice, and a reused id with other content is refused here.
+        if let Some(first) = case.held.iter().find(|h| h.event_id == held.event_id) {
+            if first.event == held.event {
+                self.repeats.entry(first.line_no).or_default().push(line_no);
+                self.held += 1;
+            } else {
+                let reason = format!(
+                    "event_id {} is used on line {} with different content; a new event needs a new event_id",
+                    held.event_id, first.line_no
+                );
+                self.report.settle(line_no, LineOutcome::Rejected(reason));
+            }
+            return;
+        }
+        if case.held.is_empty() && !case.in_flight {
+            self.oldest.insert(line_no, case_id.clone());
+        }
+        case.held.push_back(held);
+        self.held += 1;
+        let sendable = !case.in_flight && !case.ready && !self.all_or_nothing && case.held.len() >= self.batch_size;
+        if sendable {
+            case.ready = true;
+            self.ready.push_back(case_id);
+        }
+    }
+
+    /// The window is full and nothing is ready: send the case holding the oldest line.
+    fn send_oldest(&mut self) {
+        if let Some((_, case_id)) = self.oldest.pop_first() {
+            self.mark_flush(case_id);
+        }
+    }
+
+    /// The file has ended: send everything held, including what gathers behind a request in
+    /// flight.
+    fn flush_all(&mut self) {
+        self.oldest.clear();
+        let cases: Vec<String> = self.cases.keys().cloned().collect();
+        for case_id in cases {
+            self.mark_flush(case_id);
+        }
+    }
+
+    fn mark_flush(&mut self, case_id: String) {
+        let Some(case) = self.cases.get_mut(&case_id) else {
+            return;
+        };
+        case.flush = true;
+        if !case.in_flight && !case.ready && !case.held.is_empty() {
+            case.ready = true;
+            self.ready.push_back(case_id);
+        }
+    }
+
+    /// The next request to send, if any case is ready.
+    fn next_batch(&mut self) -> Option<Batch> {
+        let case_id = self.ready.pop_front()?;
+        let case = self.cases.get_mut(&case_id)?;
+        case.ready = false;
+        if let Some(front) = case.held.front() {
+            self.oldest.remove(&front.line_no);
+        }
+        let take = if self.all_or_nothing {
+            case.held.len()
+        } else {
+            case.held.len().min(self.batch_size)
+        };
+        let lines: Vec<Held> = case.held.drain(..take).collect();
+        case.in_flight = true;
+        if case.held.is_empty() {
+            // Lines that arrive from now on gather again until full or oldest.
+            case.flush = false;
+        }
+        if self.all_or_nothing {
+            self.sent_whole.insert(case_id.clone());
+        }
+        Some(Batch { case_id, lines })
+    }
+
+    fn settle(&mut self, answered: Answered) {
+        for (line_no, outcome) in answered.outcomes {
+            self.held -= 1;
+            for repeat in self.repeats.remove(&line_no).unwrap_or_default() {
+                self.held -= 1;
+                let outcome = match &outcome {
+                    LineOutcome::Rejected(_) => {
+                        LineOutcome::Rejected(format!("repeats line {line_no}, which was rejected"))
+                    }
+                    _ => LineOutcome::AlreadyPresent,
+                };
+                self.report.settle(repeat, outcome);
+            }
+            self.report.settle(line_no, outcome);
+        }
+        self.report.last_position = self.report.last_position.max(answered.last_position);
+        let case_id = answered.case_id;
+        let Some(case) = self.cases.get_mut(&case_id) else {
+            return;
+        };
+        case.in_flight = false;
+        match case.held.front() {
+            None => {
+                self.cases.remove(&case_id);
+            }
+            Some(front) => {
+                let front = front.line_no;
+                let full = !self.all_or_nothing && case.held.len() >= self.batch_size;
+                if case.flush || full {
+                    case.ready = true;
+                    self.ready.push_back(case_id);
+                } else {
+                    self.oldest.insert(front, case_id);
+                }
+            }
+        }
+    }
+
+    fn progress(&self, bytes_read: u64, bytes_total: Option<u64>, started: Instant) -> ImportProgress {
+        ImportProgress {
+            bytes_read,
+            bytes_total,
+            lines_settled: self.report.settled(),
+            appended: self.report.appended(),
+            already_present: self.report.already_present(),
+            rejected: self.report.rejected(),
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// One request's lines, all of one case.
+struct Batch {
+    case_id: String,
+    lines: Vec<Held>,
+}
+
+/// The outcome of every line of a batch, and the highest position appended.
+struct Answered {
+    case_id: String,
+    outcomes: Vec<(usize, LineOutcome)>,
     last_position: u64,
 }
 
 const TRANSIENT_RETRIES: u32 = 5;
 
-impl CaseSender {
-    /// The outcome of every line, and the highest position appended.
-    async fn send_case(mut self, lines: Vec<Line>, batch_size: usize) -> (Vec<(usize, LineOutcome)>, u64) {
-        let mut outcomes = Vec::with_capacity(lines.len());
-        if self.all_or_nothing && lines.len() > MAX_BATCH {
+impl Batch {
+    /// Sends the batch until every line in it has an outcome.
+    async fn send(mut self, mut client: CaseEventServiceClient<WithToken>, all_or_nothing: bool) -> Answered {
+        let mut outcomes = Vec::with_capacity(self.lines.len());
+        let mut last_position = 0;
+        if all_or_nothing && self.lines.len() > MAX_BATCH {
             let reason = format!(
                 "case {} has {} events, more than one all-or-nothing batch ({MAX_BATCH})",
                 self.case_id,
-                lines.len()
+                self.lines.len()
             );
-            let outcomes = lines
-                .into_iter()
-                .map(|(n, _)| (n, LineOutcome::Rejected(reason.clone())))
+            let outcomes = self
+                .lines
+                .iter()
+                .map(|h| (h.line_no, LineOutcome::Rejected(reason.clone())))
                 .collect();
-            return (outcomes, 0);
+            return Answered {
+                case_id: self.case_id,
+                outcomes,
+                last_position,
+            };
         }
-        let mut remaining = lines.into_iter().peekable();
-        while remaining.peek().is_some() {
-            let mut batch: Vec<Line> = remaining.by_ref().take(batch_size).collect();
-            self.send_batch(&mut batch, &mut outcomes).await;
-        }
-        (outcomes, self.last_position)
-    }
-
-    /// Sends `batch` until every line in it has an outcome.
-    async fn send_batch(&mut self, batch: &mut Vec<Line>, outcomes: &mut Vec<(usize, LineOutcome)>) {
         let mut transient_failures = 0;
-        while !batch.is_empty() {
+        while !self.lines.is_empty() {
             let request = tonic::Request::new(pb::AppendEventsRequest {
                 case_id: self.case_id.clone(),
-                events: batch.iter().map(|(_, e)| new_event_out(e)).collect(),
+                events: self.lines.iter().map(|h| h.event.clone()).collect(),
                 expected_version: None,
             });
-            let status = match self.client.append_events(request).await {
+            let status = match client.append_events(request).await {
                 Ok(response) => {
-                    for ((line_no, _), appended) in batch.iter().zip(response.into_inner().events) {
+                    for (held, appended) in self.lines.iter().zip(response.into_inner().events) {
                         let outcome = if appended.already_present {
                             LineOutcome::AlreadyPresent
                         } else {
-                            self.last_position = self.last_position.max(appended.position);
+                            last_position = last_position.max(appended.position);
                             LineOutcome::Appended
                         };
-                        outcomes.push((*line_no, outcome));
+                        outcomes.push((held.line_no, outcome));
                     }
-                    return;
+                    break;
                 }
                 Err(status) => status,
             };
@@ -241,21 +583,30 @@ impl CaseSender {
             let culprit = status
                 .get_details_error_info()
                 .and_then(|info| info.metadata.get("event_index").and_then(|i| i.parse::<usize>().ok()))
-                .filter(|i| *i < batch.len());
+                .filter(|i| *i < self.lines.len());
             match culprit {
-                Some(index) if !self.all_or_nothing && !retryable => {
-                    let (line_no, _) = batch.remove(index);
-                    outcomes.push((line_no, LineOutcome::Rejected(reason)));
+                Some(index) if !all_or_nothing && !retryable => {
+                    let held = self.lines.remove(index);
+                    outcomes.push((held.line_no, LineOutcome::Rejected(reason)));
                 }
                 _ => {
-                    let whole = if self.all_or_nothing {
+                    let whole = if all_or_nothing {
                         format!("case {} not imported (all or nothing): {reason}", self.case_id)
                     } else {
                         reason
                     };
-                    outcomes.extend(batch.drain(..).map(|(n, _)| (n, LineOutcome::Rejected(whole.clone()))));
+                    outcomes.extend(
+                        self.lines
+                            .drain(..)
+                            .map(|h| (h.line_no, LineOutcome::Rejected(whole.clone()))),
+                    );
                 }
             }
+        }
+        Answered {
+            case_id: self.case_id,
+            outcomes,
+            last_position,
         }
     }
 }

@@ -5,7 +5,7 @@ use anyhow::Context;
 use caselog_app::rebuild::{Outcome, Phase, Progress, RebuildOptions, rebuild};
 #[cfg(feature = "generator")]
 use caselog_cli::generate::{GenerateOptions, compare_with_reference, load, write_ndjson};
-use caselog_cli::import::{ImportOptions, LineOutcome, import};
+use caselog_cli::import::{ImportOptions, import};
 use caselog_domain::{Grant, Principal};
 use caselog_server::auth::{AuthSettings, Authenticator, DevTokens, JwtSettings};
 use caselog_server::{Security, ServerLimits, shutdown_signal, telemetry};
@@ -314,19 +314,26 @@ impl ClientArgs {
 
 #[derive(Args, Debug)]
 struct ImportArgs {
-    /// NDJSON file, one event per line.
+    /// NDJSON file, one event per line ("-" for standard input).
     file: PathBuf,
     #[command(flatten)]
     client: ClientArgs,
     /// Events per request (1-1000).
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
-    /// Cases sent concurrently.
-    #[arg(long, default_value_t = 8)]
+    /// Requests in flight at once, each for a different case.
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Record each case whole or not at all.
+    /// Record each case whole or not at all. A case is sent once its lines are read, so its
+    /// lines must lie within --window lines of its first; a line further on is rejected.
     #[arg(long)]
     all_or_nothing: bool,
+    /// Lines held in memory at most (read, not yet answered; about 500 bytes each). The file is
+    /// streamed through this window: a case's lines that lie within it of each other are sent
+    /// together, in file order; lines further apart go in later requests, still in file order.
+    /// A file in recording order imports faster with a larger window.
+    #[arg(long, default_value_t = caselog_cli::import::DEFAULT_WINDOW, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    window: usize,
 }
 
 #[derive(Args, Debug)]
@@ -836,21 +843,58 @@ async fn rebuild_command(args: RebuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn import_command(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let text = tokio::fs::read_to_string(&args.file)
-        .await
-        .with_context(|| format!("reading {}", args.file.display()))?;
+    use caselog_cli::import::ImportProgress;
+    let (reader, bytes_total): (Box<dyn std::io::BufRead + Send>, Option<u64>) = if args.file.as_os_str() == "-" {
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())),
+            None,
+        )
+    } else {
+        let file = std::fs::File::open(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+        let size = file.metadata().ok().map(|m| m.len());
+        (Box::new(std::io::BufReader::with_capacity(1 << 20, file)), size)
+    };
     let channel = args.client.connect().await?;
     let options = ImportOptions {
         batch_size: args.batch_size,
         concurrency: args.concurrency,
         token: args.client.token.clone(),
         all_or_nothing: args.all_or_nothing,
+        window: args.window,
     };
-    let report = import(&text, channel, &options).await?;
-    for (line, outcome) in &report.lines {
-        if let LineOutcome::Rejected(reason) = outcome {
-            println!("line {line}: rejected: {reason}");
+    // A bar on a terminal; otherwise a plain line every ten seconds.
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = ProgressBar::hidden().with_style(bar_style("import [{bar:30}] {percent:>3}% {msg}, about {eta} left"));
+    let mut last_line = std::time::Instant::now();
+    let show = |p: &ImportProgress| {
+        let summary = format!(
+            "{} lines ({} appended, {} already present, {} rejected), {:.0} events/s",
+            p.lines_settled,
+            p.appended,
+            p.already_present,
+            p.rejected,
+            p.lines_per_second()
+        );
+        if on_terminal {
+            bar.set_length(p.bytes_total.unwrap_or(0).max(p.bytes_read));
+            bar.set_position(p.bytes_read);
+            bar.set_message(summary);
+            if bar.is_hidden() {
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+            }
+        } else if last_line.elapsed() >= std::time::Duration::from_secs(10) {
+            last_line = std::time::Instant::now();
+            let read = match p.bytes_total {
+                Some(total) if total > 0 => format!("{:.1}% read", 100.0 * p.bytes_read as f64 / total as f64),
+                _ => format!("{} MB read", p.bytes_read >> 20),
+            };
+            eprintln!("import: {read}, {summary}");
         }
+    };
+    let report = import(reader, bytes_total, channel, &options, show).await?;
+    bar.finish_and_clear();
+    for (line, reason) in report.rejections() {
+        println!("line {line}: rejected: {reason}");
     }
     println!(
         "appended {}, already present {}, rejected {}",

@@ -196,12 +196,9 @@ pub async fn run(
             }
         })
     });
-    let case_events = CaseEventServiceServer::new(CaseEvents::with_settings(
-        log,
-        limits.cached_cases,
-        limits.group_appends,
-    ))
-    .max_decoding_message_size(limits.max_request_bytes);
+    let case_events = CaseEvents::with_settings(log, limits.cached_cases, limits.group_appends);
+    let append_metrics_task = tokio::spawn(case_events.clone().publish_append_metrics());
+    let case_events = CaseEventServiceServer::new(case_events).max_decoding_message_size(limits.max_request_bytes);
     info!(address = %listener.local_addr()?, "serving gRPC");
     // Small request/response exchanges must not wait on Nagle's algorithm (40 ms stalls);
     // tonic sets TCP_NODELAY only on listeners it binds itself.
@@ -250,6 +247,7 @@ pub async fn run(
     signalling_task.abort();
     metrics_task.abort();
     read_model_task.abort();
+    append_metrics_task.abort();
     snapshot_task.abort();
     projector_task.abort();
     if let Some(task) = health_only_task {

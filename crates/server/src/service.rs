@@ -9,7 +9,7 @@ use caselog_api::v1::case_event_service_server::CaseEventService;
 use caselog_app::ingest::{self, CaseCache, WritePath, history_of, payload_of};
 use caselog_domain::england::date_in_england;
 use caselog_domain::{CaseHistory, CaseId, EventId, FieldViolation, Metadata, Principal, Version};
-use caselog_store::{EventLog, GroupAppender, GroupSettings, StoredEvent};
+use caselog_store::{EventLog, GroupAppender, GroupSettings, GroupStats, StoredEvent};
 use chrono::Utc;
 use serde_json::json;
 use std::sync::Arc;
@@ -48,6 +48,35 @@ impl CaseEvents {
             },
             log,
         }
+    }
+}
+
+impl CaseEvents {
+    /// Registers OpenTelemetry counters of what the group appender has written
+    /// (`caselog.append.statements`, `.appends`, `.events`: appends per statement is the size
+    /// of a commit group) and keeps them registered until aborted.
+    pub async fn publish_append_metrics(self) {
+        let meter = opentelemetry::global::meter("caselog");
+        let counter = |name: &'static str, description: &'static str, read: fn(&GroupStats) -> u64| {
+            let appender = self.write_path.appender.clone();
+            meter
+                .u64_observable_counter(name)
+                .with_description(description)
+                .with_callback(move |observer| observer.observe(read(&appender.stats()), &[]))
+                .build()
+        };
+        let _counters = [
+            counter(
+                "caselog.append.statements",
+                "append statements written, each one transaction and one commit",
+                |s| s.statements,
+            ),
+            counter("caselog.append.appends", "appends those statements carried", |s| {
+                s.appends
+            }),
+            counter("caselog.append.events", "events those statements carried", |s| s.events),
+        ];
+        std::future::pending::<()>().await;
     }
 }
 

@@ -14,6 +14,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, instrument};
 
@@ -69,18 +70,62 @@ pub struct GroupAppender {
     sender: mpsc::Sender<Pending>,
     log: EventLog,
     alone_above: usize,
+    stats: Arc<GroupCounters>,
+}
+
+/// Counts of what the appender wrote since it started, for operators (group sizes tell whether
+/// grouping pays: appends per statement).
+#[derive(Debug, Default)]
+struct GroupCounters {
+    statements: AtomicU64,
+    appends: AtomicU64,
+    events: AtomicU64,
+}
+
+/// A reading of [`GroupCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Statements written (each one transaction and one commit).
+    pub statements: u64,
+    /// Appends they carried.
+    pub appends: u64,
+    /// Events they carried.
+    pub events: u64,
+}
+
+impl GroupCounters {
+    fn record(&self, appends: usize, events: usize) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        self.appends.fetch_add(appends as u64, Ordering::Relaxed);
+        self.events.fetch_add(events as u64, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> GroupStats {
+        GroupStats {
+            statements: self.statements.load(Ordering::Relaxed),
+            appends: self.appends.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl GroupAppender {
     /// Starts the grouping task on the current Tokio runtime; it ends when every clone is dropped.
     pub fn start(log: EventLog, settings: GroupSettings) -> GroupAppender {
         let (sender, receiver) = mpsc::channel(4096);
-        tokio::spawn(group(log.clone(), receiver, settings));
+        let stats = Arc::new(GroupCounters::default());
+        tokio::spawn(group(log.clone(), receiver, settings, stats.clone()));
         GroupAppender {
             sender,
             log,
             alone_above: settings.alone_above,
+            stats,
         }
+    }
+
+    /// What has been written so far.
+    pub fn stats(&self) -> GroupStats {
+        self.stats.read()
     }
 
     /// As [`EventLog::append`]: versions `after_version + 1 ..` of the case, all or none.
@@ -92,7 +137,9 @@ impl GroupAppender {
         rows: Vec<NewRow>,
     ) -> Result<Vec<AppendedRow>, Error> {
         if rows.len() > self.alone_above {
-            return self.log.append(case_id, after_version, source, &rows).await;
+            let appended = self.log.append(case_id, after_version, source, &rows).await?;
+            self.stats.record(1, rows.len());
+            return Ok(appended);
         }
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
@@ -107,7 +154,12 @@ impl GroupAppender {
     }
 }
 
-async fn group(log: EventLog, mut receiver: mpsc::Receiver<Pending>, settings: GroupSettings) {
+async fn group(
+    log: EventLog,
+    mut receiver: mpsc::Receiver<Pending>,
+    settings: GroupSettings,
+    stats: Arc<GroupCounters>,
+) {
     let in_flight = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
     // Appends to a case already in the group being formed wait for the next one.
     let mut held: VecDeque<Pending> = VecDeque::new();
@@ -155,15 +207,15 @@ async fn group(log: EventLog, mut receiver: mpsc::Receiver<Pending>, settings: G
                 held.push_back(pending);
             }
         }
-        let log = log.clone();
+        let (log, stats) = (log.clone(), stats.clone());
         tokio::spawn(async move {
-            write_group(&log, batch).await;
+            write_group(&log, batch, &stats).await;
             drop(permit);
         });
     }
 }
 
-async fn write_group(log: &EventLog, mut batch: Vec<Pending>) {
+async fn write_group(log: &EventLog, mut batch: Vec<Pending>, stats: &GroupCounters) {
     // Waiting for a slot or a connection can take long (a slow or restarting database): callers
     // that have gone meanwhile were told their append failed, so it must not be written now.
     // Hence the connection first, and only then the last look at who still waits.
@@ -188,6 +240,7 @@ async fn write_group(log: &EventLog, mut batch: Vec<Pending>) {
     if batch.len() > 1 {
         match append_group(log, &mut connection, &batch).await {
             Ok(mut results) => {
+                stats.record(batch.len(), batch.iter().map(|p| p.rows.len()).sum());
                 for (pending, appended) in batch.into_iter().zip(results.drain(..)) {
                     let _ = pending.reply.send(Ok(appended));
                 }
@@ -209,6 +262,9 @@ async fn write_group(log: &EventLog, mut batch: Vec<Pending>) {
                 &pending.rows,
             )
             .await;
+        if result.is_ok() {
+            stats.record(1, pending.rows.len());
+        }
         let _ = pending.reply.send(result);
     }
 }

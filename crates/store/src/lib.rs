@@ -16,7 +16,7 @@ pub mod rebuild;
 pub mod snapshot;
 
 pub use audit::{AuditEntry, AuditQuery, AuditRecord, grant_service_role};
-pub use combine::{GroupAppender, GroupSettings};
+pub use combine::{GroupAppender, GroupSettings, GroupStats};
 pub use error::Error;
 pub use feed::{FeedFilter, FeedPage, Horizon};
 pub use log::{AppendedRow, EventLog, LoadRow, NewRow, ReplayRow, StoredEvent};
@@ -55,6 +55,9 @@ impl Default for ConnectSettings {
     }
 }
 
+/// A pooled connection idle this long is checked before it is used again.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// Opens a connection pool (lazily: an unreachable database is reported per call, not here).
 pub fn connect(database_url: &str, settings: &ConnectSettings) -> Result<PgPool, Error> {
     let options = PgConnectOptions::from_str(database_url)
@@ -74,6 +77,19 @@ pub fn connect(database_url: &str, settings: &ConnectSettings) -> Result<PgPool,
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
+        // sqlx pings every connection it hands out by default: one more round trip on every
+        // statement, a fifth of a grouped append's time under load (measured). A connection used
+        // within the last second is handed out as it is; one idle longer (which a restart of the
+        // database or a dropped socket may have broken) is pinged first, and replaced if dead.
+        .test_before_acquire(false)
+        .before_acquire(|connection, metadata| {
+            Box::pin(async move {
+                if metadata.idle_for >= PING_AFTER_IDLE {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
 

@@ -216,3 +216,47 @@ async fn an_append_whose_caller_gave_up_waiting_for_a_connection_is_never_writte
     assert_eq!(abandoned, 0, "an append its caller was told had failed was written");
     assert_eq!(count(&pool).await, 1);
 }
+
+/// Appends that arrive while a statement is being written share the next one, and the counters
+/// say so: the first append alone, then the five that waited behind it in one statement.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn appends_waiting_behind_a_statement_are_written_together_and_counted(pool: PgPool) {
+    use caselog_store::{GroupAppender, GroupSettings, GroupStats};
+    use std::time::Duration;
+    let log = EventLog::new(pool.clone());
+    let appender = GroupAppender::start(
+        log.clone(),
+        GroupSettings {
+            max_in_flight: 1,
+            max_wait: Duration::from_secs(30),
+            ..GroupSettings::default()
+        },
+    );
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let mut appends = tokio::task::JoinSet::new();
+    for case in 0..6 {
+        let appender = appender.clone();
+        appends.spawn(async move { appender.append(&format!("LS{case}"), v(0), "court:LS", rows(1)).await });
+        // The first is written (and stuck) alone before the others arrive.
+        let pause = if case == 0 { 300 } else { 20 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    blocker.commit().await.unwrap();
+    while let Some(appended) = appends.join_next().await {
+        appended.unwrap().unwrap();
+    }
+    assert_eq!(count(&pool).await, 6);
+    assert_eq!(
+        appender.stats(),
+        GroupStats {
+            statements: 2,
+            appends: 6,
+            events: 6
+        }
+    );
+}

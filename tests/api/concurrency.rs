@@ -306,3 +306,146 @@ async fn start_servers(count: usize, pool: &PgPool) -> Vec<TestServer> {
     }
     servers
 }
+
+/// Grouped single-event appends through two servers on one database, while a resender sends
+/// acknowledged requests again and a hasty client abandons requests (reply lost, outcome unknown)
+/// and sends them again until answered: every request is recorded exactly once, each case's
+/// versions stay contiguous, a resend is answered with the original position and version, and
+/// the feed delivers every event once, in position order.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn grouped_appends_resends_and_a_second_server_keep_every_invariant(pool: PgPool) {
+    use caselog_domain::Position;
+    use caselog_store::{EventLog, FeedFilter};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    const GROUPED_CASES: usize = 6;
+    const WRITERS_PER_SERVER: usize = 8;
+    const APPENDS_EACH: usize = 40;
+    let servers = [
+        TestServer::start(pool.clone()).await,
+        TestServer::start(pool.clone()).await,
+    ];
+    for c in 0..GROUPED_CASES {
+        servers[c % 2]
+            .client()
+            .append_events(append(
+                &format!("GC{c}"),
+                vec![event("2025-04-17", issued_public(&["c1"]))],
+            ))
+            .await
+            .unwrap();
+    }
+    type Answered = Vec<(pb::AppendEventsRequest, pb::AppendedEvent)>;
+    let answered: Arc<Mutex<Answered>> = Arc::default();
+    let abandoned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Abandoned (or hasty and answered) requests that the resend found already recorded.
+    let written_unanswered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (s, server) in servers.iter().enumerate() {
+        for w in 0..WRITERS_PER_SERVER {
+            let mut client = server.client();
+            let mut other = servers[1 - s].client();
+            let answered = answered.clone();
+            let abandoned = abandoned.clone();
+            let written_unanswered = written_unanswered.clone();
+            tasks.spawn(async move {
+                for i in 0..APPENDS_EACH {
+                    let case_id = format!("GC{}", (w * 5 + i + s) % GROUPED_CASES);
+                    let request = append(&case_id, vec![event("2025-05-01", hearing("2025-06-01"))]);
+                    // Every third request is abandoned after a moment, as by a client whose
+                    // deadline passed: it may or may not have been written. Then it is sent again,
+                    // to either server, until answered.
+                    if i % 3 == 0 {
+                        let hasty = tokio::time::timeout(
+                            Duration::from_micros(200 + 1500 * (i as u64 % 7)),
+                            client.append_events(request.clone()),
+                        )
+                        .await;
+                        if hasty.is_err() {
+                            abandoned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    let target = if i % 2 == 0 { &mut client } else { &mut other };
+                    let response = loop {
+                        match target.append_events(request.clone()).await {
+                            Ok(response) => break response.into_inner(),
+                            Err(status) if status.code() == Code::Aborted => continue,
+                            Err(status) => panic!("writer {s}/{w}: {status:?}"),
+                        }
+                    };
+                    assert_eq!(response.events.len(), 1);
+                    if i % 3 == 0 && response.events[0].already_present {
+                        written_unanswered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    answered.lock().unwrap().push((request, response.events[0].clone()));
+                }
+            });
+        }
+        // The resender: acknowledged requests again, to this server, while the writers run.
+        let mut client = server.client();
+        let answered = answered.clone();
+        tasks.spawn(async move {
+            for round in 0..60 {
+                let picked = {
+                    let answered = answered.lock().unwrap();
+                    (!answered.is_empty()).then(|| answered[(round * 37 + s) % answered.len()].clone())
+                };
+                if let Some((request, first)) = picked {
+                    let again = client.append_events(request).await.unwrap().into_inner();
+                    let again = &again.events[0];
+                    assert!(again.already_present, "a resend is acknowledged, not appended");
+                    assert_eq!((again.position, again.version), (first.position, first.version));
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+
+    let answered = answered.lock().unwrap().clone();
+    let sent = 2 * WRITERS_PER_SERVER * APPENDS_EACH;
+    assert_eq!(answered.len(), sent);
+    let rows: Vec<(String, i32, i64, uuid::Uuid)> =
+        sqlx::query_as("SELECT case_id, version, position, event_id FROM events ORDER BY case_id, version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), GROUPED_CASES + sent, "each request recorded exactly once");
+    let stored: HashMap<String, (i64, i32)> = rows.iter().map(|r| (r.3.to_string(), (r.2, r.1))).collect();
+    for (request, outcome) in &answered {
+        let id = &request.events[0].event_id;
+        assert_eq!(
+            stored.get(id),
+            Some(&(outcome.position as i64, outcome.version as i32)),
+            "the answer names where event {id} is"
+        );
+    }
+    for c in 0..GROUPED_CASES {
+        let versions: Vec<i32> = rows.iter().filter(|r| r.0 == format!("GC{c}")).map(|r| r.1).collect();
+        assert_eq!(versions, (1..=versions.len() as i32).collect::<Vec<_>>(), "GC{c}");
+    }
+    // The feed, page by page from the start: every event once, positions rising.
+    let log = EventLog::new(pool.clone());
+    let (mut after, mut delivered) = (Position::ZERO, Vec::new());
+    loop {
+        let page = log.read_all(after, 100, &FeedFilter::default()).await.unwrap();
+        delivered.extend(page.events.iter().map(|e| e.position));
+        if page.next_after == after {
+            break;
+        }
+        after = page.next_after;
+    }
+    assert!(delivered.windows(2).all(|w| w[0] < w[1]), "positions rise");
+    assert_eq!(delivered.len(), rows.len(), "the feed delivers every event once");
+    let abandoned = abandoned.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{abandoned} requests abandoned before an answer and sent again; {} hasty requests were found recorded when sent again",
+        written_unanswered.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(abandoned > 0, "the test abandons requests");
+}

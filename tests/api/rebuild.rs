@@ -26,6 +26,7 @@ async fn load_history(pool: &PgPool, seed: u64, days: u64, cases_per_day: f64) {
             cases_per_working_day: cases_per_day,
         },
         resend_rate: 0.0,
+        order: caselog_cli::generate::LineOrder::Case,
     };
     load(&options, &EventLog::new(pool.clone()), "test-loader")
         .await
@@ -333,6 +334,7 @@ async fn loading_cases_that_are_already_recorded_fails_and_writes_nothing(pool: 
             cases_per_working_day: 10.0,
         },
         resend_rate: 0.0,
+        order: caselog_cli::generate::LineOrder::Case,
     };
     let err = load(&again, &EventLog::new(pool.clone()), "test-loader")
         .await

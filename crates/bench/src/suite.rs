@@ -286,6 +286,7 @@ async fn load_workload(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<
             cases_per_working_day: 220.0,
         },
         resend_rate: 0.0,
+        order: caselog_cli::generate::LineOrder::Case,
     };
     println!(
         "\n== load: {} years of national workload (seed {}), generated and loaded with COPY",

@@ -21,6 +21,47 @@ pub struct GenerateOptions {
     pub workload: WorkloadSettings,
     /// Share of lines written twice (a sender's retry).
     pub resend_rate: f64,
+    /// How the lines of different cases follow each other.
+    pub order: LineOrder,
+}
+
+/// The order of an NDJSON workload's lines. Each case's own lines are in its recording order
+/// either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LineOrder {
+    /// One case after another, each whole: what an export grouped by case looks like.
+    #[default]
+    Case,
+    /// Day by day as the events were recorded, cases interleaved: what a court or local
+    /// authority backfilling its history sends. Within a day, cases follow in issue order.
+    Recorded,
+}
+
+/// Lines waiting for their recording day, earliest first: (day, case serial, line within the
+/// case) orders them, and keeps each case's lines in its own order since a case's recording days
+/// never decrease.
+#[derive(Default)]
+struct RecordingOrder {
+    waiting: std::collections::BinaryHeap<std::cmp::Reverse<(NaiveDate, u64, u32, String)>>,
+}
+
+impl RecordingOrder {
+    fn hold(&mut self, day: NaiveDate, case: u64, index: u32, line: String) {
+        self.waiting.push(std::cmp::Reverse((day, case, index, line)));
+    }
+
+    /// Writes every held line recorded before `day` (all of them with `None`).
+    fn release_before(&mut self, day: Option<NaiveDate>, out: &mut impl Write) -> std::io::Result<()> {
+        while let Some(std::cmp::Reverse((held_day, ..))) = self.waiting.peek() {
+            if day.is_some_and(|day| *held_day >= day) {
+                break;
+            }
+            if let Some(std::cmp::Reverse((.., line))) = self.waiting.pop() {
+                writeln!(out, "{line}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What was written.
@@ -32,26 +73,44 @@ pub struct Generated {
     pub facts: Vec<CaseFacts>,
 }
 
-/// Writes the workload to `out`, one case after another, each in its recording order.
+/// Writes the workload to `out` in `options.order`, each case's lines in its recording order.
+/// In recording order, the lines of cases still running are held until their day comes: about
+/// a year's lines of the cases open at any moment.
 pub fn write_ndjson(options: &GenerateOptions, out: &mut impl Write) -> std::io::Result<Generated> {
     let calendar = WorkingCalendar::england_and_wales();
     let mut noise = Rng::new(options.workload.seed ^ 0x5EED);
     let mut generated = Generated::default();
     let mut failure = None;
+    let mut recording = RecordingOrder::default();
     generate(&options.workload, calendar, |case| {
         if failure.is_some() {
             return;
         }
         generated.cases += 1;
         let mut history = Vec::with_capacity(case.len());
+        if options.order == LineOrder::Recorded {
+            // Cases come in issue order, and no later case records anything before its issue.
+            let issued = case.first().map(|e| e.recorded_on);
+            if let Err(err) = recording.release_before(issued, out) {
+                failure = Some(err);
+                return;
+            }
+        }
+        let mut index = 0u32;
         for event in &case {
             let line = to_line(&event.case_id, &event.event);
             let copies = if noise.chance(options.resend_rate) { 2 } else { 1 };
             for _ in 0..copies {
-                if let Err(err) = writeln!(out, "{line}") {
-                    failure = Some(err);
-                    return;
+                match options.order {
+                    LineOrder::Case => {
+                        if let Err(err) = writeln!(out, "{line}") {
+                            failure = Some(err);
+                            return;
+                        }
+                    }
+                    LineOrder::Recorded => recording.hold(event.recorded_on, generated.cases, index, line.clone()),
                 }
+                index += 1;
                 generated.lines += 1;
             }
             generated.events += 1;
@@ -68,7 +127,10 @@ pub fn write_ndjson(options: &GenerateOptions, out: &mut impl Write) -> std::io:
     });
     match failure {
         Some(err) => Err(err),
-        None => Ok(generated),
+        None => {
+            recording.release_before(None, out)?;
+            Ok(generated)
+        }
     }
 }
 

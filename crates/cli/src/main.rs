@@ -4,7 +4,7 @@
 use anyhow::Context;
 use caselog_app::rebuild::{Outcome, Phase, Progress, RebuildOptions, rebuild};
 #[cfg(feature = "generator")]
-use caselog_cli::generate::{GenerateOptions, compare_with_reference, load, write_ndjson};
+use caselog_cli::generate::{GenerateOptions, LineOrder, compare_with_reference, load, write_ndjson};
 use caselog_cli::import::{ImportOptions, import};
 use caselog_domain::{Grant, Principal};
 use caselog_server::auth::{AuthSettings, Authenticator, DevTokens, JwtSettings};
@@ -112,6 +112,11 @@ struct GenerateArgs {
     /// Share of lines written twice, as a retrying sender would.
     #[arg(long, default_value_t = 0.002)]
     resend_rate: f64,
+    /// Order of the lines: `case` (each case whole, one after another) or `recorded` (day by
+    /// day as recorded, cases interleaved, as a backfilling sender would send them). Holds the
+    /// lines of running cases in memory until their day: about a year of lines.
+    #[arg(long, value_enum, default_value_t = LineOrder::Case, conflicts_with = "load")]
+    order: LineOrder,
     /// Output file (standard output when absent).
     #[arg(long, conflicts_with = "load")]
     out: Option<PathBuf>,
@@ -732,6 +737,7 @@ async fn generate_command(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             cases_per_working_day: args.cases_per_day,
         },
         resend_rate: args.resend_rate,
+        order: args.order,
     };
     let started = std::time::Instant::now();
     let generated = match (&args.out, &args.database_url) {

@@ -23,6 +23,7 @@ fn generated_facts() -> Vec<CaseFacts> {
             cases_per_working_day: 22.0,
         },
         resend_rate: 0.0,
+        order: caselog_cli::generate::LineOrder::Case,
     };
     write_ndjson(&options, &mut std::io::sink()).unwrap().facts
 }

@@ -16,4 +16,5 @@ mod metrics;
 mod operations;
 mod rebuild;
 mod rules;
+mod series;
 mod write_path;

@@ -308,20 +308,40 @@ impl ReadModel {
         as_of: Option<DateTime<Utc>>,
         min_position: Position,
     ) -> Result<(Position, Vec<MetricResult>), Error> {
+        self.metrics_series(vec![query], as_of, min_position).await
+    }
+
+    /// [`ReadModel::metrics`] for each of `queries` (a series: the same question over several
+    /// periods), from one copy of the projection: every period's figures reflect the same
+    /// position. With `as_of`, each is answered from the log cut at that instant.
+    pub async fn metrics_series(
+        &self,
+        queries: Vec<MetricsQuery>,
+        as_of: Option<DateTime<Utc>>,
+        min_position: Position,
+    ) -> Result<(Position, Vec<MetricResult>), Error> {
         let calendar = WorkingCalendar::england_and_wales();
         match as_of {
             Some(at) => {
                 let _fold = self.as_of_folds.try_acquire().map_err(|_| Error::Busy {
                     what: "an as_of query is already being answered by this server".into(),
                 })?;
-                Ok((Position::ZERO, self.answer_as_of(query, at, calendar).await?))
+                let mut results = Vec::new();
+                for query in queries {
+                    results.extend(self.answer_as_of(query, at, calendar).await?);
+                }
+                Ok((Position::ZERO, results))
             }
             None => {
                 let facts = self.current_facts(min_position).await?;
                 let position = facts.position();
                 let results = counted(move || {
-                    let counting: Vec<&CaseFacts> = facts.counting_in(&query).collect();
-                    compute_parallel(&query, &counting, calendar, counting_threads())
+                    let mut results = Vec::new();
+                    for query in &queries {
+                        let counting: Vec<&CaseFacts> = facts.counting_in(query).collect();
+                        results.extend(compute_parallel(query, &counting, calendar, counting_threads())?);
+                    }
+                    Ok(results)
                 })
                 .await?;
                 Ok((position, results))

@@ -427,6 +427,10 @@ struct MetricsArgs {
     /// The day stock metrics (S1, S2, W1) are counted on (default: the period's last day).
     #[arg(long)]
     snapshot_date: Option<String>,
+    /// A series: this many consecutive periods ending with the one given (months, quarters or
+    /// years; at most 60), oldest first. Stock metrics are counted on each period's last day.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=60), conflicts_with_all = ["snapshot_date", "from"])]
+    periods: u32,
     /// Group rows by these dimensions: law_type, application_type, service_area, court,
     /// local_authority, age_band, report_type.
     #[arg(long, value_delimiter = ',')]
@@ -496,6 +500,7 @@ impl MetricsArgs {
             suppress_small_numbers: self.suppress_small_numbers,
             twenty_six_week_limit_days: self.twenty_six_week_limit_days.unwrap_or(0),
             count_virtual_visits: self.count_virtual_visits,
+            periods: self.periods,
         })
     }
 }

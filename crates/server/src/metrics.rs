@@ -13,7 +13,7 @@ use caselog_domain::{FieldViolation, Position};
 use caselog_projections::metrics::Settings;
 use caselog_projections::{Dimension, MetricId, MetricsQuery, Period, WorklistKind, disclosure};
 use caselog_store::EventLog;
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -140,9 +140,11 @@ impl MetricsService for Metrics {
         let mut request = request.into_inner();
         // Reporting and practice clients see aggregates only with small numbers suppressed.
         request.suppress_small_numbers |= access.suppression_forced;
-        let query = query_of(&request)?;
+        let queries = queries_of(&request)?;
+        // Every query of a series differs only in its period: what it may see is decided once.
+        let query = &queries[0];
         if query.suppress_small_numbers {
-            disclosure::table_of(&query).map_err(|refusal| Error::from(AppError::NotDisclosable(refusal)))?;
+            disclosure::table_of(query).map_err(|refusal| Error::from(AppError::NotDisclosable(refusal)))?;
         }
         let filtered_areas = query
             .filters
@@ -152,11 +154,11 @@ impl MetricsService for Metrics {
         access
             .may_see(
                 &principal.organisation,
-                !disclosure::involved(&query).is_empty(),
+                !disclosure::involved(query).is_empty(),
                 filtered_areas,
             )
             .map_err(Error::from)?;
-        Ok(Response::new(self.answer(query, &request).await?))
+        Ok(Response::new(self.answer(queries, &request).await?))
     }
 
     async fn list_worklist(
@@ -205,13 +207,13 @@ fn as_of_invalid() -> Error {
 impl Metrics {
     async fn answer(
         &self,
-        query: MetricsQuery,
+        queries: Vec<MetricsQuery>,
         request: &pb::QueryMetricsRequest,
     ) -> Result<pb::QueryMetricsResponse, Error> {
         let as_of = request.as_of.as_ref().map(as_of_instant).transpose()?;
         let (position, results) = self
             .read_model
-            .metrics(query, as_of, Position::saturating_from(request.min_position))
+            .metrics_series(queries, as_of, Position::saturating_from(request.min_position))
             .await?;
         Ok(pb::QueryMetricsResponse {
             results: results.into_iter().map(result_out).collect(),
@@ -415,6 +417,96 @@ fn period_of(spec: Option<&pb::PeriodSpec>) -> Option<Period> {
         }
         Kind::Custom(range) => Period::custom(date(&range.first)?, date(&range.last)?),
     }
+}
+
+/// The most periods one series may ask for (five years of months).
+const MAX_SERIES_PERIODS: u32 = 60;
+
+/// `count` consecutive periods of `spec`'s kind ending with it, oldest first; `None` for a spec
+/// that does not parse, or a series reaching outside the calendar.
+fn series_of(spec: Option<&pb::PeriodSpec>, count: u32) -> Option<Vec<Period>> {
+    use pb::period_spec::Kind;
+    let last = period_of(spec)?;
+    if count <= 1 {
+        return Some(vec![last]);
+    }
+    // Each kind stepped back in its own unit: months, quarters (three months), or years.
+    let step_months = match spec?.kind.as_ref()? {
+        Kind::Month(_) => 1,
+        Kind::FinancialQuarter(_) | Kind::CalendarQuarter(_) => 3,
+        Kind::FinancialYear(_) => 12,
+        Kind::Custom(_) => return None,
+    };
+    let kind = spec?.kind.as_ref()?;
+    (0..count)
+        .rev()
+        .map(|back| {
+            let first = last.first.checked_sub_months(chrono::Months::new(step_months * back))?;
+            let (year, month) = (first.year(), first.month());
+            match kind {
+                Kind::Month(_) => Period::month(year, month),
+                Kind::FinancialQuarter(_) => {
+                    // April-June is Q1 of the financial year starting that April.
+                    let start_year = if month >= 4 { year } else { year - 1 };
+                    Period::financial_quarter(start_year, (month + 8) % 12 / 3 + 1)
+                }
+                Kind::CalendarQuarter(_) => Period::calendar_quarter(year, (month - 1) / 3 + 1),
+                Kind::FinancialYear(_) => Period::financial_year(year),
+                Kind::Custom(_) => None,
+            }
+        })
+        .collect()
+}
+
+/// The queries a request asks: one per period of its series (one for a single period).
+fn queries_of(request: &pb::QueryMetricsRequest) -> Result<Vec<MetricsQuery>, Error> {
+    let mut violations = Vec::new();
+    let custom = matches!(
+        request.period.as_ref().and_then(|p| p.kind.as_ref()),
+        Some(pb::period_spec::Kind::Custom(_))
+    );
+    if request.periods > MAX_SERIES_PERIODS {
+        violations.push(FieldViolation::new(
+            "periods",
+            format!("a series holds at most {MAX_SERIES_PERIODS} periods"),
+        ));
+    } else if request.periods > 1 && custom {
+        violations.push(FieldViolation::new(
+            "periods",
+            "a custom date range has no preceding periods: ask for periods 1, or use months, quarters or years",
+        ));
+    }
+    if request.periods > 1 && !request.snapshot_date.is_empty() {
+        violations.push(FieldViolation::new(
+            "snapshot_date",
+            "a series takes each period's last day as the snapshot: leave snapshot_date empty",
+        ));
+    }
+    let base = query_of(request);
+    let base = match (base, violations.is_empty()) {
+        (Ok(base), true) => base,
+        (Ok(_), false) => return Err(Error::invalid(violations)),
+        (
+            Err(Error::App(AppError::Invalid {
+                violations: mut more, ..
+            })),
+            _,
+        ) => {
+            more.extend(violations);
+            return Err(Error::invalid(more));
+        }
+        (Err(other), _) => return Err(other),
+    };
+    let Some(periods) = series_of(request.period.as_ref(), request.periods) else {
+        return Err(Error::invalid(vec![FieldViolation::new(
+            "periods",
+            "the series reaches outside the calendar",
+        )]));
+    };
+    Ok(periods
+        .into_iter()
+        .map(|period| MetricsQuery { period, ..base.clone() })
+        .collect())
 }
 
 fn query_of(request: &pb::QueryMetricsRequest) -> Result<MetricsQuery, Error> {

@@ -26,6 +26,28 @@ fn v(n: u64) -> Version {
     Version::try_from(n).unwrap()
 }
 
+/// A group appender that writes one group at a time and waits long for a stuck one.
+fn one_group_at_a_time(pool: &PgPool) -> caselog_store::GroupAppender {
+    caselog_store::GroupAppender::start(
+        EventLog::new(pool.clone()),
+        caselog_store::GroupSettings {
+            max_in_flight: 1,
+            max_wait: std::time::Duration::from_secs(30),
+            ..caselog_store::GroupSettings::default()
+        },
+    )
+}
+
+/// A transaction that holds every insert into the log until it commits.
+async fn blocking_inserts(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    blocker
+}
+
 async fn count(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
@@ -144,23 +166,9 @@ async fn a_version_beyond_the_rows_range_is_an_error_not_a_wrap(pool: PgPool) {
 /// written later, when the database moves again.
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn an_append_whose_caller_gave_up_before_its_statement_is_never_written(pool: PgPool) {
-    use caselog_store::{GroupAppender, GroupSettings};
     use std::time::Duration;
-    let log = EventLog::new(pool.clone());
-    let appender = GroupAppender::start(
-        log.clone(),
-        GroupSettings {
-            max_in_flight: 1,
-            max_wait: Duration::from_secs(30),
-            ..GroupSettings::default()
-        },
-    );
-    // Holds every insert until it commits.
-    let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let appender = one_group_at_a_time(&pool);
+    let blocker = blocking_inserts(&pool).await;
     let first = tokio::spawn({
         let appender = appender.clone();
         async move { appender.append("LS1", v(0), "court:LS", rows(1)).await }
@@ -221,22 +229,10 @@ async fn an_append_whose_caller_gave_up_waiting_for_a_connection_is_never_writte
 /// say so: the first append alone, then the five that waited behind it in one statement.
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn appends_waiting_behind_a_statement_are_written_together_and_counted(pool: PgPool) {
-    use caselog_store::{GroupAppender, GroupSettings, GroupStats};
+    use caselog_store::GroupStats;
     use std::time::Duration;
-    let log = EventLog::new(pool.clone());
-    let appender = GroupAppender::start(
-        log.clone(),
-        GroupSettings {
-            max_in_flight: 1,
-            max_wait: Duration::from_secs(30),
-            ..GroupSettings::default()
-        },
-    );
-    let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let appender = one_group_at_a_time(&pool);
+    let blocker = blocking_inserts(&pool).await;
     let mut appends = tokio::task::JoinSet::new();
     for case in 0..6 {
         let appender = appender.clone();

@@ -255,6 +255,18 @@ pub enum ReportType {
     ChildImpactReport,
 }
 
+impl ReportType {
+    pub const ALL: [ReportType; 7] = [
+        ReportType::SafeguardingLetter,
+        ReportType::Section7,
+        ReportType::Section7Addendum,
+        ReportType::Rule16_4Analysis,
+        ReportType::InitialAnalysis,
+        ReportType::FinalAnalysis,
+        ReportType::ChildImpactReport,
+    ];
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HearingType {

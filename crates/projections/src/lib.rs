@@ -4,6 +4,7 @@
 pub mod disclosure;
 pub mod facts;
 pub mod metrics;
+pub mod targets;
 pub mod worklists;
 
 pub use facts::{CaseFacts, Reach, SharedCodes, facts_of};

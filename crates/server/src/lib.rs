@@ -11,6 +11,7 @@ pub mod deadline;
 pub mod error;
 pub mod feed;
 pub mod metrics;
+mod report;
 pub mod service;
 pub mod telemetry;
 
@@ -76,6 +77,9 @@ pub struct ServerLimits {
     /// After the shutdown signal, how long in-flight calls and open streams have before the
     /// remaining connections are closed.
     pub shutdown_grace: Duration,
+    /// The targets figures are measured against (QueryMetrics rows, reports): the catalogue's
+    /// unless `caselog serve --targets` names a file.
+    pub targets: Arc<caselog_projections::targets::Targets>,
 }
 
 impl Default for ServerLimits {
@@ -91,6 +95,7 @@ impl Default for ServerLimits {
             feed: FeedSettings::default(),
             projector: projector::ProjectorSettings::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            targets: Arc::new(caselog_projections::targets::Targets::catalogue()),
         }
     }
 }
@@ -152,7 +157,7 @@ pub async fn run(
     let metrics_task = tokio::spawn(event_feed.clone().publish_metrics(Duration::from_secs(10)));
     let feed = EventFeedServiceServer::new(event_feed);
     let projector_task = tokio::spawn(projector::run(log.clone(), limits.projector.clone()));
-    let metrics_service = metrics::Metrics::new(log.clone());
+    let metrics_service = metrics::Metrics::new(log.clone(), limits.targets.clone());
     let load_task = tokio::spawn(
         metrics_service
             .clone()

@@ -10,7 +10,8 @@ use caselog_app::ReadModel;
 use caselog_app::read_model::ReadModelStats;
 use caselog_domain::england::date_in_england;
 use caselog_domain::{FieldViolation, Position};
-use caselog_projections::metrics::Settings;
+use caselog_projections::metrics::{Settings, report_type_named};
+use caselog_projections::targets::{self, Better, Targets};
 use caselog_projections::{Dimension, MetricId, MetricsQuery, Period, WorklistKind, disclosure};
 use caselog_store::EventLog;
 use chrono::{Datelike, NaiveDate};
@@ -29,14 +30,16 @@ const MAX_PAGE_SIZE: u32 = 1000;
 #[derive(Debug, Clone)]
 pub struct Metrics {
     log: EventLog,
-    read_model: ReadModel,
+    pub(crate) read_model: ReadModel,
+    pub(crate) targets: Arc<Targets>,
 }
 
 impl Metrics {
-    pub fn new(log: EventLog) -> Metrics {
+    pub fn new(log: EventLog, targets: Arc<Targets>) -> Metrics {
         Metrics {
             read_model: ReadModel::new(log.clone()),
             log,
+            targets,
         }
     }
 
@@ -142,23 +145,17 @@ impl MetricsService for Metrics {
         request.suppress_small_numbers |= access.suppression_forced;
         let queries = queries_of(&request)?;
         // Every query of a series differs only in its period: what it may see is decided once.
-        let query = &queries[0];
-        if query.suppress_small_numbers {
-            disclosure::table_of(query).map_err(|refusal| Error::from(AppError::NotDisclosable(refusal)))?;
-        }
-        let filtered_areas = query
-            .filters
-            .iter()
-            .find(|(d, _)| *d == Dimension::ServiceArea)
-            .map(|(_, areas)| areas.as_slice());
-        access
-            .may_see(
-                &principal.organisation,
-                !disclosure::involved(query).is_empty(),
-                filtered_areas,
-            )
-            .map_err(Error::from)?;
+        may_ask(&principal, &access, &queries[0])?;
         Ok(Response::new(self.answer(queries, &request).await?))
+    }
+
+    async fn render_report(
+        &self,
+        request: Request<pb::RenderReportRequest>,
+    ) -> Result<Response<pb::RenderReportResponse>, Status> {
+        let principal = caller(&request)?;
+        let access = principal.metrics_access().map_err(Error::from)?;
+        Ok(Response::new(self.report(&principal, &access, request.into_inner()).await?))
     }
 
     async fn list_worklist(
@@ -184,9 +181,34 @@ impl MetricsService for Metrics {
     }
 }
 
+/// Whether `principal` (with `access`) may have `query` answered: a suppressed query must be
+/// read from a disclosure table, and figures below national level only for permitted areas.
+pub(crate) fn may_ask(
+    principal: &caselog_domain::Principal,
+    access: &caselog_domain::access::MetricsAccess,
+    query: &MetricsQuery,
+) -> Result<(), Error> {
+    if query.suppress_small_numbers {
+        disclosure::table_of(query).map_err(|refusal| Error::from(AppError::NotDisclosable(refusal)))?;
+    }
+    let filtered_areas = query
+        .filters
+        .iter()
+        .find(|(d, _)| *d == Dimension::ServiceArea)
+        .map(|(_, areas)| areas.as_slice());
+    access
+        .may_see(
+            &principal.organisation,
+            !disclosure::involved(query).is_empty(),
+            filtered_areas,
+        )
+        .map_err(Error::from)?;
+    Ok(())
+}
+
 /// The instant of an `as_of`: a valid timestamp between 1970 and the end of 9999 (the log holds
 /// nothing outside; anything else is a mistake the caller can correct).
-fn as_of_instant(as_of: &prost_types::Timestamp) -> Result<chrono::DateTime<chrono::Utc>, Error> {
+pub(crate) fn as_of_instant(as_of: &prost_types::Timestamp) -> Result<chrono::DateTime<chrono::Utc>, Error> {
     const LAST_SECOND: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
     let nanos = u32::try_from(as_of.nanos).ok().filter(|n| *n < 1_000_000_000);
     match nanos {
@@ -216,7 +238,7 @@ impl Metrics {
             .metrics_series(queries, as_of, Position::saturating_from(request.min_position))
             .await?;
         Ok(pb::QueryMetricsResponse {
-            results: results.into_iter().map(result_out).collect(),
+            results: results.into_iter().map(|r| result_out(r, &self.targets)).collect(),
             position: position.get(),
         })
     }
@@ -360,7 +382,7 @@ fn financial_year(text: &str) -> Option<i32> {
 }
 
 /// Why a period was not understood, naming the value sent.
-fn period_violation(spec: Option<&pb::PeriodSpec>) -> FieldViolation {
+pub(crate) fn period_violation(spec: Option<&pb::PeriodSpec>) -> FieldViolation {
     use pb::period_spec::Kind;
     let (field, value, expected) = match spec.and_then(|s| s.kind.as_ref()) {
         None => {
@@ -399,7 +421,7 @@ fn period_violation(spec: Option<&pb::PeriodSpec>) -> FieldViolation {
     FieldViolation::new(field, format!("{shown:?} is not {expected}"))
 }
 
-fn period_of(spec: Option<&pb::PeriodSpec>) -> Option<Period> {
+pub(crate) fn period_of(spec: Option<&pb::PeriodSpec>) -> Option<Period> {
     use pb::period_spec::Kind;
     match spec?.kind.as_ref()? {
         Kind::Month(m) => {
@@ -459,7 +481,7 @@ fn series_of(spec: Option<&pb::PeriodSpec>, count: u32) -> Option<Vec<Period>> {
 }
 
 /// The queries a request asks: one per period of its series (one for a single period).
-fn queries_of(request: &pb::QueryMetricsRequest) -> Result<Vec<MetricsQuery>, Error> {
+pub(crate) fn queries_of(request: &pb::QueryMetricsRequest) -> Result<Vec<MetricsQuery>, Error> {
     let mut violations = Vec::new();
     let custom = matches!(
         request.period.as_ref().and_then(|p| p.kind.as_ref()),
@@ -598,7 +620,8 @@ fn query_of(request: &pb::QueryMetricsRequest) -> Result<MetricsQuery, Error> {
     }
 }
 
-fn result_out(result: caselog_projections::MetricResult) -> pb::MetricResult {
+pub(crate) fn result_out(result: caselog_projections::MetricResult, targets: &Targets) -> pb::MetricResult {
+    let metric = result.metric;
     pb::MetricResult {
         metric_id: result.metric.id().to_owned(),
         unit: result.unit.to_owned(),
@@ -611,7 +634,14 @@ fn result_out(result: caselog_projections::MetricResult) -> pb::MetricResult {
         rows: result
             .rows
             .into_iter()
-            .map(|row| pb::MetricRow {
+            .map(|row| {
+                let report_type = row.group.get(&Dimension::ReportType).and_then(|t| report_type_named(t));
+                let target = targets.of(metric, report_type);
+                let status = target.zip(row.value).map(|(t, v)| t.status(v));
+                pb::MetricRow {
+                display: row.display(),
+                target: target.map(target_out),
+                status: status.map_or(pb::TargetStatus::Unspecified, status_out) as i32,
                 group: row
                     .group
                     .into_iter()
@@ -623,13 +653,26 @@ fn result_out(result: caselog_projections::MetricResult) -> pb::MetricResult {
                 numerator: row.numerator,
                 denominator: row.denominator,
                 value: row.value,
-                display: match (row.suppressed, row.value) {
-                    (true, _) => "suppressed".to_owned(),
-                    (false, Some(v)) => format!("{v:.1}"),
-                    (false, None) => String::new(),
-                },
                 suppressed: row.suppressed,
-            })
+            }})
             .collect(),
+    }
+}
+
+fn target_out(target: &caselog_projections::targets::Target) -> pb::MetricTarget {
+    pb::MetricTarget {
+        value: target.value,
+        near: target.near,
+        higher_is_better: target.better == Better::Higher,
+        rule: target.rule(),
+        source: target.source.clone(),
+    }
+}
+
+fn status_out(status: targets::Status) -> pb::TargetStatus {
+    match status {
+        targets::Status::OnTrack => pb::TargetStatus::OnTrack,
+        targets::Status::Near => pb::TargetStatus::Near,
+        targets::Status::OffTrack => pb::TargetStatus::OffTrack,
     }
 }

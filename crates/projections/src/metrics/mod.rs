@@ -323,6 +323,18 @@ pub struct Row {
     pub suppressed: bool,
 }
 
+impl Row {
+    /// The value as presented: rounded to 1 decimal place, "suppressed", or "" when nothing was
+    /// counted.
+    pub fn display(&self) -> String {
+        match (self.suppressed, self.value) {
+            (true, _) => "suppressed".to_owned(),
+            (false, Some(v)) => format!("{v:.1}"),
+            (false, None) => String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricResult {
     pub metric: MetricId,
@@ -646,6 +658,11 @@ pub fn report_type_name(r: ReportType) -> &'static str {
         ReportType::FinalAnalysis => "final_analysis",
         ReportType::ChildImpactReport => "child_impact_report",
     }
+}
+
+/// The report type a row names (the inverse of [`report_type_name`]).
+pub fn report_type_named(name: &str) -> Option<ReportType> {
+    ReportType::ALL.into_iter().find(|t| report_type_name(*t) == name)
 }
 
 /// The days `child` was seen on, as the settings count seeing (T4, E1).

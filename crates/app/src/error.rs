@@ -105,6 +105,10 @@ impl From<caselog_projections::metrics::MetricsError> for Error {
         match err {
             MetricsError::Calendar(out) => Error::OutsideCalendar(out.to_string()),
             MetricsError::NotDisclosable(refusal) => Error::NotDisclosable(refusal),
+            MetricsError::NotOneFigure => Error::invalid(vec![FieldViolation::new(
+                "metric_id",
+                "units are listed for one figure id (e.g. \"T4\", \"S2.cases_over_52_weeks\"), not grouped",
+            )]),
         }
     }
 }

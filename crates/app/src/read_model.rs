@@ -11,7 +11,9 @@ use crate::snapshot::{self, Part};
 use caselog_calendar::WorkingCalendar;
 use caselog_domain::Position;
 use caselog_projections::metrics::{MetricsError, compute_parallel};
-use caselog_projections::{CaseFacts, MetricResult, MetricsQuery, Reach, SharedCodes, WorklistItem, WorklistKind};
+use caselog_projections::{
+    CaseFacts, MetricResult, MetricsQuery, Reach, SharedCodes, Unit, WorklistItem, WorklistKind, units_of,
+};
 use caselog_store::projection::FactsSink;
 use caselog_store::{EventLog, SnapshotHead, SnapshotSink};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -349,6 +351,37 @@ impl ReadModel {
         }
     }
 
+    /// The units behind the figure of `query` (one metric, not grouped; see
+    /// [`caselog_projections::units_of`]), with the figure and the position it reflects. With
+    /// `as_of`, from the log cut at that instant (position 0).
+    pub async fn units(
+        &self,
+        query: MetricsQuery,
+        as_of: Option<DateTime<Utc>>,
+        min_position: Position,
+    ) -> Result<(Position, Vec<Unit>, MetricResult), Error> {
+        let calendar = WorkingCalendar::england_and_wales();
+        match as_of {
+            Some(at) => {
+                let _fold = self.as_of_folds.try_acquire().map_err(|_| Error::Busy {
+                    what: "an as_of query is already being answered by this server".into(),
+                })?;
+                let (units, figure) = self
+                    .over_cases_as_of(query, at, move |query, cases| {
+                        units_of(query, cases.iter().copied(), calendar)
+                    })
+                    .await?;
+                Ok((Position::ZERO, units, figure))
+            }
+            None => {
+                let facts = self.current_facts(min_position).await?;
+                let position = facts.position();
+                let (units, figure) = counted(move || units_of(&query, facts.counting_in(&query), calendar)).await?;
+                Ok((position, units, figure))
+            }
+        }
+    }
+
     /// A worklist of `service_area` as at `as_at`, once the projection has applied
     /// `min_position`, with the position it reflects.
     pub async fn worklist(
@@ -672,6 +705,19 @@ impl ReadModel {
         at: DateTime<Utc>,
         calendar: &'static WorkingCalendar,
     ) -> Result<Vec<MetricResult>, Error> {
+        self.over_cases_as_of(query, at, move |query, cases| {
+            compute_parallel(query, cases, calendar, counting_threads())
+        })
+        .await
+    }
+
+    /// `answer` over the facts `query` may count as they stood at `at` (on the blocking pool).
+    async fn over_cases_as_of<T: Send + 'static>(
+        &self,
+        query: MetricsQuery,
+        at: DateTime<Utc>,
+        answer: impl FnOnce(&MetricsQuery, &[&CaseFacts]) -> Result<T, MetricsError> + Send + 'static,
+    ) -> Result<T, Error> {
         let mut facts = self.current_facts(Position::ZERO).await?;
         if facts.spans.is_none() {
             drop(facts);
@@ -718,7 +764,7 @@ impl ReadModel {
         let refolded = self.refold_recorded_by(refold, at).await?;
         counted(move || {
             let cases: Vec<&CaseFacts> = whole.iter().map(|&i| &facts.cases[i]).chain(&refolded).collect();
-            compute_parallel(&query, &cases, calendar, counting_threads())
+            answer(&query, &cases)
         })
         .await
     }
@@ -770,9 +816,10 @@ impl ReadModel {
 
 /// Runs a count on the blocking pool: a query counts for tens of milliseconds on every core, and
 /// the async workers must stay free for appends meanwhile.
-async fn counted<F>(count: F) -> Result<Vec<caselog_projections::MetricResult>, Error>
+async fn counted<T, F>(count: F) -> Result<T, Error>
 where
-    F: FnOnce() -> Result<Vec<caselog_projections::MetricResult>, MetricsError> + Send + 'static,
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, MetricsError> + Send + 'static,
 {
     tokio::task::spawn_blocking(count)
         .await

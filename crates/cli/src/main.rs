@@ -15,6 +15,7 @@ use caselog_workload::WorkloadSettings;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::net::SocketAddr;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -75,6 +76,12 @@ enum Command {
     Case(CaseArgs),
     /// Ask for metrics (QueryMetrics) and print them as a table, CSV or JSON.
     Metrics(MetricsArgs),
+    /// Write the board performance report for a period (RenderReport): one self-contained HTML
+    /// file with targets, trends and service areas, or the same figures as CSV or JSON.
+    Report(ReportArgs),
+    /// List the cases, children, reports or practitioners behind a figure (ListMetricUnits;
+    /// administrators and practice clients of the service area; audited).
+    Units(UnitsArgs),
     /// Write a synthetic national workload as NDJSON, and compare its metrics with the reference figures.
     #[cfg(feature = "generator")]
     Generate(GenerateArgs),
@@ -398,14 +405,9 @@ struct CaseArgs {
     client: ClientArgs,
 }
 
+/// A month, quarter or financial year.
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("period").required(true).args(["month", "financial_quarter", "financial_year", "calendar_quarter", "from"]))]
-struct MetricsArgs {
-    /// Catalogue ids (T1 ... W1; S2 for all of S2's figures), comma-separated or repeated.
-    #[arg(required = true, value_delimiter = ',')]
-    metric_ids: Vec<String>,
-    #[command(flatten)]
-    client: ClientArgs,
+struct PeriodArgs {
     /// A month, e.g. 2025-03.
     #[arg(long)]
     month: Option<String>,
@@ -418,6 +420,115 @@ struct MetricsArgs {
     /// A calendar quarter, e.g. "2024 Q4".
     #[arg(long)]
     calendar_quarter: Option<String>,
+}
+
+impl PeriodArgs {
+    fn kind(&self) -> Option<caselog_api::v1::period_spec::Kind> {
+        use caselog_api::v1::period_spec::Kind;
+        if let Some(month) = &self.month {
+            Some(Kind::Month(month.clone()))
+        } else if let Some(quarter) = &self.financial_quarter {
+            Some(Kind::FinancialQuarter(quarter.clone()))
+        } else if let Some(year) = &self.financial_year {
+            Some(Kind::FinancialYear(year.clone()))
+        } else {
+            self.calendar_quarter.clone().map(Kind::CalendarQuarter)
+        }
+    }
+
+    fn spec(&self) -> Option<caselog_api::v1::PeriodSpec> {
+        Some(caselog_api::v1::PeriodSpec { kind: self.kind() })
+    }
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("period").required(true).args(["month", "financial_quarter", "financial_year", "calendar_quarter"]))]
+struct ReportArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    period: PeriodArgs,
+    /// Periods in each trend, ending with the report's (0: 24 months, 8 quarters or 5 years;
+    /// else 2-60).
+    #[arg(long, default_value_t = 0)]
+    periods: u32,
+    #[arg(long, value_enum, default_value = "html")]
+    format: ReportFormat,
+    /// Where to write the report ("-": standard output). Default: the name the service
+    /// suggests, e.g. caselog-report-2024-25-Q3.html, in the current directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The report as it could have been produced at this instant (RFC 3339).
+    #[arg(long)]
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
+    /// Wait (up to 5 s) until the figures include this position.
+    #[arg(long, default_value_t = 0)]
+    min_position: u64,
+    /// The 26-week limit's last day is issue + this many days: 181 or 182.
+    #[arg(long)]
+    twenty_six_week_limit_days: Option<u32>,
+    /// Count virtual visits as seen for T4 and E1.
+    #[arg(long)]
+    count_virtual_visits: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReportFormat {
+    Html,
+    Csv,
+    Json,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("period").required(true).args(["month", "financial_quarter", "financial_year", "calendar_quarter"]))]
+struct UnitsArgs {
+    /// One figure id, e.g. T4, T6, S2.cases_over_52_weeks.
+    metric_id: String,
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    period: PeriodArgs,
+    /// The group's service area, e.g. A5 (a practice client's own by default; administrators:
+    /// national when absent).
+    #[arg(long)]
+    service_area: Option<String>,
+    /// Further conditions, dimension=value[,value...] (repeatable), e.g. law_type=public or
+    /// report_type=section7.
+    #[arg(long)]
+    filter: Vec<String>,
+    /// The day stock figures are counted on (default: the period's last day).
+    #[arg(long)]
+    snapshot_date: Option<String>,
+    /// The units as they stood at this instant (RFC 3339).
+    #[arg(long)]
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
+    #[arg(long, default_value_t = 0)]
+    min_position: u64,
+    #[arg(long)]
+    twenty_six_week_limit_days: Option<u32>,
+    #[arg(long)]
+    count_virtual_visits: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    format: caselog_cli::show::MetricsFormat,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("period").required(true).args(["month", "financial_quarter", "financial_year", "calendar_quarter", "from"]))]
+struct MetricsArgs {
+    /// Catalogue ids (T1 ... W1; S2 for all of S2's figures), comma-separated or repeated.
+    #[arg(required = true, value_delimiter = ',')]
+    metric_ids: Vec<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    period: PeriodArgs,
     /// First day of a custom period (YYYY-MM-DD), with --to.
     #[arg(long, requires = "to")]
     from: Option<String>,
@@ -462,20 +573,12 @@ impl MetricsArgs {
     fn request(&self) -> anyhow::Result<caselog_api::v1::QueryMetricsRequest> {
         use caselog_api::v1 as pb;
         use pb::period_spec::Kind;
-        let kind = if let Some(month) = &self.month {
-            Kind::Month(month.clone())
-        } else if let Some(quarter) = &self.financial_quarter {
-            Kind::FinancialQuarter(quarter.clone())
-        } else if let Some(year) = &self.financial_year {
-            Kind::FinancialYear(year.clone())
-        } else if let Some(quarter) = &self.calendar_quarter {
-            Kind::CalendarQuarter(quarter.clone())
-        } else {
+        let kind = self.period.kind().unwrap_or_else(|| {
             Kind::Custom(pb::DateRange {
                 first: self.from.clone().unwrap_or_default(),
                 last: self.to.clone().unwrap_or_default(),
             })
-        };
+        });
         let group_by = self
             .group_by
             .iter()
@@ -492,10 +595,7 @@ impl MetricsArgs {
             snapshot_date: self.snapshot_date.clone().unwrap_or_default(),
             group_by,
             filters,
-            as_of: self.as_of.map(|t| prost_types::Timestamp {
-                seconds: t.timestamp(),
-                nanos: t.timestamp_subsec_nanos() as i32,
-            }),
+            as_of: self.as_of.map(timestamp),
             min_position: self.min_position,
             suppress_small_numbers: self.suppress_small_numbers,
             twenty_six_week_limit_days: self.twenty_six_week_limit_days.unwrap_or(0),
@@ -600,6 +700,68 @@ async fn metrics_command(args: MetricsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn report_command(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    use caselog_api::v1 as pb;
+    let request = pb::RenderReportRequest {
+        period: args.period.spec(),
+        periods: args.periods,
+        format: match args.format {
+            ReportFormat::Html => pb::ReportFormat::Html,
+            ReportFormat::Csv => pb::ReportFormat::Csv,
+            ReportFormat::Json => pb::ReportFormat::Json,
+        } as i32,
+        as_of: args.as_of.map(timestamp),
+        min_position: args.min_position,
+        twenty_six_week_limit_days: args.twenty_six_week_limit_days.unwrap_or(0),
+        count_virtual_visits: args.count_virtual_visits,
+    };
+    let channel = args.client.connect().await?;
+    let report = caselog_cli::show::render_report(channel, args.client.token.as_deref(), request).await?;
+    let path = args.out.unwrap_or_else(|| PathBuf::from(&report.file_name));
+    if path.as_os_str() == "-" {
+        let mut out = output(None)?;
+        out.write_all(&report.content)?;
+        out.flush()?;
+    } else {
+        std::fs::write(&path, &report.content).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "wrote {} ({} bytes, {}; figures at position {})",
+            path.display(),
+            report.content.len(),
+            report.content_type,
+            report.position
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn units_command(args: UnitsArgs) -> anyhow::Result<ExitCode> {
+    use caselog_api::v1 as pb;
+    let filters = args
+        .filter
+        .iter()
+        .map(|f| caselog_cli::show::filter(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let request = pb::ListMetricUnitsRequest {
+        metric_id: args.metric_id.clone(),
+        period: args.period.spec(),
+        snapshot_date: args.snapshot_date.clone().unwrap_or_default(),
+        service_area: args.service_area.clone().unwrap_or_default(),
+        filters,
+        as_of: args.as_of.map(timestamp),
+        min_position: args.min_position,
+        twenty_six_week_limit_days: args.twenty_six_week_limit_days.unwrap_or(0),
+        count_virtual_visits: args.count_virtual_visits,
+        page_size: 1000,
+        page_token: String::new(),
+    };
+    let channel = args.client.connect().await?;
+    let mut out = output(None)?;
+    caselog_cli::show::list_units(channel, args.client.token.as_deref(), request, args.format, &mut out).await?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -633,6 +795,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Tail(args) => tail_command(args).await,
         Command::Case(args) => case_command(args).await,
         Command::Metrics(args) => metrics_command(args).await,
+        Command::Report(args) => report_command(args).await,
+        Command::Units(args) => units_command(args).await,
     }
 }
 

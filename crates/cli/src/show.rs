@@ -1,5 +1,6 @@
-//! `caselog case` and `caselog metrics`: a case's timeline and a `QueryMetrics` answer as a person
-//! reads them at a terminal, or as CSV and JSON for a spreadsheet or a script.
+//! `caselog case`, `caselog metrics`, `caselog report` and `caselog units`: a case's timeline, a
+//! `QueryMetrics` answer, the board report and the units behind a figure, as a person reads them
+//! at a terminal, or as CSV and JSON for a spreadsheet or a script.
 
 use crate::export::{ExportProgress, LineFormat, Selection, export};
 use crate::import::describe;
@@ -246,8 +247,21 @@ fn number(value: f64) -> String {
 
 fn write_table(answer: &pb::QueryMetricsResponse, out: &mut impl Write) -> anyhow::Result<()> {
     let (header, rows) = cells(answer);
+    print_table(&header, &rows, out)?;
+    for result in &answer.results {
+        writeln!(
+            out,
+            "{}: {} ({})",
+            result.metric_id, result.definition, result.period_label
+        )?;
+    }
+    Ok(())
+}
+
+/// Columns padded to their widest cell.
+fn print_table(header: &[String], rows: &[Vec<String>], out: &mut impl Write) -> anyhow::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
@@ -260,22 +274,19 @@ fn write_table(answer: &pb::QueryMetricsResponse, out: &mut impl Write) -> anyho
             .collect();
         writeln!(out, "{}", line.join("  ").trim_end())
     };
-    print(out, &header)?;
-    for row in &rows {
+    print(out, header)?;
+    for row in rows {
         print(out, row)?;
-    }
-    for result in &answer.results {
-        writeln!(
-            out,
-            "{}: {} ({})",
-            result.metric_id, result.definition, result.period_label
-        )?;
     }
     Ok(())
 }
 
 fn write_csv(answer: &pb::QueryMetricsResponse, out: &mut impl Write) -> anyhow::Result<()> {
     let (header, rows) = cells(answer);
+    print_csv(&header, &rows, out)
+}
+
+fn print_csv(header: &[String], rows: &[Vec<String>], out: &mut impl Write) -> anyhow::Result<()> {
     let quote = |cell: &String| {
         if cell.contains([',', '"', '\n']) {
             format!("\"{}\"", cell.replace('"', "\"\""))
@@ -283,8 +294,107 @@ fn write_csv(answer: &pb::QueryMetricsResponse, out: &mut impl Write) -> anyhow:
             cell.clone()
         }
     };
-    for row in std::iter::once(&header).chain(&rows) {
+    for row in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
         writeln!(out, "{}", row.iter().map(quote).collect::<Vec<_>>().join(","))?;
+    }
+    Ok(())
+}
+
+/// Asks for the board report.
+pub async fn render_report(
+    channel: Channel,
+    token: Option<&str>,
+    request: pb::RenderReportRequest,
+) -> anyhow::Result<pb::RenderReportResponse> {
+    let bearer = BearerToken::new(token).context("the token is not a valid header value")?;
+    let mut client =
+        MetricsServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(64 * 1024 * 1024);
+    Ok(client
+        .render_report(request)
+        .await
+        .map_err(|status| anyhow::anyhow!(describe(&status)))?
+        .into_inner())
+}
+
+/// Lists every unit behind a figure, page by page (each page pinned to the first page's
+/// position, so that the pages add up to one figure), then the figure they add up to.
+pub async fn list_units(
+    channel: Channel,
+    token: Option<&str>,
+    mut request: pb::ListMetricUnitsRequest,
+    format: MetricsFormat,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let bearer = BearerToken::new(token).context("the token is not a valid header value")?;
+    let mut client =
+        MetricsServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(64 * 1024 * 1024);
+    let mut units = Vec::new();
+    let figure = loop {
+        let page = client
+            .list_metric_units(request.clone())
+            .await
+            .map_err(|status| anyhow::anyhow!(describe(&status)))?
+            .into_inner();
+        units.extend(page.units);
+        request.min_position = request.min_position.max(page.position);
+        if page.next_page_token.is_empty() {
+            break page.figure.unwrap_or_default();
+        }
+        request.page_token = page.next_page_token;
+    };
+    let header: Vec<String> = ["case_id", "child_id", "report_id", "practitioner_id", "numerator", "denominator", "dates"]
+        .map(String::from)
+        .to_vec();
+    let rows: Vec<Vec<String>> = units
+        .iter()
+        .map(|u| {
+            let dates: Vec<String> = u.dates.iter().map(|d| format!("{}={}", d.name, d.date)).collect();
+            vec![
+                u.case_id.clone(),
+                u.child_id.clone(),
+                u.report_id.clone(),
+                u.practitioner_id.clone(),
+                u.numerator.to_string(),
+                u.denominator.to_string(),
+                dates.join(" "),
+            ]
+        })
+        .collect();
+    let numerator: f64 = figure.rows.iter().map(|r| r.numerator).sum();
+    let denominator: f64 = figure.rows.iter().map(|r| r.denominator).sum();
+    match format {
+        MetricsFormat::Table => {
+            print_table(&header, &rows, out)?;
+            writeln!(
+                out,
+                "{} units of {} ({}): numerator {numerator}, denominator {denominator}. {}",
+                units.len(),
+                figure.metric_id,
+                figure.period_label,
+                figure.definition
+            )?;
+        }
+        MetricsFormat::Csv => print_csv(&header, &rows, out)?,
+        MetricsFormat::Json => {
+            let units: Vec<serde_json::Value> = units
+                .iter()
+                .map(|u| {
+                    let dates: serde_json::Map<String, serde_json::Value> =
+                        u.dates.iter().map(|d| (d.name.clone(), d.date.clone().into())).collect();
+                    serde_json::json!({
+                        "case_id": u.case_id, "child_id": u.child_id, "report_id": u.report_id,
+                        "practitioner_id": u.practitioner_id, "numerator": u.numerator,
+                        "denominator": u.denominator, "dates": dates,
+                    })
+                })
+                .collect();
+            let answer = pb::QueryMetricsResponse {
+                results: vec![figure],
+                position: request.min_position,
+            };
+            serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"figure": metrics_json(&answer), "units": units}))?;
+            writeln!(out)?;
+        }
     }
     Ok(())
 }

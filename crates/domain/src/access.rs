@@ -339,22 +339,50 @@ impl Principal {
     /// The service area a worklist request may cover: administrators any (or all, `None`);
     /// practice clients their own, which is also the default when the request names none.
     pub fn worklist_scope(&self, requested: Option<&str>) -> Result<Option<String>, Denial> {
+        self.child_level_scope(
+            requested,
+            (
+                "read worklists",
+                "worklists are for practice clients of the service area and administrators",
+            ),
+            "worklists",
+        )
+    }
+
+    /// The service area a drill-down (the units behind a figure) may cover: as for worklists.
+    /// Reporting clients see figures only, never the cases and children behind them.
+    pub fn units_scope(&self, requested: Option<&str>) -> Result<Option<String>, Denial> {
+        self.child_level_scope(
+            requested,
+            (
+                "list the units behind a figure",
+                "the cases, children and reports behind figures are for practice clients of the service area and administrators",
+            ),
+            "the units behind figures",
+        )
+    }
+
+    /// Child-level reads of a service area: administrators any (or all, `None`); practice
+    /// clients their own, which is also the default when the request names none.
+    fn child_level_scope(
+        &self,
+        requested: Option<&str>,
+        (action, allowed): (&'static str, &'static str),
+        what: &'static str,
+    ) -> Result<Option<String>, Denial> {
         if self.is_admin() {
             return Ok(requested.map(str::to_owned));
         }
         let areas: Vec<&str> = self.practice_areas().collect();
         match (requested, areas.as_slice()) {
-            (_, []) => Err(self.role_not_permitted(
-                "read worklists",
-                "worklists are for practice clients of the service area and administrators",
-            )),
+            (_, []) => Err(self.role_not_permitted(action, allowed)),
             (None, [only]) => Ok(Some((*only).to_owned())),
             (Some(area), _) if areas.contains(&area) => Ok(Some(area.to_owned())),
             (requested, _) => Err(Denial::ServiceAreaNotPermitted {
                 organisation: self.organisation.clone(),
                 requested: requested.unwrap_or_default().to_owned(),
                 allowed: areas.join(", "),
-                what: "worklists",
+                what,
             }),
         }
     }

@@ -194,6 +194,17 @@ fn timelines_and_worklists_are_for_the_same_service_area() {
         principal("reporting").worklist_scope(None).unwrap_err().reason(),
         "ROLE_NOT_PERMITTED"
     );
+    // The units behind a figure are child-level: the same scope, and never for reporting.
+    assert_eq!(principal("practice:A5").units_scope(None).unwrap().as_deref(), Some("A5"));
+    assert_eq!(principal("admin").units_scope(None).unwrap(), None);
+    assert_eq!(
+        principal("practice:A5").units_scope(Some("A3")).unwrap_err().reason(),
+        "SERVICE_AREA_NOT_PERMITTED"
+    );
+    assert_eq!(
+        principal("reporting").units_scope(Some("A5")).unwrap_err().reason(),
+        "ROLE_NOT_PERMITTED"
+    );
     assert!(principal("reporting").metrics_access().unwrap().suppression_forced);
     assert!(!principal("admin").metrics_access().unwrap().suppression_forced);
     assert!(principal("court:LS").metrics_access().is_err());

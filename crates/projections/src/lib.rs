@@ -8,5 +8,5 @@ pub mod targets;
 pub mod worklists;
 
 pub use facts::{CaseFacts, Reach, SharedCodes, facts_of};
-pub use metrics::{Dimension, MetricId, MetricResult, MetricsQuery, Period, Row, compute};
+pub use metrics::{Dimension, MetricId, MetricResult, MetricsQuery, Period, Row, Unit, compute, units_of};
 pub use worklists::{WorklistItem, WorklistKind, worklist};

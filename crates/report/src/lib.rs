@@ -39,8 +39,8 @@ pub struct Inputs<'a> {
     pub generated_at: String,
     /// The projection position the figures reflect (0 for an as-of report).
     pub position: u64,
-    /// How a reader who may see units drills into a service area's figure (`{metric}`,
-    /// `{period}` and `{area}` replaced), or nothing.
+    /// How a reader who may see units drills into a service area's figure (`{metric}` (with
+    /// the report type's filter for T6-T8), `{period}` and `{area}` replaced), or nothing.
     pub drill_down: Option<&'a str>,
 }
 
@@ -187,7 +187,11 @@ impl Report {
                 let period_short = short_label(&result.period.label);
                 let hint = |area: &str| {
                     inputs.drill_down.map(|text| {
-                        text.replace("{metric}", &measure.key())
+                        let metric = match measure.report_type {
+                            Some(t) => format!("{} --filter report_type={}", measure.metric.id(), report_type_name(t)),
+                            None => measure.metric.id().to_owned(),
+                        };
+                        text.replace("{metric}", &metric)
                             .replace("{period}", &period_short)
                             .replace("{area}", area)
                     })

@@ -12,6 +12,7 @@ pub mod error;
 pub mod feed;
 pub mod metrics;
 mod report;
+mod units;
 pub mod service;
 pub mod telemetry;
 

@@ -22,9 +22,10 @@ use tonic::{Request, Response, Status};
 use tracing::debug;
 
 const LIST_WORKLIST: &str = "caselog.v1.MetricsService/ListWorklist";
+const LIST_METRIC_UNITS: &str = "caselog.v1.MetricsService/ListMetricUnits";
 const DEFAULT_WITHIN_WORKING_DAYS: u32 = 5;
 const DEFAULT_PAGE_SIZE: u32 = 100;
-const MAX_PAGE_SIZE: u32 = 1000;
+pub(crate) const MAX_PAGE_SIZE: u32 = 1000;
 
 /// `MetricsService`: requests checked and converted, access decided, answers from the read model.
 #[derive(Debug, Clone)]
@@ -147,6 +148,30 @@ impl MetricsService for Metrics {
         // Every query of a series differs only in its period: what it may see is decided once.
         may_ask(&principal, &access, &queries[0])?;
         Ok(Response::new(self.answer(queries, &request).await?))
+    }
+
+    async fn list_metric_units(
+        &self,
+        request: Request<pb::ListMetricUnitsRequest>,
+    ) -> Result<Response<pb::ListMetricUnitsResponse>, Status> {
+        let principal = caller(&request)?;
+        let request = request.into_inner();
+        let requested = request.service_area.clone();
+        let detail = json!({
+            "metric_id": request.metric_id,
+            "period": request.period.as_ref().and_then(|p| p.kind.as_ref()).map(|k| format!("{k:?}")),
+            "as_of": request.as_of.as_ref().map(|t| t.seconds),
+            "page_token": request.page_token,
+        });
+        let (target, result) = match principal.units_scope(Some(requested.as_str()).filter(|a| !a.is_empty())) {
+            Ok(scope) => (
+                scope.as_deref().map_or_else(|| "national".to_owned(), |a| format!("service_area:{a}")),
+                self.units(request, scope).await,
+            ),
+            Err(denial) => (format!("service_area:{requested}"), Err(denial.into())),
+        };
+        let response = audit::recorded(&self.log, &principal, LIST_METRIC_UNITS, &target, detail, result).await?;
+        Ok(Response::new(response))
     }
 
     async fn render_report(
@@ -283,16 +308,7 @@ impl Metrics {
                 format!("page_size is at most {MAX_PAGE_SIZE}"),
             ));
         }
-        let offset = match request.page_token.as_str() {
-            "" => Some(0),
-            token => token.strip_prefix("v1.offset.").and_then(|n| n.parse::<usize>().ok()),
-        };
-        if offset.is_none() {
-            violations.push(FieldViolation::new(
-                "page_token",
-                "not a page token from a previous response; send it unchanged",
-            ));
-        }
+        let offset = page_offset(&request.page_token, &mut violations);
         let (Some(kind), Some(as_at), Some(offset), true) = (kind, as_at, offset, violations.is_empty()) else {
             return Err(Error::invalid(violations));
         };
@@ -301,11 +317,7 @@ impl Metrics {
         } else {
             request.within_working_days
         };
-        let page_size = if request.page_size == 0 {
-            DEFAULT_PAGE_SIZE
-        } else {
-            request.page_size
-        } as usize;
+        let page_size = page_size(request.page_size);
         let (position, items) = self
             .read_model
             .worklist(
@@ -331,16 +343,40 @@ impl Metrics {
                 practitioner_id: item.practitioner_id.clone().unwrap_or_default(),
             })
             .collect();
-        let next = offset + page.len();
         Ok(pb::ListWorklistResponse {
+            next_page_token: next_page_token(offset + page.len(), items.len()),
             items: page,
-            next_page_token: if next < items.len() {
-                format!("v1.offset.{next}")
-            } else {
-                String::new()
-            },
             position: position.get(),
         })
+    }
+}
+
+/// Where a page starts: the offset in a token this service gave (`v1.offset.N`), 0 for none.
+pub(crate) fn page_offset(token: &str, violations: &mut Vec<FieldViolation>) -> Option<usize> {
+    let offset = match token {
+        "" => Some(0),
+        token => token.strip_prefix("v1.offset.").and_then(|n| n.parse::<usize>().ok()),
+    };
+    if offset.is_none() {
+        violations.push(FieldViolation::new(
+            "page_token",
+            "not a page token from a previous response; send it unchanged",
+        ));
+    }
+    offset
+}
+
+/// A page size as asked (checked by the caller against `MAX_PAGE_SIZE`), the default for 0.
+pub(crate) fn page_size(asked: u32) -> usize {
+    (if asked == 0 { DEFAULT_PAGE_SIZE } else { asked }) as usize
+}
+
+/// The token of the page after one ending at `next` of `total` items ("" after the last).
+pub(crate) fn next_page_token(next: usize, total: usize) -> String {
+    if next < total {
+        format!("v1.offset.{next}")
+    } else {
+        String::new()
     }
 }
 
@@ -531,7 +567,7 @@ pub(crate) fn queries_of(request: &pb::QueryMetricsRequest) -> Result<Vec<Metric
         .collect())
 }
 
-fn query_of(request: &pb::QueryMetricsRequest) -> Result<MetricsQuery, Error> {
+pub(crate) fn query_of(request: &pb::QueryMetricsRequest) -> Result<MetricsQuery, Error> {
     let mut violations = Vec::new();
     let mut metrics = Vec::new();
     if request.metric_ids.is_empty() {

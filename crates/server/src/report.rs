@@ -11,15 +11,14 @@ use caselog_domain::{FieldViolation, Position, Principal};
 use caselog_report::{BOARD_MEASURES, Inputs, Report, metrics_of};
 use pb::period_spec::Kind;
 
-/// How a reader who may see units asks for those behind a service area's figure.
-const DRILL_DOWN: &str = "caselog units {metric} --period \"{period}\" --service-area {area}";
-
-/// Trend windows when the request leaves `periods` at 0, and periods in a year, by period kind.
-fn window_of(kind: &Kind) -> Option<(u32, usize)> {
+/// Trend windows when the request leaves `periods` at 0, periods in a year, and the option of
+/// `caselog units` that names such a period, by period kind.
+fn window_of(kind: &Kind) -> Option<(u32, usize, &'static str)> {
     match kind {
-        Kind::Month(_) => Some((24, 12)),
-        Kind::FinancialQuarter(_) | Kind::CalendarQuarter(_) => Some((8, 4)),
-        Kind::FinancialYear(_) => Some((5, 1)),
+        Kind::Month(_) => Some((24, 12, "month")),
+        Kind::FinancialQuarter(_) => Some((8, 4, "financial-quarter")),
+        Kind::CalendarQuarter(_) => Some((8, 4, "calendar-quarter")),
+        Kind::FinancialYear(_) => Some((5, 1, "financial-year")),
         Kind::Custom(_) => None,
     }
 }
@@ -57,7 +56,7 @@ impl Metrics {
         if format == pb::ReportFormat::Unspecified {
             violations.push(FieldViolation::new("format", "a format is required: HTML, CSV or JSON"));
         }
-        let Some((default_periods, periods_per_year)) = window.filter(|_| violations.is_empty()) else {
+        let Some((default_periods, periods_per_year, period_option)) = window.filter(|_| violations.is_empty()) else {
             return Err(Error::invalid(violations));
         };
         let metric_ids: Vec<String> = metrics_of(&BOARD_MEASURES)
@@ -119,6 +118,8 @@ impl Metrics {
             })
             .map(|area| (area.code.clone(), area.name.clone()))
             .collect();
+        // How a reader who may see units asks for those behind a service area's figure.
+        let drill_down = format!("caselog units {{metric}} --{period_option} \"{{period}}\" --service-area {{area}}");
         let report = Report::assemble(&Inputs {
             measures: &BOARD_MEASURES,
             window: &window_results,
@@ -129,7 +130,7 @@ impl Metrics {
             as_of: as_of.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
             generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             position: position.get(),
-            drill_down: Some(DRILL_DOWN),
+            drill_down: Some(&drill_down),
         })
         .map_err(|err| Error::internal(err.to_string()))?;
         let (content, content_type, extension) = match format {

@@ -1,6 +1,6 @@
 //! Demand (D1, D2): the cases and children received in the period, and cases per working day.
 
-use super::{Caseloads, Collector, Counting, Kind, MetricId, MetricsError, MetricsQuery, Spec};
+use super::{Caseloads, Collector, Counting, Kind, MetricId, MetricsError, MetricsQuery, Spec, Unit};
 use caselog_calendar::WorkingCalendar;
 
 pub(super) const D1_CASES: Spec = Spec {
@@ -38,13 +38,14 @@ pub(super) fn count<'a>(
     if !query.period.contains(case.received()) {
         return Ok(());
     }
-    c.add_case(MetricId::D1Cases, case_keys, (query, case), 1.0, 0.0);
+    let dates = |u: Unit| u.date("received", case.received());
+    c.add_case(MetricId::D1Cases, case_keys, (query, case), 1.0, 0.0, dates);
     // D2's numerator; its denominator, the working days of the period, is set by `finish`.
-    c.add_case(MetricId::D2, case_keys, (query, case), 1.0, 0.0);
+    c.add_case(MetricId::D2, case_keys, (query, case), 1.0, 0.0, dates);
     if c.wants(MetricId::D1Children) {
         for child in case.children.iter().filter(|ch| ch.joined_on.is_none()) {
             let k = c.child_keys(case_keys, (query, case), child, case.received());
-            c.add(MetricId::D1Children, &k, 1.0, 0.0);
+            c.add(MetricId::D1Children, &k, 1.0, 0.0, || dates(Unit::child(case, child)));
         }
     }
     Ok(())

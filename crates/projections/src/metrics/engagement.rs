@@ -1,7 +1,7 @@
 //! Engagement (E1-E4): whether each child was seen, had an engagement record, was sent a
 //! personalised letter and had the recommendation explained to them.
 
-use super::{Caseloads, Collector, Counting, Kind, MetricId, MetricsError, Spec, flag, seen_dates};
+use super::{Caseloads, Collector, Counting, Kind, MetricId, MetricsError, Spec, Unit, flag, seen_dates};
 use caselog_domain::event::ReportType;
 use chrono::NaiveDate;
 
@@ -65,12 +65,25 @@ pub(super) fn count<'a>(
         for child in case.children_on(closed) {
             let k = c.child_keys(case_keys, (query, case), child, closed);
             let seen = first_lead.is_some_and(|from| seen_dates(child, settings).any(|d| from <= d && d <= closed));
-            c.add(MetricId::E1, &k, flag(seen), 1.0);
+            c.add(MetricId::E1, &k, flag(seen), 1.0, || {
+                Unit::child(case, child)
+                    .date_if("first_lead_allocation", first_lead)
+                    .date_if(
+                        "first_seen",
+                        seen_dates(child, settings).filter(|d| first_lead.is_some_and(|f| f <= *d)).min(),
+                    )
+                    .date("closed", closed)
+            });
             c.add(
                 MetricId::E2,
                 &k,
                 flag(child.engagement_records().iter().any(|d| *d <= closed)),
                 1.0,
+                || {
+                    Unit::child(case, child)
+                        .date_if("engagement_record", child.engagement_records().iter().min().copied())
+                        .date("closed", closed)
+                },
             );
         }
     }
@@ -79,7 +92,14 @@ pub(super) fn count<'a>(
     {
         for child in &case.children {
             let k = c.child_keys(case_keys, (query, case), child, first_lead);
-            c.add(MetricId::E3, &k, flag(child.has_personalised_letter()), 1.0);
+            c.add(MetricId::E3, &k, flag(child.has_personalised_letter()), 1.0, || {
+                Unit::child(case, child)
+                    .date("first_lead_allocation", first_lead)
+                    .date_if(
+                        "personalised_letter",
+                        child.letters().into_iter().filter(|(_, p)| *p).map(|(d, _)| d).min(),
+                    )
+            });
         }
     }
     if c.wants(MetricId::E4) {
@@ -102,6 +122,11 @@ pub(super) fn count<'a>(
                     &k,
                     flag(child.recommendations_shared().iter().any(|d| *d <= filed)),
                     1.0,
+                    || {
+                        Unit::child(case, child)
+                            .date_if("recommendation_shared", child.recommendations_shared().iter().min().copied())
+                            .date("report_filed", filed)
+                    },
                 );
             }
         }

@@ -14,12 +14,13 @@ mod stock;
 mod timeliness;
 mod workforce;
 
-use crate::facts::{CaseFacts, ChildFacts, Reach};
+use crate::facts::{CaseFacts, ChildFacts, Reach, ReportFacts};
 use caselog_calendar::{OutOfRange, WorkingCalendar};
 use caselog_domain::event::{ApplicationType, LawType, ReportType};
 use chrono::{Datelike, Months, NaiveDate};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// A period: inclusive first and last day, and how it was asked for (stated in every result).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,6 +353,8 @@ pub enum MetricsError {
     Calendar(#[from] OutOfRange),
     #[error(transparent)]
     NotDisclosable(#[from] crate::disclosure::Refusal),
+    #[error("the units of a figure are listed for one figure id, not grouped")]
+    NotOneFigure,
 }
 
 type GroupKey = BTreeMap<Dimension, String>;
@@ -387,6 +390,8 @@ struct Collector<'a> {
     acc: Vec<Vec<Option<Acc>>>,
     /// Whether a child's keys can differ from its case's (only by age band).
     by_age: bool,
+    /// The units added to this metric, when a drill-down asks for them (see [`units_of`]).
+    traced: Option<(MetricId, Vec<Unit>)>,
 }
 
 type GroupId = usize;
@@ -451,6 +456,7 @@ impl<'a> Collector<'a> {
             acc: vec![Vec::new(); MetricId::ALL.len()],
             by_age: query.group_by.contains(&Dimension::AgeBand)
                 || query.filters.iter().any(|(d, _)| *d == Dimension::AgeBand),
+            traced: None,
         }
     }
 
@@ -485,10 +491,28 @@ impl<'a> Collector<'a> {
         self.intern(keys(query, case, child_age, report_type))
     }
 
-    /// Adds one unit to `metric`: `numerator` and `denominator` are its contributions.
-    fn add(&mut self, metric: MetricId, groups: &[GroupId], numerator: f64, denominator: f64) {
+    /// Adds one unit to `metric`: `numerator` and `denominator` are its contributions, and
+    /// `unit` says which unit it is and the dates its rule used (asked only by a drill-down).
+    fn add(
+        &mut self,
+        metric: MetricId,
+        groups: &[GroupId],
+        numerator: f64,
+        denominator: f64,
+        unit: impl FnOnce() -> Unit,
+    ) {
         if !self.wants(metric) {
             return;
+        }
+        if let Some((traced, units)) = &mut self.traced
+            && *traced == metric
+            && !groups.is_empty()
+        {
+            units.push(Unit {
+                numerator,
+                denominator,
+                ..unit()
+            });
         }
         let row = &mut self.acc[metric as usize];
         for &group in groups {
@@ -509,10 +533,11 @@ impl<'a> Collector<'a> {
         (query, case): (&MetricsQuery, &'a CaseFacts),
         numerator: f64,
         denominator: f64,
+        dates: impl FnOnce(Unit) -> Unit,
     ) {
         if self.wants(metric) {
             let groups = self.case_keys(case_keys, query, case);
-            self.add(metric, groups, numerator, denominator);
+            self.add(metric, groups, numerator, denominator, || dates(Unit::case(case)));
         }
     }
 
@@ -554,6 +579,76 @@ impl<'a> Collector<'a> {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+}
+
+/// One unit of a figure, as a drill-down lists it: which case, child, report or practitioner
+/// it is, what it added to the figure, and the dates the rule used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    /// Absent for practitioners (W1).
+    pub case_id: Option<Arc<str>>,
+    pub child_id: Option<Box<str>>,
+    pub report_id: Option<Box<str>>,
+    pub practitioner_id: Option<Box<str>>,
+    /// What the unit adds to the figure's numerator, in the figure's unit (weeks for T1,
+    /// working weeks for T6; 1 or 0 for a share: whether it met the condition).
+    pub numerator: f64,
+    /// What it adds to the denominator (1 for a share or a mean; 0 for a count).
+    pub denominator: f64,
+    /// The dates the rule used, by name, e.g. ("deadline", 2025-05-13).
+    pub dates: Vec<(&'static str, NaiveDate)>,
+}
+
+impl Unit {
+    fn case(case: &CaseFacts) -> Unit {
+        Unit {
+            case_id: Some(case.case_id.clone()),
+            child_id: None,
+            report_id: None,
+            practitioner_id: None,
+            numerator: 0.0,
+            denominator: 0.0,
+            dates: Vec::new(),
+        }
+    }
+
+    fn child(case: &CaseFacts, child: &ChildFacts) -> Unit {
+        Unit {
+            child_id: Some(child.child_id.clone()),
+            ..Unit::case(case)
+        }
+    }
+
+    fn report(case: &CaseFacts, report: &ReportFacts) -> Unit {
+        Unit {
+            report_id: Some(report.report_id.clone()),
+            ..Unit::case(case)
+        }
+    }
+
+    fn practitioner(practitioner: &str) -> Unit {
+        Unit {
+            case_id: None,
+            practitioner_id: Some(practitioner.into()),
+            numerator: 0.0,
+            denominator: 0.0,
+            child_id: None,
+            report_id: None,
+            dates: Vec::new(),
+        }
+    }
+
+    fn date(mut self, name: &'static str, day: NaiveDate) -> Unit {
+        self.dates.push((name, day));
+        self
+    }
+
+    fn date_if(self, name: &'static str, day: Option<NaiveDate>) -> Unit {
+        match day {
+            Some(day) => self.date(name, day),
+            None => self,
+        }
     }
 }
 
@@ -757,6 +852,49 @@ pub fn compute_parallel(
     compute_parallel_plain(query, &[], cases, calendar, threads)
 }
 
+/// The units behind the figure of `query`, which asks for one metric and groups by nothing (its
+/// filters name the group: e.g. service area A5, report type section7), with that figure
+/// (never suppressed: units are for those who may see them). Units are ordered by case id, then
+/// child or report id; practitioners (W1) by id.
+pub fn units_of<'a>(
+    query: &MetricsQuery,
+    cases: impl IntoIterator<Item = &'a CaseFacts>,
+    calendar: &WorkingCalendar,
+) -> Result<(Vec<Unit>, MetricResult), MetricsError> {
+    let [metric] = query.metrics[..] else {
+        return Err(MetricsError::NotOneFigure);
+    };
+    if !query.group_by.is_empty() {
+        return Err(MetricsError::NotOneFigure);
+    }
+    let query = &MetricsQuery {
+        suppress_small_numbers: false,
+        ..query.clone()
+    };
+    let mut counts = Counts::new(query);
+    counts.c.traced = Some((metric, Vec::new()));
+    counts.count(query, cases, calendar)?;
+    let (mut results, units) = counts.finish_traced(query, &[], calendar)?;
+    let mut units = units.unwrap_or_default();
+    units.sort_by(|a, b| {
+        (&a.case_id, &a.child_id, &a.report_id, &a.practitioner_id).cmp(&(
+            &b.case_id,
+            &b.child_id,
+            &b.report_id,
+            &b.practitioner_id,
+        ))
+    });
+    for unit in &mut units {
+        unit.numerator = metric.in_unit(Acc {
+            numerator: unit.numerator,
+            denominator: unit.denominator,
+        })
+        .numerator;
+    }
+    let result = results.pop().ok_or(MetricsError::NotOneFigure)?;
+    Ok((units, result))
+}
+
 fn compute_parallel_plain(
     query: &MetricsQuery,
     rollups: &[Vec<Dimension>],
@@ -935,6 +1073,16 @@ impl<'a> Counts<'a> {
         rollups: &[Vec<Dimension>],
         calendar: &WorkingCalendar,
     ) -> Result<Vec<MetricResult>, MetricsError> {
+        Ok(self.finish_traced(query, rollups, calendar)?.0)
+    }
+
+    /// The results, and the units traced while counting (see [`units_of`]).
+    fn finish_traced(
+        self,
+        query: &MetricsQuery,
+        rollups: &[Vec<Dimension>],
+        calendar: &WorkingCalendar,
+    ) -> Result<(Vec<MetricResult>, Option<Vec<Unit>>), MetricsError> {
         let Counts { mut c, caseloads } = self;
         let period = &query.period;
         let snapshot = query.snapshot_date();
@@ -983,7 +1131,7 @@ impl<'a> Counts<'a> {
                 }
             })
             .collect();
-        Ok(results)
+        Ok((results, c.traced.map(|(_, units)| units)))
     }
 }
 

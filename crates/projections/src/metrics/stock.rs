@@ -1,7 +1,7 @@
 //! Stock (S1, S2): the cases and children open at a snapshot, and those open over 52 and over
 //! 100 weeks.
 
-use super::{Caseloads, Collector, Counting, Kind, MetricId, MetricsError, Spec, flag};
+use super::{Caseloads, Collector, Counting, Kind, MetricId, MetricsError, Spec, Unit, flag};
 
 const fn count_of(id: &'static str, unit: &'static str, definition: fn(&super::Settings) -> String) -> Spec {
     Spec {
@@ -45,13 +45,15 @@ pub(super) fn count<'a>(
         return Ok(());
     }
     let weeks = (snapshot - case.issued_on).num_days() as f64 / 7.0;
-    c.add_case(MetricId::S1Cases, case_keys, (query, case), 1.0, 0.0);
+    let dates = |u: Unit| u.date("issued", case.issued_on).date("snapshot", snapshot);
+    c.add_case(MetricId::S1Cases, case_keys, (query, case), 1.0, 0.0, dates);
     c.add_case(
         MetricId::S2CasesOver52,
         case_keys,
         (query, case),
         flag(weeks > 52.0),
         0.0,
+        dates,
     );
     c.add_case(
         MetricId::S2CasesOver100,
@@ -59,13 +61,15 @@ pub(super) fn count<'a>(
         (query, case),
         flag(weeks > 100.0),
         0.0,
+        dates,
     );
     if c.wants(MetricId::S1Children) || c.wants(MetricId::S2ChildrenOver52) || c.wants(MetricId::S2ChildrenOver100) {
         for child in case.children_on(snapshot) {
             let k = c.child_keys(case_keys, (query, case), child, snapshot);
-            c.add(MetricId::S1Children, &k, 1.0, 0.0);
-            c.add(MetricId::S2ChildrenOver52, &k, flag(weeks > 52.0), 0.0);
-            c.add(MetricId::S2ChildrenOver100, &k, flag(weeks > 100.0), 0.0);
+            let unit = || dates(Unit::child(case, child));
+            c.add(MetricId::S1Children, &k, 1.0, 0.0, unit);
+            c.add(MetricId::S2ChildrenOver52, &k, flag(weeks > 52.0), 0.0, unit);
+            c.add(MetricId::S2ChildrenOver100, &k, flag(weeks > 100.0), 0.0, unit);
         }
     }
     Ok(())

@@ -2,7 +2,8 @@
 //! in the period of the event that stops its clock.
 
 use super::{
-    Caseloads, Collector, Counting, Kind, MetricId, MetricsError, Spec, flag, is_s8, is_s31, seen_dates, within_limit,
+    Caseloads, Collector, Counting, Kind, MetricId, MetricsError, Spec, Unit, flag, is_s8, is_s31, seen_dates,
+    within_limit,
 };
 use crate::facts::{CaseFacts, ReportFacts};
 use caselog_domain::event::{LawType, ReportType};
@@ -126,6 +127,7 @@ pub(super) fn count<'a>(
                 (query, case),
                 (closed - case.issued_on).num_days() as f64,
                 1.0,
+                |u| u.date("issued", case.issued_on).date("closed", closed),
             );
             c.add_case(
                 MetricId::T2,
@@ -133,6 +135,7 @@ pub(super) fn count<'a>(
                 (query, case),
                 flag(within_limit(case, closed, settings)),
                 1.0,
+                |u| u.date("issued", case.issued_on).date("closed", closed),
             );
         }
         if case.law_type == LawType::Private && case.has_application(is_s8) {
@@ -142,6 +145,7 @@ pub(super) fn count<'a>(
                 (query, case),
                 flag(within_limit(case, closed, settings)),
                 1.0,
+                |u| u.date("issued", case.issued_on).date("closed", closed),
             );
         }
     }
@@ -154,7 +158,12 @@ pub(super) fn count<'a>(
             let seen_in_time = seen_dates(child, settings).any(|d| d <= deadline && d <= period.last);
             if deadline <= period.last || seen_in_time {
                 let k = c.child_keys(case_keys, (query, case), child, first_lead);
-                c.add(MetricId::T4, &k, flag(seen_in_time), 1.0);
+                c.add(MetricId::T4, &k, flag(seen_in_time), 1.0, || {
+                    Unit::child(case, child)
+                        .date("first_lead_allocation", first_lead)
+                        .date("deadline", deadline)
+                        .date_if("first_seen", seen_dates(child, settings).min())
+                });
             }
         }
     }
@@ -163,8 +172,9 @@ pub(super) fn count<'a>(
         && (c.wants(MetricId::T5) || c.wants(MetricId::T5MeanWorkingDays))
     {
         let days = calendar.working_days_between(case.received(), first_lead)?;
-        c.add_case(MetricId::T5, case_keys, (query, case), flag(days <= 2), 1.0);
-        c.add_case(MetricId::T5MeanWorkingDays, case_keys, (query, case), days as f64, 1.0);
+        let dates = |u: Unit| u.date("received", case.received()).date("first_lead_allocation", first_lead);
+        c.add_case(MetricId::T5, case_keys, (query, case), flag(days <= 2), 1.0, dates);
+        c.add_case(MetricId::T5MeanWorkingDays, case_keys, (query, case), days as f64, 1.0, dates);
     }
     for report in &case.reports {
         let Some(filed) = report.filed_on.filter(|d| period.contains(*d)) else {
@@ -181,6 +191,7 @@ pub(super) fn count<'a>(
                 &k,
                 calendar.working_days_between(start, filed)? as f64,
                 1.0,
+                || Unit::report(case, report).date("start", start).date("filed", filed),
             );
         }
         if report.report_type == ReportType::Section7 {
@@ -189,10 +200,17 @@ pub(super) fn count<'a>(
                 &k,
                 flag(report.extensions.iter().any(|d| *d <= filed)),
                 1.0,
+                || {
+                    Unit::report(case, report)
+                        .date_if("first_extension", report.extensions.iter().min().copied())
+                        .date("filed", filed)
+                },
             );
         }
         if let Some((_, due)) = report.due_dates.iter().rev().find(|(agreed, _)| *agreed <= filed) {
-            c.add(MetricId::T8, &k, flag(filed > *due), 1.0);
+            c.add(MetricId::T8, &k, flag(filed > *due), 1.0, || {
+                Unit::report(case, report).date("due", *due).date("filed", filed)
+            });
         }
     }
     Ok(())

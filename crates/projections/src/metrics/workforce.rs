@@ -2,7 +2,7 @@
 //! cases per practitioner; the figures (a mean and two shares over practitioners) exist only
 //! once every case has been counted, in `finish`.
 
-use super::{Caseloads, Collector, Counting, Kind, MetricId, MetricsError, Spec};
+use super::{Caseloads, Collector, Counting, Kind, MetricId, MetricsError, Spec, Unit, flag};
 
 pub(super) const W1_MEAN: Spec = Spec {
     id: "W1.mean",
@@ -58,13 +58,34 @@ pub(super) fn count<'a>(
 
 /// Turns each group's caseloads into W1's figures.
 pub(super) fn finish(c: &mut Collector<'_>, caseloads: &Caseloads<'_>) {
+    // A group's figures are added at once; a drill-down lists its practitioners instead.
+    let mut traced = c.traced.take();
     for (group, loads) in caseloads {
         let practitioners = loads.len() as f64;
         let total: u32 = loads.values().sum();
         let at_least = |n: u32| loads.values().filter(|l| **l >= n).count() as f64;
         let group = std::slice::from_ref(group);
-        c.add(MetricId::W1Mean, group, f64::from(total), practitioners);
-        c.add(MetricId::W1Share20Plus, group, at_least(20), practitioners);
-        c.add(MetricId::W1Share25Plus, group, at_least(25), practitioners);
+        let whole_group = || Unit::practitioner("");
+        c.add(MetricId::W1Mean, group, f64::from(total), practitioners, whole_group);
+        c.add(MetricId::W1Share20Plus, group, at_least(20), practitioners, whole_group);
+        c.add(MetricId::W1Share25Plus, group, at_least(25), practitioners, whole_group);
+        if let Some((metric, units)) = &mut traced {
+            let figure = |load: u32| match metric {
+                MetricId::W1Mean => Some(f64::from(load)),
+                MetricId::W1Share20Plus => Some(flag(load >= 20)),
+                MetricId::W1Share25Plus => Some(flag(load >= 25)),
+                _ => None,
+            };
+            for (practitioner, load) in loads {
+                if let Some(numerator) = figure(*load) {
+                    units.push(Unit {
+                        numerator,
+                        denominator: 1.0,
+                        ..Unit::practitioner(practitioner)
+                    });
+                }
+            }
+        }
     }
+    c.traced = traced;
 }

@@ -15,6 +15,7 @@ mod least_privilege;
 mod metrics;
 mod operations;
 mod rebuild;
+mod report;
 mod rules;
 mod series;
 mod write_path;

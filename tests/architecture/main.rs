@@ -68,6 +68,7 @@ fn the_inner_crates_know_nothing_of_grpc() {
         "caselog-workload",
         "caselog-store",
         "caselog-app",
+        "caselog-report",
     ];
     let crates = normal_dependencies();
     for name in inner {
@@ -82,7 +83,7 @@ fn the_inner_crates_know_nothing_of_grpc() {
 fn the_domain_and_projections_do_no_io() {
     let io = ["tokio", "sqlx", "caselog-store", "tonic"];
     let crates = normal_dependencies();
-    for name in ["caselog-calendar", "caselog-domain", "caselog-projections"] {
+    for name in ["caselog-calendar", "caselog-domain", "caselog-projections", "caselog-report"] {
         for forbidden in io {
             assert!(!crates[name].contains(forbidden), "{name} depends on {forbidden}");
         }

@@ -235,6 +235,12 @@ struct ServeArgs {
     /// Also serve gRPC health in plain text here (for probes that cannot do mutual TLS).
     #[arg(long, env = "CASELOG_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
+    /// Targets the figures are measured against, as JSON: {"targets": [{"metric": "T5",
+    /// "value": 70, "near": 65, "better": "higher", "source": "..."}]} (docs/metrics.md).
+    /// Replaces the catalogue's targets; checked at start, and the server refuses to start on a
+    /// file it cannot use.
+    #[arg(long, env = "CASELOG_TARGETS")]
+    targets: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -869,6 +875,14 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_in_flight: args.append_groups_in_flight,
             ..caselog_store::GroupSettings::default()
         },
+        targets: Arc::new(match &args.targets {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                caselog_projections::targets::Targets::from_json(&text)
+                    .with_context(|| format!("the targets in {}", path.display()))?
+            }
+            None => caselog_projections::targets::Targets::catalogue(),
+        }),
         ..ServerLimits::default()
     };
     // The first signal drains; a second one, for an operator who will not wait, exits at once.

@@ -96,8 +96,14 @@ fn assert_same_figure(figure: &Value, row: Option<&pb::MetricRow>, what: &str) {
                 (Some(a), Some(b)) => (a - b).abs() <= 1e-12 * a.abs().max(1.0),
                 (a, b) => a == b,
             };
-            assert!(close(figure["numerator"].as_f64(), Some(row.numerator)), "{what}: {figure} {row:?}");
-            assert!(close(figure["denominator"].as_f64(), Some(row.denominator)), "{what}: {figure} {row:?}");
+            assert!(
+                close(figure["numerator"].as_f64(), Some(row.numerator)),
+                "{what}: {figure} {row:?}"
+            );
+            assert!(
+                close(figure["denominator"].as_f64(), Some(row.denominator)),
+                "{what}: {figure} {row:?}"
+            );
             assert!(close(figure["value"].as_f64(), row.value), "{what}: {figure} {row:?}");
             assert_eq!(figure["suppressed"].as_bool(), Some(row.suppressed), "{what}");
             assert_eq!(figure["display"].as_str(), Some(row.display.as_str()), "{what}");
@@ -155,16 +161,30 @@ async fn the_report_holds_the_figures_the_api_gives_and_suppresses_as_for_report
                 }
             )
         );
-        assert_eq!(by_area.results, reporting_by_area.results, "the breakdown is what reporting gets");
+        assert_eq!(
+            by_area.results, reporting_by_area.results,
+            "the breakdown is what reporting gets"
+        );
         let mut suppressed_cells = 0;
         for m in measures {
             let key = m["key"].as_str().unwrap();
-            let slot = metric_ids.iter().position(|id| id == m["metric_id"].as_str().unwrap()).unwrap();
+            let slot = metric_ids
+                .iter()
+                .position(|id| id == m["metric_id"].as_str().unwrap())
+                .unwrap();
             for (period, figure) in m["trend"].as_array().unwrap().iter().enumerate() {
                 let result = &series.results[period * metric_ids.len() + slot];
-                assert_same_figure(figure, row_for(result, &m["report_type"], None), &format!("{key} trend {period}"));
+                assert_same_figure(
+                    figure,
+                    row_for(result, &m["report_type"], None),
+                    &format!("{key} trend {period}"),
+                );
             }
-            assert_same_figure(&m["current"], row_for(&series.results[7 * metric_ids.len() + slot], &m["report_type"], None), key);
+            assert_same_figure(
+                &m["current"],
+                row_for(&series.results[7 * metric_ids.len() + slot], &m["report_type"], None),
+                key,
+            );
             let areas = m["by_service_area"].as_array().unwrap();
             assert_eq!(areas.len(), 18, "every service area");
             for area in areas {
@@ -198,7 +218,10 @@ async fn the_report_holds_the_figures_the_api_gives_and_suppresses_as_for_report
                 _ => assert!(m["status"].is_null(), "{key}: a status without a target or a figure"),
             }
         }
-        assert!(suppressed_cells > 0, "a year of three cases a day has small cells to suppress");
+        assert!(
+            suppressed_cells > 0,
+            "a year of three cases a day has small cells to suppress"
+        );
     }
     // The catalogue's targets ride on QueryMetrics rows too.
     let mut metrics = MetricsServiceClient::new(server.channel.clone());
@@ -360,7 +383,17 @@ async fn the_units_behind_a_figure_add_up_to_it_for_those_who_may_see_them(pool:
             );
             assert_eq!(denominator, expected_denominator, "{caller} {metric}");
             assert!(!units.is_empty(), "{metric}: an empty population proves nothing");
-            let mut ids: Vec<_> = units.iter().map(|u| (u.case_id.clone(), u.child_id.clone(), u.report_id.clone(), u.practitioner_id.clone())).collect();
+            let mut ids: Vec<_> = units
+                .iter()
+                .map(|u| {
+                    (
+                        u.case_id.clone(),
+                        u.child_id.clone(),
+                        u.report_id.clone(),
+                        u.practitioner_id.clone(),
+                    )
+                })
+                .collect();
             let sorted = ids.clone();
             ids.sort();
             ids.dedup();
@@ -493,19 +526,34 @@ async fn the_html_report_renders_offline_in_a_real_browser(pool: PgPool) {
     assert_eq!(trends.len(), 27);
     for (i, trend) in trends.iter().enumerate() {
         let chart = &trend[..trend.find("</figure>").unwrap()];
-        assert!(chart.contains("<svg") && chart.contains("<circle"), "trend chart {i} has no points");
+        assert!(
+            chart.contains("<svg") && chart.contains("<circle"),
+            "trend chart {i} has no points"
+        );
     }
     let bars = dom.matches("<figure class=\"breakdown\">").count();
     assert_eq!(bars, 27);
     assert!(!dom.contains("<script"), "the report runs no scripts");
     // Nothing left the machine, or tried to. The log also holds the browser's own background
     // requests (updates, accounts), which have no initiating page; a page's requests have one.
-    assert_eq!(page_requests(&net_log), Vec::<String>::new(), "the report made network requests");
+    assert_eq!(
+        page_requests(&net_log),
+        Vec::<String>::new(),
+        "the report made network requests"
+    );
     // The check sees a page's request when there is one.
     let canary = dir.join("canary.html");
-    std::fs::write(&canary, "<html><body><img src=\"http://example.invalid/chart.png\"></body></html>").unwrap();
+    std::fs::write(
+        &canary,
+        "<html><body><img src=\"http://example.invalid/chart.png\"></body></html>",
+    )
+    .unwrap();
     let canary_log = dir.join("canary-net-log.json");
-    run_chromium(&dir, &canary, &[&format!("--log-net-log={}", canary_log.display()), "--dump-dom"]);
+    run_chromium(
+        &dir,
+        &canary,
+        &[&format!("--log-net-log={}", canary_log.display()), "--dump-dom"],
+    );
     assert_eq!(page_requests(&canary_log), ["http://example.invalid/chart.png"]);
 
     let screenshot = dir.join("report.png");
@@ -520,6 +568,10 @@ async fn the_html_report_renders_offline_in_a_real_browser(pool: PgPool) {
     );
     assert!(shot.status.success(), "{}", String::from_utf8_lossy(&shot.stderr));
     let png = std::fs::read(&screenshot).unwrap();
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 50_000, "screenshot of {} bytes", png.len());
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 50_000,
+        "screenshot of {} bytes",
+        png.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

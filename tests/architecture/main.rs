@@ -83,7 +83,12 @@ fn the_inner_crates_know_nothing_of_grpc() {
 fn the_domain_and_projections_do_no_io() {
     let io = ["tokio", "sqlx", "caselog-store", "tonic"];
     let crates = normal_dependencies();
-    for name in ["caselog-calendar", "caselog-domain", "caselog-projections", "caselog-report"] {
+    for name in [
+        "caselog-calendar",
+        "caselog-domain",
+        "caselog-projections",
+        "caselog-report",
+    ] {
         for forbidden in io {
             assert!(!crates[name].contains(forbidden), "{name} depends on {forbidden}");
         }

@@ -342,9 +342,17 @@ pub async fn list_units(
         }
         request.page_token = page.next_page_token;
     };
-    let header: Vec<String> = ["case_id", "child_id", "report_id", "practitioner_id", "numerator", "denominator", "dates"]
-        .map(String::from)
-        .to_vec();
+    let header: Vec<String> = [
+        "case_id",
+        "child_id",
+        "report_id",
+        "practitioner_id",
+        "numerator",
+        "denominator",
+        "dates",
+    ]
+    .map(String::from)
+    .to_vec();
     let rows: Vec<Vec<String>> = units
         .iter()
         .map(|u| {
@@ -379,8 +387,11 @@ pub async fn list_units(
             let units: Vec<serde_json::Value> = units
                 .iter()
                 .map(|u| {
-                    let dates: serde_json::Map<String, serde_json::Value> =
-                        u.dates.iter().map(|d| (d.name.clone(), d.date.clone().into())).collect();
+                    let dates: serde_json::Map<String, serde_json::Value> = u
+                        .dates
+                        .iter()
+                        .map(|d| (d.name.clone(), d.date.clone().into()))
+                        .collect();
                     serde_json::json!({
                         "case_id": u.case_id, "child_id": u.child_id, "report_id": u.report_id,
                         "practitioner_id": u.practitioner_id, "numerator": u.numerator,
@@ -392,7 +403,10 @@ pub async fn list_units(
                 results: vec![figure],
                 position: request.min_position,
             };
-            serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"figure": metrics_json(&answer), "units": units}))?;
+            serde_json::to_writer_pretty(
+                &mut *out,
+                &serde_json::json!({"figure": metrics_json(&answer), "units": units}),
+            )?;
             writeln!(out)?;
         }
     }

@@ -195,7 +195,10 @@ fn timelines_and_worklists_are_for_the_same_service_area() {
         "ROLE_NOT_PERMITTED"
     );
     // The units behind a figure are child-level: the same scope, and never for reporting.
-    assert_eq!(principal("practice:A5").units_scope(None).unwrap().as_deref(), Some("A5"));
+    assert_eq!(
+        principal("practice:A5").units_scope(None).unwrap().as_deref(),
+        Some("A5")
+    );
     assert_eq!(principal("admin").units_scope(None).unwrap(), None);
     assert_eq!(
         principal("practice:A5").units_scope(Some("A3")).unwrap_err().reason(),

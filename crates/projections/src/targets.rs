@@ -133,7 +133,13 @@ impl Targets {
         let limit = "26-week limit (Children Act 1989 s32(1)(a)): every case";
         Targets {
             targets: vec![
-                target("T1", 26.0, 30.0, Better::Lower, "26-week limit; near: product convention"),
+                target(
+                    "T1",
+                    26.0,
+                    30.0,
+                    Better::Lower,
+                    "26-week limit; near: product convention",
+                ),
                 target("T2", 100.0, 90.0, Better::Higher, limit),
                 target("T3", 100.0, 90.0, Better::Higher, limit),
                 target(
@@ -260,8 +266,16 @@ mod tests {
             {"metric":"T8","value":10,"near":20,"better":"lower"},
             {"metric":"T8","report_type":"section7","value":5,"near":8,"better":"lower"}]}"#;
         let targets = Targets::from_json(text).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(targets.of(MetricId::T8, Some(ReportType::Section7)).map(|t| t.value), Some(5.0));
-        assert_eq!(targets.of(MetricId::T8, Some(ReportType::FinalAnalysis)).map(|t| t.value), Some(10.0));
+        assert_eq!(
+            targets.of(MetricId::T8, Some(ReportType::Section7)).map(|t| t.value),
+            Some(5.0)
+        );
+        assert_eq!(
+            targets
+                .of(MetricId::T8, Some(ReportType::FinalAnalysis))
+                .map(|t| t.value),
+            Some(10.0)
+        );
         assert_eq!(targets.of(MetricId::T8, None).map(|t| t.value), Some(10.0));
     }
 

@@ -79,11 +79,17 @@ impl From<&Period> for PeriodOut {
 }
 
 fn short_label(label: &str) -> String {
-    ["month ", "financial quarter ", "financial year ", "calendar quarter ", "custom range "]
-        .iter()
-        .find_map(|kind| label.strip_prefix(kind))
-        .unwrap_or(label)
-        .to_owned()
+    [
+        "month ",
+        "financial quarter ",
+        "financial year ",
+        "calendar quarter ",
+        "custom range ",
+    ]
+    .iter()
+    .find_map(|kind| label.strip_prefix(kind))
+    .unwrap_or(label)
+    .to_owned()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -157,7 +163,7 @@ pub enum ReportError {
 impl Report {
     pub fn assemble(inputs: &Inputs<'_>) -> Result<Report, ReportError> {
         let metrics = metrics_of(inputs.measures);
-        if metrics.is_empty() || inputs.window.is_empty() || inputs.window.len() % metrics.len() != 0 {
+        if metrics.is_empty() || inputs.window.is_empty() || !inputs.window.len().is_multiple_of(metrics.len()) {
             return Err(ReportError::Inputs(format!(
                 "{} results for {} metrics",
                 inputs.window.len(),
@@ -165,7 +171,10 @@ impl Report {
             )));
         }
         let periods: Vec<&[MetricResult]> = inputs.window.chunks(metrics.len()).collect();
-        let window: Vec<PeriodOut> = periods.iter().map(|results| PeriodOut::from(&results[0].period)).collect();
+        let window: Vec<PeriodOut> = periods
+            .iter()
+            .map(|results| PeriodOut::from(&results[0].period))
+            .collect();
         let last = periods.len() - 1;
         let previous = last.checked_sub(1);
         let last_year = last.checked_sub(inputs.periods_per_year.max(1));
@@ -316,13 +325,29 @@ impl Report {
         let mut env = minijinja::Environment::new();
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
         env.add_filter("signed", |x: Option<f64>| match x {
-            Some(x) if x > 0.0 => format!("+{x:.1}"),
-            Some(x) => format!("{x:.1}"),
+            // Rounded first, so that a change too small to show reads 0.0, not -0.0.
+            Some(x) => match (x * 10.0).round() / 10.0 {
+                x if x > 0.0 => format!("+{x:.1}"),
+                x if x < 0.0 => format!("{x:.1}"),
+                _ => "0.0".to_owned(),
+            },
             None => "–".to_owned(),
         });
-        env.add_filter("figure", |display: String| {
-            if display.is_empty() { "–".to_owned() } else { display }
+        // Numerators in weeks are sums of sevenths: shown to one decimal place, whole numbers
+        // as they are.
+        env.add_filter("amount", |x: f64| {
+            if x.fract() == 0.0 {
+                format!("{x:.0}")
+            } else {
+                format!("{x:.1}")
+            }
         });
+        env.add_filter(
+            "figure",
+            |display: String| {
+                if display.is_empty() { "–".to_owned() } else { display }
+            },
+        );
         env.add_template("report.html", include_str!("../templates/report.html"))?;
         let template = env.get_template("report.html")?;
         Ok(template.render(minijinja::context! {

@@ -56,7 +56,11 @@ pub const BOARD_MEASURES: [Measure; 27] = [
         ReportType::SafeguardingLetter,
         "Working weeks to file safeguarding letters",
     ),
-    of_type(MetricId::T6, ReportType::Section7, "Working weeks to file section 7 reports"),
+    of_type(
+        MetricId::T6,
+        ReportType::Section7,
+        "Working weeks to file section 7 reports",
+    ),
     of_type(
         MetricId::T6,
         ReportType::FinalAnalysis,

@@ -12,9 +12,9 @@ pub mod error;
 pub mod feed;
 pub mod metrics;
 mod report;
-mod units;
 pub mod service;
 pub mod telemetry;
+mod units;
 
 use caselog_app::projector;
 

@@ -165,7 +165,9 @@ impl MetricsService for Metrics {
         });
         let (target, result) = match principal.units_scope(Some(requested.as_str()).filter(|a| !a.is_empty())) {
             Ok(scope) => (
-                scope.as_deref().map_or_else(|| "national".to_owned(), |a| format!("service_area:{a}")),
+                scope
+                    .as_deref()
+                    .map_or_else(|| "national".to_owned(), |a| format!("service_area:{a}")),
                 self.units(request, scope).await,
             ),
             Err(denial) => (format!("service_area:{requested}"), Err(denial.into())),
@@ -180,7 +182,9 @@ impl MetricsService for Metrics {
     ) -> Result<Response<pb::RenderReportResponse>, Status> {
         let principal = caller(&request)?;
         let access = principal.metrics_access().map_err(Error::from)?;
-        Ok(Response::new(self.report(&principal, &access, request.into_inner()).await?))
+        Ok(Response::new(
+            self.report(&principal, &access, request.into_inner()).await?,
+        ))
     }
 
     async fn list_worklist(
@@ -675,22 +679,23 @@ pub(crate) fn result_out(result: caselog_projections::MetricResult, targets: &Ta
                 let target = targets.of(metric, report_type);
                 let status = target.zip(row.value).map(|(t, v)| t.status(v));
                 pb::MetricRow {
-                display: row.display(),
-                target: target.map(target_out),
-                status: status.map_or(pb::TargetStatus::Unspecified, status_out) as i32,
-                group: row
-                    .group
-                    .into_iter()
-                    .map(|(d, value)| pb::GroupValue {
-                        dimension: dimension_out(d) as i32,
-                        value,
-                    })
-                    .collect(),
-                numerator: row.numerator,
-                denominator: row.denominator,
-                value: row.value,
-                suppressed: row.suppressed,
-            }})
+                    display: row.display(),
+                    target: target.map(target_out),
+                    status: status.map_or(pb::TargetStatus::Unspecified, status_out) as i32,
+                    group: row
+                        .group
+                        .into_iter()
+                        .map(|(d, value)| pb::GroupValue {
+                            dimension: dimension_out(d) as i32,
+                            value,
+                        })
+                        .collect(),
+                    numerator: row.numerator,
+                    denominator: row.denominator,
+                    value: row.value,
+                    suppressed: row.suppressed,
+                }
+            })
             .collect(),
     }
 }

@@ -59,10 +59,7 @@ impl Metrics {
         let Some((default_periods, periods_per_year, period_option)) = window.filter(|_| violations.is_empty()) else {
             return Err(Error::invalid(violations));
         };
-        let metric_ids: Vec<String> = metrics_of(&BOARD_MEASURES)
-            .iter()
-            .map(|m| m.id().to_owned())
-            .collect();
+        let metric_ids: Vec<String> = metrics_of(&BOARD_MEASURES).iter().map(|m| m.id().to_owned()).collect();
         let national = pb::QueryMetricsRequest {
             metric_ids,
             period: request.period.clone(),
@@ -145,10 +142,7 @@ impl Metrics {
         Ok(pb::RenderReportResponse {
             content: content.into_bytes(),
             content_type: content_type.to_owned(),
-            file_name: format!(
-                "caselog-report-{}.{extension}",
-                report.period.short.replace(' ', "-")
-            ),
+            file_name: format!("caselog-report-{}.{extension}", report.period.short.replace(' ', "-")),
             position: position.get(),
         })
     }

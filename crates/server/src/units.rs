@@ -47,7 +47,9 @@ impl Metrics {
             ));
         }
         if let Some(area) = &service_area
-            && caselog_domain::reference::service_areas().iter().all(|a| &a.code != area)
+            && caselog_domain::reference::service_areas()
+                .iter()
+                .all(|a| &a.code != area)
         {
             violations.push(FieldViolation::new(
                 "service_area",

@@ -70,7 +70,9 @@ pub(super) fn count<'a>(
                     .date_if("first_lead_allocation", first_lead)
                     .date_if(
                         "first_seen",
-                        seen_dates(child, settings).filter(|d| first_lead.is_some_and(|f| f <= *d)).min(),
+                        seen_dates(child, settings)
+                            .filter(|d| first_lead.is_some_and(|f| f <= *d))
+                            .min(),
                     )
                     .date("closed", closed)
             });
@@ -124,7 +126,10 @@ pub(super) fn count<'a>(
                     1.0,
                     || {
                         Unit::child(case, child)
-                            .date_if("recommendation_shared", child.recommendations_shared().iter().min().copied())
+                            .date_if(
+                                "recommendation_shared",
+                                child.recommendations_shared().iter().min().copied(),
+                            )
                             .date("report_filed", filed)
                     },
                 );

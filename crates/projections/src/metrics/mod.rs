@@ -885,11 +885,12 @@ pub fn units_of<'a>(
         ))
     });
     for unit in &mut units {
-        unit.numerator = metric.in_unit(Acc {
-            numerator: unit.numerator,
-            denominator: unit.denominator,
-        })
-        .numerator;
+        unit.numerator = metric
+            .in_unit(Acc {
+                numerator: unit.numerator,
+                denominator: unit.denominator,
+            })
+            .numerator;
     }
     let result = results.pop().ok_or(MetricsError::NotOneFigure)?;
     Ok((units, result))

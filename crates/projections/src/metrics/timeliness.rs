@@ -172,9 +172,19 @@ pub(super) fn count<'a>(
         && (c.wants(MetricId::T5) || c.wants(MetricId::T5MeanWorkingDays))
     {
         let days = calendar.working_days_between(case.received(), first_lead)?;
-        let dates = |u: Unit| u.date("received", case.received()).date("first_lead_allocation", first_lead);
+        let dates = |u: Unit| {
+            u.date("received", case.received())
+                .date("first_lead_allocation", first_lead)
+        };
         c.add_case(MetricId::T5, case_keys, (query, case), flag(days <= 2), 1.0, dates);
-        c.add_case(MetricId::T5MeanWorkingDays, case_keys, (query, case), days as f64, 1.0, dates);
+        c.add_case(
+            MetricId::T5MeanWorkingDays,
+            case_keys,
+            (query, case),
+            days as f64,
+            1.0,
+            dates,
+        );
     }
     for report in &case.reports {
         let Some(filed) = report.filed_on.filter(|d| period.contains(*d)) else {

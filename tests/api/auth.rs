@@ -41,18 +41,6 @@ async fn get_case_as(server: &TestServer, token: &str, case_id: &str) -> Result<
         .map(|r| r.into_inner().case.unwrap())
 }
 
-async fn audit_records(server: &TestServer) -> Vec<pb::AuditRecord> {
-    AdminServiceClient::new(server.channel.clone())
-        .list_audit_records(pb::ListAuditRecordsRequest {
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .records
-}
-
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn no_credentials_is_unauthenticated_but_health_answers(pool: PgPool) {
     let pki = Pki::new();

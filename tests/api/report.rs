@@ -5,12 +5,9 @@
 //! loaded in a real headless Chromium with no network requests.
 
 use caselog_api::v1 as pb;
-use caselog_api::v1::admin_service_client::AdminServiceClient;
 use caselog_api::v1::metrics_service_client::MetricsServiceClient;
-use caselog_cli::generate::{GenerateOptions, LineOrder, load};
 use caselog_store::EventLog;
 use caselog_tests::*;
-use caselog_workload::WorkloadSettings;
 use chrono::NaiveDate;
 use pb::period_spec::Kind;
 use serde_json::Value;
@@ -19,20 +16,7 @@ use tonic::Code;
 
 /// Two years of national-shaped history ending 30 September 2025, and the position it ends at.
 async fn load_two_years(pool: &PgPool) -> u64 {
-    let last_day = NaiveDate::from_ymd_opt(2025, 9, 30).unwrap();
-    let options = GenerateOptions {
-        workload: WorkloadSettings {
-            seed: 23,
-            first_day: last_day - chrono::Days::new(730),
-            last_day,
-            cases_per_working_day: 3.0,
-        },
-        resend_rate: 0.0,
-        order: LineOrder::Case,
-    };
-    let log = EventLog::new(pool.clone());
-    load(&options, &log, "test-loader").await.unwrap();
-    log.horizon().await.unwrap().safe.get()
+    load_history(pool, 23, NaiveDate::from_ymd_opt(2025, 9, 30).unwrap(), 730).await
 }
 
 fn quarter(label: &str) -> Option<pb::PeriodSpec> {
@@ -418,15 +402,7 @@ async fn the_units_behind_a_figure_add_up_to_it_for_those_who_may_see_them(pool:
     assert_eq!(several.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&several), ["metric_id"]);
     // Every listing, allowed or refused, is in the audit trail.
-    let records = AdminServiceClient::new(server.channel.clone())
-        .list_audit_records(pb::ListAuditRecordsRequest {
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let records = audit_records(&server).await;
     let listings: Vec<&pb::AuditRecord> = records
         .iter()
         .filter(|r| r.action == "caselog.v1.MetricsService/ListMetricUnits")

@@ -3,10 +3,8 @@
 
 use caselog_api::v1 as pb;
 use caselog_api::v1::metrics_service_client::MetricsServiceClient;
-use caselog_cli::generate::{GenerateOptions, LineOrder, load};
-use caselog_store::EventLog;
 use caselog_tests::*;
-use caselog_workload::{Rng, WorkloadSettings};
+use caselog_workload::Rng;
 use chrono::NaiveDate;
 use pb::period_spec::Kind;
 use sqlx::PgPool;
@@ -14,20 +12,7 @@ use tonic::Code;
 
 /// Two years of national-shaped history ending 30 September 2025, and the position it ends at.
 async fn load_two_years(pool: &PgPool, seed: u64) -> u64 {
-    let last_day = NaiveDate::from_ymd_opt(2025, 9, 30).unwrap();
-    let options = GenerateOptions {
-        workload: WorkloadSettings {
-            seed,
-            first_day: last_day - chrono::Days::new(730),
-            last_day,
-            cases_per_working_day: 3.0,
-        },
-        resend_rate: 0.0,
-        order: LineOrder::Case,
-    };
-    let log = EventLog::new(pool.clone());
-    load(&options, &log, "test-loader").await.unwrap();
-    log.horizon().await.unwrap().safe.get()
+    load_history(pool, seed, NaiveDate::from_ymd_opt(2025, 9, 30).unwrap(), 730).await
 }
 
 fn request(kind: Kind, periods: u32, min_position: u64, suppress: bool) -> pb::QueryMetricsRequest {

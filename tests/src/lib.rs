@@ -333,3 +333,35 @@ pub fn every_metric_by_law_type(year: i32) -> caselog_projections::MetricsQuery 
         settings: Default::default(),
     }
 }
+
+/// National-shaped history from the generator (three cases a working day) ending on
+/// `last_day` and `days` long, loaded straight into the log; the position it ends at.
+pub async fn load_history(pool: &PgPool, seed: u64, last_day: chrono::NaiveDate, days: u64) -> u64 {
+    use caselog_cli::generate::{GenerateOptions, LineOrder, load};
+    let options = GenerateOptions {
+        workload: caselog_workload::WorkloadSettings {
+            seed,
+            first_day: last_day - chrono::Days::new(days),
+            last_day,
+            cases_per_working_day: 3.0,
+        },
+        resend_rate: 0.0,
+        order: LineOrder::Case,
+    };
+    let log = EventLog::new(pool.clone());
+    load(&options, &log, "test-loader").await.unwrap();
+    log.horizon().await.unwrap().safe.get()
+}
+
+/// The audit trail as an administrator reads it (the first 1,000 records).
+pub async fn audit_records(server: &TestServer) -> Vec<pb::AuditRecord> {
+    caselog_api::v1::admin_service_client::AdminServiceClient::new(server.channel.clone())
+        .list_audit_records(pb::ListAuditRecordsRequest {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records
+}

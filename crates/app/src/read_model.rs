@@ -325,9 +325,7 @@ impl ReadModel {
         let calendar = WorkingCalendar::england_and_wales();
         match as_of {
             Some(at) => {
-                let _fold = self.as_of_folds.try_acquire().map_err(|_| Error::Busy {
-                    what: "an as_of query is already being answered by this server".into(),
-                })?;
+                let _fold = self.as_of_permit()?;
                 let mut results = Vec::new();
                 for query in queries {
                     results.extend(self.answer_as_of(query, at, calendar).await?);
@@ -363,9 +361,7 @@ impl ReadModel {
         let calendar = WorkingCalendar::england_and_wales();
         match as_of {
             Some(at) => {
-                let _fold = self.as_of_folds.try_acquire().map_err(|_| Error::Busy {
-                    what: "an as_of query is already being answered by this server".into(),
-                })?;
+                let _fold = self.as_of_permit()?;
                 let (units, figure) = self
                     .over_cases_as_of(query, at, move |query, cases| {
                         units_of(query, cases.iter().copied(), calendar)
@@ -380,6 +376,13 @@ impl ReadModel {
                 Ok((position, units, figure))
             }
         }
+    }
+
+    /// The one as_of fold this process runs at a time (each can hold much of the log's cases).
+    fn as_of_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+        self.as_of_folds.try_acquire().map_err(|_| Error::Busy {
+            what: "an as_of query is already being answered by this server".into(),
+        })
     }
 
     /// A worklist of `service_area` as at `as_at`, once the projection has applied

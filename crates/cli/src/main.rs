@@ -411,6 +411,38 @@ struct CaseArgs {
     client: ClientArgs,
 }
 
+/// How figures are counted, shared by `metrics`, `report` and `units`.
+#[derive(Args, Debug)]
+struct CountingArgs {
+    /// Answer from the log as it was recorded at this instant (RFC 3339): a figure, report or
+    /// listing as it could have been produced then.
+    #[arg(long)]
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
+    /// The 26-week limit's last day is issue + this many days: 181 or 182.
+    #[arg(long)]
+    twenty_six_week_limit_days: Option<u32>,
+    /// Count virtual visits as seen for T4 and E1.
+    #[arg(long)]
+    count_virtual_visits: bool,
+    /// Wait (up to 5 s) until the figures include this position, e.g. the last position an
+    /// import printed.
+    #[arg(long, default_value_t = 0)]
+    min_position: u64,
+}
+
+impl CountingArgs {
+    fn as_of(&self) -> Option<prost_types::Timestamp> {
+        self.as_of.map(|t| prost_types::Timestamp {
+            seconds: t.timestamp(),
+            nanos: t.timestamp_subsec_nanos() as i32,
+        })
+    }
+
+    fn twenty_six_week_limit_days(&self) -> u32 {
+        self.twenty_six_week_limit_days.unwrap_or(0)
+    }
+}
+
 /// A month, quarter or financial year.
 #[derive(Args, Debug)]
 struct PeriodArgs {
@@ -447,13 +479,6 @@ impl PeriodArgs {
     }
 }
 
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
 #[derive(Args, Debug)]
 #[command(group = clap::ArgGroup::new("period").required(true).args(["month", "financial_quarter", "financial_year", "calendar_quarter"]))]
 struct ReportArgs {
@@ -471,18 +496,8 @@ struct ReportArgs {
     /// suggests, e.g. caselog-report-2024-25-Q3.html, in the current directory.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// The report as it could have been produced at this instant (RFC 3339).
-    #[arg(long)]
-    as_of: Option<chrono::DateTime<chrono::Utc>>,
-    /// Wait (up to 5 s) until the figures include this position.
-    #[arg(long, default_value_t = 0)]
-    min_position: u64,
-    /// The 26-week limit's last day is issue + this many days: 181 or 182.
-    #[arg(long)]
-    twenty_six_week_limit_days: Option<u32>,
-    /// Count virtual visits as seen for T4 and E1.
-    #[arg(long)]
-    count_virtual_visits: bool,
+    #[command(flatten)]
+    counting: CountingArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -512,15 +527,8 @@ struct UnitsArgs {
     /// The day stock figures are counted on (default: the period's last day).
     #[arg(long)]
     snapshot_date: Option<String>,
-    /// The units as they stood at this instant (RFC 3339).
-    #[arg(long)]
-    as_of: Option<chrono::DateTime<chrono::Utc>>,
-    #[arg(long, default_value_t = 0)]
-    min_position: u64,
-    #[arg(long)]
-    twenty_six_week_limit_days: Option<u32>,
-    #[arg(long)]
-    count_virtual_visits: bool,
+    #[command(flatten)]
+    counting: CountingArgs,
     #[arg(long, value_enum, default_value = "table")]
     format: caselog_cli::show::MetricsFormat,
 }
@@ -555,22 +563,12 @@ struct MetricsArgs {
     /// Keep only rows where dimension=value[,value...] (repeatable), e.g. law_type=public.
     #[arg(long)]
     filter: Vec<String>,
-    /// Answer from the log as it was recorded at this instant (RFC 3339).
-    #[arg(long)]
-    as_of: Option<chrono::DateTime<chrono::Utc>>,
+
     /// Hide counts of 1-4 below national level (reporting and practice clients always get this).
     #[arg(long)]
     suppress_small_numbers: bool,
-    /// The 26-week limit's last day is issue + this many days: 181 or 182.
-    #[arg(long)]
-    twenty_six_week_limit_days: Option<u32>,
-    /// Count virtual visits as seen for T4 and E1.
-    #[arg(long)]
-    count_virtual_visits: bool,
-    /// Wait (up to 5 s) until the metrics include this position, e.g. the last position an
-    /// import printed.
-    #[arg(long, default_value_t = 0)]
-    min_position: u64,
+    #[command(flatten)]
+    counting: CountingArgs,
     #[arg(long, value_enum, default_value = "table")]
     format: caselog_cli::show::MetricsFormat,
 }
@@ -601,11 +599,11 @@ impl MetricsArgs {
             snapshot_date: self.snapshot_date.clone().unwrap_or_default(),
             group_by,
             filters,
-            as_of: self.as_of.map(timestamp),
-            min_position: self.min_position,
+            as_of: self.counting.as_of(),
+            min_position: self.counting.min_position,
             suppress_small_numbers: self.suppress_small_numbers,
-            twenty_six_week_limit_days: self.twenty_six_week_limit_days.unwrap_or(0),
-            count_virtual_visits: self.count_virtual_visits,
+            twenty_six_week_limit_days: self.counting.twenty_six_week_limit_days(),
+            count_virtual_visits: self.counting.count_virtual_visits,
             periods: self.periods,
         })
     }
@@ -716,10 +714,10 @@ async fn report_command(args: ReportArgs) -> anyhow::Result<ExitCode> {
             ReportFormat::Csv => pb::ReportFormat::Csv,
             ReportFormat::Json => pb::ReportFormat::Json,
         } as i32,
-        as_of: args.as_of.map(timestamp),
-        min_position: args.min_position,
-        twenty_six_week_limit_days: args.twenty_six_week_limit_days.unwrap_or(0),
-        count_virtual_visits: args.count_virtual_visits,
+        as_of: args.counting.as_of(),
+        min_position: args.counting.min_position,
+        twenty_six_week_limit_days: args.counting.twenty_six_week_limit_days(),
+        count_virtual_visits: args.counting.count_virtual_visits,
     };
     let channel = args.client.connect().await?;
     let report = caselog_cli::show::render_report(channel, args.client.token.as_deref(), request).await?;
@@ -754,10 +752,10 @@ async fn units_command(args: UnitsArgs) -> anyhow::Result<ExitCode> {
         snapshot_date: args.snapshot_date.clone().unwrap_or_default(),
         service_area: args.service_area.clone().unwrap_or_default(),
         filters,
-        as_of: args.as_of.map(timestamp),
-        min_position: args.min_position,
-        twenty_six_week_limit_days: args.twenty_six_week_limit_days.unwrap_or(0),
-        count_virtual_visits: args.count_virtual_visits,
+        as_of: args.counting.as_of(),
+        min_position: args.counting.min_position,
+        twenty_six_week_limit_days: args.counting.twenty_six_week_limit_days(),
+        count_virtual_visits: args.counting.count_virtual_visits,
         page_size: 1000,
         page_token: String::new(),
     };

@@ -162,6 +162,15 @@ pub enum MetricsFormat {
     Json,
 }
 
+/// A metrics client carrying `token`, accepting answers as large as a national report.
+fn metrics_client(
+    channel: Channel,
+    token: Option<&str>,
+) -> anyhow::Result<MetricsServiceClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>> {
+    let bearer = BearerToken::new(token).context("the token is not a valid header value")?;
+    Ok(MetricsServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(64 * 1024 * 1024))
+}
+
 /// Asks the service and writes the answer.
 pub async fn query_metrics(
     channel: Channel,
@@ -170,9 +179,7 @@ pub async fn query_metrics(
     format: MetricsFormat,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let bearer = BearerToken::new(token).context("the token is not a valid header value")?;
-    let mut client =
-        MetricsServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(64 * 1024 * 1024);
+    let mut client = metrics_client(channel, token)?;
     let answer = client
         .query_metrics(request)
         .await
@@ -306,9 +313,7 @@ pub async fn render_report(
     token: Option<&str>,
     request: pb::RenderReportRequest,
 ) -> anyhow::Result<pb::RenderReportResponse> {
-    let bearer = BearerToken::new(token).context("the token is not a valid header value")?;
-    let mut client =
-        MetricsServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(64 * 1024 * 1024);
+    let mut client = metrics_client(channel, token)?;
     Ok(client
         .render_report(request)
         .await
@@ -325,9 +330,7 @@ pub async fn list_units(
     format: MetricsFormat,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let bearer = BearerToken::new(token).context("the token is not a valid header value")?;
-    let mut client =
-        MetricsServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(64 * 1024 * 1024);
+    let mut client = metrics_client(channel, token)?;
     let mut units = Vec::new();
     let figure = loop {
         let page = client

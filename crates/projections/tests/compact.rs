@@ -5,27 +5,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use caselog_calendar::WorkingCalendar;
-use caselog_domain::{CaseHistory, HistoryEvent};
 use caselog_projections::metrics::Settings;
-use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, SharedCodes, compute, facts_of};
-use caselog_workload::{WorkloadSettings, generate};
+use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, SharedCodes, compute};
 use chrono::{Datelike, NaiveDate};
 use proptest::prelude::*;
 
 fn folded(seed: u64, first_day: NaiveDate, days: u64) -> Vec<CaseFacts> {
-    let settings = WorkloadSettings {
-        seed,
-        first_day,
-        last_day: first_day + chrono::Days::new(days),
-        cases_per_working_day: 3.0,
-    };
-    let mut facts = Vec::new();
-    generate(&settings, WorkingCalendar::england_and_wales(), |case| {
-        let history = CaseHistory::new(case.iter().map(|e| HistoryEvent::from(&e.event)).collect());
-        facts.extend(facts_of(&case[0].case_id, &history));
-    });
-    facts
+    common::folded_workload(seed, first_day, first_day + chrono::Days::new(days), 3.0)
 }
 
 /// What the read model does with each stored row.

@@ -3,27 +3,21 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use caselog_calendar::WorkingCalendar;
-use caselog_domain::{CaseHistory, HistoryEvent};
 use caselog_projections::metrics::Settings;
 use caselog_projections::metrics::compute_parallel;
-use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, compute, facts_of};
-use caselog_workload::{WorkloadSettings, generate};
+use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, compute};
 use chrono::NaiveDate;
 
 fn national_history() -> Vec<CaseFacts> {
-    let settings = WorkloadSettings {
-        seed: 9,
-        first_day: NaiveDate::from_ymd_opt(2021, 1, 4).unwrap(),
-        last_day: NaiveDate::from_ymd_opt(2025, 6, 30).unwrap(),
-        cases_per_working_day: 6.0,
-    };
-    let mut facts = Vec::new();
-    generate(&settings, WorkingCalendar::england_and_wales(), |case| {
-        let history = CaseHistory::new(case.iter().map(|e| HistoryEvent::from(&e.event)).collect());
-        facts.extend(facts_of(&case[0].case_id, &history));
-    });
-    facts
+    common::folded_workload(
+        9,
+        NaiveDate::from_ymd_opt(2021, 1, 4).unwrap(),
+        NaiveDate::from_ymd_opt(2025, 6, 30).unwrap(),
+        6.0,
+    )
 }
 
 #[test]

@@ -4,28 +4,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use caselog_calendar::WorkingCalendar;
-use caselog_domain::{CaseHistory, HistoryEvent};
 use caselog_projections::metrics::Settings;
-use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, compute, facts_of, units_of};
-use caselog_workload::{WorkloadSettings, generate};
+use caselog_projections::{CaseFacts, Dimension, MetricId, MetricsQuery, Period, compute, units_of};
 use chrono::NaiveDate;
 use proptest::prelude::*;
 
 fn folded(seed: u64, days: u64) -> Vec<CaseFacts> {
     let first_day = NaiveDate::from_ymd_opt(2023, 1, 2).unwrap();
-    let settings = WorkloadSettings {
-        seed,
-        first_day,
-        last_day: first_day + chrono::Days::new(days),
-        cases_per_working_day: 4.0,
-    };
-    let mut facts = Vec::new();
-    generate(&settings, WorkingCalendar::england_and_wales(), |case| {
-        let history = CaseHistory::new(case.iter().map(|e| HistoryEvent::from(&e.event)).collect());
-        facts.extend(facts_of(&case[0].case_id, &history));
-    });
-    facts
+    common::folded_workload(seed, first_day, first_day + chrono::Days::new(days), 4.0)
 }
 
 fn query(metric: MetricId, period: Period, filters: Vec<(Dimension, Vec<String>)>) -> MetricsQuery {

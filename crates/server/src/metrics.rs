@@ -159,7 +159,7 @@ impl MetricsService for Metrics {
         let requested = request.service_area.clone();
         let detail = json!({
             "metric_id": request.metric_id,
-            "period": request.period.as_ref().and_then(|p| p.kind.as_ref()).map(|k| format!("{k:?}")),
+            "period": period_of(request.period.as_ref()).map(|p| p.label),
             "as_of": request.as_of.as_ref().map(|t| t.seconds),
             "page_token": request.page_token,
         });

@@ -13,6 +13,7 @@ mod idempotency;
 mod import;
 mod least_privilege;
 mod metrics;
+mod observability;
 mod operations;
 mod rebuild;
 mod report;

@@ -54,6 +54,7 @@ impl TestServer {
             authenticator: security::authenticator(false, 64),
             tls: None,
             plaintext_health: None,
+            scrape: None,
         };
         let (addr, shutdown, handle) = TestServer::spawn(log, limits, security).await;
         let anonymous = connect(addr).await;
@@ -68,6 +69,37 @@ impl TestServer {
             shutdown: Some(shutdown),
             handle: Some(handle),
         }
+    }
+
+    /// A plain server whose process-wide meter provider is scraped, serving gRPC health and
+    /// `GET /metrics` in plain text on the returned address.
+    pub async fn start_scraped(pool: PgPool) -> (TestServer, SocketAddr) {
+        static SCRAPE: std::sync::OnceLock<caselog_server::prometheus::Scrape> = std::sync::OnceLock::new();
+        let scrape = SCRAPE
+            .get_or_init(|| {
+                let scrape = caselog_server::prometheus::Scrape::default();
+                let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+                    .with_reader(scrape.clone())
+                    .build();
+                opentelemetry::global::set_meter_provider(provider);
+                scrape
+            })
+            .clone();
+        let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = health.local_addr().unwrap();
+        let security = Security {
+            authenticator: security::authenticator(false, 64),
+            tls: None,
+            plaintext_health: Some(health),
+            scrape: Some(scrape),
+        };
+        let limits = ServerLimits {
+            health_interval: Duration::from_millis(200),
+            ..ServerLimits::default()
+        };
+        let (addr, shutdown, handle) = TestServer::spawn(EventLog::new(pool), limits, security).await;
+        let anonymous = connect(addr).await;
+        (TestServer::new(addr, anonymous, shutdown, handle), metrics_addr)
     }
 
     /// A server on TLS with client certificates from `pki`; `channel` is a TLS channel without a
@@ -87,6 +119,7 @@ impl TestServer {
             authenticator: security::authenticator(true, max_concurrent_per_client),
             tls: Some(pki.server_tls()),
             plaintext_health: health,
+            scrape: None,
         };
         let (addr, shutdown, handle) = TestServer::spawn(EventLog::new(pool), ServerLimits::default(), security).await;
         let mut anonymous = None;
@@ -364,4 +397,37 @@ pub async fn audit_records(server: &TestServer) -> Vec<pb::AuditRecord> {
         .unwrap()
         .into_inner()
         .records
+}
+
+/// A plain HTTP/1.1 GET on loopback: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("the HTTP response ends within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    // Bodies may come chunked: keep the chunks' contents.
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if size == 0 || after.len() < size {
+                break;
+            }
+            out.push_str(&after[..size]);
+            rest = after[size..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    (status, body)
 }

@@ -331,6 +331,7 @@ async fn delivery_latency(pool: &PgPool, load: Load, duration: Duration) -> anyh
         authenticator: bench_authenticator()?,
         tls: None,
         plaintext_health: None,
+        scrape: None,
     };
     let server = tokio::spawn(caselog_server::run(
         listener,

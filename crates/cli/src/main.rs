@@ -232,7 +232,9 @@ struct ServeArgs {
     /// Allow --dev-tokens. Never in production: static tokens do not expire.
     #[arg(long, env = "CASELOG_ALLOW_DEV_TOKENS", default_value_t = false)]
     allow_dev_tokens: bool,
-    /// Also serve gRPC health in plain text here (for probes that cannot do mutual TLS).
+    /// Also serve gRPC health in plain text here (for probes that cannot do mutual TLS), and
+    /// the process's metrics for Prometheus at `GET /metrics` (HTTP/1.1, no credentials: bind it
+    /// where only probes and monitoring reach).
     #[arg(long, env = "CASELOG_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
     /// Targets the figures are measured against, as JSON: {"targets": [{"metric": "T5",
@@ -285,6 +287,7 @@ impl ServeArgs {
             authenticator: Arc::new(authenticator),
             tls,
             plaintext_health: None,
+            scrape: None,
         })
     }
 }
@@ -771,14 +774,14 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS crypto provider for the process, chosen before any TLS configuration is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let _telemetry = match telemetry::init(cli.log_format == LogFormat::Json, cli.default_log_level()) {
+    let telemetry = match telemetry::init(cli.log_format == LogFormat::Json, cli.default_log_level()) {
         Ok(telemetry) => telemetry,
         Err(err) => {
             eprintln!("caselog: cannot set up telemetry: {err:#}");
             return ExitCode::FAILURE;
         }
     };
-    match run(cli.command).await {
+    match run(cli.command, telemetry.scrape()).await {
         Ok(code) => code,
         Err(err) => {
             eprintln!("caselog: {err:#}");
@@ -787,9 +790,9 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<ExitCode> {
+async fn run(command: Command, scrape: caselog_server::prometheus::Scrape) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => serve_command(args).await,
+        Command::Serve(args) => serve_command(args, scrape).await,
         Command::Migrate(args) => migrate_command(args).await,
         Command::Rebuild(args) => rebuild_command(args).await,
         #[cfg(feature = "generator")]
@@ -831,7 +834,7 @@ async fn migrate_command(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
+async fn serve_command(args: ServeArgs, scrape: caselog_server::prometheus::Scrape) -> anyhow::Result<ExitCode> {
     let settings = ConnectSettings {
         max_connections: args.db_max_connections,
         ..ConnectSettings::default()
@@ -859,6 +862,7 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("binding {address}"))?;
         security.plaintext_health = Some(health);
+        security.scrape = Some(scrape);
     }
     let limits = ServerLimits {
         request_timeout: Duration::from_secs(args.request_timeout_secs),

@@ -11,7 +11,9 @@ pub mod deadline;
 pub mod error;
 pub mod feed;
 pub mod metrics;
+pub mod prometheus;
 mod report;
+mod rpc_metrics;
 pub mod service;
 pub mod telemetry;
 mod units;
@@ -51,6 +53,9 @@ const DATABASE_BACKED: [&str; 5] = [
     "caselog.v1.MetricsService",
     "caselog.v1.AdminService",
 ];
+
+/// The Prometheus text exposition format's content type.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// How long a shutdown waits for calls and streams before closing their connections.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -110,6 +115,8 @@ pub struct Security {
     /// Serves gRPC health alone, in plain text and without credentials, for probes that cannot
     /// do mutual TLS.
     pub plaintext_health: Option<TcpListener>,
+    /// Served as `GET /metrics` (Prometheus text format) on the plain-text health listener.
+    pub scrape: Option<prometheus::Scrape>,
 }
 
 /// Serves gRPC on `listener` until `shutdown` completes, then drains in-flight requests.
@@ -185,16 +192,26 @@ pub async fn run(
         shutdown.await;
         let _ = draining_tx.send(true);
     };
+    let scrape = security.scrape;
     let health_only_task = security.plaintext_health.map(|listener| {
         let mut draining = draining_rx.clone();
-        let health = health_service.clone();
+        let mut routes = tonic::service::Routes::new(health_service.clone());
+        if let Some(scrape) = scrape {
+            let metrics = axum::routing::get(move || {
+                let text = scrape.render();
+                async move { ([(http::header::CONTENT_TYPE, PROMETHEUS_TEXT)], text) }
+            });
+            routes = routes.into_axum_router().route("/metrics", metrics).into();
+        }
         tokio::spawn(async move {
-            info!(address = ?listener.local_addr().ok(), "serving plain-text gRPC health");
+            info!(address = ?listener.local_addr().ok(), "serving plain-text gRPC health and GET /metrics");
             let stopped = async move {
                 let _ = draining.wait_for(|d| *d).await;
             };
+            // HTTP/1.1 as well, for Prometheus; gRPC health stays HTTP/2.
             if let Err(err) = Server::builder()
-                .add_service(health)
+                .accept_http1(true)
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
                 .await
             {
@@ -223,6 +240,7 @@ pub async fn run(
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path(), caller = tracing::field::Empty))
+        .layer(rpc_metrics::RpcMetricsLayer::default())
         .layer(deadline::DeadlineLayer::new(limits.request_timeout))
         .layer(AuthLayer::new(security.authenticator))
         .add_service(health_service)

@@ -1,8 +1,10 @@
 //! Logs, traces and metrics. Logs go to stderr (text, or JSON with `--log-format json`; level from
-//! `RUST_LOG`, else the caller's default: `info` for the service, `warn` for a command-line tool). When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans (one per RPC and
-//! per store call) and metrics are also exported over OTLP/gRPC; the standard `OTEL_*` variables
-//! configure the exporter.
+//! `RUST_LOG`, else the caller's default: `info` for the service, `warn` for a command-line tool).
+//! Metrics can always be scraped (`crate::prometheus`, served on the plain-text health port).
+//! When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans (one per RPC and per store call) and metrics
+//! are also exported over OTLP/gRPC; the standard `OTEL_*` variables configure the exporter.
 
+use crate::prometheus::Scrape;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
@@ -16,6 +18,14 @@ use tracing_subscriber::{EnvFilter, Layer};
 pub struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
     meter_provider: Option<SdkMeterProvider>,
+    scrape: Scrape,
+}
+
+impl Telemetry {
+    /// The process's metrics, for a Prometheus scrape.
+    pub fn scrape(&self) -> Scrape {
+        self.scrape.clone()
+    }
 }
 
 impl Drop for Telemetry {
@@ -45,26 +55,27 @@ pub fn init(json: bool, default_level: &str) -> anyhow::Result<Telemetry> {
         fmt.boxed()
     };
     let mut telemetry = Telemetry::default();
+    let resource = Resource::builder().with_service_name("caselog").build();
+    let mut meters = SdkMeterProvider::builder()
+        .with_reader(telemetry.scrape.clone())
+        .with_resource(resource.clone());
     let otel = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let resource = Resource::builder().with_service_name("caselog").build();
         let spans = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
         let tracer_provider = SdkTracerProvider::builder()
             .with_batch_exporter(spans)
-            .with_resource(resource.clone())
-            .build();
-        let metrics = opentelemetry_otlp::MetricExporter::builder().with_tonic().build()?;
-        let meter_provider = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(metrics).build())
             .with_resource(resource)
             .build();
-        opentelemetry::global::set_meter_provider(meter_provider.clone());
+        let metrics = opentelemetry_otlp::MetricExporter::builder().with_tonic().build()?;
+        meters = meters.with_reader(PeriodicReader::builder(metrics).build());
         let layer = tracing_opentelemetry::layer().with_tracer(tracer_provider.tracer("caselog"));
         telemetry.tracer_provider = Some(tracer_provider);
-        telemetry.meter_provider = Some(meter_provider);
         Some(layer)
     } else {
         None
     };
+    let meter_provider = meters.build();
+    opentelemetry::global::set_meter_provider(meter_provider.clone());
+    telemetry.meter_provider = Some(meter_provider);
     tracing_subscriber::registry().with(filter).with(fmt).with(otel).init();
     Ok(telemetry)
 }

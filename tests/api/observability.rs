@@ -1,0 +1,204 @@
+//! Metrics for operators: `GET /metrics` on the plain-text health port in the Prometheus text
+//! format, with rate, errors and duration per RPC (OpenTelemetry RPC conventions) and the
+//! service's own gauges and counters; and a real Prometheus (Debian's package) scraping it.
+
+use caselog_api::v1 as pb;
+use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
+use caselog_tests::*;
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+/// A little traffic: two appends, a refused one, an unauthenticated call and an unknown method.
+async fn small_load(server: &TestServer) {
+    let mut client = server.client();
+    client
+        .append_events(append("LS25C00001", vec![event("2025-04-17", issued_public(&["c1"]))]))
+        .await
+        .unwrap();
+    client
+        .append_events(append("LS25C00002", vec![event("2025-04-17", issued_public(&["c1"]))]))
+        .await
+        .unwrap();
+    let refused = client
+        .append_events(append("LS25C00003", vec![event("not-a-date", issued_public(&["c1"]))]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let anonymous = CaseEventServiceClient::new(server.anonymous.clone())
+        .get_case(pb::GetCaseRequest {
+            case_id: "LS25C00001".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    // A made-up path: counted, but under "unknown", whatever its name.
+    let mut grpc = tonic::client::Grpc::new(server.channel.clone());
+    grpc.ready().await.unwrap();
+    let made_up: Result<tonic::Response<pb::GetCaseResponse>, _> = grpc
+        .unary(
+            tonic::Request::new(pb::GetCaseRequest::default()),
+            http::uri::PathAndQuery::from_static("/caselog.v1.CaseEventService/NoSuchMethod12345"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    assert_eq!(made_up.unwrap_err().code(), Code::Unimplemented);
+}
+
+/// The value of the sample whose line starts with `series` (name and labels exactly).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn red_series(method: &str, status: i32) -> String {
+    let service = "caselog.v1.CaseEventService";
+    format!(
+        "rpc_server_call_duration_seconds_count{{rpc_grpc_status_code=\"{status}\",rpc_method=\"{method}\",rpc_service=\"{service}\",rpc_system=\"grpc\"}}"
+    )
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn rate_errors_and_duration_of_every_rpc_are_scraped(pool: PgPool) {
+    let (server, metrics) = TestServer::start_scraped(pool).await;
+    let (_, before) = http_get(metrics, "/metrics").await;
+    small_load(&server).await;
+    let (status, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("# TYPE rpc_server_call_duration_seconds histogram"),
+        "{text}"
+    );
+    let grew = |series: &str, by: f64| {
+        let was = sample(&before, series).unwrap_or(0.0);
+        let now = sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        assert!(now - was >= by, "{series}: {was} -> {now}");
+    };
+    grew(&red_series("AppendEvents", 0), 2.0);
+    grew(&red_series("AppendEvents", Code::InvalidArgument as i32), 1.0);
+    grew(&red_series("GetCase", Code::Unauthenticated as i32), 1.0);
+    grew(
+        "rpc_server_call_duration_seconds_count{rpc_grpc_status_code=\"12\",rpc_method=\"unknown\",rpc_service=\"unknown\",rpc_system=\"grpc\"}",
+        1.0,
+    );
+    assert!(!text.contains("NoSuchMethod12345"), "a made-up method became a label");
+    // The service's own instruments are there too, e.g. the group appender's counters.
+    assert!(
+        sample(&text, "caselog_append_events_total").unwrap_or(0.0) >= 2.0,
+        "{text}"
+    );
+    // Health still answers gRPC on the same port.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(connect(metrics).await);
+    let live = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        live.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    // Only /metrics serves them (other paths get gRPC's UNIMPLEMENTED).
+    let (_, elsewhere) = http_get(metrics, "/nothing-here").await;
+    assert!(!elsewhere.contains("rpc_server_call_duration"), "{elsewhere}");
+}
+
+/// Prometheus from the distribution (scripts/ensure-prometheus.sh installs it), or `PROMETHEUS`.
+fn prometheus_binary() -> std::path::PathBuf {
+    [
+        std::env::var("PROMETHEUS").unwrap_or_default(),
+        "/usr/bin/prometheus".into(),
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.is_file())
+    .expect("no Prometheus: run scripts/ensure-prometheus.sh (scripts/test.sh does), or set PROMETHEUS")
+}
+
+/// Stops the Prometheus process however the test ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_real_prometheus_scrapes_the_service(pool: PgPool) {
+    let (server, metrics) = TestServer::start_scraped(pool).await;
+    small_load(&server).await;
+    let dir = std::env::temp_dir().join(format!("caselog-prometheus-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let web: SocketAddr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: caselog\n    static_configs:\n      - targets: ['{metrics}']\n"
+        ),
+    )
+    .unwrap();
+    let _prometheus = Running(
+        std::process::Command::new(prometheus_binary())
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Prometheus scrapes every second; its query API answers once a scrape has landed.
+    let query = "/api/v1/query?query=sum%20by%20(rpc_method,rpc_grpc_status_code)%20(rpc_server_call_duration_seconds_count%7Brpc_service%3D%22caselog.v1.CaseEventService%22%7D)";
+    let started = Instant::now();
+    let answer = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "Prometheus did not scrape caselog within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if tokio::net::TcpStream::connect(web).await.is_err() {
+            continue;
+        }
+        let (status, body) = http_get(web, query).await;
+        if status == 200 && body.contains("AppendEvents") {
+            break body;
+        }
+    };
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let results = answer["data"]["result"].as_array().unwrap();
+    let count = |method: &str, code: &str| {
+        results
+            .iter()
+            .find(|r| r["metric"]["rpc_method"] == method && r["metric"]["rpc_grpc_status_code"] == code)
+            .and_then(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+    };
+    // At least this test's calls (other tests in the same process may add theirs: the meter
+    // provider is the process's), and never more than the service itself reports now.
+    let (_, direct) = http_get(metrics, "/metrics").await;
+    for (method, code, at_least) in [
+        ("AppendEvents", "0", 2.0),
+        ("AppendEvents", "3", 1.0),
+        ("GetCase", "16", 1.0),
+    ] {
+        let scraped = count(method, code).unwrap_or_else(|| panic!("no {method} {code} in {answer}"));
+        let code: i32 = code.parse().unwrap();
+        let now = sample(&direct, &red_series(method, code)).unwrap();
+        assert!(
+            at_least <= scraped && scraped <= now,
+            "{method} {code}: {scraped} scraped, {now} now"
+        );
+    }
+    // The target is up, as Prometheus sees it.
+    let (_, up) = http_get(web, "/api/v1/query?query=up%7Bjob%3D%22caselog%22%7D").await;
+    assert!(up.contains("\"1\""), "{up}");
+    drop(_prometheus);
+    let _ = std::fs::remove_dir_all(&dir);
+}

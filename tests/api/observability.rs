@@ -202,3 +202,57 @@ async fn a_real_prometheus_scrapes_the_service(pool: PgPool) {
     drop(_prometheus);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The series names an expression file mentions (`caselog_…` and `rpc_…`).
+fn series_names(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("caselog_") || word.starts_with("rpc_server_"))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn the_alerting_rules_and_config_are_valid_fire_on_their_conditions_and_name_real_series(pool: PgPool) {
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus/alerts.yaml");
+    let rule_tests = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus/alerts.test.yaml");
+    let compose_config = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus/prometheus.yml");
+    let promtool = prometheus_binary().with_file_name("promtool");
+    for args in [
+        vec!["check", "rules", rules],
+        vec!["test", "rules", rule_tests],
+        vec!["check", "config", compose_config],
+    ] {
+        let run = std::process::Command::new(&promtool).args(&args).output().unwrap();
+        assert!(
+            run.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    // Every series a rule reads is one the service exposes.
+    let (server, metrics) = TestServer::start_scraped(pool).await;
+    small_load(&server).await;
+    let (_, text) = http_get(metrics, "/metrics").await;
+    let exposed: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    let named = series_names(&std::fs::read_to_string(rules).unwrap());
+    assert!(named.len() >= 5, "{named:?}");
+    for name in named {
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        assert!(
+            exposed.contains(&base),
+            "the rules read {name}, which /metrics does not expose"
+        );
+    }
+}

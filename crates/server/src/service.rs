@@ -57,12 +57,15 @@ impl CaseEvents {
     /// of a commit group) and keeps them registered until aborted.
     pub async fn publish_append_metrics(self) {
         let meter = opentelemetry::global::meter("caselog");
+        // The callbacks outlive this task (the meter provider keeps them): they read the
+        // counters alone, so that a stopped server's pool is not kept open.
+        let stats = std::sync::Arc::new(self.write_path.appender.stats_reader());
         let counter = |name: &'static str, description: &'static str, read: fn(&GroupStats) -> u64| {
-            let appender = self.write_path.appender.clone();
+            let stats = stats.clone();
             meter
                 .u64_observable_counter(name)
                 .with_description(description)
-                .with_callback(move |observer| observer.observe(read(&appender.stats()), &[]))
+                .with_callback(move |observer| observer.observe(read(&stats()), &[]))
                 .build()
         };
         let _counters = [

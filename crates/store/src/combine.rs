@@ -128,6 +128,13 @@ impl GroupAppender {
         self.stats.read()
     }
 
+    /// Reads [`GroupAppender::stats`] without holding the appender (nor its database pool): for
+    /// metric callbacks, which the meter provider keeps for the life of the process.
+    pub fn stats_reader(&self) -> impl Fn() -> GroupStats + Send + Sync + 'static {
+        let stats = self.stats.clone();
+        move || stats.read()
+    }
+
     /// As [`EventLog::append`]: versions `after_version + 1 ..` of the case, all or none.
     pub async fn append(
         &self,

@@ -256,3 +256,131 @@ async fn the_alerting_rules_and_config_are_valid_fire_on_their_conditions_and_na
         );
     }
 }
+
+/// Spans as the SDK finishes them.
+#[derive(Debug, Clone, Default)]
+struct CollectedSpans(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+impl opentelemetry_sdk::trace::SpanExporter for CollectedSpans {
+    async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.lock().unwrap().extend(batch);
+        Ok(())
+    }
+}
+
+fn attribute(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.to_string())
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_callers_trace_context_makes_each_rpc_and_its_work_part_of_its_trace(pool: PgPool) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let collected = CollectedSpans::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(collected.clone())
+        .build();
+    // JSON log lines, as `caselog serve --log-format json` writes them, each call's span
+    // closing as one line.
+    let logs = LogLines::default();
+    let json_logs = tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(true)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(logs.clone());
+    // This test's thread only (the test runtime runs the server's tasks on it too).
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(json_logs),
+    );
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    let server = TestServer::start(pool).await;
+
+    let (trace_id, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let mut traced = tonic::Request::new(append("LS25C00001", vec![event("2025-04-17", issued_public(&["c1"]))]));
+    traced.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
+    );
+    server.client().append_events(traced).await.unwrap();
+    let untraced = server
+        .client()
+        .get_case(pb::GetCaseRequest {
+            case_id: "LS25C09999".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(untraced.code(), Code::NotFound);
+    let _ = provider.force_flush();
+
+    let spans = collected.0.lock().unwrap().clone();
+    let rpc = spans
+        .iter()
+        .find(|s| s.name == "caselog.v1.CaseEventService/AppendEvents")
+        .unwrap_or_else(|| {
+            panic!(
+                "no AppendEvents span in {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(rpc.span_context.trace_id().to_string(), trace_id);
+    assert_eq!(rpc.parent_span_id.to_string(), caller_span);
+    assert!(rpc.parent_span_is_remote);
+    assert_eq!(rpc.span_kind, opentelemetry::trace::SpanKind::Server);
+    assert_eq!(attribute(rpc, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(
+        attribute(rpc, "rpc.service").as_deref(),
+        Some("caselog.v1.CaseEventService")
+    );
+    assert_eq!(attribute(rpc, "rpc.method").as_deref(), Some("AppendEvents"));
+    assert_eq!(attribute(rpc, "rpc.grpc.status_code").as_deref(), Some("0"));
+    // The application's and the store's spans of that call are in the caller's trace.
+    let inside: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.span_context.trace_id() == rpc.span_context.trace_id() && s.name != rpc.name)
+        .map(|s| s.name.as_ref())
+        .collect();
+    assert!(inside.contains(&"append"), "spans in the caller's trace: {inside:?}");
+    // A call without trace context starts a trace of its own, and says how it ended.
+    let get_case = spans
+        .iter()
+        .find(|s| s.name == "caselog.v1.CaseEventService/GetCase")
+        .unwrap();
+    assert_ne!(get_case.span_context.trace_id(), rpc.span_context.trace_id());
+    assert_eq!(attribute(get_case, "rpc.grpc.status_code").as_deref(), Some("5"));
+    // The logs name the trace, so a log line leads to its trace and back.
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.contains("AppendEvents"))
+        .unwrap_or_else(|| panic!("no log line of the append in {text}"));
+    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["span"]["trace_id"], trace_id, "{line}");
+}
+
+/// Log output kept in memory.
+#[derive(Debug, Clone, Default)]
+struct LogLines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogLines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogLines {
+    type Writer = LogLines;
+
+    fn make_writer(&'a self) -> LogLines {
+        self.clone()
+    }
+}

@@ -239,7 +239,7 @@ pub async fn run(
     let serving = builder
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path(), caller = tracing::field::Empty))
+        .trace_fn(telemetry::rpc_span)
         .layer(rpc_metrics::RpcMetricsLayer::default())
         .layer(deadline::DeadlineLayer::new(limits.request_timeout))
         .layer(AuthLayer::new(security.authenticator))

@@ -87,6 +87,8 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i64>().ok())
                 .unwrap_or(0);
+            // The call's span (see `telemetry::rpc_span`) carries the same status.
+            tracing::Span::current().record("rpc.grpc.status_code", status);
             let (service, method) = match path.trim_start_matches('/').split_once('/') {
                 Some((service, method)) if status != UNIMPLEMENTED => (service.to_owned(), method.to_owned()),
                 _ => ("unknown".to_owned(), "unknown".to_owned()),

@@ -73,6 +73,8 @@ pub fn init(json: bool, default_level: &str) -> anyhow::Result<Telemetry> {
     } else {
         None
     };
+    // Callers' W3C `traceparent` (and `tracestate`) make each RPC's span a child of theirs.
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let meter_provider = meters.build();
     opentelemetry::global::set_meter_provider(meter_provider.clone());
     telemetry.meter_provider = Some(meter_provider);
@@ -105,4 +107,56 @@ pub(crate) fn sampled_gauges<T: Send + Sync + 'static>(
                 .build()
         })
         .collect()
+}
+
+/// The span of one RPC: named by its method, with the OpenTelemetry RPC attributes
+/// (`rpc.grpc.status_code` is recorded when the response head is known), a child of the caller's
+/// span when the request carries W3C trace context (`traceparent`), and its trace id as a field
+/// (`trace_id`) for the logs. The application's and the store's spans, made inside it, join the
+/// same trace.
+pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let path = request.uri().path();
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("unknown", "unknown"));
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        caller = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(request.headers()))
+    });
+    // Without an OpenTelemetry layer (no tracer configured) there is nothing to join, and no
+    // trace id to log.
+    if span.set_parent(parent).is_ok() {
+        use opentelemetry::trace::TraceContextExt as _;
+        let trace_id = span.context().span().span_context().trace_id();
+        if trace_id != opentelemetry::trace::TraceId::INVALID {
+            // Every log line inside the call (JSON logs carry the current span) names the trace.
+            span.record("trace_id", tracing::field::display(trace_id));
+        }
+    }
+    span
+}
+
+/// Reads trace context from HTTP/2 headers.
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
 }

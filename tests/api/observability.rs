@@ -384,3 +384,39 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogLines {
         self.clone()
     }
 }
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn an_idle_service_traces_nothing(pool: PgPool) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let collected = CollectedSpans::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(collected.clone())
+        .build();
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::INFO)
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test"))),
+    );
+    let server = TestServer::start(pool).await;
+    // One append, projected; then quiet.
+    server.issue_case("LS25C00001").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = provider.force_flush();
+    let settled = collected.0.lock().unwrap().len();
+    assert!(
+        collected
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.name == "apply_next_page_with"),
+        "the append was projected under a span"
+    );
+    // Health checks every 200 ms here, the projector rechecks every second: none of it traced.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let _ = provider.force_flush();
+    let spans = collected.0.lock().unwrap();
+    let idle: Vec<&str> = spans[settled..].iter().map(|s| s.name.as_ref()).collect();
+    assert!(idle.is_empty(), "spans of an idle service over 4 s: {idle:?}");
+}

@@ -56,15 +56,33 @@ pub async fn run(log: EventLog, settings: ProjectorSettings) {
                     wakeups.borrow_and_update();
                     match apply_next_page_with(&log, settings.page_size, &mut histories).await {
                         Ok(Applied { full: true, .. }) => continue,
-                        Ok(Applied { in_flight, .. }) => {
-                            let recheck = if in_flight {
-                                Duration::from_millis(10)
-                            } else {
-                                settings.idle_poll
-                            };
-                            tokio::select! {
-                                _ = wakeups.changed() => tokio::time::sleep(settings.gather).await,
-                                () = tokio::time::sleep(recheck) => {}
+                        Ok(Applied { in_flight, to, .. }) => {
+                            // Until the log moves past `to`, a recheck reads the horizon alone (no
+                            // span: an idle service traces nothing), soon while an append below it
+                            // is in flight, else every idle_poll.
+                            let mut in_flight = in_flight;
+                            loop {
+                                let recheck = if in_flight {
+                                    Duration::from_millis(10)
+                                } else {
+                                    settings.idle_poll
+                                };
+                                tokio::select! {
+                                    _ = wakeups.changed() => {
+                                        tokio::time::sleep(settings.gather).await;
+                                        break;
+                                    }
+                                    () = tokio::time::sleep(recheck) => {}
+                                }
+                                match log.horizon_untraced().await {
+                                    Ok(horizon) if horizon.safe <= to => {
+                                        in_flight = horizon.append_in_flight();
+                                        if !leadership.still_held().await {
+                                            break;
+                                        }
+                                    }
+                                    _ => break,
+                                }
                             }
                         }
                         Err(err) => {

@@ -49,8 +49,9 @@ impl Leadership {
 }
 
 impl EventLog {
-    /// Becomes the projection leader if no other session is.
-    #[instrument(skip(self), err(level = "debug"))]
+    /// Becomes the projection leader if no other session is. Its span is at debug level: a
+    /// follower asks every few seconds.
+    #[instrument(level = "debug", skip(self), err(level = "debug"))]
     pub async fn try_lead_projections(&self) -> Result<Option<Leadership>, Error> {
         let mut connection = self.pool.acquire().await?;
         let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")

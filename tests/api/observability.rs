@@ -106,7 +106,7 @@ async fn rate_errors_and_duration_of_every_rpc_are_scraped(pool: PgPool) {
     assert!(!elsewhere.contains("rpc_server_call_duration"), "{elsewhere}");
 }
 
-/// Prometheus from the distribution (scripts/ensure-prometheus.sh installs it), or `PROMETHEUS`.
+/// Prometheus from the distribution (scripts/ensure-test-tools.sh installs it), or `PROMETHEUS`.
 fn prometheus_binary() -> std::path::PathBuf {
     [
         std::env::var("PROMETHEUS").unwrap_or_default(),
@@ -115,7 +115,7 @@ fn prometheus_binary() -> std::path::PathBuf {
     .iter()
     .map(std::path::PathBuf::from)
     .find(|p| p.is_file())
-    .expect("no Prometheus: run scripts/ensure-prometheus.sh (scripts/test.sh does), or set PROMETHEUS")
+    .expect("no Prometheus: run scripts/ensure-test-tools.sh (scripts/test.sh does), or set PROMETHEUS")
 }
 
 /// Stops the Prometheus process however the test ends.

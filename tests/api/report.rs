@@ -418,7 +418,7 @@ async fn the_units_behind_a_figure_add_up_to_it_for_those_who_may_see_them(pool:
     assert_eq!(by("reporting", "PermissionDenied"), 1, "{listings:?}");
 }
 
-/// Chromium from the distribution (scripts/ensure-chromium.sh installs it): `CHROMIUM` or the
+/// Chromium from the distribution (scripts/ensure-test-tools.sh installs it): `CHROMIUM` or the
 /// usual paths.
 fn chromium() -> std::path::PathBuf {
     let candidates = [
@@ -430,7 +430,7 @@ fn chromium() -> std::path::PathBuf {
         .iter()
         .map(std::path::PathBuf::from)
         .find(|p| p.is_file())
-        .expect("no Chromium: run scripts/ensure-chromium.sh (scripts/test.sh does), or set CHROMIUM")
+        .expect("no Chromium: run scripts/ensure-test-tools.sh (scripts/test.sh does), or set CHROMIUM")
 }
 
 /// Runs headless Chromium on `page` with a fresh profile, logging every network event.

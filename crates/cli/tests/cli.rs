@@ -56,3 +56,34 @@ fn redirected_logs_carry_no_colour_codes() {
     assert!(log.contains("development tokens"), "{log}");
     assert!(!log.contains('\u{1b}'), "escape codes in a redirected log:\n{log}");
 }
+
+#[test]
+fn an_unreachable_collector_is_reported_in_the_log() {
+    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/dev-tokens.json");
+    // Nothing listens on port 9 of loopback: every export fails at once.
+    let mut child = caselog()
+        .args([
+            "serve",
+            "--dev-tokens",
+            tokens,
+            "--allow-dev-tokens",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env(
+            "DATABASE_URL",
+            "postgres://caselog:pw@127.0.0.1:1/caselog?connect_timeout=1",
+        )
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    let failures = log.lines().filter(|line| line.contains("ExportError")).count();
+    assert!(failures >= 1, "no export failure in the log:\n{log}");
+}

@@ -26,12 +26,12 @@ fn help_never_prints_the_database_password() {
     }
 }
 
-#[test]
-fn redirected_logs_carry_no_colour_codes() {
+/// What `caselog serve` logs to a pipe over `seconds`, with development tokens and a database
+/// that never answers (nothing listens on port 1: the server waits for it until stopped).
+fn serve_log(seconds: u64, env: &[(&str, &str)]) -> String {
     let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/dev-tokens.json");
-    // Development tokens are warned about at start; the database (nothing listens on port 1)
-    // never answers, so the server waits for it until it is stopped.
-    let mut child = caselog()
+    let mut command = caselog();
+    command
         .args([
             "serve",
             "--dev-tokens",
@@ -46,44 +46,35 @@ fn redirected_logs_carry_no_colour_codes() {
         )
         .env_remove("NO_COLOR")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(3));
+        .stderr(std::process::Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
     let _ = child.kill();
     let output = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn redirected_logs_carry_no_colour_codes() {
+    // Development tokens are warned about at start.
+    let log = serve_log(3, &[]);
     assert!(log.contains("development tokens"), "{log}");
     assert!(!log.contains('\u{1b}'), "escape codes in a redirected log:\n{log}");
 }
 
 #[test]
 fn an_unreachable_collector_is_reported_in_the_log() {
-    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/dev-tokens.json");
     // Nothing listens on port 9 of loopback: every export fails at once.
-    let mut child = caselog()
-        .args([
-            "serve",
-            "--dev-tokens",
-            tokens,
-            "--allow-dev-tokens",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env(
-            "DATABASE_URL",
-            "postgres://caselog:pw@127.0.0.1:1/caselog?connect_timeout=1",
-        )
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(4));
-    let _ = child.kill();
-    let output = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
+    let log = serve_log(
+        4,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ],
+    );
     let failures = log.lines().filter(|line| line.contains("ExportError")).count();
     assert!(failures >= 1, "no export failure in the log:\n{log}");
 }

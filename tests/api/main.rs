@@ -16,6 +16,7 @@ mod metrics;
 mod observability;
 mod operations;
 mod rebuild;
+mod replica;
 mod report;
 mod rules;
 mod series;

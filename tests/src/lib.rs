@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod cluster;
 pub mod security;
 
 use caselog_api::v1 as pb;

@@ -30,7 +30,11 @@ const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ReadModel {
+    /// Where snapshots are written (the primary).
     log: EventLog,
+    /// Where everything is read: the log's reporting pool, the primary or a replica. Every read
+    /// goes there, snapshots included, so that the copy only ever holds one database's state.
+    reads: EventLog,
     cache: Arc<RwLock<FactsCache>>,
     /// One `as_of` fold at a time per process: each holds the facts of the cases it refolds.
     as_of_folds: Arc<tokio::sync::Semaphore>,
@@ -291,8 +295,11 @@ impl SnapshotSink for SnapshotLoader<'_> {
 }
 
 impl ReadModel {
+    /// A read model that reads through `log.reporting()` (a replica, when one is configured)
+    /// and writes its snapshots through `log`.
     pub fn new(log: EventLog) -> ReadModel {
         ReadModel {
+            reads: log.reporting(),
             log,
             cache: Arc::new(RwLock::new(FactsCache::default())),
             as_of_folds: Arc::new(tokio::sync::Semaphore::new(1)),
@@ -430,7 +437,7 @@ impl ReadModel {
         };
         let since = cache.position;
         let version = self
-            .log
+            .reads
             .case_facts_since(cache.generation, since, &mut *cache)
             .await??;
         cache.generation = version.generation;
@@ -475,7 +482,7 @@ impl ReadModel {
         };
         let from_snapshot = self.load_snapshot(&mut fresh, generation).await;
         let version = self
-            .log
+            .reads
             .case_facts_since(fresh.generation, fresh.position, &mut fresh)
             .await??;
         fresh.generation = version.generation;
@@ -515,7 +522,11 @@ impl ReadModel {
     async fn read_snapshot_into(&self, cache: &mut FactsCache, generation: i64) -> Option<SnapshotHead> {
         cache.clear();
         let read = match SnapshotLoader::new(&mut *cache) {
-            Ok(mut loader) => match self.log.read_snapshot(generation, snapshot::FORMAT, &mut loader).await {
+            Ok(mut loader) => match self
+                .reads
+                .read_snapshot(generation, snapshot::FORMAT, &mut loader)
+                .await
+            {
                 Ok(Ok(Some(head))) => Ok(loader.finish().map(|spans| Some((head, spans)))),
                 Ok(Ok(None)) => Ok(Ok(None)),
                 Ok(Err(refused)) => Ok(Err(refused)),
@@ -553,7 +564,7 @@ impl ReadModel {
         if covered >= position {
             return;
         }
-        match read_spans(&self.log, Some(covered), position).await {
+        match read_spans(&self.reads, Some(covered), position).await {
             Ok(read) => {
                 let FactsCache { spans, index, .. } = cache;
                 if let Some(spans) = spans {
@@ -580,7 +591,7 @@ impl ReadModel {
                 (None, Some(position)) => position,
             }
         };
-        let read = read_spans(&self.log, None, up_to).await?;
+        let read = read_spans(&self.reads, None, up_to).await?;
         let mut cache = self.cache.write().await;
         if cache.spans.is_some() || cache.position.is_none() {
             return Ok(());
@@ -734,7 +745,7 @@ impl ReadModel {
             .as_ref()
             .ok_or_else(|| Error::Internal("the recording spans could not be read; ask again".into()))?;
         // Events the copy has not applied (appended since it was read): fold their cases again.
-        let beyond_copy: HashSet<String> = self.log.cases_after(copy_at).await?.into_iter().collect();
+        let beyond_copy: HashSet<String> = self.reads.cases_after(copy_at).await?.into_iter().collect();
         let mut whole = Vec::new();
         let mut refold: Vec<String> = beyond_copy.iter().cloned().collect();
         for (i, (case, reach)) in facts.cases.iter().zip(&facts.reaches).enumerate() {
@@ -777,7 +788,7 @@ impl ReadModel {
     /// fold work at once.
     async fn refold_recorded_by(&self, cases: Vec<String>, at: DateTime<Utc>) -> Result<Vec<CaseFacts>, Error> {
         let (sender, mut chunks) = tokio::sync::mpsc::channel(1);
-        let log = self.log.clone();
+        let log = self.reads.clone();
         let reader = tokio::spawn(async move {
             for chunk in cases.chunks(AS_OF_FOLD_CASES) {
                 let read = log.read_cases_recorded_by(chunk, at).await;
@@ -805,7 +816,7 @@ impl ReadModel {
     async fn wait_for(&self, wanted: Position) -> Result<(i64, Position), Error> {
         let started = Instant::now();
         loop {
-            let (generation, checkpoint) = self.log.case_facts_version().await?;
+            let (generation, checkpoint) = self.reads.case_facts_version().await?;
             if checkpoint >= wanted {
                 return Ok((generation, checkpoint));
             }

@@ -163,6 +163,13 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CASELOG_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// PostgreSQL connection URL for reporting reads: the read model (QueryMetrics, worklists,
+    /// reports, drill-down) and `as_of` folds read through it, typically a streaming replica
+    /// (a CloudNativePG `-ro` service). Answers then reflect the replica: a prefix of the log,
+    /// possibly behind the primary; `min_position` waits for the replica to reach it. Appends,
+    /// the feed, audit records and snapshots stay on --database-url.
+    #[arg(long, env = "CASELOG_READ_DATABASE_URL", hide_env_values = true)]
+    read_database_url: Option<String>,
     /// Apply migrations before serving.
     #[arg(long, env = "CASELOG_MIGRATE", default_value_t = false)]
     migrate: bool,
@@ -899,7 +906,10 @@ async fn serve_command(args: ServeArgs, scrape: caselog_server::prometheus::Scra
     let drained = async move {
         let _ = drain.await;
     };
-    let log = EventLog::new(pool).with_audit_pool(audit_pool);
+    let mut log = EventLog::new(pool).with_audit_pool(audit_pool);
+    if let Some(read_url) = &args.read_database_url {
+        log = log.with_reporting_pool(caselog_store::connect(read_url, &settings)?);
+    }
     caselog_server::run(listener, log, limits, security, drained).await?;
     Ok(ExitCode::SUCCESS)
 }

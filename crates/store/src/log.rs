@@ -124,6 +124,9 @@ pub struct EventLog {
     pub(crate) pool: PgPool,
     /// Where audit records are written: the same pool, or one reserved for them.
     pub(crate) audit_pool: PgPool,
+    /// Where reporting reads go (see [`EventLog::reporting`]): the same pool, or one on a
+    /// read-only replica.
+    reporting_pool: PgPool,
     pub(crate) signal: SharedSignal,
 }
 
@@ -131,8 +134,29 @@ impl EventLog {
     pub fn new(pool: PgPool) -> EventLog {
         EventLog {
             audit_pool: pool.clone(),
+            reporting_pool: pool.clone(),
             pool,
             signal: Arc::new(FeedSignal::new()),
+        }
+    }
+
+    /// Sends reporting reads ([`EventLog::reporting`]) through `pool`, typically connected to a
+    /// streaming replica, so that the read model's loads and `as_of` folds do not load the
+    /// primary.
+    pub fn with_reporting_pool(mut self, pool: PgPool) -> EventLog {
+        self.reporting_pool = pool;
+        self
+    }
+
+    /// The log as the reporting pool sees it: a prefix of this log (a replica replays commits in
+    /// order), possibly behind it. Only for reads: a replica refuses writes, and it cannot
+    /// `LISTEN`, so wake-ups from it never come.
+    pub fn reporting(&self) -> EventLog {
+        EventLog {
+            pool: self.reporting_pool.clone(),
+            audit_pool: self.audit_pool.clone(),
+            reporting_pool: self.reporting_pool.clone(),
+            signal: self.signal.clone(),
         }
     }
 

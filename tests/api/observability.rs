@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-/// A little traffic: two appends, a refused one, an unauthenticated call and an unknown method.
+/// A little traffic: two appends, a refused one, two unauthenticated calls (no credentials, a
+/// token nobody issued) and an unknown method.
 async fn small_load(server: &TestServer) {
     let mut client = server.client();
     client
@@ -33,6 +34,13 @@ async fn small_load(server: &TestServer) {
         .await
         .unwrap_err();
     assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let forged = CaseEventServiceClient::new(server.channel_with("not-a-token-anyone-issued"))
+        .get_case(pb::GetCaseRequest {
+            case_id: "LS25C00001".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::Unauthenticated);
     // A made-up path: counted, but under "unknown", whatever its name.
     let mut grpc = tonic::client::Grpc::new(server.channel.clone());
     grpc.ready().await.unwrap();
@@ -77,7 +85,12 @@ async fn rate_errors_and_duration_of_every_rpc_are_scraped(pool: PgPool) {
     };
     grew(&red_series("AppendEvents", 0), 2.0);
     grew(&red_series("AppendEvents", Code::InvalidArgument as i32), 1.0);
-    grew(&red_series("GetCase", Code::Unauthenticated as i32), 1.0);
+    grew(&red_series("GetCase", Code::Unauthenticated as i32), 2.0);
+    // Authentication failures by reason, and the sizes of acknowledged append batches.
+    grew("caselog_auth_failures_total{reason=\"no_credentials\"}", 1.0);
+    grew("caselog_auth_failures_total{reason=\"malformed_token\"}", 1.0);
+    grew("caselog_append_batch_events_count", 2.0);
+    grew("caselog_append_batch_events_bucket{le=\"1\"}", 2.0);
     grew(
         "rpc_server_call_duration_seconds_count{rpc_grpc_status_code=\"12\",rpc_method=\"unknown\",rpc_service=\"unknown\",rpc_system=\"grpc\"}",
         1.0,
@@ -107,6 +120,28 @@ async fn rate_errors_and_duration_of_every_rpc_are_scraped(pool: PgPool) {
 }
 
 /// Prometheus from the distribution (scripts/ensure-test-tools.sh installs it), or `PROMETHEUS`.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn audit_records_that_cannot_be_written_are_counted(pool: PgPool) {
+    // Audit records go through their own pool; closed, no record can be written.
+    let audit_pool = sqlx::postgres::PgPoolOptions::new().connect_lazy_with(pool.connect_options().as_ref().clone());
+    audit_pool.close().await;
+    let log = caselog_store::EventLog::new(pool).with_audit_pool(audit_pool);
+    let (server, metrics) = TestServer::start_scraped_on(log).await;
+    server.issue_case("LS25C00001").await;
+    let (_, before) = http_get(metrics, "/metrics").await;
+    let unrecorded = server
+        .client()
+        .get_case(pb::GetCaseRequest {
+            case_id: "LS25C00001".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unrecorded.code(), Code::Unavailable, "{unrecorded:?}");
+    let (_, after) = http_get(metrics, "/metrics").await;
+    let failures = |text: &str| sample(text, "caselog_audit_write_failures_total").unwrap_or(0.0);
+    assert!(failures(&after) - failures(&before) >= 1.0, "{after}");
+}
+
 fn prometheus_binary() -> std::path::PathBuf {
     [
         std::env::var("PROMETHEUS").unwrap_or_default(),
@@ -234,10 +269,25 @@ async fn the_alerting_rules_and_config_are_valid_fire_on_their_conditions_and_na
             String::from_utf8_lossy(&run.stderr)
         );
     }
-    // Every series a rule reads is one the service exposes.
+    // Every series a rule reads is one the service exposes (the certificate's when it serves TLS).
     let (server, metrics) = TestServer::start_scraped(pool).await;
+    let mut certificate = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    certificate.not_after = rcgen::date_time_ymd(2031, 1, 2);
+    let pem = certificate
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem();
+    let not_after = caselog_server::telemetry::publish_certificate_expiry("server", pem.as_bytes()).unwrap();
+    assert_eq!(not_after, 1_925_078_400, "2031-01-02T00:00:00Z");
     small_load(&server).await;
     let (_, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(
+        sample(&text, "caselog_tls_certificate_expiry_seconds{certificate=\"server\"}"),
+        Some(1_925_078_400.0),
+        "{text}"
+    );
+    // Exported before any failure (zero in a process where none happened).
+    assert!(sample(&text, "caselog_audit_write_failures_total").is_some(), "{text}");
     let exposed: Vec<&str> = text
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))

@@ -75,6 +75,11 @@ impl TestServer {
     /// A plain server whose process-wide meter provider is scraped, serving gRPC health and
     /// `GET /metrics` in plain text on the returned address.
     pub async fn start_scraped(pool: PgPool) -> (TestServer, SocketAddr) {
+        TestServer::start_scraped_on(EventLog::new(pool)).await
+    }
+
+    /// As [`TestServer::start_scraped`], on `log` as given (its pools, say).
+    pub async fn start_scraped_on(log: EventLog) -> (TestServer, SocketAddr) {
         static SCRAPE: std::sync::OnceLock<caselog_server::prometheus::Scrape> = std::sync::OnceLock::new();
         let scrape = SCRAPE
             .get_or_init(|| {
@@ -98,7 +103,7 @@ impl TestServer {
             health_interval: Duration::from_millis(200),
             ..ServerLimits::default()
         };
-        let (addr, shutdown, handle) = TestServer::spawn(EventLog::new(pool), limits, security).await;
+        let (addr, shutdown, handle) = TestServer::spawn(log, limits, security).await;
         let anonymous = connect(addr).await;
         (TestServer::new(addr, anonymous, shutdown, handle), metrics_addr)
     }

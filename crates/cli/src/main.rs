@@ -257,12 +257,16 @@ impl ServeArgs {
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
                 let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
-                let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+                let cert_pem = read(cert)?;
+                caselog_server::telemetry::publish_certificate_expiry("server", &cert_pem)?;
+                let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, read(key)?));
                 if let Some(ca) = &self.tls_client_ca {
+                    let ca_pem = read(ca)?;
+                    caselog_server::telemetry::publish_certificate_expiry("client_ca", &ca_pem)?;
                     // Optional at the TLS layer so that bearer-token callers connect too; a caller
                     // with neither is refused UNAUTHENTICATED by the authenticator.
                     tls = tls
-                        .client_ca_root(Certificate::from_pem(read(ca)?))
+                        .client_ca_root(Certificate::from_pem(ca_pem))
                         .client_auth_optional(true);
                 }
                 Some(tls)

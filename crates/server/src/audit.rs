@@ -3,7 +3,7 @@
 //! special-category data is never read unrecorded.
 
 use crate::error::{AppError, Error};
-pub use caselog_app::audit::{OK, record};
+pub use caselog_app::audit::OK;
 use caselog_domain::Principal;
 use caselog_store::EventLog;
 
@@ -29,6 +29,7 @@ pub async fn recorded<T>(
         tokio::time::timeout(OUTAGE_RECORD_WAIT, writing)
             .await
             .unwrap_or_else(|_| {
+                audit_write_failures().add(1, &[]);
                 tracing::error!(
                     action,
                     target,
@@ -46,6 +47,35 @@ pub async fn recorded<T>(
             Err(original) => Err(original),
         },
     }
+}
+
+/// Writes one audit record (see [`caselog_app::audit::record`]), counting those that could not
+/// be written (`caselog_audit_write_failures_total`: each is a call refused or unrecorded).
+pub async fn record(
+    log: &EventLog,
+    principal: &Principal,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+    outcome: String,
+) -> Result<(), AppError> {
+    let written = caselog_app::audit::record(log, principal, action, target, detail, outcome).await;
+    if written.is_err() {
+        audit_write_failures().add(1, &[]);
+    }
+    written
+}
+
+pub(crate) fn audit_write_failures() -> &'static opentelemetry::metrics::Counter<u64> {
+    static COUNTER: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> = std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| {
+        opentelemetry::global::meter("caselog")
+            .u64_counter("caselog.audit.write_failures")
+            .with_description(
+                "Audit records that could not be written (the read was refused, or a refusal went unrecorded)",
+            )
+            .build()
+    })
 }
 
 /// How long the record of a call that found the store unavailable may take.

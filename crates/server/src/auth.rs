@@ -246,6 +246,17 @@ impl Authenticator {
         headers: &http::HeaderMap,
         peer_certificates: Option<&[tonic::transport::CertificateDer<'static>]>,
     ) -> Result<Principal, Error> {
+        self.identify(headers, peer_certificates).map_err(|refused| {
+            auth_failures().add(1, &[opentelemetry::KeyValue::new("reason", refused.reason)]);
+            Error::Unauthenticated(refused.message)
+        })
+    }
+
+    fn identify(
+        &self,
+        headers: &http::HeaderMap,
+        peer_certificates: Option<&[tonic::transport::CertificateDer<'static>]>,
+    ) -> Result<Principal, Refused> {
         if let Some(value) = headers.get(http::header::AUTHORIZATION) {
             let token = value
                 .to_str()
@@ -253,7 +264,12 @@ impl Authenticator {
                 .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
-                .ok_or_else(|| Error::Unauthenticated("the authorization header must be \"Bearer <token>\"".into()))?;
+                .ok_or_else(|| {
+                    Refused::new(
+                        "malformed_header",
+                        "the authorization header must be \"Bearer <token>\"",
+                    )
+                })?;
             return self.principal_of_token(token);
         }
         if self.settings.client_certificates
@@ -261,35 +277,39 @@ impl Authenticator {
         {
             return from_certificate(leaf);
         }
-        Err(Error::Unauthenticated(
-            "no credentials: send \"authorization: Bearer <token>\" or connect with a client certificate".into(),
+        Err(Refused::new(
+            "no_credentials",
+            "no credentials: send \"authorization: Bearer <token>\" or connect with a client certificate",
         ))
     }
 
-    fn principal_of_token(&self, token: &str) -> Result<Principal, Error> {
+    fn principal_of_token(&self, token: &str) -> Result<Principal, Refused> {
         if let Some(dev) = &self.settings.dev_tokens
             && let Some(principal) = dev.by_token.get(token)
         {
             return Ok(principal.clone());
         }
         let Some(jwt) = &self.settings.jwt else {
-            return Err(Error::Unauthenticated("the bearer token is not recognised".into()));
+            return Err(Refused::new("unknown_token", "the bearer token is not recognised"));
         };
         let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| Error::Unauthenticated("the bearer token is not a well-formed JWT".into()))?;
+            .map_err(|_| Refused::new("malformed_token", "the bearer token is not a well-formed JWT"))?;
         let candidates = jwt
             .keys
             .iter()
             .filter(|(kid, algorithm, _)| *algorithm == header.alg && header.kid.as_ref().is_none_or(|k| k == kid));
-        let mut last_error = Error::Unauthenticated(format!(
-            "no configured key verifies tokens signed with {:?}{}",
-            header.alg,
-            header
-                .kid
-                .as_deref()
-                .map(|k| format!(" and key id {k:?}"))
-                .unwrap_or_default()
-        ));
+        let mut last_error = Refused::new(
+            "no_matching_key",
+            format!(
+                "no configured key verifies tokens signed with {:?}{}",
+                header.alg,
+                header
+                    .kid
+                    .as_deref()
+                    .map(|k| format!(" and key id {k:?}"))
+                    .unwrap_or_default()
+            ),
+        );
         for (_, algorithm, key) in candidates {
             let mut validation = Validation::new(*algorithm);
             validation.set_issuer(&[&jwt.issuer]);
@@ -302,16 +322,20 @@ impl Authenticator {
                     let claims = data.claims;
                     let lifetime = claims.exp.saturating_sub(claims.iat);
                     if lifetime > jwt.max_lifetime_seconds {
-                        return Err(Error::Unauthenticated(format!(
-                            "the bearer token is valid for {lifetime} s from its issue (iat to exp); this service accepts at most {} s",
-                            jwt.max_lifetime_seconds
-                        )));
+                        return Err(Refused::new(
+                            "lifetime_too_long",
+                            format!(
+                                "the bearer token is valid for {lifetime} s from its issue (iat to exp); this service accepts at most {} s",
+                                jwt.max_lifetime_seconds
+                            ),
+                        ));
                     }
                     let organisation = claims.org.unwrap_or(claims.sub);
-                    return principal_of(organisation, &claims.grants)
-                        .map_err(|e| Error::Unauthenticated(format!("the token's claims are not usable: {e}")));
+                    return principal_of(organisation, &claims.grants).map_err(|e| {
+                        Refused::new("unusable_claims", format!("the token's claims are not usable: {e}"))
+                    });
                 }
-                Err(err) => last_error = Error::Unauthenticated(token_problem(err.kind())),
+                Err(err) => last_error = token_problem(err.kind()),
             }
         }
         Err(last_error)
@@ -402,42 +426,80 @@ impl<B: Default> Default for PermittedBody<B> {
 
 impl Authenticator {}
 
-fn token_problem(kind: &jsonwebtoken::errors::ErrorKind) -> String {
+fn token_problem(kind: &jsonwebtoken::errors::ErrorKind) -> Refused {
     use jsonwebtoken::errors::ErrorKind;
     match kind {
-        ErrorKind::ExpiredSignature => "the bearer token has expired; obtain a new one".into(),
-        ErrorKind::ImmatureSignature => "the bearer token is not valid yet".into(),
-        ErrorKind::InvalidAudience => "the bearer token is not for this service (audience)".into(),
-        ErrorKind::InvalidIssuer => "the bearer token is from an issuer this service does not trust".into(),
-        ErrorKind::InvalidSignature => "the bearer token's signature does not verify".into(),
-        ErrorKind::MissingRequiredClaim(claim) => format!("the bearer token lacks the {claim:?} claim"),
-        _ => "the bearer token is not valid".into(),
+        ErrorKind::ExpiredSignature => Refused::new("expired", "the bearer token has expired; obtain a new one"),
+        ErrorKind::ImmatureSignature => Refused::new("not_yet_valid", "the bearer token is not valid yet"),
+        ErrorKind::InvalidAudience => {
+            Refused::new("wrong_audience", "the bearer token is not for this service (audience)")
+        }
+        ErrorKind::InvalidIssuer => Refused::new(
+            "wrong_issuer",
+            "the bearer token is from an issuer this service does not trust",
+        ),
+        ErrorKind::InvalidSignature => Refused::new("bad_signature", "the bearer token's signature does not verify"),
+        ErrorKind::MissingRequiredClaim(claim) => {
+            Refused::new("missing_claim", format!("the bearer token lacks the {claim:?} claim"))
+        }
+        _ => Refused::new("invalid_token", "the bearer token is not valid"),
     }
+}
+
+/// Why a request is not authenticated: a fixed `reason` (the `caselog_auth_failures_total`
+/// label, a small set) and the message the caller reads.
+struct Refused {
+    reason: &'static str,
+    message: String,
+}
+
+impl Refused {
+    fn new(reason: &'static str, message: impl Into<String>) -> Refused {
+        Refused {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Requests refused as unauthenticated, by reason.
+fn auth_failures() -> &'static opentelemetry::metrics::Counter<u64> {
+    static COUNTER: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> = std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| {
+        opentelemetry::global::meter("caselog")
+            .u64_counter("caselog.auth.failures")
+            .with_description("Requests refused as UNAUTHENTICATED, by reason")
+            .build()
+    })
 }
 
 /// The principal of a verified client certificate: its subject common name is a grant
 /// (`court:LS`, `practice:A5`, ...) and also names the organisation.
-fn from_certificate(leaf: &[u8]) -> Result<Principal, Error> {
+fn from_certificate(leaf: &[u8]) -> Result<Principal, Refused> {
     let (_, certificate) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|_| Error::Unauthenticated("the client certificate cannot be read".into()))?;
+        .map_err(|_| Refused::new("bad_certificate", "the client certificate cannot be read"))?;
     // One identity per certificate: with several common names, which one is "the" caller
     // depends on who reads the certificate.
     let mut common_names = certificate.subject().iter_common_name();
     let common_name = common_names
         .next()
         .and_then(|cn| cn.as_str().ok())
-        .ok_or_else(|| Error::Unauthenticated("the client certificate has no subject common name".into()))?
+        .ok_or_else(|| Refused::new("bad_certificate", "the client certificate has no subject common name"))?
         .to_owned();
     if common_names.next().is_some() {
-        return Err(Error::Unauthenticated(
-            "the client certificate's subject has more than one common name; issue it with exactly one".into(),
+        return Err(Refused::new(
+            "bad_certificate",
+            "the client certificate's subject has more than one common name; issue it with exactly one",
         ));
     }
     // Other software may take a subject alternative name as the identity: any that names
     // something other than the common name makes the certificate ambiguous.
-    let alternative_names = certificate
-        .subject_alternative_name()
-        .map_err(|_| Error::Unauthenticated("the client certificate's alternative names cannot be read".into()))?;
+    let alternative_names = certificate.subject_alternative_name().map_err(|_| {
+        Refused::new(
+            "bad_certificate",
+            "the client certificate's alternative names cannot be read",
+        )
+    })?;
     let conflicting = alternative_names
         .into_iter()
         .flat_map(|san| &san.value.general_names)
@@ -450,15 +512,16 @@ fn from_certificate(leaf: &[u8]) -> Result<Principal, Error> {
             }
         });
     if conflicting {
-        return Err(Error::Unauthenticated(
-            "the client certificate names another identity in its subject alternative names than its common name"
-                .into(),
+        return Err(Refused::new(
+            "bad_certificate",
+            "the client certificate names another identity in its subject alternative names than its common name",
         ));
     }
     principal_of(common_name.clone(), &[common_name]).map_err(|e| {
-        Error::Unauthenticated(format!(
-            "the client certificate's common name is not a caselog grant: {e}"
-        ))
+        Refused::new(
+            "bad_certificate",
+            format!("the client certificate's common name is not a caselog grant: {e}"),
+        )
     })
 }
 

@@ -128,6 +128,8 @@ pub async fn run(
     security: Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    // Exported from the start, at zero: an alert on its increase then works from the first failure.
+    audit::audit_write_failures().add(0, &[]);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // tonic-health starts "" as SERVING; nothing is served until the database has answered.
     for service in DATABASE_BACKED {

@@ -160,3 +160,33 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
         self.0.keys().map(http::HeaderName::as_str).collect()
     }
 }
+
+/// Publishes when the certificates in `pem` stop being valid, as the gauge
+/// `caselog.tls.certificate.expiry` (Unix seconds of the earliest `notAfter`, labelled
+/// `certificate`), so that an alert can fire before a certificate the service presents or trusts
+/// runs out. Fails when `pem` holds no readable certificate.
+pub fn publish_certificate_expiry(certificate: &'static str, pem: &[u8]) -> anyhow::Result<i64> {
+    let mut earliest: Option<i64> = None;
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
+        let block = block.map_err(|e| anyhow::anyhow!("the {certificate} certificate is not PEM: {e}"))?;
+        if block.label != "CERTIFICATE" {
+            continue;
+        }
+        let parsed = block
+            .parse_x509()
+            .map_err(|e| anyhow::anyhow!("the {certificate} certificate cannot be read: {e}"))?;
+        let not_after = parsed.validity().not_after.timestamp();
+        earliest = Some(earliest.map_or(not_after, |held| held.min(not_after)));
+    }
+    let not_after = earliest.ok_or_else(|| anyhow::anyhow!("the {certificate} PEM holds no certificate"))?;
+    // The meter provider keeps the callback for the life of the process.
+    let _gauge = opentelemetry::global::meter("caselog")
+        .i64_observable_gauge("caselog.tls.certificate.expiry")
+        .with_description("When the certificate stops being valid (Unix seconds of its notAfter)")
+        .with_unit("s")
+        .with_callback(move |observer| {
+            observer.observe(not_after, &[opentelemetry::KeyValue::new("certificate", certificate)]);
+        })
+        .build();
+    Ok(not_after)
+}

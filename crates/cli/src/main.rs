@@ -145,8 +145,16 @@ struct MigrateArgs {
     database: DatabaseArgs,
     /// After migrating, grant this existing database role what the service needs and no more:
     /// it can read and append events and audit records but never change or delete them.
-    #[arg(long, env = "CASELOG_SERVICE_ROLE")]
+    #[arg(long, env = "CASELOG_SERVICE_ROLE", conflicts_with = "check")]
     service_role: Option<String>,
+    /// Change nothing: exit 0 when every migration of this release is applied, 1 when some are
+    /// not. Needs only SELECT on `_sqlx_migrations` (the service role has it), so a release's
+    /// pods can wait in an init container for the migration job instead of racing to migrate.
+    #[arg(long)]
+    check: bool,
+    /// With --check: keep asking, every 2 s, for up to this many seconds.
+    #[arg(long, requires = "check", default_value_t = 0)]
+    wait_secs: u64,
 }
 
 #[derive(Args, Debug)]
@@ -832,6 +840,9 @@ async fn migrated_pool(database_url: &str) -> anyhow::Result<caselog_store::PgPo
 
 async fn migrate_command(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let database_url = &args.database.database_url;
+    if args.check {
+        return check_migrations(database_url, Duration::from_secs(args.wait_secs)).await;
+    }
     let pool = migrated_pool(database_url).await?;
     println!("migrations applied");
     if let Some(role) = &args.service_role {
@@ -843,6 +854,39 @@ async fn migrate_command(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `caselog migrate --check`: whether this release's migrations are all applied, waiting up to
+/// `wait` for them (a database that does not answer yet counts as not migrated meanwhile).
+async fn check_migrations(database_url: &str, wait: Duration) -> anyhow::Result<ExitCode> {
+    let pool = caselog_store::connect(
+        database_url,
+        &ConnectSettings {
+            max_connections: 1,
+            ..ConnectSettings::default()
+        },
+    )?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let pending = caselog_store::pending_migrations(&pool).await;
+        match &pending {
+            Ok(pending) if pending.is_empty() => {
+                println!("every migration of this release is applied");
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ if std::time::Instant::now() < deadline => {}
+            Ok(pending) => {
+                let versions: Vec<String> = pending.iter().map(i64::to_string).collect();
+                eprintln!(
+                    "caselog: migrations {} of this release are not applied: run `caselog migrate` as the schema owner",
+                    versions.join(", ")
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(err) => return Err(anyhow::anyhow!("reading the applied migrations: {err}")),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 async fn serve_command(args: ServeArgs, scrape: caselog_server::prometheus::Scrape) -> anyhow::Result<ExitCode> {

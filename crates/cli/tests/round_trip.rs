@@ -38,8 +38,69 @@ fn succeed(command: &mut Command) -> String {
     stdout
 }
 
+/// A database of the test's own on `DATABASE_URL`'s server, dropped at the end.
+struct FreshDatabase {
+    url: String,
+    base: String,
+    name: String,
+}
+
+impl FreshDatabase {
+    fn create() -> FreshDatabase {
+        let base =
+            std::env::var("DATABASE_URL").expect("DATABASE_URL names a PostgreSQL this test may create databases in");
+        let name = format!("caselog_round_trip_{}", uuid::Uuid::new_v4().simple());
+        FreshDatabase {
+            url: with_database(&base, &name),
+            base,
+            name,
+        }
+    }
+
+    /// Runs `statements` on the server as `DATABASE_URL`'s role, in this database.
+    fn execute(&self, statements: &[String]) {
+        let url = self.url.clone();
+        let statements = statements.to_vec();
+        run_async(async move {
+            use sqlx::Connection;
+            let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
+            for statement in statements {
+                sqlx::query(sqlx::AssertSqlSafe(statement))
+                    .execute(&mut connection)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        run_async(async move {
+            use sqlx::Connection;
+            if let Ok(mut connection) = sqlx::PgConnection::connect(&base).await {
+                // The name is this test's own (a UUID), never input.
+                let statement = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(statement))
+                    .execute(&mut connection)
+                    .await;
+            }
+        });
+    }
+}
+
+fn run_async(work: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(work);
+}
+
 /// A `caselog serve` on a fresh database of its own, stopped and dropped at the end.
 struct Service {
+    database: FreshDatabase,
     database_url: String,
     address: String,
     process: Child,
@@ -48,10 +109,8 @@ struct Service {
 
 impl Service {
     fn start() -> Service {
-        let base =
-            std::env::var("DATABASE_URL").expect("DATABASE_URL names a PostgreSQL this test may create databases in");
-        let name = format!("caselog_round_trip_{}", uuid::Uuid::new_v4().simple());
-        let database_url = with_database(&base, &name);
+        let database = FreshDatabase::create();
+        let database_url = database.url.clone();
         succeed(caselog(&database_url).arg("migrate"));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -73,6 +132,7 @@ impl Service {
             std::thread::sleep(Duration::from_millis(50));
         }
         Service {
+            database,
             database_url,
             address: format!("http://127.0.0.1:{port}"),
             process,
@@ -132,23 +192,9 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        // Stopped before its database is dropped (the field, after this).
         let _ = self.process.kill();
         let _ = self.process.wait();
-        let base = std::env::var("DATABASE_URL").unwrap_or_default();
-        let name = self.database_url.rsplit('/').next().unwrap_or_default().to_owned();
-        let drop_it = async move {
-            use sqlx::Connection;
-            if let Ok(mut connection) = sqlx::PgConnection::connect(&base).await {
-                // The name is this test's own (a UUID), never input.
-                let statement = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                let _ = sqlx::query(sqlx::AssertSqlSafe(statement))
-                    .execute(&mut connection)
-                    .await;
-            }
-        };
-        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            runtime.block_on(drop_it);
-        }
     }
 }
 
@@ -334,4 +380,48 @@ fn command_line_tools_show_their_result_and_log_only_warnings_unless_asked() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&verbose.stderr);
     assert!(stderr.contains(" INFO "), "-v shows info lines:\n{stderr}");
+}
+
+/// `caselog migrate --check`, as a release's pods run it before serving (as the service role):
+/// 1 naming the missing migrations, changing nothing; 0 once `caselog migrate` has run.
+#[test]
+fn pods_can_check_as_the_service_role_that_their_migrations_are_applied() {
+    let database = FreshDatabase::create();
+    let check = |url: &str| {
+        let output = caselog(url).args(["migrate", "--check"]).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // `caselog migrate` would create the database; the check must find it bare.
+    run_async({
+        let (base, name) = (database.base.clone(), database.name.clone());
+        async move {
+            use sqlx::Connection;
+            let mut connection = sqlx::PgConnection::connect(&base).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                .execute(&mut connection)
+                .await
+                .unwrap();
+        }
+    });
+    let (code, said) = check(&database.url);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("migrations 1, 2, 3, 4, 5, 6 of this release are not applied"),
+        "{said}"
+    );
+    let (code, _) = check(&database.url);
+    assert_eq!(code, Some(1), "the check applied something");
+
+    let role = format!("caselog_check_{}", uuid::Uuid::new_v4().simple());
+    database.execute(&[format!("CREATE ROLE {role} LOGIN PASSWORD 'check-test'")]);
+    succeed(caselog(&database.url).args(["migrate", "--service-role", &role]));
+    let after_scheme = database.url.split_once("://").unwrap().1;
+    let host_and_database = after_scheme.rsplit_once('@').map_or(after_scheme, |(_, rest)| rest);
+    let as_role = format!("postgres://{role}:check-test@{host_and_database}");
+    let (code, said) = check(&as_role);
+    assert_eq!(code, Some(0), "{said}");
+    database.execute(&[format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")]);
 }

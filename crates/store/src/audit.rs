@@ -101,6 +101,8 @@ pub async fn grant_service_role(pool: &sqlx::PgPool, role: &str) -> Result<(), E
         format!("REVOKE ALL ON events, audit_records FROM {role}"),
         format!("GRANT SELECT, INSERT ON events, audit_records TO {role}"),
         format!("GRANT USAGE, SELECT ON SEQUENCE caselog_event_position TO {role}"),
+        // So that a release's pods can wait for its migrations (`caselog migrate --check`).
+        format!("GRANT SELECT ON _sqlx_migrations TO {role}"),
         // Earlier releases handed the projection tables to the service role; the owner's
         // rebuild functions need them back.
         "ALTER TABLE case_facts OWNER TO CURRENT_USER".to_owned(),

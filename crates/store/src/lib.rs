@@ -27,6 +27,27 @@ pub use sqlx::PgPool;
 /// The workspace migrations (`migrations/`), embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
+/// The versions of [`MIGRATOR`] not yet applied to the database behind `pool` (all of them when
+/// it has never been migrated), in order. Reads only `_sqlx_migrations`, so the service role can
+/// ask (`caselog migrate --check`): a new release's pods wait for its migration job this way.
+pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<i64>, Error> {
+    let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+    {
+        Ok(applied) => applied,
+        // undefined_table: never migrated.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|migration| migration.migration_type.is_up_migration())
+        .map(|migration| migration.version)
+        .filter(|version| !applied.contains(version))
+        .collect())
+}
+
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;

@@ -623,3 +623,46 @@ async fn probes_get_plain_text_health_and_nothing_else(pool: PgPool) {
         "only health is served in plain text"
     );
 }
+
+/// A key rotation (`caselog serve` does this on SIGHUP): from the moment the keys are replaced,
+/// tokens signed with the new key are accepted and those of the removed key refused, with no
+/// restart and no connection dropped.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn replaced_jwt_keys_take_effect_without_a_restart(pool: PgPool) {
+    use caselog_tests::security::{JWT_AUDIENCE, JWT_ISSUER, JWT_KID, authenticator};
+    let authenticator = authenticator(false, 64);
+    let server = TestServer::start_authenticating(
+        caselog_store::EventLog::new(pool),
+        caselog_server::ServerLimits::default(),
+        authenticator.clone(),
+    )
+    .await;
+    let new_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let signed_with_new = TokenSpec::new("court:LS").sign_with(&new_key);
+    let signed_with_old = jwt("court:LS");
+    let ask = |token: String| {
+        let mut client = events_as(&server, &token);
+        async move {
+            client
+                .get_case(pb::GetCaseRequest {
+                    case_id: "LS25C00404".into(),
+                })
+                .await
+                .unwrap_err()
+                .code()
+        }
+    };
+    assert_eq!(ask(signed_with_new.clone()).await, Code::Unauthenticated);
+    // Authenticated: a court is then refused reading cases, which is not UNAUTHENTICATED.
+    assert_eq!(ask(signed_with_old.clone()).await, Code::PermissionDenied);
+
+    let rotated = caselog_server::auth::JwtSettings::from_pems(
+        JWT_ISSUER.to_owned(),
+        JWT_AUDIENCE.to_owned(),
+        &[(JWT_KID.to_owned(), new_key.public_key_pem().into_bytes())],
+    )
+    .unwrap();
+    authenticator.replace_jwt(rotated).unwrap();
+    assert_eq!(ask(signed_with_new).await, Code::PermissionDenied);
+    assert_eq!(ask(signed_with_old).await, Code::Unauthenticated);
+}

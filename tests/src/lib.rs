@@ -51,8 +51,17 @@ impl TestServer {
 
     /// A server on `log` as given (its pools, say).
     pub async fn start_on(log: EventLog, limits: ServerLimits) -> TestServer {
+        TestServer::start_authenticating(log, limits, security::authenticator(false, 64)).await
+    }
+
+    /// A server on `log` whose callers `authenticator` knows (kept by the caller, to change it).
+    pub async fn start_authenticating(
+        log: EventLog,
+        limits: ServerLimits,
+        authenticator: std::sync::Arc<caselog_server::auth::Authenticator>,
+    ) -> TestServer {
         let security = Security {
-            authenticator: security::authenticator(false, 64),
+            authenticator,
             tls: None,
             plaintext_health: None,
             scrape: None,

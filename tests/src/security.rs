@@ -15,7 +15,7 @@ pub const HARNESS_TOKEN: &str = "harness-dev-token-0123456789";
 pub const HARNESS: &str = "test-harness";
 pub const JWT_ISSUER: &str = "https://idp.caselog.test";
 pub const JWT_AUDIENCE: &str = "caselog";
-const JWT_KID: &str = "test-key-1";
+pub const JWT_KID: &str = "test-key-1";
 
 /// The static development token of a single grant (every grant of the tests has one).
 pub fn dev_token(grant: &str) -> String {

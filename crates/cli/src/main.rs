@@ -157,14 +157,14 @@ struct MigrateArgs {
     wait_secs: u64,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct DatabaseArgs {
     /// PostgreSQL connection URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct ServeArgs {
     #[command(flatten)]
     database: DatabaseArgs,
@@ -261,6 +261,19 @@ struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The JWT keys as the files say now (None without --jwt-issuer).
+    fn jwt_settings(&self) -> Option<anyhow::Result<JwtSettings>> {
+        let (Some(issuer), Some(audience)) = (&self.jwt_issuer, &self.jwt_audience) else {
+            return None;
+        };
+        Some(
+            JwtSettings::load(issuer.clone(), audience.clone(), &self.jwt_key).map(|keys| JwtSettings {
+                max_lifetime_seconds: self.jwt_max_lifetime,
+                ..keys
+            }),
+        )
+    }
+
     fn security(&self) -> anyhow::Result<Security> {
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
@@ -281,13 +294,7 @@ impl ServeArgs {
             }
             _ => None,
         };
-        let jwt = match (&self.jwt_issuer, &self.jwt_audience) {
-            (Some(issuer), Some(audience)) => Some(JwtSettings {
-                max_lifetime_seconds: self.jwt_max_lifetime,
-                ..JwtSettings::load(issuer.clone(), audience.clone(), &self.jwt_key)?
-            }),
-            _ => None,
-        };
+        let jwt = self.jwt_settings().transpose()?;
         let dev_tokens = match &self.dev_tokens {
             Some(path) => Some(DevTokens::load(path, self.allow_dev_tokens)?),
             None => None,
@@ -856,6 +863,34 @@ async fn migrate_command(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// On each SIGHUP, reads the JWT keys again (--jwt-key files and directories) and verifies
+/// tokens with them from then on: keys are rotated without a restart. Keys that cannot be read
+/// are logged and the ones in use kept.
+async fn reload_jwt_keys_on_hangup(args: ServeArgs, authenticator: Arc<caselog_server::auth::Authenticator>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::warn!(error = %err, "SIGHUP cannot be caught: JWT keys are read at start only");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let reloaded = args
+            .jwt_settings()
+            .unwrap_or_else(|| Err(anyhow::anyhow!("no JWT issuer is configured")))
+            .and_then(|jwt| {
+                let key_ids: Vec<String> = jwt.keys.iter().map(|(kid, _, _)| kid.clone()).collect();
+                authenticator.replace_jwt(jwt).map(|()| key_ids)
+            });
+        match reloaded {
+            Ok(key_ids) => tracing::info!(keys = ?key_ids, "SIGHUP: JWT keys reloaded"),
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "SIGHUP: JWT keys not reloaded; the keys in use are kept")
+            }
+        }
+    }
+}
+
 /// `caselog migrate --check`: whether this release's migrations are all applied, waiting up to
 /// `wait` for them (a database that does not answer yet counts as not migrated meanwhile).
 async fn check_migrations(database_url: &str, wait: Duration) -> anyhow::Result<ExitCode> {
@@ -909,6 +944,9 @@ async fn serve_command(args: ServeArgs, scrape: caselog_server::prometheus::Scra
             .context("applying migrations")?;
     }
     let mut security = args.security()?;
+    if args.jwt_issuer.is_some() {
+        tokio::spawn(reload_jwt_keys_on_hangup(args.clone(), security.authenticator.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -29,6 +29,13 @@ fn help_never_prints_the_database_password() {
 /// What `caselog serve` logs to a pipe over `seconds`, with development tokens and a database
 /// that never answers (nothing listens on port 1: the server waits for it until stopped).
 fn serve_log(seconds: u64, env: &[(&str, &str)]) -> String {
+    serve_log_with(&[], env, |_| {
+        std::thread::sleep(std::time::Duration::from_secs(seconds))
+    })
+}
+
+/// As [`serve_log`], with `args` added, while `during` runs (given the process id).
+fn serve_log_with(args: &[&str], env: &[(&str, &str)], during: impl FnOnce(u32)) -> String {
     let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/dev-tokens.json");
     let mut command = caselog();
     command
@@ -40,6 +47,7 @@ fn serve_log(seconds: u64, env: &[(&str, &str)]) -> String {
             "--listen",
             "127.0.0.1:0",
         ])
+        .args(args)
         .env(
             "DATABASE_URL",
             "postgres://caselog:pw@127.0.0.1:1/caselog?connect_timeout=1",
@@ -51,7 +59,7 @@ fn serve_log(seconds: u64, env: &[(&str, &str)]) -> String {
         command.env(key, value);
     }
     let mut child = command.spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    during(child.id());
     let _ = child.kill();
     let output = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -77,4 +85,58 @@ fn an_unreachable_collector_is_reported_in_the_log() {
     );
     let failures = log.lines().filter(|line| line.contains("ExportError")).count();
     assert!(failures >= 1, "no export failure in the log:\n{log}");
+}
+
+/// Two P-256 public keys (public, so harmless in a test).
+const KEY_A: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEnB4+loDYuGsP6QQKjR0rnUNfU+de
+Mudb78Qp6kCf4IsyC+1NOtp0NpaehZ7wxgKFm8Hq0BzFYmTTNumv5VmSsw==
+-----END PUBLIC KEY-----
+";
+const KEY_B: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEnExa9eJ1rbD7BYUkLZ9HDVux/CC5
+4XbY2626hMmcqjM46IyEVL4XO1xdmAnRvCm4t2yTuSSAIAJLAdGNZTZVUg==
+-----END PUBLIC KEY-----
+";
+
+#[test]
+fn sighup_reloads_the_jwt_keys_of_a_directory_and_keeps_them_when_the_new_ones_are_unreadable() {
+    let keys = std::env::temp_dir().join(format!("caselog-jwt-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("key-a.pem"), KEY_A).unwrap();
+    // Kubernetes' own entries in a mounted directory are not keys.
+    std::fs::write(keys.join("..data"), "not a key").unwrap();
+    let hangup = |pid: u32| {
+        let sent = Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+        assert!(sent.success());
+        std::thread::sleep(std::time::Duration::from_millis(800));
+    };
+    let log = serve_log_with(
+        &[
+            "--jwt-issuer",
+            "https://login.example.org",
+            "--jwt-audience",
+            "caselog",
+            "--jwt-key",
+            keys.to_str().unwrap(),
+        ],
+        &[],
+        |pid| {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            std::fs::write(keys.join("key-b.pem"), KEY_B).unwrap();
+            hangup(pid);
+            std::fs::write(keys.join("key-c.pem"), "not a key").unwrap();
+            hangup(pid);
+        },
+    );
+    let _ = std::fs::remove_dir_all(&keys);
+    let reloaded: Vec<&str> = log.lines().filter(|line| line.contains("JWT keys reloaded")).collect();
+    assert_eq!(reloaded.len(), 1, "{log}");
+    assert!(reloaded[0].contains(r#"["key-a", "key-b"]"#), "{log}");
+    let kept: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("JWT keys not reloaded"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{log}");
+    assert!(kept[0].contains("key-c"), "{log}");
 }

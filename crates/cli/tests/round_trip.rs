@@ -101,7 +101,6 @@ fn run_async(work: impl std::future::Future<Output = ()>) {
 /// A `caselog serve` on a fresh database of its own, stopped and dropped at the end.
 struct Service {
     database: FreshDatabase,
-    database_url: String,
     address: String,
     process: Child,
     last_position: u64,
@@ -133,7 +132,6 @@ impl Service {
         }
         Service {
             database,
-            database_url,
             address: format!("http://127.0.0.1:{port}"),
             process,
             last_position: 0,
@@ -142,7 +140,7 @@ impl Service {
 
     /// A client command of `caselog` against this service.
     fn client(&self, subcommand: &str, token: &str) -> Command {
-        let mut command = caselog(&self.database_url);
+        let mut command = caselog(&self.database.url);
         command
             .arg(subcommand)
             .args(["--server", &self.address, "--token", token]);
@@ -181,7 +179,7 @@ impl Service {
 
     /// The digest of the projection state, as `caselog rebuild --verify` computes it.
     fn projection_digest(&self) -> String {
-        let summary = succeed(caselog(&self.database_url).args(["rebuild", "--verify"]));
+        let summary = succeed(caselog(&self.database.url).args(["rebuild", "--verify"]));
         summary
             .lines()
             .find_map(|line| line.strip_prefix("digest "))
@@ -362,7 +360,7 @@ fn metrics_come_as_a_table_or_csv_and_bad_arguments_are_named() {
 fn command_line_tools_show_their_result_and_log_only_warnings_unless_asked() {
     let mut service = Service::start();
     service.import(&repository().join("examples/cases.ndjson"));
-    let quiet = caselog(&service.database_url)
+    let quiet = caselog(&service.database.url)
         .args(["rebuild", "--verify"])
         .env_remove("RUST_LOG")
         .output()
@@ -373,7 +371,7 @@ fn command_line_tools_show_their_result_and_log_only_warnings_unless_asked() {
     assert!(stdout.contains("digest "), "the result is shown: {stdout}");
     assert!(!stderr.contains(" INFO "), "info lines without -v:\n{stderr}");
     assert!(!stderr.contains('\r'), "a redrawn bar in a redirected log:\n{stderr:?}");
-    let verbose = caselog(&service.database_url)
+    let verbose = caselog(&service.database.url)
         .args(["rebuild", "--verify", "-v"])
         .env_remove("RUST_LOG")
         .output()

@@ -94,10 +94,30 @@ impl std::fmt::Debug for JwtSettings {
 }
 
 impl JwtSettings {
-    /// Reads public keys (PEM: ECDSA P-256 or Ed25519); each file's stem is its key id.
+    /// Reads public keys (PEM: ECDSA P-256 or Ed25519); each file's stem is its key id. A
+    /// directory stands for the `*.pem` files in it (a mounted ConfigMap or Secret, whose keys
+    /// can then be added and removed without changing the command line).
     pub fn load(issuer: String, audience: String, key_files: &[PathBuf]) -> anyhow::Result<JwtSettings> {
-        let mut pems = Vec::new();
+        let mut files = Vec::new();
         for path in key_files {
+            if path.is_dir() {
+                let mut in_directory: Vec<PathBuf> = std::fs::read_dir(path)
+                    .map_err(|e| anyhow::anyhow!("reading the JWT key directory {}: {e}", path.display()))?
+                    .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                    .filter(|file| {
+                        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                        // Kubernetes keeps its own entries (`..data`) beside the keys.
+                        !name.starts_with('.') && name.ends_with(".pem") && file.is_file()
+                    })
+                    .collect();
+                in_directory.sort();
+                files.extend(in_directory);
+            } else {
+                files.push(path.clone());
+            }
+        }
+        let mut pems = Vec::new();
+        for path in &files {
             let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading JWT key {}: {e}", path.display()))?;
             let kid = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
             pems.push((kid, pem));
@@ -218,6 +238,9 @@ fn principal_of(organisation: String, grants: &[String]) -> Result<Principal, St
 #[derive(Debug)]
 pub struct Authenticator {
     settings: AuthSettings,
+    /// The JWT keys in use: `settings.jwt` at start, replaced whole by
+    /// [`Authenticator::replace_jwt`] (a key rotation), never edited in place.
+    jwt: std::sync::RwLock<Option<Arc<JwtSettings>>>,
     in_flight: PerOrganisation,
     subscriptions: PerOrganisation,
 }
@@ -234,10 +257,21 @@ impl Authenticator {
             "the per-client concurrency and subscription limits must be positive"
         );
         Ok(Authenticator {
+            jwt: std::sync::RwLock::new(settings.jwt.clone().map(Arc::new)),
             settings,
             in_flight: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Verifies tokens with `jwt` from now on (requests already verified are not asked again):
+    /// how keys are rotated without a restart. Refused when the service was started without
+    /// JWT verification, which a reload does not switch on.
+    pub fn replace_jwt(&self, jwt: JwtSettings) -> anyhow::Result<()> {
+        let mut held = self.jwt.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        anyhow::ensure!(held.is_some(), "this service was started without JWT verification");
+        *held = Some(Arc::new(jwt));
+        Ok(())
     }
 
     /// A bearer token if the request carries one, else the client certificate.
@@ -289,7 +323,11 @@ impl Authenticator {
         {
             return Ok(principal.clone());
         }
-        let Some(jwt) = &self.settings.jwt else {
+        let jwt = self
+            .jwt
+            .read()
+            .map_or_else(|poisoned| poisoned.into_inner().clone(), |held| held.clone());
+        let Some(jwt) = jwt else {
             return Err(Refused::new("unknown_token", "the bearer token is not recognised"));
         };
         let header = jsonwebtoken::decode_header(token)

@@ -88,6 +88,23 @@ enum Command {
     /// Rebuild the projections from the log beside the live ones and switch them in (or, with
     /// --verify, compare and discard). Needs no running service; safe to run beside one.
     Rebuild(RebuildArgs),
+    /// Ask a server's plain-text health port (--health-listen) whether it serves: exits 0 when
+    /// SERVING, 1 otherwise. For container health checks; needs no credentials.
+    Health(HealthArgs),
+}
+
+#[derive(Args, Debug)]
+struct HealthArgs {
+    /// The server's plain-text health address.
+    #[arg(long, env = "CASELOG_HEALTH_ADDRESS", default_value = "http://127.0.0.1:8081")]
+    server: String,
+    /// The service to ask about: "" (ready: database answering, read model loaded), "liveness"
+    /// (the process answers), or a gRPC service name such as caselog.v1.CaseEventService.
+    #[arg(long, default_value = "")]
+    service: String,
+    /// Seconds before the answer counts as "not serving".
+    #[arg(long, default_value_t = 3)]
+    timeout_secs: u64,
 }
 
 #[derive(Args, Debug)]
@@ -830,7 +847,45 @@ async fn run(command: Command, scrape: caselog_server::prometheus::Scrape) -> an
         Command::Metrics(args) => metrics_command(args).await,
         Command::Report(args) => report_command(args).await,
         Command::Units(args) => units_command(args).await,
+        Command::Health(args) => health_command(args).await,
     }
+}
+
+async fn health_command(args: HealthArgs) -> anyhow::Result<ExitCode> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let asked = async {
+        let channel = tonic::transport::Endpoint::from_shared(args.server.clone())
+            .with_context(|| format!("{} is not a server address", args.server))?
+            .connect_timeout(timeout)
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", args.server))?;
+        let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: args.service.clone(),
+            })
+            .await
+            .map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?;
+        anyhow::Ok(answer.into_inner().status())
+    };
+    let status = match tokio::time::timeout(timeout, asked).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(err)) => {
+            println!("NOT_SERVING ({err:#})");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(_) => {
+            println!("NOT_SERVING (no answer within {} s)", args.timeout_secs);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!("{}", status.as_str_name());
+    Ok(if status == ServingStatus::Serving {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Creates the database when missing, applies the migrations and returns a pool (as the

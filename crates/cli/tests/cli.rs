@@ -140,3 +140,40 @@ fn sighup_reloads_the_jwt_keys_of_a_directory_and_keeps_them_when_the_new_ones_a
     assert_eq!(kept.len(), 1, "{log}");
     assert!(kept[0].contains("key-c"), "{log}");
 }
+
+#[test]
+fn health_answers_for_container_probes_from_the_plain_text_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("http://127.0.0.1:{port}");
+    let health = |service: &str| {
+        let output = caselog()
+            .args(["health", "--server", &address, "--service", service])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        )
+    };
+    let mut answers = Vec::new();
+    serve_log_with(&["--health-listen", &format!("127.0.0.1:{port}")], &[], |_| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while health("liveness").0 != Some(0) {
+            assert!(std::time::Instant::now() < deadline, "liveness never answered");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        answers.push(health("liveness"));
+        // The database never answers: alive, not ready.
+        answers.push(health(""));
+    });
+    assert_eq!(answers[0], (Some(0), "SERVING".to_owned()));
+    assert_eq!(answers[1], (Some(1), "NOT_SERVING".to_owned()));
+    // Nothing listens any more.
+    let (code, said) = health("");
+    assert_eq!(code, Some(1));
+    assert!(said.starts_with("NOT_SERVING ("), "{said}");
+}

@@ -6,6 +6,7 @@
 mod auth;
 mod concurrency;
 mod database_tls;
+mod deploy;
 mod disclosure;
 mod feed;
 mod hardening;

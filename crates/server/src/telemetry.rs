@@ -65,8 +65,12 @@ pub fn init(json: bool, default_level: &str) -> anyhow::Result<Telemetry> {
             .with_batch_exporter(spans)
             .with_resource(resource)
             .build();
-        let metrics = opentelemetry_otlp::MetricExporter::builder().with_tonic().build()?;
-        meters = meters.with_reader(PeriodicReader::builder(metrics).build());
+        // OTEL_METRICS_EXPORTER=none (the standard variable) keeps metrics off OTLP where
+        // Prometheus scrapes /metrics, so that they are not collected twice.
+        if std::env::var("OTEL_METRICS_EXPORTER").as_deref() != Ok("none") {
+            let metrics = opentelemetry_otlp::MetricExporter::builder().with_tonic().build()?;
+            meters = meters.with_reader(PeriodicReader::builder(metrics).build());
+        }
         let layer = tracing_opentelemetry::layer().with_tracer(tracer_provider.tracer("caselog"));
         telemetry.tracer_provider = Some(tracer_provider);
         Some(layer)

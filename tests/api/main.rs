@@ -19,6 +19,7 @@ mod operations;
 mod rebuild;
 mod replica;
 mod report;
+mod restore;
 mod rules;
 mod series;
 mod write_path;

@@ -46,27 +46,57 @@ impl LocalCluster {
     /// connections from 127.0.0.1): `pg_basebackup -R`, so it starts as a hot standby following
     /// the primary. Not started.
     pub fn replica_of(primary: &LocalCluster, name: &str) -> LocalCluster {
-        let replica = LocalCluster::empty(name);
-        replica.run(
-            "pg_basebackup",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &primary.port.to_string(),
-                "-U",
-                "postgres",
-                "-D",
-                &replica.data(),
-                "-R",
-                "-X",
-                "stream",
-                "--no-sync",
-                "-c",
-                "fast",
-            ],
-        );
-        replica
+        LocalCluster::base_backup(primary, name, &["-R"])
+    }
+
+    /// A base backup of `primary` (as for a replica, without following it): what a
+    /// point-in-time restore starts from. Not started.
+    pub fn backup_of(primary: &LocalCluster, name: &str) -> LocalCluster {
+        LocalCluster::base_backup(primary, name, &[])
+    }
+
+    fn base_backup(primary: &LocalCluster, name: &str, extra: &[&str]) -> LocalCluster {
+        let copy = LocalCluster::empty(name);
+        let port = primary.port.to_string();
+        let data = copy.data();
+        let mut args = vec![
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-D",
+            &data,
+            "-X",
+            "stream",
+            "--no-sync",
+            "-c",
+            "fast",
+        ];
+        args.extend_from_slice(extra);
+        copy.run("pg_basebackup", &args);
+        copy
+    }
+
+    /// A directory in the cluster's own, owned by its user (a WAL archive, say).
+    pub fn make_dir(&self, name: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::create_dir(&path).unwrap();
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        }
+        path
+    }
+
+    /// Writes `name` into the data directory (e.g. `recovery.signal`), owned by the cluster's
+    /// user.
+    pub fn write_data_file(&self, name: &str, contents: &str) {
+        let path = Path::new(&self.data()).join(name);
+        std::fs::write(&path, contents).unwrap();
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        }
     }
 
     fn empty(name: &str) -> LocalCluster {

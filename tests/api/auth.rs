@@ -666,3 +666,69 @@ async fn replaced_jwt_keys_take_effect_without_a_restart(pool: PgPool) {
     assert_eq!(ask(signed_with_new).await, Code::PermissionDenied);
     assert_eq!(ask(signed_with_old).await, Code::Unauthenticated);
 }
+
+/// A certificate renewal or a new client CA while serving (`caselog serve` does this on
+/// SIGHUP): new connections get the new certificate and are verified against the new CA,
+/// connections already open keep theirs, and files that cannot serve are refused with the ones
+/// in use kept.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn replaced_certificates_serve_new_connections_and_open_ones_keep_theirs(pool: PgPool) {
+    let (old, new) = (Pki::new(), Pki::new());
+    let tls = old.server_tls();
+    let server = TestServer::start_tls_serving(pool, &old, tls.clone(), 64, None).await;
+    // An administrator asks for a case that does not exist: NOT_FOUND once authenticated.
+    async fn ask(channel: Result<tonic::transport::Channel, tonic::transport::Error>) -> Result<Code, String> {
+        let channel = channel.map_err(|e| format!("connect: {e:?}"))?;
+        let status = CaseEventServiceClient::new(channel)
+            .get_case(pb::GetCaseRequest {
+                case_id: "LS25C00404".into(),
+            })
+            .await
+            .unwrap_err();
+        Ok(status.code())
+    }
+    let open = old.channel(server.addr, Some(old.client_identity("admin"))).await;
+    let open = open.unwrap();
+    assert_eq!(ask(Ok(open.clone())).await, Ok(Code::NotFound));
+
+    let (new_ca, new_cert, new_key) = new.pems();
+    tls.replace(new_cert.as_bytes(), new_key.as_bytes(), Some(new_ca.as_bytes()))
+        .unwrap();
+    assert_eq!(
+        ask(Ok(open.clone())).await,
+        Ok(Code::NotFound),
+        "an open connection keeps its certificate"
+    );
+    assert_eq!(
+        ask(new.channel(server.addr, Some(new.client_identity("admin"))).await).await,
+        Ok(Code::NotFound),
+        "a new connection gets the new certificate and its client certificate is verified against the new CA"
+    );
+    let old_trust = ask(old.channel(server.addr, Some(old.client_identity("admin"))).await).await;
+    assert!(
+        !matches!(old_trust, Ok(Code::NotFound)),
+        "the old certificate is still served: {old_trust:?}"
+    );
+    let old_client = ask(new.channel(server.addr, Some(old.client_identity("admin"))).await).await;
+    assert!(
+        !matches!(old_client, Ok(Code::NotFound)),
+        "a client certificate of the old CA was accepted: {old_client:?}"
+    );
+
+    // A key that is not the certificate's, or a client CA dropped while serving: refused, and
+    // the new certificate goes on serving.
+    let (old_ca, _, old_key) = old.pems();
+    assert!(
+        tls.replace(new_cert.as_bytes(), old_key.as_bytes(), Some(new_ca.as_bytes()))
+            .is_err()
+    );
+    assert!(tls.replace(new_cert.as_bytes(), new_key.as_bytes(), None).is_err());
+    assert!(
+        tls.replace(b"not a certificate", new_key.as_bytes(), Some(old_ca.as_bytes()))
+            .is_err()
+    );
+    assert_eq!(
+        ask(new.channel(server.addr, Some(new.client_identity("admin"))).await).await,
+        Ok(Code::NotFound)
+    );
+}

@@ -10,13 +10,10 @@ use caselog_api::v1::metrics_service_client::MetricsServiceClient;
 use caselog_domain::Position;
 use caselog_server::ServerLimits;
 use caselog_store::{ConnectSettings, EventLog};
-use caselog_tests::cluster::LocalCluster;
+use caselog_tests::cluster::{LocalCluster, REPLICATING_HBA};
 use caselog_tests::*;
 use std::time::{Duration, Instant};
 use tonic::Code;
-
-const REPLICATING_HBA: &str = "local all all trust\nlocal replication all trust\n\
-host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n";
 
 fn d1_query(min_position: u64) -> pb::QueryMetricsRequest {
     pb::QueryMetricsRequest {

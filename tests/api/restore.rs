@@ -12,12 +12,9 @@ use caselog_api::v1 as pb;
 use caselog_api::v1::event_feed_service_client::EventFeedServiceClient;
 use caselog_api::v1::metrics_service_client::MetricsServiceClient;
 use caselog_store::{ConnectSettings, EventLog};
-use caselog_tests::cluster::LocalCluster;
+use caselog_tests::cluster::{LocalCluster, REPLICATING_HBA};
 use caselog_tests::*;
 use std::time::{Duration, Instant};
-
-const REPLICATING_HBA: &str = "local all all trust\nlocal replication all trust\n\
-host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n";
 
 async fn every_event(server: &TestServer, from: u64) -> Vec<(String, u64)> {
     let page = EventFeedServiceClient::new(server.channel.clone())

@@ -10,6 +10,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Client authentication that also lets replication connections in (trust, loopback only).
+pub const REPLICATING_HBA: &str = "local all all trust\nlocal replication all trust\n\
+host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n";
+
 #[derive(Debug)]
 pub struct LocalCluster {
     pub dir: PathBuf,

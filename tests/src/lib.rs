@@ -130,9 +130,21 @@ impl TestServer {
         max_concurrent_per_client: usize,
         health: Option<tokio::net::TcpListener>,
     ) -> TestServer {
+        TestServer::start_tls_serving(pool, pki, pki.server_tls(), max_concurrent_per_client, health).await
+    }
+
+    /// As `start_tls_with`, serving `tls` (which the caller keeps, to replace its certificates);
+    /// `anonymous` trusts `pki`'s CA.
+    pub async fn start_tls_serving(
+        pool: PgPool,
+        pki: &Pki,
+        tls: std::sync::Arc<caselog_server::tls::ServerTls>,
+        max_concurrent_per_client: usize,
+        health: Option<tokio::net::TcpListener>,
+    ) -> TestServer {
         let security = Security {
             authenticator: security::authenticator(true, max_concurrent_per_client),
-            tls: Some(pki.server_tls()),
+            tls: Some(tls),
             plaintext_health: health,
             scrape: None,
         };

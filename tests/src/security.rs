@@ -7,7 +7,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// The development token of the test harness: it migrates history (appends anything) and
 /// administers (reads anything), so that tests of other features need not juggle roles.
@@ -155,11 +155,20 @@ impl Pki {
     }
 
     /// TLS for the server, asking for (optional) client certificates from this CA.
-    pub fn server_tls(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.server_cert, &self.server_key))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(true)
+    pub fn server_tls(&self) -> Arc<caselog_server::tls::ServerTls> {
+        Arc::new(
+            caselog_server::tls::ServerTls::from_pem(
+                self.server_cert.as_bytes(),
+                self.server_key.as_bytes(),
+                Some(self.ca_pem.as_bytes()),
+            )
+            .unwrap(),
+        )
+    }
+
+    /// The PEM of this CA's certificate, its server certificate and the server's key.
+    pub fn pems(&self) -> (&str, &str, &str) {
+        (&self.ca_pem, &self.server_cert, &self.server_key)
     }
 
     /// A client certificate whose common name is `common_name`, signed by this CA (a certificate

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -278,6 +278,20 @@ struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The server's certificate chain, key and client CA as the files say now (None without
+    /// --tls-cert).
+    #[allow(clippy::type_complexity)]
+    fn tls_files(&self) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+        let cert_pem = read(cert)?;
+        let key_pem = read(key)?;
+        let ca_pem = self.tls_client_ca.as_ref().map(read).transpose()?;
+        Ok(Some((cert_pem, key_pem, ca_pem)))
+    }
+
     /// The JWT keys as the files say now (None without --jwt-issuer).
     fn jwt_settings(&self) -> Option<anyhow::Result<JwtSettings>> {
         let (Some(issuer), Some(audience)) = (&self.jwt_issuer, &self.jwt_audience) else {
@@ -292,24 +306,14 @@ impl ServeArgs {
     }
 
     fn security(&self) -> anyhow::Result<Security> {
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => {
-                let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
-                let cert_pem = read(cert)?;
-                caselog_server::telemetry::publish_certificate_expiry("server", &cert_pem)?;
-                let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, read(key)?));
-                if let Some(ca) = &self.tls_client_ca {
-                    let ca_pem = read(ca)?;
-                    caselog_server::telemetry::publish_certificate_expiry("client_ca", &ca_pem)?;
-                    // Optional at the TLS layer so that bearer-token callers connect too; a caller
-                    // with neither is refused UNAUTHENTICATED by the authenticator.
-                    tls = tls
-                        .client_ca_root(Certificate::from_pem(ca_pem))
-                        .client_auth_optional(true);
-                }
-                Some(tls)
+        let tls = match self.tls_files()? {
+            Some((cert, key, client_ca)) => {
+                let tls = caselog_server::tls::ServerTls::from_pem(&cert, &key, client_ca.as_deref())
+                    .context("the TLS certificate, key or client CA")?;
+                publish_tls_expiry(&cert, client_ca.as_deref())?;
+                Some(Arc::new(tls))
             }
-            _ => None,
+            None => None,
         };
         let jwt = self.jwt_settings().transpose()?;
         let dev_tokens = match &self.dev_tokens {
@@ -918,32 +922,58 @@ async fn migrate_command(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// On each SIGHUP, reads the JWT keys again (--jwt-key files and directories) and verifies
-/// tokens with them from then on: keys are rotated without a restart. Keys that cannot be read
-/// are logged and the ones in use kept.
-async fn reload_jwt_keys_on_hangup(args: ServeArgs, authenticator: Arc<caselog_server::auth::Authenticator>) {
+/// On each SIGHUP, reads the JWT keys (--jwt-key files and directories) and the TLS certificate,
+/// key and client CA again, and uses them from then on: keys and certificates are rotated
+/// without a restart (connections already open keep theirs). What cannot be read is logged and
+/// what is in use kept.
+async fn reload_on_hangup(
+    args: ServeArgs,
+    authenticator: Arc<caselog_server::auth::Authenticator>,
+    tls: Option<Arc<caselog_server::tls::ServerTls>>,
+) {
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(hangups) => hangups,
         Err(err) => {
-            tracing::warn!(error = %err, "SIGHUP cannot be caught: JWT keys are read at start only");
+            tracing::warn!(error = %err, "SIGHUP cannot be caught: keys and certificates are read at start only");
             return;
         }
     };
     while hangups.recv().await.is_some() {
-        let reloaded = args
-            .jwt_settings()
-            .unwrap_or_else(|| Err(anyhow::anyhow!("no JWT issuer is configured")))
-            .and_then(|jwt| {
+        if let Some(jwt) = args.jwt_settings() {
+            let reloaded = jwt.and_then(|jwt| {
                 let key_ids: Vec<String> = jwt.keys.iter().map(|(kid, _, _)| kid.clone()).collect();
                 authenticator.replace_jwt(jwt).map(|()| key_ids)
             });
-        match reloaded {
-            Ok(key_ids) => tracing::info!(keys = ?key_ids, "SIGHUP: JWT keys reloaded"),
-            Err(err) => {
-                tracing::error!(error = %format!("{err:#}"), "SIGHUP: JWT keys not reloaded; the keys in use are kept")
+            match reloaded {
+                Ok(key_ids) => tracing::info!(keys = ?key_ids, "SIGHUP: JWT keys reloaded"),
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), "SIGHUP: JWT keys not reloaded; the keys in use are kept")
+                }
+            }
+        }
+        if let Some(tls) = &tls {
+            let reloaded = args.tls_files().and_then(|files| {
+                let (cert, key, client_ca) = files.context("--tls-cert is no longer set")?;
+                tls.replace(&cert, &key, client_ca.as_deref())?;
+                publish_tls_expiry(&cert, client_ca.as_deref())
+            });
+            match reloaded {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and client CA reloaded"),
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), "SIGHUP: TLS files not reloaded; the ones in use are kept")
+                }
             }
         }
     }
+}
+
+/// Publishes when the served certificate and the client CA expire (after they are in use).
+fn publish_tls_expiry(cert: &[u8], client_ca: Option<&[u8]>) -> anyhow::Result<()> {
+    caselog_server::telemetry::publish_certificate_expiry("server", cert)?;
+    if let Some(client_ca) = client_ca {
+        caselog_server::telemetry::publish_certificate_expiry("client_ca", client_ca)?;
+    }
+    Ok(())
 }
 
 /// `caselog migrate --check`: whether this release's migrations are all applied, waiting up to
@@ -999,8 +1029,12 @@ async fn serve_command(args: ServeArgs, scrape: caselog_server::prometheus::Scra
             .context("applying migrations")?;
     }
     let mut security = args.security()?;
-    if args.jwt_issuer.is_some() {
-        tokio::spawn(reload_jwt_keys_on_hangup(args.clone(), security.authenticator.clone()));
+    if args.jwt_issuer.is_some() || security.tls.is_some() {
+        tokio::spawn(reload_on_hangup(
+            args.clone(),
+            security.authenticator.clone(),
+            security.tls.clone(),
+        ));
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

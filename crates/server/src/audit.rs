@@ -29,7 +29,7 @@ pub async fn recorded<T>(
         tokio::time::timeout(OUTAGE_RECORD_WAIT, writing)
             .await
             .unwrap_or_else(|_| {
-                audit_write_failures().add(1, &[]);
+                count_audit_write_failure(1);
                 tracing::error!(
                     action,
                     target,
@@ -61,21 +61,22 @@ pub async fn record(
 ) -> Result<(), AppError> {
     let written = caselog_app::audit::record(log, principal, action, target, detail, outcome).await;
     if written.is_err() {
-        audit_write_failures().add(1, &[]);
+        count_audit_write_failure(1);
     }
     written
 }
 
-pub(crate) fn audit_write_failures() -> &'static opentelemetry::metrics::Counter<u64> {
-    static COUNTER: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> = std::sync::OnceLock::new();
-    COUNTER.get_or_init(|| {
-        opentelemetry::global::meter("caselog")
-            .u64_counter("caselog.audit.write_failures")
-            .with_description(
-                "Audit records that could not be written (the read was refused, or a refusal went unrecorded)",
-            )
-            .build()
-    })
+/// Counts an audit record that could not be written. Failures are rare, so the instrument is
+/// looked up each time (the meter provider keeps one count per name), from whichever provider
+/// is current.
+pub(crate) fn count_audit_write_failure(failures: u64) {
+    opentelemetry::global::meter("caselog")
+        .u64_counter("caselog.audit.write_failures")
+        .with_description(
+            "Audit records that could not be written (the read was refused, or a refusal went unrecorded)",
+        )
+        .build()
+        .add(failures, &[]);
 }
 
 /// How long the record of a call that found the store unavailable may take.

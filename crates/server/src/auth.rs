@@ -20,7 +20,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// Requests that need no credentials: health checks (load balancers and Kubernetes probes
 /// cannot present client certificates or tokens). They reveal only whether the service serves.
@@ -238,15 +237,17 @@ fn principal_of(organisation: String, grants: &[String]) -> Result<Principal, St
 #[derive(Debug)]
 pub struct Authenticator {
     settings: AuthSettings,
-    /// The JWT keys in use: `settings.jwt` at start, replaced whole by
+    /// The JWT keys in use: those of the settings at start, replaced whole by
     /// [`Authenticator::replace_jwt`] (a key rotation), never edited in place.
     jwt: std::sync::RwLock<Option<Arc<JwtSettings>>>,
+    /// Requests refused as unauthenticated, by reason (`caselog_auth_failures_total`).
+    failures: opentelemetry::metrics::Counter<u64>,
     in_flight: PerOrganisation,
     subscriptions: PerOrganisation,
 }
 
 impl Authenticator {
-    pub fn new(settings: AuthSettings) -> anyhow::Result<Authenticator> {
+    pub fn new(mut settings: AuthSettings) -> anyhow::Result<Authenticator> {
         anyhow::ensure!(
             settings.jwt.is_some() || settings.client_certificates || settings.dev_tokens.is_some(),
             "no way to authenticate callers is configured: give --jwt-issuer/--jwt-audience/--jwt-key, \
@@ -257,7 +258,13 @@ impl Authenticator {
             "the per-client concurrency and subscription limits must be positive"
         );
         Ok(Authenticator {
-            jwt: std::sync::RwLock::new(settings.jwt.clone().map(Arc::new)),
+            // Held apart from the other settings, so that a replacement is the only copy.
+            jwt: std::sync::RwLock::new(settings.jwt.take().map(Arc::new)),
+            // From the meter provider of the moment: an authenticator is made once per server.
+            failures: opentelemetry::global::meter("caselog")
+                .u64_counter("caselog.auth.failures")
+                .with_description("Requests refused as UNAUTHENTICATED, by reason")
+                .build(),
             settings,
             in_flight: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
@@ -281,7 +288,8 @@ impl Authenticator {
         peer_certificates: Option<&[tonic::transport::CertificateDer<'static>]>,
     ) -> Result<Principal, Error> {
         self.identify(headers, peer_certificates).map_err(|refused| {
-            auth_failures().add(1, &[opentelemetry::KeyValue::new("reason", refused.reason)]);
+            self.failures
+                .add(1, &[opentelemetry::KeyValue::new("reason", refused.reason)]);
             Error::Unauthenticated(refused.message)
         })
     }
@@ -500,17 +508,6 @@ impl Refused {
     }
 }
 
-/// Requests refused as unauthenticated, by reason.
-fn auth_failures() -> &'static opentelemetry::metrics::Counter<u64> {
-    static COUNTER: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> = std::sync::OnceLock::new();
-    COUNTER.get_or_init(|| {
-        opentelemetry::global::meter("caselog")
-            .u64_counter("caselog.auth.failures")
-            .with_description("Requests refused as UNAUTHENTICATED, by reason")
-            .build()
-    })
-}
-
 /// The principal of a verified client certificate: its subject common name is a grant
 /// (`court:LS`, `practice:A5`, ...) and also names the organisation.
 fn from_certificate(leaf: &[u8]) -> Result<Principal, Refused> {
@@ -630,8 +627,8 @@ where
         }
         let certificates = request
             .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(TlsConnectInfo::peer_certs);
+            .get::<crate::tls::TlsPeer>()
+            .and_then(|peer| peer.certificates.clone());
         let admitted = self
             .authenticator
             .authenticate(request.headers(), certificates.as_deref().map(Vec::as_slice))

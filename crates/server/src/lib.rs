@@ -16,6 +16,7 @@ mod report;
 mod rpc_metrics;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 mod units;
 
 use caselog_app::projector;
@@ -32,7 +33,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
@@ -111,7 +112,8 @@ impl Default for ServerLimits {
 #[derive(Debug)]
 pub struct Security {
     pub authenticator: Arc<Authenticator>,
-    pub tls: Option<ServerTlsConfig>,
+    /// TLS on the gRPC port (replaceable while serving); plain HTTP/2 without.
+    pub tls: Option<Arc<tls::ServerTls>>,
     /// Serves gRPC health alone, in plain text and without credentials, for probes that cannot
     /// do mutual TLS.
     pub plaintext_health: Option<TcpListener>,
@@ -129,7 +131,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     // Exported from the start, at zero: an alert on its increase then works from the first failure.
-    audit::audit_write_failures().add(0, &[]);
+    audit::count_audit_write_failure(0);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // tonic-health starts "" as SERVING; nothing is served until the database has answered.
     for service in DATABASE_BACKED {
@@ -233,12 +235,8 @@ pub async fn run(
         }
         stream
     });
-    let mut builder = Server::builder();
-    if let Some(tls) = security.tls {
-        builder = builder.tls_config(tls)?;
-    }
     // No `timeout` here: `DeadlineLayer` enforces it, answering DEADLINE_EXCEEDED.
-    let serving = builder
+    let router = Server::builder()
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .trace_fn(telemetry::rpc_span)
@@ -251,8 +249,12 @@ pub async fn run(
         .add_service(case_events)
         .add_service(feed)
         .add_service(metrics)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, shutdown);
+        .add_service(admin);
+    let serving: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match security.tls {
+            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls::incoming(tls, incoming), shutdown)),
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)),
+        };
     // tonic waits for every connection to end, and a client's stream (a health Watch, say) may
     // never end: after the grace period the connections left are closed.
     let grace = limits.shutdown_grace;

@@ -29,6 +29,8 @@ const MAX_PAGE_SIZE: u32 = 1000;
 pub struct CaseEvents {
     log: EventLog,
     write_path: WritePath,
+    /// Events per acknowledged `AppendEvents` (`caselog_append_batch_events`).
+    batch_events: opentelemetry::metrics::Histogram<u64>,
 }
 
 impl CaseEvents {
@@ -46,6 +48,7 @@ impl CaseEvents {
                 log: log.clone(),
                 cache: Arc::new(CaseCache::new(cached_cases)),
             },
+            batch_events: append_batch_events(),
             log,
         }
     }
@@ -84,16 +87,14 @@ impl CaseEvents {
 }
 
 /// Events per acknowledged `AppendEvents` request: one-event appends (each system sending as it
-/// records) against batches (imports, backfills).
-fn append_batch_events() -> &'static opentelemetry::metrics::Histogram<u64> {
-    static HISTOGRAM: std::sync::OnceLock<opentelemetry::metrics::Histogram<u64>> = std::sync::OnceLock::new();
-    HISTOGRAM.get_or_init(|| {
-        opentelemetry::global::meter("caselog")
-            .u64_histogram("caselog.append.batch_events")
-            .with_description("Events per acknowledged AppendEvents request")
-            .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0])
-            .build()
-    })
+/// records) against batches (imports, backfills). From the meter provider of the moment (a
+/// service is made once per server).
+fn append_batch_events() -> opentelemetry::metrics::Histogram<u64> {
+    opentelemetry::global::meter("caselog")
+        .u64_histogram("caselog.append.batch_events")
+        .with_description("Events per acknowledged AppendEvents request")
+        .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0])
+        .build()
 }
 
 /// The authenticated writer, after checking that a source the request names is its own.
@@ -166,7 +167,7 @@ impl CaseEventService for CaseEvents {
         let appended = ingest::append(&self.write_path, &case_id, &events, expected_version, &principal, today)
             .await
             .map_err(Error::from)?;
-        append_batch_events().record(events.len() as u64, &[]);
+        self.batch_events.record(events.len() as u64, &[]);
         Ok(Response::new(pb::AppendEventsResponse {
             version: appended.version.get(),
             events: appended

@@ -168,7 +168,8 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
 /// Publishes when the certificates in `pem` stop being valid, as the gauge
 /// `caselog.tls.certificate.expiry` (Unix seconds of the earliest `notAfter`, labelled
 /// `certificate`), so that an alert can fire before a certificate the service presents or trusts
-/// runs out. Fails when `pem` holds no readable certificate.
+/// runs out. Called again for the same `certificate` (a reload), it replaces the value. Fails,
+/// publishing nothing, when `pem` holds no readable certificate.
 pub fn publish_certificate_expiry(certificate: &'static str, pem: &[u8]) -> anyhow::Result<i64> {
     let mut earliest: Option<i64> = None;
     for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
@@ -183,14 +184,33 @@ pub fn publish_certificate_expiry(certificate: &'static str, pem: &[u8]) -> anyh
         earliest = Some(earliest.map_or(not_after, |held| held.min(not_after)));
     }
     let not_after = earliest.ok_or_else(|| anyhow::anyhow!("the {certificate} PEM holds no certificate"))?;
-    // The meter provider keeps the callback for the life of the process.
-    let _gauge = opentelemetry::global::meter("caselog")
-        .i64_observable_gauge("caselog.tls.certificate.expiry")
-        .with_description("When the certificate stops being valid (Unix seconds of its notAfter)")
-        .with_unit("s")
-        .with_callback(move |observer| {
-            observer.observe(not_after, &[opentelemetry::KeyValue::new("certificate", certificate)]);
-        })
-        .build();
+    certificate_expiries()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(certificate, not_after);
     Ok(not_after)
+}
+
+/// The expiry of each published certificate, read by one gauge registered at first use (the
+/// meter provider keeps its callback for the life of the process).
+fn certificate_expiries() -> &'static std::sync::Mutex<std::collections::BTreeMap<&'static str, i64>> {
+    static EXPIRIES: std::sync::OnceLock<std::sync::Mutex<std::collections::BTreeMap<&'static str, i64>>> =
+        std::sync::OnceLock::new();
+    EXPIRIES.get_or_init(|| {
+        let _gauge = opentelemetry::global::meter("caselog")
+            .i64_observable_gauge("caselog.tls.certificate.expiry")
+            .with_description("When the certificate stops being valid (Unix seconds of its notAfter)")
+            .with_unit("s")
+            .with_callback(|observer| {
+                let held = certificate_expiries()
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                for (certificate, not_after) in held {
+                    observer.observe(not_after, &[opentelemetry::KeyValue::new("certificate", certificate)]);
+                }
+            })
+            .build();
+        std::sync::Mutex::default()
+    })
 }

@@ -235,7 +235,8 @@ struct ServeArgs {
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "CASELOG_MAX_SUBSCRIPTIONS_PER_CLIENT", default_value_t = caselog_server::auth::DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT)]
     max_subscriptions_per_client: usize,
-    /// Server certificate (PEM); with --tls-key, serve TLS.
+    /// Server certificate (PEM); with --tls-key, serve TLS. Read again on SIGHUP, with the key
+    /// and the client CA: new connections get the new ones.
     #[arg(long, env = "CASELOG_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// Server private key (PEM).
@@ -252,7 +253,8 @@ struct ServeArgs {
     #[arg(long, env = "CASELOG_JWT_AUDIENCE", requires = "jwt_issuer")]
     jwt_audience: Option<String>,
     /// Public key (PEM, ECDSA P-256 or Ed25519) verifying JWTs; repeat for several. The file
-    /// stem is the key id (`kid`).
+    /// stem is the key id (`kid`); a directory stands for its `*.pem` files. Read again on
+    /// SIGHUP (key rotation without a restart).
     #[arg(long, env = "CASELOG_JWT_KEYS", value_delimiter = ',', requires = "jwt_issuer")]
     jwt_key: Vec<PathBuf>,
     /// The longest lifetime (`exp - iat`, seconds) of an accepted JWT.

@@ -1005,7 +1005,14 @@ async fn check_migrations(database_url: &str, wait: Duration) -> anyhow::Result<
                 );
                 return Ok(ExitCode::FAILURE);
             }
-            Err(err) => return Err(anyhow::anyhow!("reading the applied migrations: {err}")),
+            Err(err) => {
+                let hint = if err.to_string().contains("permission denied") {
+                    " (grant it with `caselog migrate --service-role <this role>` as the schema owner)"
+                } else {
+                    ""
+                };
+                return Err(anyhow::anyhow!("reading the applied migrations: {err}{hint}"));
+            }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

@@ -571,6 +571,62 @@ async fn as_of_at_any_instant_equals_a_fold_of_the_log_as_recorded_then(pool: Pg
     }
 }
 
+/// At a settled instant (long enough ago that nothing recorded by then can still commit; here
+/// the read model is told any instant is), each straddling case is folded once: the second
+/// question at that instant folds nothing, asking about another instant folds again, and every
+/// answer still equals a fold of the log cut there, also after the log has moved on.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn as_of_at_a_settled_instant_folds_each_straddling_case_once(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let mut client = server.client();
+    let (mut instants, mut voided_visit) = (Vec::new(), None);
+    for round in 0..4 {
+        append_round(&mut client, round, &mut voided_visit).await;
+        instants.push(database_now(&pool).await);
+    }
+    let read_model =
+        caselog_app::ReadModel::new(EventLog::new(pool.clone())).with_settled_after(std::time::Duration::ZERO);
+    let query = every_metric_by_law_type(2024);
+    let other_query = every_metric_by_law_type(2025);
+    let ask = |query: &caselog_projections::MetricsQuery, at| {
+        let (read_model, query) = (read_model.clone(), query.clone());
+        async move {
+            read_model
+                .metrics(query, Some(at), caselog_domain::Position::ZERO)
+                .await
+                .unwrap()
+                .1
+        }
+    };
+    let folded = || async { read_model.stats().await.as_of_folded_cases };
+    let at = instants[1];
+    let first = ask(&query, at).await;
+    assert_eq!(first, folded_figures(&pool, &query, at).await);
+    let after_first = folded().await;
+    assert!(after_first > 0, "cases straddle {at}");
+    // Another question at the same instant: nothing folded again.
+    assert_eq!(
+        ask(&other_query, at).await,
+        folded_figures(&pool, &other_query, at).await
+    );
+    assert_eq!(folded().await, after_first);
+    // The log moves on: cases whole at the instant before are now partial there and folded, the
+    // ones kept are not, and the answer is still the fold of the log cut there.
+    for round in 4..6 {
+        append_round(&mut client, round, &mut voided_visit).await;
+    }
+    assert_eq!(ask(&query, at).await, folded_figures(&pool, &query, at).await);
+    let after_more = folded().await;
+    assert!(
+        after_more - after_first < after_first,
+        "{after_first} then {after_more}"
+    );
+    // Another instant is folded afresh.
+    let elsewhere = ask(&query, instants[2]).await;
+    assert_eq!(elsewhere, folded_figures(&pool, &query, instants[2]).await);
+    assert!(folded().await > after_more);
+}
+
 /// A read model that starts after a snapshot was written loads it and the rows written after it:
 /// its figures now, and as of every instant (its recording spans came in the snapshot too),
 /// equal a fold of the log. A snapshot that cannot be read is passed over for the rows.

@@ -24,6 +24,14 @@ use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 /// Cases read and folded together by an `as_of` answer: bounds the events it holds at once.
 const AS_OF_FOLD_CASES: usize = 2_000;
+/// An instant at least this far in the past is settled: every append recorded by then has
+/// committed or rolled back (appends are single statements or short transactions, ended by the
+/// statement and idle-in-transaction timeouts long before), so a fold of the events recorded by
+/// then can never change and may be kept.
+const SETTLED_AFTER: Duration = Duration::from_secs(300);
+/// The most cases whose folds at one settled instant are kept (about the open cases at any
+/// instant of a national log is 30,000; each is about a kilobyte).
+const SETTLED_FOLDS_KEPT: usize = 100_000;
 
 /// The longest a query waits for the projections to reach `min_position`.
 const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(5);
@@ -38,6 +46,13 @@ pub struct ReadModel {
     cache: Arc<RwLock<FactsCache>>,
     /// One `as_of` fold at a time per process: each holds the facts of the cases it refolds.
     as_of_folds: Arc<tokio::sync::Semaphore>,
+    /// The folds of the last settled instant asked about, so that the questions of a board pack
+    /// at one instant fold each straddling case once.
+    settled_folds: Arc<std::sync::Mutex<Option<SettledFolds>>>,
+    /// How long before now an instant is settled ([`SETTLED_AFTER`]; tests shorten it).
+    settled_after: Duration,
+    /// Cases folded again for `as_of` answers since start.
+    as_of_folded: Arc<std::sync::atomic::AtomicU64>,
     /// Held while the spans of the whole log are read, so that it happens once.
     reading_spans: Arc<tokio::sync::Mutex<()>>,
     /// Held while a rebuilt projection is loaded beside the copy (one load at a time).
@@ -105,6 +120,17 @@ pub struct ReadModelStats {
     /// The position of the snapshot the last full load started from (`None`: every case's row
     /// was read).
     pub loaded_snapshot: Option<Position>,
+    /// Cases folded again from the log for `as_of` answers since start (a case kept from an
+    /// earlier answer at the same settled instant is not folded again).
+    pub as_of_folded_cases: u64,
+}
+
+/// The facts at one settled instant of the cases folded for it: `None` for a case that had no
+/// facts then.
+#[derive(Debug)]
+struct SettledFolds {
+    at: DateTime<Utc>,
+    facts: HashMap<Arc<str>, Option<CaseFacts>>,
 }
 
 impl FactsCache {
@@ -303,6 +329,9 @@ impl ReadModel {
             log,
             cache: Arc::new(RwLock::new(FactsCache::default())),
             as_of_folds: Arc::new(tokio::sync::Semaphore::new(1)),
+            settled_folds: Arc::default(),
+            settled_after: SETTLED_AFTER,
+            as_of_folded: Arc::default(),
             reading_spans: Arc::default(),
             switching: Arc::default(),
         }
@@ -706,6 +735,7 @@ impl ReadModel {
             last_full_load: cache.last_full_load,
             last_refresh: cache.last_refresh,
             loaded_snapshot: cache.loaded_snapshot,
+            as_of_folded_cases: self.as_of_folded.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -775,7 +805,7 @@ impl ReadModel {
                 })
                 .map(|(id, _)| id.to_owned()),
         );
-        let refolded = self.refold_recorded_by(refold, at).await?;
+        let refolded = self.facts_recorded_by(refold, at).await?;
         counted(move || {
             let cases: Vec<&CaseFacts> = whole.iter().map(|&i| &facts.cases[i]).chain(&refolded).collect();
             answer(&query, &cases)
@@ -783,10 +813,76 @@ impl ReadModel {
         .await
     }
 
+    /// Instants at least `settled_after` before now count as settled (see [`SETTLED_AFTER`]).
+    pub fn with_settled_after(mut self, settled_after: Duration) -> ReadModel {
+        self.settled_after = settled_after;
+        self
+    }
+
+    /// The facts at `at` of those of `cases` that had any then. At a settled instant, cases
+    /// folded for an earlier answer at the same instant are taken from then, and the others
+    /// folded and kept (the last instant only, up to [`SETTLED_FOLDS_KEPT`] cases).
+    async fn facts_recorded_by(&self, cases: Vec<String>, at: DateTime<Utc>) -> Result<Vec<CaseFacts>, Error> {
+        let settled = chrono::Duration::from_std(self.settled_after)
+            .ok()
+            .and_then(|after| Utc::now().checked_sub_signed(after))
+            .is_some_and(|settled_by| at <= settled_by);
+        if !settled {
+            return self.refold_recorded_by(cases, at).await;
+        }
+        let mut found = Vec::new();
+        let missing: Vec<String> = {
+            let kept = self
+                .settled_folds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match kept.as_ref().filter(|kept| kept.at == at) {
+                Some(kept) => cases
+                    .into_iter()
+                    .filter(|case| match kept.facts.get(case.as_str()) {
+                        Some(facts) => {
+                            found.extend(facts.clone());
+                            false
+                        }
+                        None => true,
+                    })
+                    .collect(),
+                None => cases,
+            }
+        };
+        let folded = self.refold_recorded_by(missing.clone(), at).await?;
+        {
+            let mut kept = self
+                .settled_folds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if kept.as_ref().is_none_or(|kept| kept.at != at) {
+                *kept = Some(SettledFolds {
+                    at,
+                    facts: HashMap::new(),
+                });
+            }
+            if let Some(kept) = kept.as_mut() {
+                let mut by_case: HashMap<&str, &CaseFacts> = folded.iter().map(|f| (&*f.case_id, f)).collect();
+                for case in &missing {
+                    if kept.facts.len() >= SETTLED_FOLDS_KEPT {
+                        break;
+                    }
+                    let facts = by_case.remove(case.as_str()).cloned();
+                    kept.facts.insert(Arc::from(case.as_str()), facts);
+                }
+            }
+        }
+        found.extend(folded);
+        Ok(found)
+    }
+
     /// The facts of `cases` from their events recorded by `at`: a reader task stays a chunk
     /// ahead while the previous chunk is folded on the blocking pool, so the database and the
     /// fold work at once.
     async fn refold_recorded_by(&self, cases: Vec<String>, at: DateTime<Utc>) -> Result<Vec<CaseFacts>, Error> {
+        self.as_of_folded
+            .fetch_add(cases.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let (sender, mut chunks) = tokio::sync::mpsc::channel(1);
         let log = self.reads.clone();
         let reader = tokio::spawn(async move {

@@ -55,9 +55,16 @@ impl AdminService for Admin {
         let detail = json!({"verify_only": options.verify_only});
         if let Err(denial) = principal.require_admin("rebuild the projections") {
             let refused = Error::from(denial);
-            audit::record(&self.log, &principal, REBUILD, PROJECTIONS, detail, refused.outcome())
-                .await
-                .map_err(Error::from)?;
+            audit::counting_failure(audit::record(
+                &self.log,
+                &principal,
+                REBUILD,
+                PROJECTIONS,
+                detail,
+                refused.outcome(),
+            ))
+            .await
+            .map_err(Error::from)?;
             return Err(refused.into());
         }
         let (updates, receiver) = mpsc::channel(4);
@@ -66,7 +73,8 @@ impl AdminService for Admin {
         let run = async move {
             let outcome = stream_rebuild(log.clone(), options, updates, draining).await;
             // The caller may be gone; the record is for the trail, not for it.
-            let _ = audit::record(&log, &principal, REBUILD, PROJECTIONS, detail, outcome).await;
+            let _ =
+                audit::counting_failure(audit::record(&log, &principal, REBUILD, PROJECTIONS, detail, outcome)).await;
         };
         tokio::spawn(run.instrument(info_span!("rebuild_stream")));
         Ok(Response::new(ReceiverStream::new(receiver)))

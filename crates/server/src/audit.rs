@@ -3,7 +3,7 @@
 //! special-category data is never read unrecorded.
 
 use crate::error::{AppError, Error};
-pub use caselog_app::audit::OK;
+pub use caselog_app::audit::{OK, record};
 use caselog_domain::Principal;
 use caselog_store::EventLog;
 
@@ -21,7 +21,7 @@ pub async fn recorded<T>(
         Ok(_) => OK.to_owned(),
         Err(err) => err.outcome(),
     };
-    let writing = record(log, principal, action, target, detail, outcome);
+    let writing = counting_failure(record(log, principal, action, target, detail, outcome));
     // A call that failed because the store is unavailable has already waited for it once: its
     // record is tried through the audit connections, but the caller is not kept waiting for
     // them as long again. (`record` logs a record it could not write.)
@@ -49,17 +49,11 @@ pub async fn recorded<T>(
     }
 }
 
-/// Writes one audit record (see [`caselog_app::audit::record`]), counting those that could not
-/// be written (`caselog_audit_write_failures_total`: each is a call refused or unrecorded).
-pub async fn record(
-    log: &EventLog,
-    principal: &Principal,
-    action: &str,
-    target: &str,
-    detail: serde_json::Value,
-    outcome: String,
-) -> Result<(), AppError> {
-    let written = caselog_app::audit::record(log, principal, action, target, detail, outcome).await;
+/// Waits for an audit record being written (see [`caselog_app::audit::record`]), counting it
+/// when it could not be (`caselog_audit_write_failures_total`: each is a call refused or
+/// unrecorded).
+pub async fn counting_failure(writing: impl Future<Output = Result<(), AppError>>) -> Result<(), AppError> {
+    let written = writing.await;
     if written.is_err() {
         count_audit_write_failure(1);
     }

@@ -143,36 +143,35 @@ fn write_metric(out: &mut String, metric: &Metric) {
     }
 }
 
+/// One series of single-valued points (a gauge, or a sum as counter or gauge).
+fn write_points<'a>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    points: impl Iterator<Item = (impl Iterator<Item = &'a KeyValue>, f64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (attributes, value) in points {
+        let _ = writeln!(out, "{name}{} {}", labels(attributes, None), number(value));
+    }
+}
+
 fn write_data<T: Copy>(out: &mut String, metric: &Metric, data: &MetricData<T>, as_f64: fn(T) -> f64) {
     let base = base_name(metric);
     let help = escaped(metric.description());
     // Writing into a String cannot fail.
     match data {
         MetricData::Gauge(gauge) => {
-            let _ = writeln!(out, "# HELP {base} {help}\n# TYPE {base} gauge");
-            for point in gauge.data_points() {
-                let _ = writeln!(
-                    out,
-                    "{base}{} {}",
-                    labels(point.attributes(), None),
-                    number(as_f64(point.value()))
-                );
-            }
+            let points = gauge.data_points().map(|p| (p.attributes(), as_f64(p.value())));
+            write_points(out, &base, "gauge", &help, points);
         }
         MetricData::Sum(sum) => {
-            let (name, kind) = if sum.is_monotonic() {
-                (format!("{base}_total"), "counter")
+            let points = sum.data_points().map(|p| (p.attributes(), as_f64(p.value())));
+            if sum.is_monotonic() {
+                write_points(out, &format!("{base}_total"), "counter", &help, points);
             } else {
-                (base.clone(), "gauge")
-            };
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for point in sum.data_points() {
-                let _ = writeln!(
-                    out,
-                    "{name}{} {}",
-                    labels(point.attributes(), None),
-                    number(as_f64(point.value()))
-                );
+                write_points(out, &base, "gauge", &help, points);
             }
         }
         MetricData::Histogram(histogram) => {

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod as_of_history;
 mod auth;
 mod concurrency;
 mod database_tls;

@@ -12,6 +12,7 @@ mod as_of;
 pub mod audit;
 pub mod cache;
 pub mod error;
+mod history;
 pub mod ingest;
 pub mod projector;
 pub mod read_model;

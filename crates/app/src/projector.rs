@@ -5,13 +5,15 @@
 
 use crate::cache::WeightedCache;
 use crate::error::Error;
+use crate::history::day_rows;
 use crate::ingest::{TYPICAL_CASE_EVENTS, payload_of};
 use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload, Position};
 use caselog_projections::{CaseFacts, facts_of};
 use caselog_store::projection::CASE_FACTS;
 use caselog_store::rebuild::Cut;
-use caselog_store::{EventLog, FeedFilter, ReplayRow};
-use std::collections::{HashMap, HashSet};
+use caselog_store::{EventLog, FactsHistoryRow, FeedFilter, ReplayRow};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info, instrument, warn};
@@ -181,11 +183,13 @@ pub async fn apply_next_page_with(
     // one committed), so the page extends each cached history in order; a gap means the copy
     // is not whole, and the case is read instead.
     let mut touched: Vec<String> = Vec::new();
-    let mut seen: HashSet<&str> = HashSet::new();
+    let mut recorded: HashMap<&str, Vec<DateTime<Utc>>> = HashMap::new();
     for event in &page.events {
-        if seen.insert(event.case_id.as_str()) {
+        let instants = recorded.entry(event.case_id.as_str()).or_default();
+        if instants.is_empty() {
             touched.push(event.case_id.clone());
         }
+        instants.push(event.recorded_at);
         if let Some(history) = cached.get_mut(&event.case_id) {
             if history.version().after(1).is_ok_and(|next| next == event.version) {
                 history.push(HistoryEvent {
@@ -207,15 +211,24 @@ pub async fn apply_next_page_with(
         }
     }
     let mut facts_rows = Vec::with_capacity(touched.len());
+    let mut history_rows = Vec::with_capacity(touched.len());
     for case_id in &touched {
-        let Some(facts) = cached.get(case_id).and_then(|history| facts_of(case_id, history)) else {
+        let Some(history) = cached.get(case_id) else {
+            continue;
+        };
+        let facts = facts_of(case_id, history);
+        // The page's events of a case are the last of its history: within a case, positions
+        // follow versions.
+        let instants = recorded.get(case_id.as_str()).map_or(&[][..], Vec::as_slice);
+        history_rows.extend(day_rows(case_id, history, instants, facts.as_ref())?);
+        let Some(facts) = facts else {
             continue;
         };
         let json =
             serde_json::to_value(&facts).map_err(|e| Error::Internal(format!("facts of {}: {e}", facts.case_id)))?;
         facts_rows.push((facts.case_id.to_string(), json));
     }
-    if log.save_case_facts(&facts_rows, from, to).await? {
+    if log.save_case_facts(&facts_rows, &history_rows, from, to).await? {
         histories.keep(to, cached);
     } else {
         debug!(%from, "checkpoint moved by another process; skipping");
@@ -232,6 +245,21 @@ pub fn fold_cases(rows: &[ReplayRow]) -> Result<Vec<CaseFacts>, Error> {
         }
     }
     Ok(out)
+}
+
+/// As [`fold_cases`] for whole cases, with the history rows of every day they were recorded on.
+pub(crate) fn fold_cases_with_history(rows: &[ReplayRow]) -> Result<(Vec<CaseFacts>, Vec<FactsHistoryRow>), Error> {
+    let mut out = Vec::new();
+    let mut history_rows = Vec::new();
+    for events in rows.chunk_by(|a, b| a.case_id == b.case_id) {
+        let case_id = &events[0].case_id;
+        let history = replayed_history(events)?;
+        let facts = facts_of(case_id, &history);
+        let instants: Vec<DateTime<Utc>> = events.iter().map(|e| e.recorded_at).collect();
+        history_rows.extend(day_rows(case_id, &history, &instants, facts.as_ref())?);
+        out.extend(facts);
+    }
+    Ok((out, history_rows))
 }
 
 /// The facts of every case, from the log cut at `cut`, read a page of cases at a time.

@@ -6,6 +6,7 @@
 
 use crate::as_of::{AtInstant, RecordedSpans, Span, read_spans};
 use crate::error::Error;
+use crate::history;
 use crate::projector::fold_cases;
 use crate::snapshot::{self, Part};
 use caselog_calendar::WorkingCalendar;
@@ -15,7 +16,7 @@ use caselog_projections::{
     CaseFacts, MetricResult, MetricsQuery, Reach, SharedCodes, Unit, WorklistItem, WorklistKind, units_of,
 };
 use caselog_store::projection::FactsSink;
-use caselog_store::{EventLog, SnapshotHead, SnapshotSink};
+use caselog_store::{EventLog, FactsHistoryRow, SnapshotHead, SnapshotSink};
 use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct ReadModel {
     settled_after: Duration,
     /// Cases folded again for `as_of` answers since start.
     as_of_folded: Arc<std::sync::atomic::AtomicU64>,
+    /// Cases whose facts at an `as_of` instant came from the projection's history.
+    as_of_from_history: Arc<std::sync::atomic::AtomicU64>,
     /// Held while the spans of the whole log are read, so that it happens once.
     reading_spans: Arc<tokio::sync::Mutex<()>>,
     /// Held while a rebuilt projection is loaded beside the copy (one load at a time).
@@ -123,6 +126,9 @@ pub struct ReadModelStats {
     /// Cases folded again from the log for `as_of` answers since start (a case kept from an
     /// earlier answer at the same settled instant is not folded again).
     pub as_of_folded_cases: u64,
+    /// Cases whose facts at an `as_of` instant were read from the projection's history since
+    /// start (see [`crate::history`]).
+    pub as_of_history_cases: u64,
 }
 
 /// The facts at one settled instant of the cases folded for it: `None` for a case that had no
@@ -332,6 +338,7 @@ impl ReadModel {
             settled_folds: Arc::default(),
             settled_after: SETTLED_AFTER,
             as_of_folded: Arc::default(),
+            as_of_from_history: Arc::default(),
             reading_spans: Arc::default(),
             switching: Arc::default(),
         }
@@ -736,6 +743,7 @@ impl ReadModel {
             last_refresh: cache.last_refresh,
             loaded_snapshot: cache.loaded_snapshot,
             as_of_folded_cases: self.as_of_folded.load(std::sync::atomic::Ordering::Relaxed),
+            as_of_history_cases: self.as_of_from_history.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -820,8 +828,9 @@ impl ReadModel {
     }
 
     /// The facts at `at` of those of `cases` that had any then. At a settled instant, cases
-    /// folded for an earlier answer at the same instant are taken from then, and the others
-    /// folded and kept (the last instant only, up to [`SETTLED_FOLDS_KEPT`] cases).
+    /// found for an earlier answer at the same instant are taken from then, and the others read
+    /// from the projection's history (or folded, where it cannot say) and kept (the last instant
+    /// only, up to [`SETTLED_FOLDS_KEPT`] cases).
     async fn facts_recorded_by(&self, cases: Vec<String>, at: DateTime<Utc>) -> Result<Vec<CaseFacts>, Error> {
         let settled = chrono::Duration::from_std(self.settled_after)
             .ok()
@@ -850,7 +859,7 @@ impl ReadModel {
                 None => cases,
             }
         };
-        let folded = self.refold_recorded_by(missing.clone(), at).await?;
+        let folded = self.history_or_refold(missing.clone(), at).await?;
         {
             let mut kept = self
                 .settled_folds
@@ -875,6 +884,41 @@ impl ReadModel {
         }
         found.extend(folded);
         Ok(found)
+    }
+
+    /// The facts at the settled instant `at` of those of `cases` that had any then: from the
+    /// projection's history where a row says, folded from the log for the rest (a case with
+    /// events on both sides of `at` within its day, a row of another encoding, or every case
+    /// when the history cannot answer for `at`).
+    async fn history_or_refold(&self, cases: Vec<String>, at: DateTime<Utc>) -> Result<Vec<CaseFacts>, Error> {
+        let Some(rows) = self.reads.facts_history_at(&cases, at).await? else {
+            return self.refold_recorded_by(cases, at).await;
+        };
+        let (found, refold) = tokio::task::spawn_blocking(move || {
+            let mut rows: HashMap<String, FactsHistoryRow> = rows.into_iter().map(|r| (r.case_id.clone(), r)).collect();
+            let mut found = Vec::new();
+            let mut refold = Vec::new();
+            for case in cases {
+                match rows.remove(&case) {
+                    // No row by then: nothing of the case was recorded by then.
+                    None => {}
+                    Some(row) if row.last_at <= at => match row.facts.as_deref().map(history::decode) {
+                        None => {}
+                        Some(Some(facts)) => found.push(facts),
+                        Some(None) => refold.push(case),
+                    },
+                    Some(_) => refold.push(case),
+                }
+            }
+            (found, refold)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("as_of history read stopped: {e}")))?;
+        self.as_of_from_history
+            .fetch_add(found.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut facts = found;
+        facts.extend(self.refold_recorded_by(refold, at).await?);
+        Ok(facts)
     }
 
     /// The facts of `cases` from their events recorded by `at`: a reader task stays a chunk

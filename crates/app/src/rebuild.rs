@@ -7,14 +7,14 @@
 //! and the last few inside the transaction that switches (see `caselog_store::rebuild`).
 
 use crate::error::Error;
-use crate::projector::{fold_cases, read_pages};
+use crate::projector::{fold_cases, fold_cases_with_history, read_pages};
 use caselog_calendar::WorkingCalendar;
 use caselog_domain::Position;
 use caselog_domain::england::date_in_england;
 use caselog_projections::metrics::Settings;
 use caselog_projections::{CaseFacts, MetricId, MetricsQuery, Period, WorklistItem, WorklistKind, compute, worklist};
 use caselog_store::rebuild::{Cut, FactsDifference, FactsTable, RebuildSession};
-use caselog_store::{EventLog, ReplayRow};
+use caselog_store::{EventLog, FactsHistoryRow, ReplayRow};
 use chrono::{Datelike, NaiveDate};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -260,24 +260,22 @@ async fn rebuild_holding(
 
     let mut digests: BTreeMap<String, [u8; 32]> = BTreeMap::new();
     let mut pages = read_pages(log.clone(), Cut::Position(start_at), options.page_events);
-    let mut unwritten: Vec<(String, String)> = Vec::new();
+    // A verification compares the facts only: it writes no history.
+    let with_history = !options.verify_only;
+    let mut unwritten = Folded::default();
     while let Some(page) = pages.recv().await {
         let page = page?;
         let events = page.len() as u64;
-        let folding = tokio::task::spawn_blocking(move || rows_of(&page));
+        let folding = tokio::task::spawn_blocking(move || rows_of(&page, with_history));
         // Writing the previous page overlaps folding this one.
-        if !unwritten.is_empty() {
-            session.copy_rows(&unwritten, start_at).await?;
-        }
+        write_loaded(session, &unwritten, start_at).await?;
         unwritten = remember(folding.await.map_err(join_error)??, &mut digests);
         state.events_processed += events;
         state.cases = digests.len() as u64;
         state.elapsed = started.elapsed();
         progress.send_replace(Some(state.clone()));
     }
-    if !unwritten.is_empty() {
-        session.copy_rows(&unwritten, start_at).await?;
-    }
+    write_loaded(session, &unwritten, start_at).await?;
     let load_time = started.elapsed();
 
     state.phase = Phase::Indexing;
@@ -295,8 +293,8 @@ async fn rebuild_holding(
             break;
         }
         let to = target.min(at.saturating_add(CATCH_UP_STEP));
-        let rows = refold(session.changed_cases(at, to).await?, &mut digests).await?;
-        session.upsert_rows(&rows, to).await?;
+        let folded = refold(session.changed_cases(at, to).await?, with_history, &mut digests).await?;
+        session.upsert_rows(&folded.rows, &folded.history, to).await?;
         at = to;
         state.position = at;
         state.cases = digests.len() as u64;
@@ -322,8 +320,8 @@ async fn rebuild_holding(
             }
             let live_at = finish.live_position;
             if live_at > at {
-                let rows = refold(finish.changed_cases(at, live_at).await?, &mut digests).await?;
-                finish.upsert_rows(&rows, live_at).await?;
+                let folded = refold(finish.changed_cases(at, live_at).await?, with_history, &mut digests).await?;
+                finish.upsert_rows(&folded.rows, &folded.history, live_at).await?;
             }
             let differences = finish.differences().await?;
             let live = finish.rows(FactsTable::Live).await?;
@@ -341,8 +339,8 @@ async fn rebuild_holding(
         let mut finish = session.finish(true).await?;
         let safe = finish.safe_position().await?;
         if safe > at {
-            let rows = refold(finish.changed_cases(at, safe).await?, &mut digests).await?;
-            finish.upsert_rows(&rows, safe).await?;
+            let folded = refold(finish.changed_cases(at, safe).await?, with_history, &mut digests).await?;
+            finish.upsert_rows(&folded.rows, &folded.history, safe).await?;
             at = safe;
         }
         Outcome::Switched {
@@ -369,8 +367,28 @@ async fn rebuild_holding(
     Ok(summary)
 }
 
-fn rows_of(events: &[ReplayRow]) -> Result<Vec<Row>, Error> {
-    fold_cases(events)?.iter().map(row_of).collect()
+/// Folded cases: their facts rows (case id, JSON) and their history rows.
+#[derive(Default)]
+struct Folded {
+    rows: Vec<(String, String)>,
+    history: Vec<FactsHistoryRow>,
+}
+
+async fn write_loaded(session: &mut RebuildSession, folded: &Folded, position: Position) -> Result<(), Error> {
+    if !folded.rows.is_empty() {
+        session.copy_rows(&folded.rows, position).await?;
+    }
+    session.copy_history(&folded.history).await?;
+    Ok(())
+}
+
+fn rows_of(events: &[ReplayRow], with_history: bool) -> Result<(Vec<Row>, Vec<FactsHistoryRow>), Error> {
+    let (facts, history) = if with_history {
+        fold_cases_with_history(events)?
+    } else {
+        (fold_cases(events)?, Vec::new())
+    };
+    Ok((facts.iter().map(row_of).collect::<Result<_, _>>()?, history))
 }
 
 fn row_of(facts: &CaseFacts) -> Result<Row, Error> {
@@ -382,23 +400,26 @@ fn row_of(facts: &CaseFacts) -> Result<Row, Error> {
     })
 }
 
-fn remember(rows: Vec<Row>, digests: &mut BTreeMap<String, [u8; 32]>) -> Vec<(String, String)> {
-    rows.into_iter()
+fn remember((rows, history): (Vec<Row>, Vec<FactsHistoryRow>), digests: &mut BTreeMap<String, [u8; 32]>) -> Folded {
+    let rows = rows
+        .into_iter()
         .map(|row| {
             digests.insert(row.case_id.clone(), row.digest);
             (row.case_id, row.json)
         })
-        .collect()
+        .collect();
+    Folded { rows, history }
 }
 
 async fn refold(
     events: Vec<ReplayRow>,
+    with_history: bool,
     digests: &mut BTreeMap<String, [u8; 32]>,
-) -> Result<Vec<(String, String)>, Error> {
-    let rows = tokio::task::spawn_blocking(move || rows_of(&events))
+) -> Result<Folded, Error> {
+    let folded = tokio::task::spawn_blocking(move || rows_of(&events, with_history))
         .await
         .map_err(join_error)??;
-    Ok(remember(rows, digests))
+    Ok(remember(folded, digests))
 }
 
 fn join_error(err: tokio::task::JoinError) -> Error {

@@ -96,6 +96,11 @@ impl CaseHistory {
         &self.events
     }
 
+    /// Keeps the first `len` events: the history as it stood at version `len`.
+    pub fn truncate(&mut self, len: usize) {
+        self.events.truncate(len);
+    }
+
     /// Records the next event (version `self.version() + 1`).
     pub fn push(&mut self, event: HistoryEvent) {
         self.events.push(event);

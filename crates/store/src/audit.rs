@@ -108,7 +108,7 @@ pub async fn grant_service_role(pool: &sqlx::PgPool, role: &str) -> Result<(), E
         "ALTER TABLE case_facts OWNER TO CURRENT_USER".to_owned(),
         "ALTER TABLE projection_checkpoints OWNER TO CURRENT_USER".to_owned(),
         format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON case_facts, projection_checkpoints, \
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON case_facts, case_facts_history, projection_checkpoints, \
              read_model_snapshots, read_model_snapshot_parts TO {role}"
         ),
         format!("INSERT INTO caselog_service_roles (role_name) VALUES ('{role}') ON CONFLICT DO NOTHING"),

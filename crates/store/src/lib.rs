@@ -9,6 +9,7 @@ pub mod combine;
 mod copy_text;
 mod error;
 pub mod feed;
+pub mod history;
 mod locks;
 mod log;
 pub mod projection;
@@ -19,6 +20,7 @@ pub use audit::{AuditEntry, AuditQuery, AuditRecord, grant_service_role};
 pub use combine::{GroupAppender, GroupSettings, GroupStats};
 pub use error::Error;
 pub use feed::{FeedFilter, FeedPage, Horizon};
+pub use history::{FactsHistoryRow, utc_day};
 pub use log::{AppendedRow, EventLog, LoadRow, NewRow, ReplayRow, StoredEvent};
 pub use snapshot::{SnapshotHead, SnapshotSink, SnapshotWriter};
 /// The connection pool `connect` returns.

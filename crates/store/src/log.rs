@@ -67,6 +67,7 @@ pub struct ReplayRow {
     pub event_type: String,
     pub occurred_on: NaiveDate,
     pub data: String,
+    pub recorded_at: DateTime<Utc>,
 }
 
 /// Appends of at least this many rows are written with `COPY`, whose multi-row insert outruns a
@@ -113,7 +114,8 @@ async fn copy_in(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, buffer: Vec<u8>
     copy.finish().await.map(|_| ())
 }
 
-pub(crate) const REPLAY_COLUMNS: &str = "case_id, event_id, version, event_type, occurred_on, data::text AS data";
+pub(crate) const REPLAY_COLUMNS: &str =
+    "case_id, event_id, version, event_type, occurred_on, data::text AS data, recorded_at";
 
 pub(crate) const COLUMNS: &str =
     "position, event_id, case_id, version, event_type, occurred_on, data, metadata, source, recorded_at";

@@ -3,6 +3,7 @@
 //! store sees facts as opaque JSON.
 
 use crate::error::stored_position;
+use crate::history::{FactsHistoryRow, HistoryTable, write_history};
 use crate::log::{REPLAY_COLUMNS, ReplayRow};
 use crate::{Error, EventLog, locks};
 use caselog_domain::Position;
@@ -140,12 +141,14 @@ impl EventLog {
         )
     }
 
-    /// Writes case-facts rows and moves the checkpoint from `from` to `to`, in one transaction.
-    /// Returns false (writing nothing) when the checkpoint is no longer at `from`.
-    #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]
+    /// Writes case-facts rows and their history rows and moves the checkpoint from `from` to
+    /// `to`, in one transaction. Returns false (writing nothing) when the checkpoint is no
+    /// longer at `from`.
+    #[instrument(skip(self, rows, history), fields(rows = rows.len(), history = history.len()), err(level = "debug"))]
     pub async fn save_case_facts(
         &self,
         rows: &[(String, serde_json::Value)],
+        history: &[FactsHistoryRow],
         from: Position,
         to: Position,
     ) -> Result<bool, Error> {
@@ -176,6 +179,7 @@ impl EventLog {
             .execute(&mut *tx)
             .await?;
         }
+        write_history(&mut *tx, HistoryTable::Live, history, true).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -9,6 +9,7 @@
 
 use crate::copy_text::copy_text_row;
 use crate::error::stored_position;
+use crate::history::{FactsHistoryRow, HistoryTable, write_history};
 use crate::log::{REPLAY_COLUMNS, ReplayRow};
 use crate::projection::CASE_FACTS;
 use crate::{Error, EventLog, locks};
@@ -16,6 +17,9 @@ use caselog_domain::Position;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
 use tracing::instrument;
+
+/// History rows per statement: bounds the arrays bound to one `UNNEST`.
+const HISTORY_ROWS_PER_STATEMENT: usize = 10_000;
 
 /// Which events a case-ordered read includes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +169,16 @@ impl RebuildSession {
         Ok(())
     }
 
+    /// Appends history rows to the rebuilt history (each (case, day) once: a case is folded
+    /// whole, in one page).
+    #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]
+    pub async fn copy_history(&mut self, rows: &[FactsHistoryRow]) -> Result<(), Error> {
+        for chunk in rows.chunks(HISTORY_ROWS_PER_STATEMENT) {
+            write_history(&mut self.connection, HistoryTable::Rebuild, chunk, false).await?;
+        }
+        Ok(())
+    }
+
     /// Builds the rebuilt table's indexes (after the bulk load: cheaper than maintaining them).
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn index_table(&mut self) -> Result<(), Error> {
@@ -182,9 +196,14 @@ impl RebuildSession {
         changed_cases(&mut self.connection, after, up_to).await
     }
 
-    /// Writes catch-up rows into the rebuilt table.
-    pub async fn upsert_rows(&mut self, rows: &[(String, String)], position: Position) -> Result<(), Error> {
-        upsert_rebuilt(&mut self.connection, rows, position).await
+    /// Writes catch-up rows into the rebuilt table and its history.
+    pub async fn upsert_rows(
+        &mut self,
+        rows: &[(String, String)],
+        history: &[FactsHistoryRow],
+        position: Position,
+    ) -> Result<(), Error> {
+        upsert_rebuilt(&mut self.connection, rows, history, position).await
     }
 
     /// The feed's safe position now.
@@ -253,8 +272,13 @@ impl Finish<'_> {
         changed_cases(&mut *self.tx, after, up_to).await
     }
 
-    pub async fn upsert_rows(&mut self, rows: &[(String, String)], position: Position) -> Result<(), Error> {
-        upsert_rebuilt(&mut *self.tx, rows, position).await
+    pub async fn upsert_rows(
+        &mut self,
+        rows: &[(String, String)],
+        history: &[FactsHistoryRow],
+        position: Position,
+    ) -> Result<(), Error> {
+        upsert_rebuilt(&mut *self.tx, rows, history, position).await
     }
 
     /// Every row of `table`, ordered by case id.
@@ -300,7 +324,8 @@ impl Finish<'_> {
             .execute(&mut *self.tx)
             .await?;
         let generation: i64 = sqlx::query_scalar(
-            "UPDATE projection_checkpoints SET position = $1, generation = generation + 1, updated_at = now()
+            "UPDATE projection_checkpoints
+                SET position = $1, generation = generation + 1, history_complete = true, updated_at = now()
               WHERE projection = $2 RETURNING generation",
         )
         .bind(i64::from(position))
@@ -338,10 +363,14 @@ async fn changed_cases(
 }
 
 async fn upsert_rebuilt(
-    executor: impl PgExecutor<'_>,
+    connection: &mut PgConnection,
     rows: &[(String, String)],
+    history: &[FactsHistoryRow],
     position: Position,
 ) -> Result<(), Error> {
+    for chunk in history.chunks(HISTORY_ROWS_PER_STATEMENT) {
+        write_history(&mut *connection, HistoryTable::Rebuild, chunk, true).await?;
+    }
     if rows.is_empty() {
         return Ok(());
     }
@@ -355,7 +384,7 @@ async fn upsert_rebuilt(
     .bind(&ids)
     .bind(&facts)
     .bind(i64::from(position))
-    .execute(executor)
+    .execute(&mut *connection)
     .await?;
     Ok(())
 }

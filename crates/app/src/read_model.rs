@@ -29,7 +29,7 @@ const AS_OF_FOLD_CASES: usize = 2_000;
 /// committed or rolled back (appends are single statements or short transactions, ended by the
 /// statement and idle-in-transaction timeouts long before), so a fold of the events recorded by
 /// then can never change and may be kept.
-const SETTLED_AFTER: Duration = Duration::from_secs(300);
+pub const SETTLED_AFTER: Duration = Duration::from_secs(300);
 /// The most cases whose folds at one settled instant are kept (about the open cases at any
 /// instant of a national log is 30,000; each is about a kilobyte).
 const SETTLED_FOLDS_KEPT: usize = 100_000;

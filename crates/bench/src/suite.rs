@@ -189,12 +189,40 @@ async fn straddling_as_of(pool: &PgPool, channel: &Authed, straddlers: usize) ->
     }
     let seconds = sorted(seconds);
     println!(
-        "{straddling} cases with events on both sides of the instant; as_of there, 5 queries: p50 {:.2} s, max {:.2} s (goal: at most 1 s)",
+        "{straddling} cases with events on both sides of the instant; as_of there before it settled, 5 queries: p50 {:.2} s, max {:.2} s",
+        percentile(&seconds, 0.5),
+        seconds.last().copied().unwrap_or(f64::NAN)
+    );
+    // Once settled (the service is started with a short settling time, and every append above
+    // has been acknowledged), an instant is answered from the projection's history. Five
+    // instants a millisecond apart, so that each answer is the first at its instant.
+    let settled_at = instant + chrono::Duration::from_std(SERVICE_SETTLED_AFTER)? + chrono::Duration::seconds(1);
+    if let Ok(wait) = (settled_at - chrono::Utc::now()).to_std() {
+        tokio::time::sleep(wait).await;
+    }
+    let mut seconds = Vec::new();
+    for earlier in 0..5 {
+        let at = instant - chrono::Duration::milliseconds(earlier);
+        as_of.as_of = Some(prost_types::Timestamp {
+            seconds: at.timestamp(),
+            nanos: at.timestamp_subsec_nanos() as i32,
+        });
+        let started = Instant::now();
+        metrics.query_metrics(as_of.clone()).await?;
+        seconds.push(started.elapsed().as_secs_f64());
+    }
+    let seconds = sorted(seconds);
+    println!(
+        "as_of once settled, the first question at each of 5 instants: p50 {:.2} s, max {:.2} s (goal: at most 1 s)",
         percentile(&seconds, 0.5),
         seconds.last().copied().unwrap_or(f64::NAN)
     );
     Ok(())
 }
+
+/// How long after an instant the suite's service treats it as settled (its default is five
+/// minutes; the straddle measurement waits this long rather than that).
+const SERVICE_SETTLED_AFTER: Duration = Duration::from_secs(15);
 
 /// Waits until the service has written a read-model snapshot at most one snapshot interval
 /// (100,000 events) behind `head`, as it does once it has loaded its copy.
@@ -452,6 +480,8 @@ impl Service {
                 &format!("127.0.0.1:{port}"),
                 "--db-max-connections",
                 "32",
+                "--as-of-settled-after-secs",
+                &SERVICE_SETTLED_AFTER.as_secs().to_string(),
                 "--allow-dev-tokens",
                 "--dev-tokens",
             ])

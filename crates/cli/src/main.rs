@@ -224,6 +224,14 @@ struct ServeArgs {
     /// after it, instead of every case's JSON.
     #[arg(long, env = "CASELOG_SNAPSHOT_AFTER_EVENTS", default_value_t = caselog_app::read_model::SnapshotPolicy::default().after_events)]
     snapshot_after_events: u64,
+    /// Seconds after which an `as_of` instant is settled: every append recorded by then has
+    /// committed or rolled back, so its answers come from the projection's history and are kept
+    /// for the next question at that instant. Keep it well above the database's statement and
+    /// idle-in-transaction timeouts (30 s and 10 s): an append still open at a settled instant
+    /// would be missing from answers given before it committed.
+    #[arg(long, env = "CASELOG_AS_OF_SETTLED_AFTER_SECS", default_value_t = caselog_app::read_model::SETTLED_AFTER.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    as_of_settled_after_secs: u64,
     /// Grouped append statements written at the same time (concurrent appends to different
     /// cases share one statement and one commit).
     #[arg(long, env = "CASELOG_APPEND_GROUPS_IN_FLIGHT", default_value_t = 1)]
@@ -1060,6 +1068,7 @@ async fn serve_command(args: ServeArgs, scrape: caselog_server::prometheus::Scra
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         max_request_bytes: args.max_request_bytes,
         cached_cases: args.cached_cases,
+        as_of_settled_after: Duration::from_secs(args.as_of_settled_after_secs),
         snapshots: caselog_app::read_model::SnapshotPolicy {
             after_events: args.snapshot_after_events,
             ..Default::default()

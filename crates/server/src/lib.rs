@@ -87,6 +87,9 @@ pub struct ServerLimits {
     /// The targets figures are measured against (QueryMetrics rows, reports): the catalogue's
     /// unless `caselog serve --targets` names a file.
     pub targets: Arc<caselog_projections::targets::Targets>,
+    /// How long ago an `as_of` instant must be to count as settled (see
+    /// [`caselog_app::read_model::SETTLED_AFTER`]).
+    pub as_of_settled_after: Duration,
 }
 
 impl Default for ServerLimits {
@@ -103,6 +106,7 @@ impl Default for ServerLimits {
             projector: projector::ProjectorSettings::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             targets: Arc::new(caselog_projections::targets::Targets::catalogue()),
+            as_of_settled_after: caselog_app::read_model::SETTLED_AFTER,
         }
     }
 }
@@ -169,7 +173,7 @@ pub async fn run(
     let metrics_task = tokio::spawn(event_feed.clone().publish_metrics(Duration::from_secs(10)));
     let feed = EventFeedServiceServer::new(event_feed);
     let projector_task = tokio::spawn(projector::run(log.clone(), limits.projector.clone()));
-    let metrics_service = metrics::Metrics::new(log.clone(), limits.targets.clone());
+    let metrics_service = metrics::Metrics::new(log.clone(), limits.targets.clone(), limits.as_of_settled_after);
     let load_task = tokio::spawn(
         metrics_service
             .clone()

@@ -36,9 +36,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(log: EventLog, targets: Arc<Targets>) -> Metrics {
+    pub fn new(log: EventLog, targets: Arc<Targets>, as_of_settled_after: Duration) -> Metrics {
         Metrics {
-            read_model: ReadModel::new(log.clone()),
+            read_model: ReadModel::new(log.clone()).with_settled_after(as_of_settled_after),
             log,
             targets,
         }

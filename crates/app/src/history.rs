@@ -86,3 +86,82 @@ pub(crate) fn decode(data: &[u8]) -> Option<CaseFacts> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caselog_domain::{EventId, EventType, HistoryEvent, Payload};
+    use chrono::TimeZone;
+
+    const ISSUED: &str = r#"{"law_type":"public","application_types":["s31_care"],"court_code":"LS","service_area":"A5","local_authority_code":"E08000035","children":[{"child_id":"c1","birth_month":"2024-11"}]}"#;
+
+    fn history(visits: usize) -> CaseHistory {
+        let event = |event_type, data: &str, day| HistoryEvent {
+            event_id: EventId::from(uuid::Uuid::new_v4()),
+            occurred_on: chrono::NaiveDate::from_ymd_opt(2025, 4, day).unwrap(),
+            payload: Payload::from_data_text(event_type, data).unwrap(),
+        };
+        let mut events = vec![event(EventType::CaseIssued, ISSUED, 1)];
+        for visit in 0..visits {
+            events.push(event(
+                EventType::ChildSeen,
+                r#"{"child_id":"c1","mode":"in_person"}"#,
+                2 + visit as u32,
+            ));
+        }
+        CaseHistory::new(events)
+    }
+
+    fn at(day: u32, hour: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2025, 5, day, hour, 0, 0).unwrap()
+    }
+
+    fn facts_after(events: usize) -> CaseFacts {
+        let mut whole = history(3);
+        whole.truncate(events);
+        facts_of("K1", &whole).unwrap()
+    }
+
+    #[test]
+    fn each_day_holds_the_facts_after_its_last_event() {
+        let whole = history(3);
+        let now = facts_of("K1", &whole);
+        // Two events on 1 May (10:00, 11:00), one on 2 May, one on 4 May.
+        let recorded = [at(1, 10), at(1, 11), at(2, 9), at(4, 23)];
+        let mut rows = day_rows("K1", &whole, &recorded, now.as_ref()).unwrap();
+        rows.sort_by_key(|r| r.day);
+        let days: Vec<(i32, DateTime<Utc>, DateTime<Utc>)> = rows.iter().map(|r| (r.day, r.first_at, r.last_at)).collect();
+        assert_eq!(
+            days,
+            vec![
+                (utc_day(at(1, 0)), at(1, 10), at(1, 11)),
+                (utc_day(at(2, 0)), at(2, 9), at(2, 9)),
+                (utc_day(at(4, 0)), at(4, 23), at(4, 23)),
+            ]
+        );
+        let decoded: Vec<CaseFacts> = rows.iter().map(|r| decode(r.facts.as_deref().unwrap()).unwrap()).collect();
+        assert_eq!(decoded, vec![facts_after(2), facts_after(3), facts_after(4)]);
+    }
+
+    #[test]
+    fn only_the_newest_events_write_rows_and_a_day_is_written_once() {
+        let whole = history(3);
+        let now = facts_of("K1", &whole);
+        // The last two events: the second recorded before the first (a clock stepped back),
+        // both on 3 May. One row, its facts after both.
+        let rows = day_rows("K1", &whole, &[at(3, 12), at(3, 8)], now.as_ref()).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].first_at, rows[0].last_at), (at(3, 8), at(3, 12)));
+        assert_eq!(decode(rows[0].facts.as_deref().unwrap()), now);
+        assert!(day_rows("K1", &whole, &[at(1, 1); 5], now.as_ref()).is_err());
+    }
+
+    #[test]
+    fn facts_of_another_format_are_not_read() {
+        let mut encoded = encode(&facts_after(1)).unwrap();
+        assert_eq!(decode(&encoded), Some(facts_after(1)));
+        encoded[0] = encoded[0].wrapping_add(1);
+        assert_eq!(decode(&encoded), None);
+        assert_eq!(decode(&[]), None);
+    }
+}

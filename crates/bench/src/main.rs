@@ -71,6 +71,11 @@ enum Bench {
         /// (e.g. `--serve-arg=--append-groups-in-flight=2`); repeatable.
         #[arg(long, allow_hyphen_values = true)]
         serve_arg: Vec<String>,
+        /// With --load-years: move each loaded event's recording instant to the day after it
+        /// happened, as a log recorded day by day has them (the bulk load records every case
+        /// whole at once), so that `as_of` at a past instant meets the cases open then.
+        #[arg(long, requires = "load_years")]
+        recorded_day_by_day: bool,
     },
     /// The fault campaign: writers keep a ledger while the server and PostgreSQL are killed,
     /// a rebuild and a projection catch-up are killed, connections run out and SIGTERM meets
@@ -137,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
             keep_up_rate,
             only,
             serve_arg,
+            recorded_day_by_day,
         } => {
             let caselog = caselog_binary(caselog)?;
             let options = suite::SuiteOptions {
@@ -152,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
                 keep_up_rate,
                 only,
                 serve_args: serve_arg,
+                recorded_day_by_day,
             };
             suite::run(&pool, &options).await?;
         }

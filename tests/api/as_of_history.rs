@@ -66,7 +66,9 @@ async fn instants(pool: &PgPool) -> Vec<DateTime<Utc>> {
             .await
             .unwrap();
     let span = last - first;
-    let mut out: Vec<DateTime<Utc>> = (0..=12).map(|i| first - chrono::Duration::hours(1) + span * i / 11).collect();
+    let mut out: Vec<DateTime<Utc>> = (0..=12)
+        .map(|i| first - chrono::Duration::hours(1) + span * i / 11)
+        .collect();
     let on_recordings: Vec<DateTime<Utc>> = sqlx::query_scalar(
         "SELECT DISTINCT recorded_at FROM events WHERE position % 97 = 0 ORDER BY recorded_at LIMIT 6",
     )
@@ -74,7 +76,11 @@ async fn instants(pool: &PgPool) -> Vec<DateTime<Utc>> {
     .await
     .unwrap();
     for at in on_recordings {
-        out.extend([at - chrono::Duration::microseconds(1), at, at + chrono::Duration::microseconds(1)]);
+        out.extend([
+            at - chrono::Duration::microseconds(1),
+            at,
+            at + chrono::Duration::microseconds(1),
+        ]);
     }
     let midnight = |days: i64| {
         (first + chrono::Duration::days(days))
@@ -83,7 +89,11 @@ async fn instants(pool: &PgPool) -> Vec<DateTime<Utc>> {
             .unwrap()
             .and_utc()
     };
-    out.extend([midnight(3), midnight(9) - chrono::Duration::microseconds(1), midnight(20)]);
+    out.extend([
+        midnight(3),
+        midnight(9) - chrono::Duration::microseconds(1),
+        midnight(20),
+    ]);
     out
 }
 
@@ -105,7 +115,10 @@ async fn as_of_from_the_history_equals_a_fold_of_the_log_at_every_instant(pool: 
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert!(days_per_case > 2.0, "cases recorded over {days_per_case} days on average");
+    assert!(
+        days_per_case > 2.0,
+        "cases recorded over {days_per_case} days on average"
+    );
 
     let read_model = ReadModel::new(log.clone()).with_settled_after(std::time::Duration::ZERO);
     let queries = [every_metric_by_law_type(2024), every_metric_by_law_type(2025)];
@@ -189,7 +202,11 @@ async fn an_instant_beyond_the_projection_is_folded(pool: PgPool) {
     let query = every_metric_by_law_type(2025);
     let read_model = ReadModel::new(log.clone()).with_settled_after(std::time::Duration::ZERO);
     let (_, answered) = read_model
-        .metrics(query.clone(), Some(at - chrono::Duration::hours(30)), caselog_domain::Position::ZERO)
+        .metrics(
+            query.clone(),
+            Some(at - chrono::Duration::hours(30)),
+            caselog_domain::Position::ZERO,
+        )
         .await
         .unwrap();
     assert_eq!(

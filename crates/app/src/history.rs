@@ -88,6 +88,7 @@ pub(crate) fn decode(data: &[u8]) -> Option<CaseFacts> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use caselog_domain::{EventId, EventType, HistoryEvent, Payload};
@@ -130,7 +131,8 @@ mod tests {
         let recorded = [at(1, 10), at(1, 11), at(2, 9), at(4, 23)];
         let mut rows = day_rows("K1", &whole, &recorded, now.as_ref()).unwrap();
         rows.sort_by_key(|r| r.day);
-        let days: Vec<(i32, DateTime<Utc>, DateTime<Utc>)> = rows.iter().map(|r| (r.day, r.first_at, r.last_at)).collect();
+        let days: Vec<(i32, DateTime<Utc>, DateTime<Utc>)> =
+            rows.iter().map(|r| (r.day, r.first_at, r.last_at)).collect();
         assert_eq!(
             days,
             vec![
@@ -139,7 +141,10 @@ mod tests {
                 (utc_day(at(4, 0)), at(4, 23), at(4, 23)),
             ]
         );
-        let decoded: Vec<CaseFacts> = rows.iter().map(|r| decode(r.facts.as_deref().unwrap()).unwrap()).collect();
+        let decoded: Vec<CaseFacts> = rows
+            .iter()
+            .map(|r| decode(r.facts.as_deref().unwrap()).unwrap())
+            .collect();
         assert_eq!(decoded, vec![facts_after(2), facts_after(3), facts_after(4)]);
     }
 

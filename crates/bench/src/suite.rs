@@ -346,13 +346,19 @@ async fn load_workload(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<
 /// load records every case whole at once, which no real log does. The append-only trigger is
 /// set aside for the one statement: a benchmark database only, before anything is projected.
 async fn record_day_by_day(pool: &PgPool) -> anyhow::Result<()> {
-    let projected: i64 = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = 'case_facts'")
-        .fetch_one(pool)
-        .await?;
-    anyhow::ensure!(projected == 0, "--recorded-day-by-day needs a database nothing was projected in");
+    let projected: i64 =
+        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = 'case_facts'")
+            .fetch_one(pool)
+            .await?;
+    anyhow::ensure!(
+        projected == 0,
+        "--recorded-day-by-day needs a database nothing was projected in"
+    );
     let started = Instant::now();
     let mut connection = pool.acquire().await?;
-    sqlx::query("SET statement_timeout = 0").execute(&mut *connection).await?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *connection)
+        .await?;
     let mut tx = sqlx::Connection::begin(&mut *connection).await?;
     sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only_rows")
         .execute(&mut *tx)

@@ -102,6 +102,16 @@ impl Metrics {
                     |s| s.0.loaded_snapshot.map_or(0, |p| p.get()),
                 ),
                 (
+                    "caselog.read_model.as_of_history_cases",
+                    "cases whose facts at an as_of instant came from the projection's history, since start",
+                    |s| s.0.as_of_history_cases,
+                ),
+                (
+                    "caselog.read_model.as_of_folded_cases",
+                    "cases folded again from the log for as_of answers, since start",
+                    |s| s.0.as_of_folded_cases,
+                ),
+                (
                     "caselog.process.resident_bytes",
                     "resident memory of this process (Linux; 0 elsewhere)",
                     |s| s.1,

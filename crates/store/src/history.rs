@@ -11,7 +11,7 @@ use sqlx::PgExecutor;
 use tracing::instrument;
 
 /// One row of the history.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct FactsHistoryRow {
     pub case_id: String,
     /// [`utc_day`] of the events' recording instants.
@@ -121,7 +121,7 @@ impl EventLog {
         if unprojected {
             return Ok(None);
         }
-        let rows: Vec<(String, i32, DateTime<Utc>, DateTime<Utc>, Option<Vec<u8>>)> = sqlx::query_as(
+        let rows: Vec<FactsHistoryRow> = sqlx::query_as(
             "SELECT c.case_id, h.day, h.first_at, h.last_at, h.facts
                FROM UNNEST($1::text[]) AS c(case_id)
                CROSS JOIN LATERAL (
@@ -135,17 +135,7 @@ impl EventLog {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some(
-            rows.into_iter()
-                .map(|(case_id, day, first_at, last_at, facts)| FactsHistoryRow {
-                    case_id,
-                    day,
-                    first_at,
-                    last_at,
-                    facts,
-                })
-                .collect(),
-        ))
+        Ok(Some(rows))
     }
 }
 

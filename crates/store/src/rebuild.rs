@@ -278,7 +278,7 @@ impl Finish<'_> {
         history: &[FactsHistoryRow],
         position: Position,
     ) -> Result<(), Error> {
-        upsert_rebuilt(&mut *self.tx, rows, history, position).await
+        upsert_rebuilt(&mut self.tx, rows, history, position).await
     }
 
     /// Every row of `table`, ordered by case id.

@@ -1,19 +1,14 @@
--- The history of the case-facts projection, for as_of answers. For each case and each UTC day on
--- which events of the case were recorded, the facts after the last of them (NULL: the case had
--- no facts then), and the first and last recording instants of that day's events. The facts of
--- a case at an instant T are then one row's: the last one whose first_at is at or before T,
--- when its last_at is too (otherwise the case had events on both sides of T within that day,
--- and is folded from the log). Derived data like case_facts: written by the projector in the
+-- The history of the case-facts projection, for as_of answers. For each case and each instant
+-- at which events of the case were recorded (one append), the facts after them (NULL: the case
+-- had no facts then). The facts of a case at an instant T are then one row's: the last one
+-- recorded at or before T. Derived data like case_facts: written by the projector in the
 -- transaction that moves its checkpoint, and rebuilt with it.
 CREATE TABLE case_facts_history (
-    case_id  text        NOT NULL,
-    -- Days since 1970-01-01 in UTC, of the events' recorded_at.
-    day      integer     NOT NULL,
-    first_at timestamptz NOT NULL,
-    last_at  timestamptz NOT NULL,
+    case_id     text        NOT NULL,
+    recorded_at timestamptz NOT NULL,
     -- The facts in the read model's compact encoding, led by the encoding's format number.
-    facts    bytea,
-    PRIMARY KEY (case_id, day)
+    facts       bytea,
+    PRIMARY KEY (case_id, recorded_at)
 );
 
 -- Whether the history covers the whole log. Only a rebuild fills it for events projected before
@@ -41,9 +36,7 @@ BEGIN
     DROP TABLE IF EXISTS case_facts_rebuild;
     DROP TABLE IF EXISTS case_facts_history_rebuild;
     CREATE TABLE case_facts_rebuild (case_id text NOT NULL, facts jsonb NOT NULL, as_of_position bigint NOT NULL);
-    CREATE TABLE case_facts_history_rebuild (
-        case_id text NOT NULL, day integer NOT NULL, first_at timestamptz NOT NULL,
-        last_at timestamptz NOT NULL, facts bytea);
+    CREATE TABLE case_facts_history_rebuild (case_id text NOT NULL, recorded_at timestamptz NOT NULL, facts bytea);
     FOR grantee IN SELECT role_name FROM caselog_service_roles WHERE role_name IN (SELECT rolname FROM pg_roles) LOOP
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON case_facts_rebuild TO %I', grantee);
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON case_facts_history_rebuild TO %I', grantee);
@@ -56,7 +49,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
     ALTER TABLE case_facts_rebuild ADD CONSTRAINT case_facts_rebuild_pkey PRIMARY KEY (case_id);
     CREATE INDEX case_facts_rebuild_by_position ON case_facts_rebuild (as_of_position);
-    ALTER TABLE case_facts_history_rebuild ADD CONSTRAINT case_facts_history_rebuild_pkey PRIMARY KEY (case_id, day);
+    ALTER TABLE case_facts_history_rebuild ADD CONSTRAINT case_facts_history_rebuild_pkey PRIMARY KEY (case_id, recorded_at);
     ANALYZE case_facts_rebuild;
     ANALYZE case_facts_history_rebuild;
 END

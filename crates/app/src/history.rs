@@ -1,22 +1,19 @@
 //! The case-facts projection's history, which lets `as_of` take a case's facts at an instant
-//! from one stored row instead of folding its events again. For each UTC day on which a case's
-//! events were recorded there is one row: the facts after the last of them, and that day's first
-//! and last recording instants (see `caselog_store::history` and migration 0007).
-//!
-//! Why a day and not every append: a row per append would store the facts once per event (about
-//! the log's own size again); a row per day stores them once per case and day, and leaves only
-//! the cases with events on both sides of an instant within its own day to be folded.
+//! from one stored row instead of folding its events again. For each instant at which events of a
+//! case were recorded (one append) there is one row: the facts after them (see
+//! `caselog_store::history` and migration 0007). The facts at any instant are those of the last
+//! row recorded by then, exactly: a case's recording instants follow its versions.
 
 use crate::error::Error;
 use crate::snapshot::FORMAT;
 use caselog_domain::CaseHistory;
 use caselog_projections::{CaseFacts, facts_of};
-use caselog_store::{FactsHistoryRow, utc_day};
+use caselog_store::FactsHistoryRow;
 use chrono::{DateTime, Utc};
 
-/// The day rows that the last `recorded.len()` events of `history` (their recording instants,
-/// in version order) write, given `facts_now`, the facts after all of them.
-pub(crate) fn day_rows(
+/// The history rows that the last `recorded.len()` events of `history` (their recording
+/// instants, in version order) write, given `facts_now`, the facts after all of them.
+pub(crate) fn recorded_rows(
     case_id: &str,
     history: &CaseHistory,
     recorded: &[DateTime<Utc>],
@@ -29,39 +26,31 @@ pub(crate) fn day_rows(
             recorded.len()
         ))
     })?;
-    // (day, first, last, events up to and including the day's last). Recording instants follow
-    // versions (a version is written after the previous one committed), so a day's events are
-    // consecutive; a clock stepped back would break that, and the day then ends at its latest
-    // event rather than writing one (case, day) twice.
-    let mut days: Vec<(i32, DateTime<Utc>, DateTime<Utc>, usize)> = Vec::new();
+    // (instant, events up to and including its last). An append's events are consecutive
+    // versions with one instant; a clock stepped back could repeat an earlier instant after a
+    // later one, and that instant then ends at its latest event rather than being written twice.
+    let mut appends: Vec<(DateTime<Utc>, usize)> = Vec::new();
     for (i, &at) in recorded.iter().enumerate() {
-        let day = utc_day(at);
-        match days.iter_mut().rev().find(|(d, ..)| *d == day) {
-            Some((_, first, last, end)) => {
-                *first = (*first).min(at);
-                *last = (*last).max(at);
-                *end = start + i + 1;
-            }
-            None => days.push((day, at, at, start + i + 1)),
+        match appends.iter_mut().rev().find(|(instant, _)| *instant == at) {
+            Some((_, end)) => *end = start + i + 1,
+            None => appends.push((at, start + i + 1)),
         }
     }
-    days.sort_by_key(|&(.., end)| std::cmp::Reverse(end));
+    appends.sort_by_key(|&(_, end)| std::cmp::Reverse(end));
     let mut prefix: Option<CaseHistory> = None;
-    let mut rows = Vec::with_capacity(days.len());
-    for (day, first_at, last_at, end) in days {
+    let mut rows = Vec::with_capacity(appends.len());
+    for (recorded_at, end) in appends {
         let facts = if end == total {
             facts_now.map(encode).transpose()?
         } else {
-            // Longest prefix first, so one copy of the history serves every earlier day.
+            // Longest prefix first, so one copy of the history serves every earlier append.
             let prefix = prefix.get_or_insert_with(|| history.clone());
             prefix.truncate(end);
             facts_of(case_id, prefix).as_ref().map(encode).transpose()?
         };
         rows.push(FactsHistoryRow {
             case_id: case_id.to_owned(),
-            day,
-            first_at,
-            last_at,
+            recorded_at,
             facts,
         });
     }
@@ -124,23 +113,15 @@ mod tests {
     }
 
     #[test]
-    fn each_day_holds_the_facts_after_its_last_event() {
+    fn each_append_holds_the_facts_after_its_events() {
         let whole = history(3);
         let now = facts_of("K1", &whole);
-        // Two events on 1 May (10:00, 11:00), one on 2 May, one on 4 May.
-        let recorded = [at(1, 10), at(1, 11), at(2, 9), at(4, 23)];
-        let mut rows = day_rows("K1", &whole, &recorded, now.as_ref()).unwrap();
-        rows.sort_by_key(|r| r.day);
-        let days: Vec<(i32, DateTime<Utc>, DateTime<Utc>)> =
-            rows.iter().map(|r| (r.day, r.first_at, r.last_at)).collect();
-        assert_eq!(
-            days,
-            vec![
-                (utc_day(at(1, 0)), at(1, 10), at(1, 11)),
-                (utc_day(at(2, 0)), at(2, 9), at(2, 9)),
-                (utc_day(at(4, 0)), at(4, 23), at(4, 23)),
-            ]
-        );
+        // The first two events appended together at 10:00 on 1 May, then one each.
+        let recorded = [at(1, 10), at(1, 10), at(2, 9), at(4, 23)];
+        let mut rows = recorded_rows("K1", &whole, &recorded, now.as_ref()).unwrap();
+        rows.sort_by_key(|r| r.recorded_at);
+        let instants: Vec<DateTime<Utc>> = rows.iter().map(|r| r.recorded_at).collect();
+        assert_eq!(instants, vec![at(1, 10), at(2, 9), at(4, 23)]);
         let decoded: Vec<CaseFacts> = rows
             .iter()
             .map(|r| decode(r.facts.as_deref().unwrap()).unwrap())
@@ -149,16 +130,19 @@ mod tests {
     }
 
     #[test]
-    fn only_the_newest_events_write_rows_and_a_day_is_written_once() {
+    fn only_the_newest_events_write_rows_and_an_instant_is_written_once() {
         let whole = history(3);
         let now = facts_of("K1", &whole);
-        // The last two events: the second recorded before the first (a clock stepped back),
-        // both on 3 May. One row, its facts after both.
-        let rows = day_rows("K1", &whole, &[at(3, 12), at(3, 8)], now.as_ref()).unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].first_at, rows[0].last_at), (at(3, 8), at(3, 12)));
-        assert_eq!(decode(rows[0].facts.as_deref().unwrap()), now);
-        assert!(day_rows("K1", &whole, &[at(1, 1); 5], now.as_ref()).is_err());
+        // The last three events: the third recorded at the first's instant after the second's
+        // (a clock stepped back). Two rows; the repeated instant holds the facts after all.
+        let rows = recorded_rows("K1", &whole, &[at(3, 12), at(3, 13), at(3, 12)], now.as_ref()).unwrap();
+        let mut held: Vec<(DateTime<Utc>, Option<CaseFacts>)> = rows
+            .iter()
+            .map(|r| (r.recorded_at, decode(r.facts.as_deref().unwrap())))
+            .collect();
+        held.sort_by_key(|(at, _)| *at);
+        assert_eq!(held, vec![(at(3, 12), now.clone()), (at(3, 13), Some(facts_after(3)))]);
+        assert!(recorded_rows("K1", &whole, &[at(1, 1); 5], now.as_ref()).is_err());
     }
 
     #[test]

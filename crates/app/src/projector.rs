@@ -5,7 +5,7 @@
 
 use crate::cache::WeightedCache;
 use crate::error::Error;
-use crate::history::day_rows;
+use crate::history::recorded_rows;
 use crate::ingest::{TYPICAL_CASE_EVENTS, payload_of};
 use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload, Position};
 use caselog_projections::{CaseFacts, facts_of};
@@ -220,7 +220,7 @@ pub async fn apply_next_page_with(
         // The page's events of a case are the last of its history: within a case, positions
         // follow versions.
         let instants = recorded.get(case_id.as_str()).map_or(&[][..], Vec::as_slice);
-        history_rows.extend(day_rows(case_id, history, instants, facts.as_ref())?);
+        history_rows.extend(recorded_rows(case_id, history, instants, facts.as_ref())?);
         let Some(facts) = facts else {
             continue;
         };
@@ -247,7 +247,7 @@ pub fn fold_cases(rows: &[ReplayRow]) -> Result<Vec<CaseFacts>, Error> {
     Ok(out)
 }
 
-/// As [`fold_cases`] for whole cases, with the history rows of every day they were recorded on.
+/// As [`fold_cases`] for whole cases, with the history rows of every append of them.
 pub(crate) fn fold_cases_with_history(rows: &[ReplayRow]) -> Result<(Vec<CaseFacts>, Vec<FactsHistoryRow>), Error> {
     let mut out = Vec::new();
     let mut history_rows = Vec::new();
@@ -256,7 +256,7 @@ pub(crate) fn fold_cases_with_history(rows: &[ReplayRow]) -> Result<(Vec<CaseFac
         let history = replayed_history(events)?;
         let facts = facts_of(case_id, &history);
         let instants: Vec<DateTime<Utc>> = events.iter().map(|e| e.recorded_at).collect();
-        history_rows.extend(day_rows(case_id, &history, &instants, facts.as_ref())?);
+        history_rows.extend(recorded_rows(case_id, &history, &instants, facts.as_ref())?);
         out.extend(facts);
     }
     Ok((out, history_rows))

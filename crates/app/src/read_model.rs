@@ -16,7 +16,7 @@ use caselog_projections::{
     CaseFacts, MetricResult, MetricsQuery, Reach, SharedCodes, Unit, WorklistItem, WorklistKind, units_of,
 };
 use caselog_store::projection::FactsSink;
-use caselog_store::{EventLog, FactsHistoryRow, SnapshotHead, SnapshotSink};
+use caselog_store::{EventLog, SnapshotHead, SnapshotSink};
 use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -887,27 +887,21 @@ impl ReadModel {
     }
 
     /// The facts at the settled instant `at` of those of `cases` that had any then: from the
-    /// projection's history where a row says, folded from the log for the rest (a case with
-    /// events on both sides of `at` within its day, a row of another encoding, or every case
-    /// when the history cannot answer for `at`).
+    /// projection's history, or folded from the log where it cannot say (every case when it
+    /// does not reach `at`, a row of another encoding).
     async fn history_or_refold(&self, cases: Vec<String>, at: DateTime<Utc>) -> Result<Vec<CaseFacts>, Error> {
         let Some(rows) = self.reads.facts_history_at(&cases, at).await? else {
             return self.refold_recorded_by(cases, at).await;
         };
+        // A case without a row had nothing recorded by then.
         let (found, refold) = tokio::task::spawn_blocking(move || {
-            let mut rows: HashMap<String, FactsHistoryRow> = rows.into_iter().map(|r| (r.case_id.clone(), r)).collect();
-            let mut found = Vec::new();
+            let mut found = Vec::with_capacity(rows.len());
             let mut refold = Vec::new();
-            for case in cases {
-                match rows.remove(&case) {
-                    // No row by then: nothing of the case was recorded by then.
+            for row in rows {
+                match row.facts.as_deref().map(history::decode) {
                     None => {}
-                    Some(row) if row.last_at <= at => match row.facts.as_deref().map(history::decode) {
-                        None => {}
-                        Some(Some(facts)) => found.push(facts),
-                        Some(None) => refold.push(case),
-                    },
-                    Some(_) => refold.push(case),
+                    Some(Some(facts)) => found.push(facts),
+                    Some(None) => refold.push(row.case_id),
                 }
             }
             (found, refold)

@@ -20,7 +20,7 @@ pub use audit::{AuditEntry, AuditQuery, AuditRecord, grant_service_role};
 pub use combine::{GroupAppender, GroupSettings, GroupStats};
 pub use error::Error;
 pub use feed::{FeedFilter, FeedPage, Horizon};
-pub use history::{FactsHistoryRow, utc_day};
+pub use history::FactsHistoryRow;
 pub use log::{AppendedRow, EventLog, LoadRow, NewRow, ReplayRow, StoredEvent};
 pub use snapshot::{SnapshotHead, SnapshotSink, SnapshotWriter};
 /// The connection pool `connect` returns.

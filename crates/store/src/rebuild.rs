@@ -169,7 +169,7 @@ impl RebuildSession {
         Ok(())
     }
 
-    /// Appends history rows to the rebuilt history (each (case, day) once: a case is folded
+    /// Appends history rows to the rebuilt history (each (case, instant) once: a case is folded
     /// whole, in one page).
     #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]
     pub async fn copy_history(&mut self, rows: &[FactsHistoryRow]) -> Result<(), Error> {

@@ -674,6 +674,23 @@ async fn query_latency(pool: &PgPool, channel: &Authed, queries: usize) -> anyho
     )
     .fetch_all(pool)
     .await?;
+    // How many cases straddle each instant (events recorded on both sides): what as_of takes
+    // again, from the projection's history or by folding.
+    let spans: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT (extract(epoch FROM min(recorded_at)) * 1e6)::int8, (extract(epoch FROM max(recorded_at)) * 1e6)::int8
+           FROM events GROUP BY case_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut straddling: Vec<f64> = instants
+        .iter()
+        .map(|at| {
+            let at = at.timestamp_micros();
+            spans.iter().filter(|&&(first, last)| first <= at && at < last).count() as f64
+        })
+        .collect();
+    straddling.sort_by(f64::total_cmp);
+    drop(spans);
     let spread = instants.into_iter();
     let mut as_of_seconds = Vec::new();
     let mut worst = (0.0, chrono::Utc::now());
@@ -704,6 +721,23 @@ async fn query_latency(pool: &PgPool, channel: &Authed, queries: usize) -> anyho
         percentile(&as_of_seconds, 0.5),
         percentile(&as_of_seconds, 0.99),
         worst.1.format("%Y-%m-%d %H:%M:%S")
+    );
+    println!(
+        "  cases straddling those instants: min {:.0}, median {:.0}, max {:.0}",
+        straddling.first().copied().unwrap_or(0.0),
+        percentile(&straddling, 0.5),
+        straddling.last().copied().unwrap_or(0.0)
+    );
+    let (history_rows, history_bytes, log_bytes): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM case_facts_history), pg_total_relation_size('case_facts_history'),
+                pg_total_relation_size('events')",
+    )
+    .fetch_one(pool)
+    .await?;
+    println!(
+        "  the projection's history for as_of: {history_rows} rows, {} (the log: {})",
+        mib(history_bytes as u64 / 1024),
+        mib(log_bytes as u64 / 1024)
     );
     println!(
         "raw PostgreSQL (one grouped count over case_facts): p50 {:.1} ms, p99 {:.1} ms",

@@ -18,6 +18,41 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
 use tracing::instrument;
 
+/// `rows` in `COPY`'s binary format: the facts are bytes, which the text format would double.
+fn binary_copy_of(rows: &[FactsHistoryRow]) -> Vec<u8> {
+    // Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+    const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+    let mut buffer = Vec::with_capacity(
+        19 + rows
+            .iter()
+            .map(|r| r.case_id.len() + 32 + r.facts.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+            + 2,
+    );
+    buffer.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buffer.extend_from_slice(&0_i32.to_be_bytes()); // flags
+    buffer.extend_from_slice(&0_i32.to_be_bytes()); // header extension
+    let field = |buffer: &mut Vec<u8>, bytes: &[u8]| {
+        // Fields are case ids and encoded facts: far below 2 GiB.
+        buffer.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        buffer.extend_from_slice(bytes);
+    };
+    for row in rows {
+        buffer.extend_from_slice(&3_i16.to_be_bytes());
+        field(&mut buffer, row.case_id.as_bytes());
+        field(
+            &mut buffer,
+            &(row.recorded_at.timestamp_micros() - POSTGRES_EPOCH_MICROS).to_be_bytes(),
+        );
+        match &row.facts {
+            Some(facts) => field(&mut buffer, facts),
+            None => buffer.extend_from_slice(&(-1_i32).to_be_bytes()),
+        }
+    }
+    buffer.extend_from_slice(&(-1_i16).to_be_bytes());
+    buffer
+}
+
 /// History rows per statement: bounds the arrays bound to one `UNNEST`.
 const HISTORY_ROWS_PER_STATEMENT: usize = 10_000;
 
@@ -173,9 +208,21 @@ impl RebuildSession {
     /// whole, in one page).
     #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]
     pub async fn copy_history(&mut self, rows: &[FactsHistoryRow]) -> Result<(), Error> {
-        for chunk in rows.chunks(HISTORY_ROWS_PER_STATEMENT) {
-            write_history(&mut self.connection, HistoryTable::Rebuild, chunk, false).await?;
+        if rows.is_empty() {
+            return Ok(());
         }
+        let buffer = binary_copy_of(rows);
+        let mut copy = self
+            .connection
+            .copy_in_raw(
+                "COPY case_facts_history_rebuild (case_id, recorded_at, facts) FROM STDIN WITH (FORMAT binary)",
+            )
+            .await?;
+        if let Err(err) = copy.send(buffer).await {
+            copy.abort("send failed").await.ok();
+            return Err(err.into());
+        }
+        copy.finish().await?;
         Ok(())
     }
 

@@ -178,18 +178,8 @@ async fn straddling_as_of(pool: &PgPool, channel: &Authed, straddlers: usize) ->
     let head = EventLog::new(pool.clone()).horizon().await?.safe;
     wait_for_projection(channel, head).await?;
     let mut metrics = MetricsServiceClient::new(channel.clone());
-    let mut as_of = year_query(latest_complete_financial_year(), head.get());
-    as_of.as_of = Some(prost_types::Timestamp {
-        seconds: instant.timestamp(),
-        nanos: instant.timestamp_subsec_nanos() as i32,
-    });
-    let mut seconds = Vec::new();
-    for _ in 0..5 {
-        let started = Instant::now();
-        metrics.query_metrics(as_of.clone()).await?;
-        seconds.push(started.elapsed().as_secs_f64());
-    }
-    let seconds = sorted(seconds);
+    let query = year_query(latest_complete_financial_year(), head.get());
+    let seconds = seconds_as_of(&mut metrics, &query, [instant; 5]).await?;
     println!(
         "{straddling} cases with events on both sides of the instant; as_of there before it settled, 5 queries: p50 {:.2} s, max {:.2} s",
         percentile(&seconds, 0.5),
@@ -202,24 +192,36 @@ async fn straddling_as_of(pool: &PgPool, channel: &Authed, straddlers: usize) ->
     if let Ok(wait) = (settled_at - chrono::Utc::now()).to_std() {
         tokio::time::sleep(wait).await;
     }
-    let mut seconds = Vec::new();
-    for earlier in 0..5 {
-        let at = instant - chrono::Duration::milliseconds(earlier);
-        as_of.as_of = Some(prost_types::Timestamp {
-            seconds: at.timestamp(),
-            nanos: at.timestamp_subsec_nanos() as i32,
-        });
-        let started = Instant::now();
-        metrics.query_metrics(as_of.clone()).await?;
-        seconds.push(started.elapsed().as_secs_f64());
-    }
-    let seconds = sorted(seconds);
+    let instants: Vec<_> = (0..5)
+        .map(|earlier| instant - chrono::Duration::milliseconds(earlier))
+        .collect();
+    let seconds = seconds_as_of(&mut metrics, &query, instants).await?;
     println!(
         "as_of once settled, the first question at each of 5 instants: p50 {:.2} s, max {:.2} s (goal: at most 1 s)",
         percentile(&seconds, 0.5),
         seconds.last().copied().unwrap_or(f64::NAN)
     );
     Ok(())
+}
+
+/// The seconds each `query` as of each of `instants` took, sorted.
+async fn seconds_as_of(
+    metrics: &mut MetricsServiceClient<Authed>,
+    query: &pb::QueryMetricsRequest,
+    instants: impl IntoIterator<Item = chrono::DateTime<chrono::Utc>>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut seconds = Vec::new();
+    for at in instants {
+        let mut as_of = query.clone();
+        as_of.as_of = Some(prost_types::Timestamp {
+            seconds: at.timestamp(),
+            nanos: at.timestamp_subsec_nanos() as i32,
+        });
+        let started = Instant::now();
+        metrics.query_metrics(as_of).await?;
+        seconds.push(started.elapsed().as_secs_f64());
+    }
+    Ok(sorted(seconds))
 }
 
 /// How long after an instant the suite's service treats it as settled (its default is five

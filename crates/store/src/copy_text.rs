@@ -1,4 +1,19 @@
-//! `COPY ... FROM STDIN` in text format: one row per line, fields separated by tabs.
+//! `COPY ... FROM STDIN`: sending a prepared buffer, and the text format (one row per line,
+//! fields separated by tabs).
+
+/// Runs `statement` (a `COPY ... FROM STDIN`) with `buffer` as its whole input.
+pub(crate) async fn copy_in(
+    connection: &mut sqlx::PgConnection,
+    statement: &str,
+    buffer: Vec<u8>,
+) -> Result<(), sqlx::Error> {
+    let mut copy = connection.copy_in_raw(statement).await?;
+    if let Err(err) = copy.send(buffer).await {
+        copy.abort("send failed").await.ok();
+        return Err(err);
+    }
+    copy.finish().await.map(|_| ())
+}
 
 /// Appends `value` escaped for the text format.
 pub(crate) fn copy_text_field(buffer: &mut Vec<u8>, value: &str) {

@@ -102,16 +102,12 @@ fn push_copy_row(
 
 /// Writes `COPY` text rows into `events` inside `tx`.
 async fn copy_in(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, buffer: Vec<u8>) -> Result<(), sqlx::Error> {
-    let mut copy = tx
-        .copy_in_raw(
-            "COPY events (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source) FROM STDIN",
-        )
-        .await?;
-    if let Err(err) = copy.send(buffer).await {
-        copy.abort("send failed").await.ok();
-        return Err(err);
-    }
-    copy.finish().await.map(|_| ())
+    crate::copy_text::copy_in(
+        tx,
+        "COPY events (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source) FROM STDIN",
+        buffer,
+    )
+    .await
 }
 
 pub(crate) const REPLAY_COLUMNS: &str =

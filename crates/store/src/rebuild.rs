@@ -7,7 +7,7 @@
 //! table until that commit, and from the new one after it. An interrupted rebuild leaves only
 //! `case_facts_rebuild`, which the next rebuild drops.
 
-use crate::copy_text::copy_text_row;
+use crate::copy_text::{copy_in, copy_text_row};
 use crate::error::stored_position;
 use crate::history::{FactsHistoryRow, HistoryTable, write_history};
 use crate::log::{REPLAY_COLUMNS, ReplayRow};
@@ -192,15 +192,12 @@ impl RebuildSession {
         for (case_id, facts) in rows {
             copy_text_row(&mut buffer, &[case_id, facts, &position]);
         }
-        let mut copy = self
-            .connection
-            .copy_in_raw("COPY case_facts_rebuild (case_id, facts, as_of_position) FROM STDIN")
-            .await?;
-        if let Err(err) = copy.send(buffer).await {
-            copy.abort("send failed").await.ok();
-            return Err(err.into());
-        }
-        copy.finish().await?;
+        copy_in(
+            &mut self.connection,
+            "COPY case_facts_rebuild (case_id, facts, as_of_position) FROM STDIN",
+            buffer,
+        )
+        .await?;
         Ok(())
     }
 
@@ -211,18 +208,12 @@ impl RebuildSession {
         if rows.is_empty() {
             return Ok(());
         }
-        let buffer = binary_copy_of(rows);
-        let mut copy = self
-            .connection
-            .copy_in_raw(
-                "COPY case_facts_history_rebuild (case_id, recorded_at, facts) FROM STDIN WITH (FORMAT binary)",
-            )
-            .await?;
-        if let Err(err) = copy.send(buffer).await {
-            copy.abort("send failed").await.ok();
-            return Err(err.into());
-        }
-        copy.finish().await?;
+        copy_in(
+            &mut self.connection,
+            "COPY case_facts_history_rebuild (case_id, recorded_at, facts) FROM STDIN WITH (FORMAT binary)",
+            binary_copy_of(rows),
+        )
+        .await?;
         Ok(())
     }
 

@@ -85,6 +85,7 @@ impl EventLog {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
+        crate::plan_for_parameters(&mut tx).await?;
         let (position, complete): (i64, bool) =
             sqlx::query_as("SELECT position, history_complete FROM projection_checkpoints WHERE projection = $1")
                 .bind(CASE_FACTS)

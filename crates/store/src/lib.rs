@@ -26,6 +26,16 @@ pub use snapshot::{SnapshotHead, SnapshotSink, SnapshotWriter};
 /// The connection pool `connect` returns.
 pub use sqlx::PgPool;
 
+/// Plans this transaction's statements for their actual parameters. A statement prepared on a
+/// pooled connection gets a generic plan after five runs, and for `position > $1` (the tail of
+/// the log, a few rows) a generic plan expects a third of the table and scans all of it.
+pub(crate) async fn plan_for_parameters(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+        .execute(tx)
+        .await
+        .map(|_| ())
+}
+
 /// The workspace migrations (`migrations/`), embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 

@@ -117,28 +117,34 @@ impl EventLog {
         up_to: Position,
         mut each: impl FnMut(String, i64, i64),
     ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        crate::plan_for_parameters(&mut tx).await?;
         let mut rows = sqlx::query_as::<_, (String, DateTime<Utc>, DateTime<Utc>)>(
             "SELECT case_id, min(recorded_at), max(recorded_at) FROM events
               WHERE position > $1 AND position <= $2 GROUP BY case_id",
         )
         .bind(after.map_or(-1, i64::from))
         .bind(i64::from(up_to))
-        .fetch(&self.pool);
+        .fetch(&mut *tx);
         while let Some((case_id, first, last)) = rows.try_next().await? {
             each(case_id, first.timestamp_micros(), last.timestamp_micros());
         }
+        drop(rows);
+        tx.commit().await?;
         Ok(())
     }
 
     /// The cases with an event above `position` (a range of the log's primary key).
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn cases_after(&self, position: Position) -> Result<Vec<String>, Error> {
-        Ok(
-            sqlx::query_scalar("SELECT DISTINCT case_id FROM events WHERE position > $1")
-                .bind(i64::from(position))
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        let mut tx = self.pool.begin().await?;
+        crate::plan_for_parameters(&mut tx).await?;
+        let cases = sqlx::query_scalar("SELECT DISTINCT case_id FROM events WHERE position > $1")
+            .bind(i64::from(position))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(cases)
     }
 
     /// Writes case-facts rows and their history rows and moves the checkpoint from `from` to
@@ -210,6 +216,7 @@ impl EventLog {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
+        crate::plan_for_parameters(&mut tx).await?;
         let (position, current): (i64, i64) =
             sqlx::query_as("SELECT position, generation FROM projection_checkpoints WHERE projection = $1")
                 .bind(CASE_FACTS)

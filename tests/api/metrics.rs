@@ -638,7 +638,15 @@ async fn as_of_at_a_settled_instant_folds_each_straddling_case_once(pool: PgPool
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn a_read_model_loaded_from_a_snapshot_and_the_rows_after_it_answers_as_a_fold(pool: PgPool) {
     use caselog_app::ReadModel;
-    let server = TestServer::start(pool.clone()).await;
+    // The server writes no snapshot of its own, so that the ones here are the test's.
+    let limits = caselog_server::ServerLimits {
+        snapshots: caselog_app::read_model::SnapshotPolicy {
+            after_events: 0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server = TestServer::start_with(pool.clone(), limits).await;
     let mut client = server.client();
     let log = EventLog::new(pool.clone());
     let (mut instants, mut voided_visit) = (Vec::new(), None);

@@ -1,5 +1,6 @@
-//! A cache of cases bounded by what it holds (events), not by how many entries: a few outsized
-//! cases (a migration's, say) cannot fill memory, and many small ones are not turned away.
+//! A cache of cases bounded by what its entries weigh (their bytes in memory), not by how many
+//! there are: a few outsized cases (a migration's, say) cannot fill memory, and many small ones
+//! are not turned away.
 //!
 //! Eviction takes any entry: both users (the write path's case cache, the projector's history
 //! cache) are correct on a miss, which costs one read, and no recency is tracked on their hot
@@ -9,7 +10,8 @@ use std::collections::HashMap;
 
 #[derive(Debug)]
 pub struct WeightedCache<V> {
-    entries: HashMap<String, V>,
+    /// Each entry with its weight, weighed once when put.
+    entries: HashMap<String, (V, usize)>,
     /// Sum of the entries' weights.
     weight: usize,
     /// The most the entries may weigh together (0: hold nothing).
@@ -42,17 +44,15 @@ impl<V> WeightedCache<V> {
 
     /// Takes an entry out (a caller that extends it puts it back).
     pub fn take(&mut self, key: &str) -> Option<V> {
-        let value = self.entries.remove(key)?;
-        self.weight -= (self.weigh)(&value);
+        let (value, weight) = self.entries.remove(key)?;
+        self.weight -= weight;
         Some(value)
     }
 
     /// Holds `value` under `key`, evicting other entries as needed; a value heavier than the
     /// whole budget is not held.
     pub fn put(&mut self, key: String, value: V) {
-        if let Some(old) = self.entries.remove(&key) {
-            self.weight -= (self.weigh)(&old);
-        }
+        self.take(&key);
         let weight = (self.weigh)(&value);
         if weight > self.budget {
             return;
@@ -64,20 +64,13 @@ impl<V> WeightedCache<V> {
             self.take(&evicted);
         }
         self.weight += weight;
-        self.entries.insert(key, value);
+        self.entries.insert(key, (value, weight));
     }
 
-    /// Takes every entry out.
-    pub fn take_all(&mut self) -> HashMap<String, V> {
+    /// Forgets every entry.
+    pub fn clear(&mut self) {
         self.weight = 0;
-        std::mem::take(&mut self.entries)
-    }
-
-    /// Holds `entries`, as many as the budget allows.
-    pub fn put_all(&mut self, entries: HashMap<String, V>) {
-        for (key, value) in entries {
-            self.put(key, value);
-        }
+        self.entries.clear();
     }
 }
 
@@ -102,7 +95,7 @@ mod tests {
                     cache.take(&key);
                 }
                 prop_assert!(cache.weight() <= budget);
-                prop_assert_eq!(cache.weight(), cache.entries.values().sum::<usize>());
+                prop_assert_eq!(cache.weight(), cache.entries.values().map(|(value, _)| *value).sum::<usize>());
             }
         }
     }

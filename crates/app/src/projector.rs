@@ -6,7 +6,7 @@
 use crate::cache::WeightedCache;
 use crate::error::Error;
 use crate::history::recorded_rows;
-use crate::ingest::{TYPICAL_CASE_EVENTS, payload_of};
+use crate::ingest::payload_of;
 use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload, Position};
 use caselog_projections::{CaseFacts, facts_of};
 use caselog_store::projection::CASE_FACTS;
@@ -17,6 +17,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info, instrument, warn};
+
+/// 32 MiB: about 6,000 cases of 25 events (measured in docs/benchmarks.md).
+pub const DEFAULT_HISTORY_CACHE_BYTES: usize = 32 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ProjectorSettings {
@@ -29,9 +32,9 @@ pub struct ProjectorSettings {
     /// How long to gather appends after a wake-up before projecting them: under load, one
     /// transaction then covers many appends instead of one each.
     pub gather: Duration,
-    /// Case histories the leader keeps between steps, so that a touched case is not read again
-    /// (about this many cases of a typical size: the bound is their events).
-    pub cached_cases: usize,
+    /// The most memory, in bytes, the case histories the leader keeps between steps may take
+    /// (a touched case held there is not read again; 0: none are kept).
+    pub history_cache_bytes: usize,
 }
 
 impl Default for ProjectorSettings {
@@ -41,7 +44,7 @@ impl Default for ProjectorSettings {
             leadership_retry: Duration::from_secs(2),
             idle_poll: Duration::from_secs(1),
             gather: Duration::from_millis(20),
-            cached_cases: 20_000,
+            history_cache_bytes: DEFAULT_HISTORY_CACHE_BYTES,
         }
     }
 }
@@ -53,7 +56,7 @@ pub async fn run(log: EventLog, settings: ProjectorSettings) {
             Ok(Some(mut leadership)) => {
                 info!("leading the projections");
                 let mut wakeups = log.feed_wakeups();
-                let mut histories = HistoryCache::new(settings.cached_cases);
+                let mut histories = HistoryCache::new(settings.history_cache_bytes);
                 loop {
                     wakeups.borrow_and_update();
                     match apply_next_page_with(&log, settings.page_size, &mut histories).await {
@@ -126,27 +129,33 @@ pub struct HistoryCache {
 }
 
 impl HistoryCache {
-    /// Holds about `capacity` cases of a typical size (see [`TYPICAL_CASE_EVENTS`]).
-    pub fn new(capacity: usize) -> HistoryCache {
+    /// Holds histories taking at most `budget_bytes` of memory together.
+    pub fn new(budget_bytes: usize) -> HistoryCache {
         HistoryCache {
             position: None,
-            cases: WeightedCache::new(capacity.saturating_mul(TYPICAL_CASE_EVENTS), |history: &CaseHistory| {
-                history.events().len()
-            }),
+            cases: WeightedCache::new(budget_bytes, CaseHistory::memory_bytes),
         }
     }
 
-    /// Takes the histories valid at checkpoint `from` (none if the cache is not at it). The
-    /// cache stays invalid until `keep` puts histories back after a successful step.
-    fn take_at(&mut self, from: Position) -> HashMap<String, CaseHistory> {
-        let position = self.position.take();
-        let cases = self.cases.take_all();
-        if position == Some(from) { cases } else { HashMap::new() }
+    /// Takes out the histories of `case_ids` held, if they are valid at checkpoint `from`
+    /// (otherwise forgets them all). The cache stays invalid until `keep` puts histories back
+    /// after a successful step.
+    fn take_at(&mut self, from: Position, case_ids: &[String]) -> HashMap<String, CaseHistory> {
+        if self.position.take() != Some(from) {
+            self.cases.clear();
+            return HashMap::new();
+        }
+        case_ids
+            .iter()
+            .filter_map(|case_id| self.cases.take(case_id).map(|history| (case_id.clone(), history)))
+            .collect()
     }
 
     fn keep(&mut self, position: Position, cases: HashMap<String, CaseHistory>) {
         // Any case may be left out: a miss costs one read.
-        self.cases.put_all(cases);
+        for (case_id, history) in cases {
+            self.cases.put(case_id, history);
+        }
         self.position = Some(position);
     }
 }
@@ -166,7 +175,6 @@ pub async fn apply_next_page_with(
     histories: &mut HistoryCache,
 ) -> Result<Applied, Error> {
     let from = log.checkpoint(CASE_FACTS).await?;
-    let mut cached = histories.take_at(from);
     let page = log.read_all(from, page_size, &FeedFilter::default()).await?;
     let to = page.next_after;
     let applied = Applied {
@@ -176,12 +184,8 @@ pub async fn apply_next_page_with(
         in_flight: page.horizon.append_in_flight(),
     };
     if to == from {
-        histories.keep(from, cached);
         return Ok(applied);
     }
-    // Within a case, positions follow versions (a version is claimed only after the previous
-    // one committed), so the page extends each cached history in order; a gap means the copy
-    // is not whole, and the case is read instead.
     let mut touched: Vec<String> = Vec::new();
     let mut recorded: HashMap<&str, Vec<DateTime<Utc>>> = HashMap::new();
     for event in &page.events {
@@ -190,6 +194,12 @@ pub async fn apply_next_page_with(
             touched.push(event.case_id.clone());
         }
         instants.push(event.recorded_at);
+    }
+    // Within a case, positions follow versions (a version is claimed only after the previous
+    // one committed), so the page extends each cached history in order; a gap means the copy
+    // is not whole, and the case is read instead.
+    let mut cached = histories.take_at(from, &touched);
+    for event in &page.events {
         if let Some(history) = cached.get_mut(&event.case_id) {
             if history.version().after(1).is_ok_and(|next| next == event.version) {
                 history.push(HistoryEvent {

@@ -215,10 +215,10 @@ struct ServeArgs {
     /// Largest request message, in bytes.
     #[arg(long, env = "CASELOG_MAX_REQUEST_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_request_bytes: usize,
-    /// Recently written cases kept in memory so that the next append to one needs no read
-    /// (0: read every time).
-    #[arg(long, env = "CASELOG_CACHED_CASES", default_value_t = caselog_server::service::DEFAULT_CACHED_CASES)]
-    cached_cases: usize,
+    /// MiB of memory for recently written cases, so that the next append to one needs no read
+    /// (0: read every time). The projector keeps the cases it last projected in as much again.
+    #[arg(long, env = "CASELOG_CASE_CACHE_MIB", default_value_t = caselog_app::ingest::DEFAULT_CASE_CACHE_BYTES >> 20)]
+    case_cache_mib: usize,
     /// Events the projection moves on by before a server writes a new snapshot of its read model
     /// (0: never write one). A restarting server loads the newest snapshot and the rows written
     /// after it, instead of every case's JSON.
@@ -1067,7 +1067,11 @@ async fn serve_command(args: ServeArgs, scrape: caselog_server::prometheus::Scra
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         max_request_bytes: args.max_request_bytes,
-        cached_cases: args.cached_cases,
+        case_cache_bytes: args.case_cache_mib.saturating_mul(1 << 20),
+        projector: caselog_app::projector::ProjectorSettings {
+            history_cache_bytes: args.case_cache_mib.saturating_mul(1 << 20),
+            ..Default::default()
+        },
         as_of_settled_after: Duration::from_secs(args.as_of_settled_after_secs),
         snapshots: caselog_app::read_model::SnapshotPolicy {
             after_events: args.snapshot_after_events,

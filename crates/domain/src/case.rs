@@ -27,6 +27,13 @@ impl From<&NewEvent> for HistoryEvent {
     }
 }
 
+impl HistoryEvent {
+    /// About what the event takes in memory (see [`Payload::heap_bytes`]).
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<HistoryEvent>() + self.payload.heap_bytes()
+    }
+}
+
 /// Every event recorded for one case, in version order (the event at index `i` has version `i + 1`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CaseHistory {
@@ -94,6 +101,13 @@ impl CaseHistory {
 
     pub fn events(&self) -> &[HistoryEvent] {
         &self.events
+    }
+
+    /// About what the history takes in memory, its events' vector included.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<CaseHistory>()
+            + self.events.capacity().saturating_sub(self.events.len()) * std::mem::size_of::<HistoryEvent>()
+            + self.events.iter().map(HistoryEvent::memory_bytes).sum::<usize>()
     }
 
     /// Keeps the first `len` events: the history as it stood at version `len`.

@@ -155,6 +155,40 @@ impl Payload {
         }
     }
 
+    /// About what the payload holds on the heap, to bound caches of events by memory: the
+    /// strings' and vectors' bytes, each allocation with an allocator's typical overhead.
+    pub fn heap_bytes(&self) -> usize {
+        fn text(s: &str) -> usize {
+            if s.is_empty() { 0 } else { s.len() + ALLOCATION_OVERHEAD }
+        }
+        fn items<T>(v: &[T]) -> usize {
+            if v.is_empty() {
+                0
+            } else {
+                std::mem::size_of_val(v) + ALLOCATION_OVERHEAD
+            }
+        }
+        match self {
+            Payload::CaseIssued(c) => {
+                items(&c.application_types)
+                    + text(&c.court_code)
+                    + text(&c.service_area)
+                    + c.local_authority_code.as_deref().map_or(0, text)
+                    + items(&c.children)
+                    + c.children.iter().map(|child| text(&child.child_id)).sum::<usize>()
+            }
+            Payload::ChildJoined(c) => text(&c.child_id),
+            Payload::CaseAllocated(a) => text(&a.practitioner_id),
+            Payload::ChildSeen(c) => text(&c.child_id),
+            Payload::LetterSent(c) => text(&c.child_id),
+            Payload::EngagementRecordCompleted(c) | Payload::RecommendationShared(c) => text(&c.child_id),
+            Payload::ReportOrdered(r) => text(&r.report_id),
+            Payload::FilingDateExtended(r) => text(&r.report_id),
+            Payload::ReportFiled(r) => text(&r.report_id),
+            Payload::HearingListed(_) | Payload::CaseClosed(_) | Payload::EventVoided(_) => 0,
+        }
+    }
+
     /// The `data` object of the interchange format and of the stored row.
     pub fn data(&self) -> serde_json::Value {
         match serde_json::to_value(self) {
@@ -341,6 +375,9 @@ impl<'de> Deserialize<'de> for BirthMonth {
     }
 }
 
+/// What a heap allocation costs beyond its bytes (a typical allocator's header and rounding).
+pub const ALLOCATION_OVERHEAD: usize = 16;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaseIssued {
@@ -435,6 +472,37 @@ pub struct EventVoided {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heap_bytes_counts_each_string_and_vector() {
+        let child = |id: &str| Child {
+            child_id: id.into(),
+            birth_month: BirthMonth { year: 2020, month: 1 },
+        };
+        let issued = |children: Vec<Child>| {
+            Payload::CaseIssued(CaseIssued {
+                law_type: LawType::Private,
+                application_types: Vec::new(),
+                court_code: "LS".into(),
+                service_area: "North East".into(),
+                local_authority_code: None,
+                children,
+                received_on: None,
+            })
+        };
+        let one = issued(vec![child("C-0001")]).heap_bytes();
+        let two = issued(vec![child("C-0001"), child("C-0002")]).heap_bytes();
+        assert_eq!(
+            two - one,
+            std::mem::size_of::<Child>() + "C-0002".len() + ALLOCATION_OVERHEAD
+        );
+        assert!(one >= "LS".len() + "North East".len() + "C-0001".len() + 3 * ALLOCATION_OVERHEAD);
+        let listed = Payload::HearingListed(HearingListed {
+            hearing_type: HearingType::Final,
+            listed_for: NaiveDate::from_ymd_opt(2025, 1, 6).unwrap_or_default(),
+        });
+        assert_eq!(listed.heap_bytes(), 0);
+    }
 
     #[test]
     fn data_round_trips_through_type_and_object() {

@@ -16,7 +16,7 @@ mod validate;
 
 pub use access::{Denial, Grant, MetricsAccess, Principal};
 pub use case::{CaseHistory, CaseView, HistoryEvent};
-pub use event::{EventType, Metadata, NewEvent, Payload};
+pub use event::{ALLOCATION_OVERHEAD, EventType, Metadata, NewEvent, Payload};
 pub use ids::{CaseId, EventId, OutOfRange, Position, Version};
 pub use rules::{BatchRejection, FieldViolation, Rejection, Rule};
 pub use validate::validate_event;

@@ -73,8 +73,9 @@ pub struct ServerLimits {
     pub concurrency_per_connection: usize,
     /// How often health checks the database.
     pub health_interval: Duration,
-    /// Recently written cases kept in memory so that the next append to one needs no read.
-    pub cached_cases: usize,
+    /// The most memory, in bytes, recently written cases may take so that the next append to
+    /// one needs no read.
+    pub case_cache_bytes: usize,
     /// When the read model is written as a snapshot for servers that start later.
     pub snapshots: caselog_app::read_model::SnapshotPolicy,
     /// How concurrent appends are grouped into shared statements.
@@ -99,7 +100,7 @@ impl Default for ServerLimits {
             max_request_bytes: 8 * 1024 * 1024,
             concurrency_per_connection: 64,
             health_interval: Duration::from_secs(2),
-            cached_cases: service::DEFAULT_CACHED_CASES,
+            case_cache_bytes: caselog_app::ingest::DEFAULT_CASE_CACHE_BYTES,
             snapshots: caselog_app::read_model::SnapshotPolicy::default(),
             group_appends: caselog_store::GroupSettings::default(),
             feed: FeedSettings::default(),
@@ -227,7 +228,7 @@ pub async fn run(
             }
         })
     });
-    let case_events = CaseEvents::with_settings(log, limits.cached_cases, limits.group_appends);
+    let case_events = CaseEvents::with_settings(log, limits.case_cache_bytes, limits.group_appends);
     let append_metrics_task = tokio::spawn(case_events.clone().publish_append_metrics());
     let case_events = CaseEventServiceServer::new(case_events).max_decoding_message_size(limits.max_request_bytes);
     info!(address = %listener.local_addr()?, "serving gRPC");

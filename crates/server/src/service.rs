@@ -18,8 +18,6 @@ use tonic::{Request, Response, Status};
 /// Optional metadata header naming the sending organisation. The source recorded is always the
 /// authenticated organisation; a request naming another one is refused (SOURCE_MISMATCH).
 pub const SOURCE_HEADER: &str = "x-caselog-source";
-/// Recently written cases kept per process: at about 10 KB a case, 10,000 cases is ~100 MB at most.
-pub const DEFAULT_CACHED_CASES: usize = 10_000;
 const GET_CASE: &str = "caselog.v1.CaseEventService/GetCase";
 const LIST_CASE_EVENTS: &str = "caselog.v1.CaseEventService/ListCaseEvents";
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -35,18 +33,18 @@ pub struct CaseEvents {
 
 impl CaseEvents {
     pub fn new(log: EventLog) -> CaseEvents {
-        CaseEvents::with_settings(log, DEFAULT_CACHED_CASES, GroupSettings::default())
+        CaseEvents::with_settings(log, ingest::DEFAULT_CASE_CACHE_BYTES, GroupSettings::default())
     }
 
-    /// Keeps about `cached_cases` recently written cases in memory, bounded by their events (see
-    /// `ingest::CaseCache`), and
-    /// writes concurrent appends together (see `caselog_store::combine`). Needs a Tokio runtime.
-    pub fn with_settings(log: EventLog, cached_cases: usize, group_appends: GroupSettings) -> CaseEvents {
+    /// Keeps recently written cases in at most `case_cache_bytes` of memory (see
+    /// `ingest::CaseCache`), and writes concurrent appends together (see
+    /// `caselog_store::combine`). Needs a Tokio runtime.
+    pub fn with_settings(log: EventLog, case_cache_bytes: usize, group_appends: GroupSettings) -> CaseEvents {
         CaseEvents {
             write_path: WritePath {
                 appender: GroupAppender::start(log.clone(), group_appends),
                 log: log.clone(),
-                cache: Arc::new(CaseCache::new(cached_cases)),
+                cache: Arc::new(CaseCache::new(case_cache_bytes)),
             },
             batch_events: append_batch_events(),
             log,

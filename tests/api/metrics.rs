@@ -571,6 +571,40 @@ async fn as_of_at_any_instant_equals_a_fold_of_the_log_as_recorded_then(pool: Pg
     }
 }
 
+/// A read model asked between appends: each question after a round is answered by a copy that
+/// has taken in the new cases and widened the spans of the old ones since the last question
+/// (no fresh read of the spans), and every answer at every instant so far equals a fold of the
+/// log cut there.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn as_of_answers_equal_a_fold_while_the_log_grows_between_questions(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let mut client = server.client();
+    let read_model = caselog_app::ReadModel::new(EventLog::new(pool.clone()));
+    let query = every_metric_by_law_type(2024);
+    let (mut instants, mut voided_visit) = (Vec::new(), None);
+    for round in 0..6 {
+        append_round(&mut client, round, &mut voided_visit).await;
+        instants.push(database_now(&pool).await);
+        let head: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let head = caselog_domain::Position::try_from(u64::try_from(head).unwrap()).unwrap();
+        // A question now waits for the projection to reach the round, and refreshes the copy.
+        let (position, _) = read_model.metrics(query.clone(), None, head).await.unwrap();
+        assert!(position >= head, "the copy took in round {round}");
+        for &at in &instants {
+            let (_, answered) = read_model.metrics(query.clone(), Some(at), head).await.unwrap();
+            assert_eq!(
+                answered,
+                folded_figures(&pool, &query, at).await,
+                "round {round}, as_of {at}"
+            );
+        }
+    }
+    assert_eq!(read_model.stats().await.cases, 6);
+}
+
 /// At a settled instant (long enough ago that nothing recorded by then can still commit; here
 /// the read model is told any instant is), each straddling case is taken again once (from the
 /// history or folded): the second question at that instant takes none, asking about another

@@ -4,7 +4,7 @@
 //! loads its copy from the newest snapshot and the rows written after it, and writes snapshots
 //! as the projection moves on (see [`ReadModel::write_snapshot`]).
 
-use crate::as_of::{AtInstant, RecordedSpans, Span, read_spans};
+use crate::as_of::{AtInstant, ReadSpans, RecordedSpans, Span, read_spans};
 use crate::error::Error;
 use crate::history;
 use crate::projector::fold_cases;
@@ -80,6 +80,10 @@ struct FactsCache {
     /// (or a snapshot brought them); once present, extended at every refresh to cover at least
     /// `position`.
     spans: Option<RecordedSpans>,
+    /// The spans in the copy's own order, so that an `as_of` walks memory in sequence rather
+    /// than looking up half a million ids: made by the first `as_of` after the spans or the
+    /// copy are replaced, then kept current by every refresh.
+    aligned: std::sync::OnceLock<AlignedSpans>,
     /// How long the last load of the whole projection took (the first query's, or after a
     /// rebuild), and the last refresh of any size.
     last_full_load: Option<Duration>,
@@ -139,6 +143,16 @@ struct SettledFolds {
     facts: HashMap<Arc<str>, Option<CaseFacts>>,
 }
 
+/// [`RecordedSpans`] arranged for [`FactsCache`]: `by_case[i]` is the span of `cases[i]`
+/// (`None`: the spans do not know it yet), and `without_facts` holds the cases with a span but
+/// no facts (no `case_issued`, or it was voided), which may have had facts at an earlier
+/// instant.
+#[derive(Debug, Default)]
+struct AlignedSpans {
+    by_case: Vec<Option<Span>>,
+    without_facts: HashSet<Arc<str>>,
+}
+
 impl FactsCache {
     fn position(&self) -> Position {
         self.position.unwrap_or_default()
@@ -149,7 +163,55 @@ impl FactsCache {
         self.reaches.clear();
         self.index.clear();
         self.codes = SharedCodes::default();
-        self.spans = None;
+        self.set_spans(None);
+    }
+
+    /// Replaces the spans (and so forgets their arrangement).
+    fn set_spans(&mut self, spans: Option<RecordedSpans>) {
+        self.spans = spans;
+        self.aligned = std::sync::OnceLock::new();
+    }
+
+    /// The spans in the copy's order, made now if need be; `None` while no spans are held.
+    fn aligned_spans(&self) -> Option<(&RecordedSpans, &AlignedSpans)> {
+        let spans = self.spans.as_ref()?;
+        let aligned = self.aligned.get_or_init(|| AlignedSpans {
+            by_case: self.cases.iter().map(|case| spans.get(&case.case_id)).collect(),
+            without_facts: spans
+                .shared_ids()
+                .filter(|id| !self.index.contains_key(&**id))
+                .cloned()
+                .collect(),
+        });
+        Some((spans, aligned))
+    }
+
+    /// Widens the spans with `read` (see [`RecordedSpans::merge`]), keeping their arrangement.
+    fn merge_spans(&mut self, read: ReadSpans, up_to: Position) {
+        let FactsCache {
+            spans, index, aligned, ..
+        } = self;
+        let Some(spans) = spans else {
+            return;
+        };
+        let touched: Vec<String> = match aligned.get() {
+            Some(_) => read.iter().map(|(id, _)| id.clone()).collect(),
+            None => Vec::new(),
+        };
+        spans.merge(read, up_to, |id| index.get_key_value(id).map(|(held, _)| held.clone()));
+        let Some(aligned) = aligned.get_mut() else {
+            return;
+        };
+        for case_id in touched {
+            match index.get(case_id.as_str()) {
+                Some(&i) => aligned.by_case[i as usize] = spans.get(&case_id),
+                None => {
+                    if let Some(held) = spans.held_id(&case_id) {
+                        aligned.without_facts.insert(held);
+                    }
+                }
+            }
+        }
     }
 
     /// The copy of `case_id` held here, to share it.
@@ -173,6 +235,10 @@ impl FactsCache {
                 let i = u32::try_from(self.cases.len())
                     .map_err(|_| Error::Internal("the read model holds 2^32 cases; no more fit".into()))?;
                 self.index.insert(facts.case_id.clone(), i);
+                if let (Some(aligned), Some(spans)) = (self.aligned.get_mut(), &self.spans) {
+                    aligned.by_case.push(spans.get(&facts.case_id));
+                    aligned.without_facts.remove(&facts.case_id);
+                }
                 self.cases.push(facts);
                 self.reaches.push(reach);
             }
@@ -200,7 +266,7 @@ impl FactsSink for FactsCache {
             self.position = None;
             let spans = self.spans.take();
             self.clear();
-            self.spans = spans;
+            self.set_spans(spans);
         }
     }
 
@@ -547,10 +613,11 @@ impl ReadModel {
     /// the copy must be loaded from the projection's rows.
     async fn load_snapshot(&self, cache: &mut FactsCache, generation: i64) -> Option<SnapshotHead> {
         let held_spans = cache.spans.take();
+        cache.set_spans(None);
         let head = self.read_snapshot_into(cache, generation).await;
         if head.is_none() {
             // The spans describe the log, whichever projection is loaded.
-            cache.spans = held_spans;
+            cache.set_spans(held_spans);
         }
         head
     }
@@ -574,7 +641,7 @@ impl ReadModel {
             Ok(Ok(Some((head, spans)))) => {
                 cache.generation = head.generation;
                 cache.position = Some(head.position);
-                cache.spans = Some(spans.covering(head.position));
+                cache.set_spans(Some(spans.covering(head.position)));
                 Some(head)
             }
             Ok(Ok(None)) => None,
@@ -601,17 +668,10 @@ impl ReadModel {
             return;
         }
         match read_spans(&self.reads, Some(covered), position).await {
-            Ok(read) => {
-                let FactsCache { spans, index, .. } = cache;
-                if let Some(spans) = spans {
-                    spans.merge(read, position, |id| {
-                        index.get_key_value(id).map(|(held, _)| held.clone())
-                    });
-                }
-            }
+            Ok(read) => cache.merge_spans(read, position),
             Err(err) => {
                 tracing::warn!(error = %err, "extending the recording spans failed; they will be read again");
-                cache.spans = None;
+                cache.set_spans(None);
             }
         }
     }
@@ -632,9 +692,8 @@ impl ReadModel {
         if cache.spans.is_some() || cache.position.is_none() {
             return Ok(());
         }
-        let mut spans = RecordedSpans::default();
-        spans.merge(read, up_to, |id| cache.held_id(id));
-        cache.spans = Some(spans);
+        cache.set_spans(Some(RecordedSpans::default()));
+        cache.merge_spans(read, up_to);
         // The copy may have moved on while the log was read.
         let position = cache.position();
         self.extend_spans(&mut cache, position).await;
@@ -778,19 +837,18 @@ impl ReadModel {
         }
         let copy_at = facts.position();
         let instant = at.timestamp_micros();
-        let spans = facts
-            .spans
-            .as_ref()
-            .ok_or_else(|| Error::Internal("the recording spans could not be read; ask again".into()))?;
         // Events the copy has not applied (appended since it was read): fold their cases again.
         let beyond_copy: HashSet<String> = self.reads.cases_after(copy_at).await?.into_iter().collect();
+        let (spans, aligned) = facts
+            .aligned_spans()
+            .ok_or_else(|| Error::Internal("the recording spans could not be read; ask again".into()))?;
         let mut whole = Vec::new();
         let mut refold: Vec<String> = beyond_copy.iter().cloned().collect();
-        for (i, (case, reach)) in facts.cases.iter().zip(&facts.reaches).enumerate() {
-            if beyond_copy.contains(&*case.case_id) {
+        for (i, ((case, reach), span)) in facts.cases.iter().zip(&facts.reaches).zip(&aligned.by_case).enumerate() {
+            if !beyond_copy.is_empty() && beyond_copy.contains(&*case.case_id) {
                 continue;
             }
-            match spans.get(&case.case_id).map(|span| span.at(instant)) {
+            match span.map(|span| span.at(instant)) {
                 Some(AtInstant::NotYet) => {}
                 Some(AtInstant::Whole) => {
                     if query.may_count(reach) {
@@ -804,14 +862,14 @@ impl ReadModel {
         // Cases with events but no facts now (no `case_issued`, or it was voided since) may have
         // had facts then.
         refold.extend(
-            spans
+            aligned
+                .without_facts
                 .iter()
-                .filter(|(id, span)| {
-                    span.at(instant) != AtInstant::NotYet
-                        && !facts.index.contains_key(*id)
-                        && !beyond_copy.contains(*id)
+                .filter(|id| {
+                    spans.get(id).is_some_and(|span| span.at(instant) != AtInstant::NotYet)
+                        && !beyond_copy.contains(&***id)
                 })
-                .map(|(id, _)| id.to_owned()),
+                .map(|id| id.to_string()),
         );
         let refolded = self.facts_recorded_by(refold, at).await?;
         counted(move || {

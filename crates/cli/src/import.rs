@@ -5,8 +5,8 @@
 //! any size imports in bounded memory. Lines of one case are kept in file order and sent together,
 //! up to `batch_size` per request, while they are in the window: a file grouped by case goes out
 //! in full batches, and a file in recording order (each case's lines spread through it) in
-//! batches of the lines that lie near each other. When the window is full, the case whose oldest
-//! held line is earliest is sent. One request per case is in flight at a time, so a case's lines
+//! batches of the lines that lie near each other. When the window is full, the cases whose oldest
+//! held lines are earliest are sent, as many as may be in flight. One request per case is in flight at a time, so a case's lines
 //! are recorded in file order; requests for different cases run concurrently (`concurrency`).
 //!
 //! A batch refused because of one event (ErrorInfo `event_index`) is re-sent without that event,
@@ -158,6 +158,8 @@ pub struct ImportProgress {
     pub already_present: usize,
     pub rejected: usize,
     pub elapsed: Duration,
+    /// Requests sent and not yet answered.
+    pub in_flight: usize,
 }
 
 impl ImportProgress {
@@ -223,14 +225,38 @@ pub async fn import(
             };
             window.take(line_no, line);
         }
-        // Read while there is room; a full window (or the end) sends the oldest cases.
+        // A full window sends the cases holding its oldest lines, as many as may be in flight:
+        // in a file in recording order few cases ever fill a batch, and sending one case per
+        // answer would leave one request in flight. All or nothing sends one case at a time, so
+        // that no case is sent whole before the window has moved past it.
+        let may_send = if window.all_or_nothing { 1 } else { window.concurrency };
+        while window.held >= window.limit && window.ready.len() + in_flight.len() < may_send && window.send_oldest() {}
+        while in_flight.len() < window.concurrency {
+            let Some(batch) = window.next_batch() else { break };
+            let client = client.clone();
+            let all_or_nothing = window.all_or_nothing;
+            in_flight.spawn(async move { batch.send(client, all_or_nothing).await });
+        }
+        if shown.elapsed() >= PROGRESS_EVERY {
+            shown = Instant::now();
+            progress(&window.progress(bytes_read, bytes_total, started, in_flight.len()));
+        }
+        if !reading && window.held == 0 && in_flight.is_empty() {
+            break;
+        }
+        // Read while there is room; otherwise wait for an answer to make some.
         let room = window.held < window.limit && backlog.is_empty();
+        if in_flight.is_empty() && !(reading && room) {
+            anyhow::bail!(
+                "the import stalled with {} lines unsent (a fault of caselog import)",
+                window.held
+            );
+        }
         tokio::select! {
             chunk = read.recv(), if reading && room => match chunk {
                 Some((bytes, lines)) => {
                     bytes_read = bytes;
                     backlog.extend(lines);
-                    continue;
                 }
                 None => {
                     reading = false;
@@ -240,33 +266,10 @@ pub async fn import(
             Some(answered) = in_flight.join_next(), if !in_flight.is_empty() => {
                 window.settle(answered?);
             }
-            else => {}
-        }
-        if !reading && window.held == 0 && in_flight.is_empty() {
-            break;
-        }
-        if !reading && in_flight.is_empty() && window.ready.is_empty() {
-            anyhow::bail!(
-                "the import stalled with {} lines unsent (a fault of caselog import)",
-                window.held
-            );
-        }
-        if window.held >= window.limit && window.ready.is_empty() && in_flight.len() < window.concurrency {
-            window.send_oldest();
-        }
-        while in_flight.len() < window.concurrency {
-            let Some(batch) = window.next_batch() else { break };
-            let client = client.clone();
-            let all_or_nothing = window.all_or_nothing;
-            in_flight.spawn(async move { batch.send(client, all_or_nothing).await });
-        }
-        if shown.elapsed() >= PROGRESS_EVERY {
-            shown = Instant::now();
-            progress(&window.progress(bytes_read, bytes_total, started));
         }
     }
     reader.await.context("the file reader stopped")??;
-    progress(&window.progress(bytes_read, bytes_total, started));
+    progress(&window.progress(bytes_read, bytes_total, started, 0));
     Ok(window.report)
 }
 
@@ -407,10 +410,15 @@ impl Window {
         }
     }
 
-    /// The window is full and nothing is ready: send the case holding the oldest line.
-    fn send_oldest(&mut self) {
-        if let Some((_, case_id)) = self.oldest.pop_first() {
-            self.mark_flush(case_id);
+    /// The window is full: makes the case holding the oldest line not yet sent ready; false
+    /// when every held line is in a ready case or behind a request in flight.
+    fn send_oldest(&mut self) -> bool {
+        match self.oldest.pop_first() {
+            Some((_, case_id)) => {
+                self.mark_flush(case_id);
+                true
+            }
+            None => false,
         }
     }
 
@@ -498,8 +506,9 @@ impl Window {
         }
     }
 
-    fn progress(&self, bytes_read: u64, bytes_total: Option<u64>, started: Instant) -> ImportProgress {
+    fn progress(&self, bytes_read: u64, bytes_total: Option<u64>, started: Instant, in_flight: usize) -> ImportProgress {
         ImportProgress {
+            in_flight,
             bytes_read,
             bytes_total,
             lines_settled: self.report.settled(),

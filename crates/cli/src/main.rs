@@ -1266,12 +1266,13 @@ async fn import_command(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let mut last_line = std::time::Instant::now();
     let show = |p: &ImportProgress| {
         let summary = format!(
-            "{} lines ({} appended, {} already present, {} rejected), {:.0} events/s",
+            "{} lines ({} appended, {} already present, {} rejected), {:.0} events/s, {} requests in flight",
             p.lines_settled,
             p.appended,
             p.already_present,
             p.rejected,
-            p.lines_per_second()
+            p.lines_per_second(),
+            p.in_flight
         );
         if on_terminal {
             bar.set_length(p.bytes_total.unwrap_or(0).max(p.bytes_read));

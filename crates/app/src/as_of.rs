@@ -48,12 +48,16 @@ impl Span {
 }
 
 /// Every case's [`Span`] over the log up to a position (at or beyond the read model's copy,
-/// which extends it as it refreshes).
+/// which extends it as it refreshes), arranged by the copy: `by_case[i]` is the span of the
+/// copy's `i`th case (`None`: not known yet, and the case is folded to be sure), and the few
+/// cases with events but no facts (no `case_issued`, or it was voided) are kept by id. An
+/// `as_of` walks the spans in sequence beside the cases, and no second map of half a million
+/// ids is held.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct RecordedSpans {
     position: Position,
-    /// Keyed by case id with a seeded fast hash: ten years are half a million inserts.
-    spans: HashMap<Arc<str>, Span, foldhash::quality::RandomState>,
+    by_case: Vec<Option<Span>>,
+    without_facts: HashMap<Arc<str>, Span, foldhash::quality::RandomState>,
 }
 
 /// Spans read from the log, not yet merged into [`RecordedSpans`].
@@ -76,27 +80,76 @@ pub(crate) async fn read_spans(
 }
 
 impl RecordedSpans {
+    /// `spans`, covering the log up to `position`, arranged for a copy of `cases` cases in
+    /// which `place` finds a case's index.
+    pub fn arranged<Id: AsRef<str> + Into<Arc<str>>>(
+        spans: impl IntoIterator<Item = (Id, Span)>,
+        position: Position,
+        cases: usize,
+        place: impl Fn(&str) -> Option<usize>,
+    ) -> RecordedSpans {
+        let mut arranged = RecordedSpans {
+            position,
+            by_case: vec![None; cases],
+            without_facts: HashMap::default(),
+        };
+        for (case_id, span) in spans {
+            arranged.widen(case_id, span, &place);
+        }
+        arranged
+    }
+
+    fn widen<Id: AsRef<str> + Into<Arc<str>>>(
+        &mut self,
+        case_id: Id,
+        span: Span,
+        place: impl Fn(&str) -> Option<usize>,
+    ) {
+        match place(case_id.as_ref()) {
+            Some(i) => {
+                if self.by_case.len() <= i {
+                    self.by_case.resize(i + 1, None);
+                }
+                let known = &mut self.by_case[i];
+                match known {
+                    Some(known) => known.widen(span),
+                    None => *known = Some(span),
+                }
+            }
+            None => match self.without_facts.get_mut(case_id.as_ref()) {
+                Some(known) => known.widen(span),
+                None => {
+                    self.without_facts.insert(case_id.into(), span);
+                }
+            },
+        }
+    }
+
     /// The position the spans cover.
     pub fn position(&self) -> Position {
         self.position
     }
 
-    /// Widens the spans with `read`, which covers the log from `self.position()` (or from the
-    /// start, for new spans) to `up_to`. `held_id` gives the read model's copy of a case id,
-    /// to share it.
-    pub fn merge(&mut self, read: ReadSpans, up_to: Position, held_id: impl Fn(&str) -> Option<Arc<str>>) {
+    /// Widens the spans with `read`, which covers the log from `self.position()` to `up_to`
+    /// (a case new to the spans has all its events there).
+    pub fn merge(&mut self, read: ReadSpans, up_to: Position, place: impl Fn(&str) -> Option<usize>) {
         for (case_id, span) in read {
-            self.insert(case_id, span, &held_id);
+            self.widen(case_id, span, &place);
         }
         self.position = self.position.max(up_to);
     }
 
-    pub fn insert(&mut self, case_id: String, span: Span, held_id: impl Fn(&str) -> Option<Arc<str>>) {
-        match self.spans.get_mut(case_id.as_str()) {
-            Some(known) => known.widen(span),
+    /// The copy took in a case it did not hold, as its last: its span, if it had events
+    /// without facts, goes with it, and the id held here is returned to be shared.
+    pub fn case_added(&mut self, case_id: &str) -> Option<Arc<str>> {
+        match self.without_facts.remove_entry(case_id) {
+            Some((held, span)) => {
+                self.by_case.push(Some(span));
+                Some(held)
+            }
             None => {
-                self.spans
-                    .insert(held_id(&case_id).unwrap_or_else(|| case_id.into()), span);
+                self.by_case.push(None);
+                None
             }
         }
     }
@@ -107,27 +160,24 @@ impl RecordedSpans {
         self
     }
 
-    pub fn reserve(&mut self, cases: usize) {
-        self.spans.reserve(cases);
+    /// The spans of the copy's cases, in its order.
+    pub fn by_case(&self) -> &[Option<Span>] {
+        &self.by_case
     }
 
-    /// The copy of `case_id` held here, to share it.
-    pub fn held_id(&self, case_id: &str) -> Option<Arc<str>> {
-        self.spans.get_key_value(case_id).map(|(held, _)| held.clone())
+    /// The cases with events but no facts, with their spans.
+    pub fn without_facts(&self) -> impl Iterator<Item = (&Arc<str>, Span)> {
+        self.without_facts.iter().map(|(id, span)| (id, *span))
     }
 
-    /// Every case with its span, ids shared.
-    pub fn to_vec(&self) -> Vec<(Arc<str>, Span)> {
-        self.spans.iter().map(|(id, span)| (id.clone(), *span)).collect()
-    }
-
-    pub fn get(&self, case_id: &str) -> Option<Span> {
-        self.spans.get(case_id).copied()
-    }
-
-    /// Every case's id, shared.
-    pub fn shared_ids(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.spans.keys()
+    /// Every case with its span, given the copy's case ids in its order.
+    pub fn to_vec<'a>(&self, case_ids: impl Iterator<Item = &'a Arc<str>>) -> Vec<(Arc<str>, Span)> {
+        case_ids
+            .zip(&self.by_case)
+            .filter_map(|(id, span)| span.map(|span| (id, span)))
+            .chain(self.without_facts())
+            .map(|(id, span)| (id.clone(), span))
+            .collect()
     }
 }
 
@@ -145,5 +195,44 @@ mod tests {
         let single = Span { first: 10, last: 10 };
         assert_eq!(single.at(9), AtInstant::NotYet);
         assert_eq!(single.at(10), AtInstant::Whole);
+    }
+
+    /// Spans arranged by a copy's order, merged, and taken along by a case the copy adds, are
+    /// the spans of the same events kept by id.
+    #[test]
+    fn arranged_spans_follow_the_copy() {
+        let order = ["A", "B"];
+        let place = |id: &str| order.iter().position(|o| *o == id);
+        let span = |first, last| Span { first, last };
+        let mut spans = RecordedSpans::arranged(
+            vec![("A", span(1, 5)), ("C", span(2, 3)), ("A", span(0, 2))],
+            Position::ZERO,
+            2,
+            place,
+        );
+        assert_eq!(spans.by_case(), &[Some(span(0, 5)), None]);
+        spans.merge(
+            vec![("B".into(), span(6, 7)), ("C".into(), span(8, 9))],
+            Position::ZERO,
+            place,
+        );
+        assert_eq!(spans.by_case(), &[Some(span(0, 5)), Some(span(6, 7))]);
+        let held = spans.case_added("C");
+        assert_eq!(held.as_deref(), Some("C"));
+        assert_eq!(spans.by_case()[2], Some(span(2, 9)));
+        assert_eq!(spans.without_facts().count(), 0);
+        assert_eq!(spans.case_added("D"), None);
+        assert_eq!(spans.by_case()[3], None);
+        let ids: Vec<Arc<str>> = ["A", "B", "C", "D"].into_iter().map(Arc::from).collect();
+        let mut listed = spans.to_vec(ids.iter());
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            listed,
+            vec![
+                ("A".into(), span(0, 5)),
+                ("B".into(), span(6, 7)),
+                ("C".into(), span(2, 9))
+            ]
+        );
     }
 }

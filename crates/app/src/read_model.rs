@@ -80,10 +80,9 @@ struct FactsCache {
     /// (or a snapshot brought them); once present, extended at every refresh to cover at least
     /// `position`.
     spans: Option<RecordedSpans>,
-    /// The spans in the copy's own order, so that an `as_of` walks memory in sequence rather
-    /// than looking up half a million ids: made by the first `as_of` after the spans or the
-    /// copy are replaced, then kept current by every refresh.
-    aligned: std::sync::OnceLock<AlignedSpans>,
+    /// Spans set aside while the copy is replaced (they describe the log, not the projection),
+    /// to be arranged by the new copy once it is loaded.
+    pending_spans: Option<(Position, Vec<(Arc<str>, Span)>)>,
     /// How long the last load of the whole projection took (the first query's, or after a
     /// rebuild), and the last refresh of any size.
     last_full_load: Option<Duration>,
@@ -140,17 +139,8 @@ pub struct ReadModelStats {
 #[derive(Debug)]
 struct SettledFolds {
     at: DateTime<Utc>,
-    facts: HashMap<Arc<str>, Option<CaseFacts>>,
-}
-
-/// [`RecordedSpans`] arranged for [`FactsCache`]: `by_case[i]` is the span of `cases[i]`
-/// (`None`: the spans do not know it yet), and `without_facts` holds the cases with a span but
-/// no facts (no `case_issued`, or it was voided), which may have had facts at an earlier
-/// instant.
-#[derive(Debug, Default)]
-struct AlignedSpans {
-    by_case: Vec<Option<Span>>,
-    without_facts: HashSet<Arc<str>>,
+    /// Shared with the answers that found them: ten years straddle an instant with 30,000 cases.
+    facts: HashMap<Arc<str>, Option<Arc<CaseFacts>>>,
 }
 
 impl FactsCache {
@@ -163,60 +153,42 @@ impl FactsCache {
         self.reaches.clear();
         self.index.clear();
         self.codes = SharedCodes::default();
-        self.set_spans(None);
+        self.spans = None;
     }
 
-    /// Replaces the spans (and so forgets their arrangement).
-    fn set_spans(&mut self, spans: Option<RecordedSpans>) {
-        self.spans = spans;
-        self.aligned = std::sync::OnceLock::new();
-    }
-
-    /// The spans in the copy's order, made now if need be; `None` while no spans are held.
-    fn aligned_spans(&self) -> Option<(&RecordedSpans, &AlignedSpans)> {
+    /// The spans as a list by case id, to be arranged again by another copy.
+    fn spans_by_id(&self) -> Option<(Position, Vec<(Arc<str>, Span)>)> {
         let spans = self.spans.as_ref()?;
-        let aligned = self.aligned.get_or_init(|| AlignedSpans {
-            by_case: self.cases.iter().map(|case| spans.get(&case.case_id)).collect(),
-            without_facts: spans
-                .shared_ids()
-                .filter(|id| !self.index.contains_key(&**id))
-                .cloned()
-                .collect(),
-        });
-        Some((spans, aligned))
+        Some((
+            spans.position(),
+            spans.to_vec(self.cases.iter().map(|case| &case.case_id)),
+        ))
     }
 
-    /// Widens the spans with `read` (see [`RecordedSpans::merge`]), keeping their arrangement.
-    fn merge_spans(&mut self, read: ReadSpans, up_to: Position) {
-        let FactsCache {
-            spans, index, aligned, ..
-        } = self;
-        let Some(spans) = spans else {
-            return;
-        };
-        let touched: Vec<String> = match aligned.get() {
-            Some(_) => read.iter().map(|(id, _)| id.clone()).collect(),
-            None => Vec::new(),
-        };
-        spans.merge(read, up_to, |id| index.get_key_value(id).map(|(held, _)| held.clone()));
-        let Some(aligned) = aligned.get_mut() else {
-            return;
-        };
-        for case_id in touched {
-            match index.get(case_id.as_str()) {
-                Some(&i) => aligned.by_case[i as usize] = spans.get(&case_id),
-                None => {
-                    if let Some(held) = spans.held_id(&case_id) {
-                        aligned.without_facts.insert(held);
-                    }
-                }
-            }
+    /// Sets the spans aside while the copy is replaced.
+    fn set_spans_aside(&mut self) {
+        if let Some(by_id) = self.spans_by_id() {
+            self.pending_spans = Some(by_id);
+        }
+        self.spans = None;
+    }
+
+    /// Arranges the spans set aside by the copy now loaded.
+    fn arrange_pending_spans(&mut self) {
+        if let Some((position, by_id)) = self.pending_spans.take() {
+            let index = &self.index;
+            self.spans = Some(RecordedSpans::arranged(by_id, position, self.cases.len(), |id| {
+                index.get(id).map(|&i| i as usize)
+            }));
         }
     }
 
-    /// The copy of `case_id` held here, to share it.
-    fn held_id(&self, case_id: &str) -> Option<Arc<str>> {
-        self.index.get_key_value(case_id).map(|(held, _)| held.clone())
+    /// Widens the spans with `read` (see [`RecordedSpans::merge`]).
+    fn merge_spans(&mut self, read: ReadSpans, up_to: Position) {
+        let FactsCache { spans, index, .. } = self;
+        if let Some(spans) = spans {
+            spans.merge(read, up_to, |id| index.get(id).map(|&i| i as usize));
+        }
     }
 
     fn upsert(&mut self, mut facts: CaseFacts) -> Result<(), Error> {
@@ -229,16 +201,12 @@ impl FactsCache {
                 self.reaches[i as usize] = reach;
             }
             None => {
-                if let Some(held) = self.spans.as_ref().and_then(|spans| spans.held_id(&facts.case_id)) {
+                if let Some(held) = self.spans.as_mut().and_then(|spans| spans.case_added(&facts.case_id)) {
                     facts.case_id = held;
                 }
                 let i = u32::try_from(self.cases.len())
                     .map_err(|_| Error::Internal("the read model holds 2^32 cases; no more fit".into()))?;
                 self.index.insert(facts.case_id.clone(), i);
-                if let (Some(aligned), Some(spans)) = (self.aligned.get_mut(), &self.spans) {
-                    aligned.by_case.push(spans.get(&facts.case_id));
-                    aligned.without_facts.remove(&facts.case_id);
-                }
                 self.cases.push(facts);
                 self.reaches.push(reach);
             }
@@ -264,9 +232,8 @@ impl FactsSink for FactsCache {
             // The position no longer describes what is held until the load completes. The spans
             // describe the log, not the projection, and survive a rebuild.
             self.position = None;
-            let spans = self.spans.take();
+            self.set_spans_aside();
             self.clear();
-            self.set_spans(spans);
         }
     }
 
@@ -283,11 +250,9 @@ const SNAPSHOT_DECODERS: usize = 2;
 
 /// Loads a snapshot's parts into an empty copy. Parts go to decoder threads as they arrive and
 /// are applied as they come back (cases in any order: each is one case's facts); the spans
-/// are applied last, once every case id is held, so they share them. `finish` waits for the
-/// rest.
+/// are arranged last, once every case is placed. `finish` waits for the rest.
 struct SnapshotLoader<'a> {
     cache: &'a mut FactsCache,
-    spans: RecordedSpans,
     to_decode: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     decoded: std::sync::mpsc::Receiver<Result<Part, Error>>,
     decoders: Vec<std::thread::JoinHandle<()>>,
@@ -321,7 +286,6 @@ impl<'a> SnapshotLoader<'a> {
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(SnapshotLoader {
             cache,
-            spans: RecordedSpans::default(),
             to_decode: Some(to_decode),
             decoded,
             decoders,
@@ -345,12 +309,13 @@ impl<'a> SnapshotLoader<'a> {
         while let Ok(part) = self.decoded.recv() {
             self.apply(part)?;
         }
-        for spans in std::mem::take(&mut self.spans_decoded) {
-            for (case_id, span) in spans {
-                self.spans.insert(case_id, span, |id| self.cache.held_id(id));
-            }
-        }
-        Ok(std::mem::take(&mut self.spans))
+        let index = &self.cache.index;
+        Ok(RecordedSpans::arranged(
+            std::mem::take(&mut self.spans_decoded).into_iter().flatten(),
+            Position::ZERO,
+            self.cache.cases.len(),
+            |id| index.get(id).map(|&i| i as usize),
+        ))
     }
 }
 
@@ -374,7 +339,6 @@ impl SnapshotSink for SnapshotLoader<'_> {
         self.cache.cases.reserve(cases);
         self.cache.reaches.reserve(cases);
         self.cache.index.reserve(cases);
-        self.spans.reserve(cases);
     }
 
     fn part(&mut self, data: &[u8]) -> Result<(), Error> {
@@ -542,6 +506,7 @@ impl ReadModel {
             .reads
             .case_facts_since(cache.generation, since, &mut *cache)
             .await??;
+        cache.arrange_pending_spans();
         cache.generation = version.generation;
         cache.position = Some(version.position);
         self.extend_spans(&mut cache, version.position).await;
@@ -578,8 +543,8 @@ impl ReadModel {
     async fn switch_to(&self, generation: i64) -> Result<(), Error> {
         let loading = Instant::now();
         let mut fresh = FactsCache {
-            // Its case ids are shared with the new copy's as it loads.
-            spans: self.cache.read().await.spans.clone(),
+            // Arranged by the new copy once it is loaded.
+            pending_spans: self.cache.read().await.spans_by_id(),
             ..FactsCache::default()
         };
         let from_snapshot = self.load_snapshot(&mut fresh, generation).await;
@@ -587,6 +552,7 @@ impl ReadModel {
             .reads
             .case_facts_since(fresh.generation, fresh.position, &mut fresh)
             .await??;
+        fresh.arrange_pending_spans();
         fresh.generation = version.generation;
         fresh.position = Some(version.position);
         fresh.last_full_load = Some(loading.elapsed());
@@ -612,12 +578,12 @@ impl ReadModel {
     /// head, or `None` (leaving the copy empty) when there is none or it cannot be read, and
     /// the copy must be loaded from the projection's rows.
     async fn load_snapshot(&self, cache: &mut FactsCache, generation: i64) -> Option<SnapshotHead> {
-        let held_spans = cache.spans.take();
-        cache.set_spans(None);
+        // The spans describe the log, whichever projection is loaded: set aside, to be arranged
+        // by the new copy, unless the snapshot brings its own.
+        cache.set_spans_aside();
         let head = self.read_snapshot_into(cache, generation).await;
-        if head.is_none() {
-            // The spans describe the log, whichever projection is loaded.
-            cache.set_spans(held_spans);
+        if head.is_some() {
+            cache.pending_spans = None;
         }
         head
     }
@@ -641,7 +607,7 @@ impl ReadModel {
             Ok(Ok(Some((head, spans)))) => {
                 cache.generation = head.generation;
                 cache.position = Some(head.position);
-                cache.set_spans(Some(spans.covering(head.position)));
+                cache.spans = Some(spans.covering(head.position));
                 Some(head)
             }
             Ok(Ok(None)) => None,
@@ -671,7 +637,7 @@ impl ReadModel {
             Ok(read) => cache.merge_spans(read, position),
             Err(err) => {
                 tracing::warn!(error = %err, "extending the recording spans failed; they will be read again");
-                cache.set_spans(None);
+                cache.spans = None;
             }
         }
     }
@@ -692,8 +658,10 @@ impl ReadModel {
         if cache.spans.is_some() || cache.position.is_none() {
             return Ok(());
         }
-        cache.set_spans(Some(RecordedSpans::default()));
-        cache.merge_spans(read, up_to);
+        let index = &cache.index;
+        cache.spans = Some(RecordedSpans::arranged(read, up_to, cache.cases.len(), |id| {
+            index.get(id).map(|&i| i as usize)
+        }));
         // The copy may have moved on while the log was read.
         let position = cache.position();
         self.extend_spans(&mut cache, position).await;
@@ -712,7 +680,11 @@ impl ReadModel {
         let (generation, position, spans) = {
             let cache = self.cache.read().await;
             match (cache.position, &cache.spans) {
-                (Some(position), Some(spans)) => (cache.generation, position, spans.to_vec()),
+                (Some(position), Some(spans)) => (
+                    cache.generation,
+                    position,
+                    spans.to_vec(cache.cases.iter().map(|case| &case.case_id)),
+                ),
                 _ => return Ok(None),
             }
         };
@@ -839,12 +811,13 @@ impl ReadModel {
         let instant = at.timestamp_micros();
         // Events the copy has not applied (appended since it was read): fold their cases again.
         let beyond_copy: HashSet<String> = self.reads.cases_after(copy_at).await?.into_iter().collect();
-        let (spans, aligned) = facts
-            .aligned_spans()
+        let spans = facts
+            .spans
+            .as_ref()
             .ok_or_else(|| Error::Internal("the recording spans could not be read; ask again".into()))?;
         let mut whole = Vec::new();
         let mut refold: Vec<String> = beyond_copy.iter().cloned().collect();
-        for (i, ((case, reach), span)) in facts.cases.iter().zip(&facts.reaches).zip(&aligned.by_case).enumerate() {
+        for (i, ((case, reach), span)) in facts.cases.iter().zip(&facts.reaches).zip(spans.by_case()).enumerate() {
             if !beyond_copy.is_empty() && beyond_copy.contains(&*case.case_id) {
                 continue;
             }
@@ -855,25 +828,25 @@ impl ReadModel {
                         whole.push(i);
                     }
                 }
-                // Partly recorded by then, or never seen by the spans: fold to be sure.
+                // Partly recorded by then, or not yet known to the spans: fold to be sure.
                 Some(AtInstant::Partial) | None => refold.push(case.case_id.to_string()),
             }
         }
         // Cases with events but no facts now (no `case_issued`, or it was voided since) may have
         // had facts then.
         refold.extend(
-            aligned
-                .without_facts
-                .iter()
-                .filter(|id| {
-                    spans.get(id).is_some_and(|span| span.at(instant) != AtInstant::NotYet)
-                        && !beyond_copy.contains(&***id)
-                })
-                .map(|id| id.to_string()),
+            spans
+                .without_facts()
+                .filter(|(id, span)| span.at(instant) != AtInstant::NotYet && !beyond_copy.contains(&***id))
+                .map(|(id, _)| id.to_string()),
         );
         let refolded = self.facts_recorded_by(refold, at).await?;
         counted(move || {
-            let cases: Vec<&CaseFacts> = whole.iter().map(|&i| &facts.cases[i]).chain(&refolded).collect();
+            let cases: Vec<&CaseFacts> = whole
+                .iter()
+                .map(|&i| &facts.cases[i])
+                .chain(refolded.iter().map(|facts| &**facts))
+                .collect();
             answer(&query, &cases)
         })
         .await
@@ -889,21 +862,31 @@ impl ReadModel {
     /// found for an earlier answer at the same instant are taken from then, and the others read
     /// from the projection's history (or folded, where it cannot say) and kept (the last instant
     /// only, up to [`SETTLED_FOLDS_KEPT`] cases).
-    async fn facts_recorded_by(&self, cases: Vec<String>, at: DateTime<Utc>) -> Result<Vec<CaseFacts>, Error> {
+    async fn facts_recorded_by(&self, cases: Vec<String>, at: DateTime<Utc>) -> Result<Vec<Arc<CaseFacts>>, Error> {
         let settled = chrono::Duration::from_std(self.settled_after)
             .ok()
             .and_then(|after| Utc::now().checked_sub_signed(after))
             .is_some_and(|settled_by| at <= settled_by);
         if !settled {
-            return self.refold_recorded_by(cases, at).await;
+            return Ok(self
+                .refold_recorded_by(cases, at)
+                .await?
+                .into_iter()
+                .map(Arc::new)
+                .collect());
         }
         let mut found = Vec::new();
         let missing: Vec<String> = {
-            let kept = self
+            let mut kept = self
                 .settled_folds
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match kept.as_ref().filter(|kept| kept.at == at) {
+            if kept.as_ref().is_some_and(|kept| kept.at != at) {
+                // Another instant's folds go now, not once this one's are made: two instants'
+                // worth would be held at once.
+                *kept = None;
+            }
+            match kept.as_ref() {
                 Some(kept) => cases
                     .into_iter()
                     .filter(|case| match kept.facts.get(case.as_str()) {
@@ -917,7 +900,12 @@ impl ReadModel {
                 None => cases,
             }
         };
-        let folded = self.history_or_refold(missing.clone(), at).await?;
+        let folded: Vec<Arc<CaseFacts>> = self
+            .history_or_refold(missing.clone(), at)
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         {
             let mut kept = self
                 .settled_folds
@@ -930,7 +918,7 @@ impl ReadModel {
                 });
             }
             if let Some(kept) = kept.as_mut() {
-                let mut by_case: HashMap<&str, &CaseFacts> = folded.iter().map(|f| (&*f.case_id, f)).collect();
+                let mut by_case: HashMap<&str, &Arc<CaseFacts>> = folded.iter().map(|f| (&*f.case_id, f)).collect();
                 for case in &missing {
                     if kept.facts.len() >= SETTLED_FOLDS_KEPT {
                         break;

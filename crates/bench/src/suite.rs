@@ -549,6 +549,11 @@ impl Service {
             .args(&options.serve_args)
             .env("DATABASE_URL", &options.database_url)
             .env("RUST_LOG", "warn")
+            // As the container image runs it (deploy/Dockerfile), unless set here already.
+            .env(
+                "MALLOC_ARENA_MAX",
+                std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

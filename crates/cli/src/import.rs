@@ -506,7 +506,13 @@ impl Window {
         }
     }
 
-    fn progress(&self, bytes_read: u64, bytes_total: Option<u64>, started: Instant, in_flight: usize) -> ImportProgress {
+    fn progress(
+        &self,
+        bytes_read: u64,
+        bytes_total: Option<u64>,
+        started: Instant,
+        in_flight: usize,
+    ) -> ImportProgress {
         ImportProgress {
             in_flight,
             bytes_read,

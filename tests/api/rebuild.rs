@@ -349,7 +349,9 @@ async fn loading_cases_that_are_already_recorded_fails_and_writes_nothing(pool: 
 
 /// When a rebuild is switched in, a read model that holds the previous projection goes on
 /// answering from it (the rebuilt one is loaded beside it, here held back by a lock on its
-/// table) and then answers from the rebuilt one, with the same figures.
+/// table) and then answers from the rebuilt one, with the same figures. The recording spans
+/// it held are arranged by the rebuilt copy: an `as_of` after the switch finds every case
+/// whole, as before it, and folds none.
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn a_read_model_answers_through_a_rebuild_switch_without_a_pause(pool: PgPool) {
     load_history(&pool, 17, 60, 10.0).await;
@@ -364,6 +366,13 @@ async fn a_read_model_answers_through_a_rebuild_switch_without_a_pause(pool: PgP
     let model = caselog_app::ReadModel::new(log.clone());
     let before = model.metrics(query.clone(), None, head).await.unwrap();
     let held_generation = model.stats().await.generation;
+    let loaded: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT max(recorded_at) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let as_of_before = model.metrics(query.clone(), Some(loaded), head).await.unwrap().1;
+    assert_eq!(as_of_before, before.1, "every case was recorded by then");
+    let folded_before = model.stats().await.as_of_folded_cases;
 
     let (progress, _) = tokio::sync::watch::channel(None);
     let options = RebuildOptions {
@@ -397,5 +406,11 @@ async fn a_read_model_answers_through_a_rebuild_switch_without_a_pause(pool: PgP
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(switched, "the rebuilt projection was never switched in");
-    assert_eq!(model.metrics(query, None, head).await.unwrap(), before);
+    assert_eq!(model.metrics(query.clone(), None, head).await.unwrap(), before);
+    assert_eq!(model.metrics(query, Some(loaded), head).await.unwrap().1, as_of_before);
+    assert_eq!(
+        model.stats().await.as_of_folded_cases,
+        folded_before,
+        "the spans came through the switch"
+    );
 }

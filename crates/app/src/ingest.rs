@@ -19,8 +19,10 @@ use uuid::Uuid;
 pub const MAX_BATCH: usize = 1000;
 /// Cases with more events than this are not kept in the write cache.
 const MAX_CACHED_CASE_EVENTS: usize = 1000;
-/// 32 MiB: about 3,500 cases of 25 events (measured in docs/benchmarks.md).
-pub const DEFAULT_CASE_CACHE_BYTES: usize = 32 << 20;
+/// 16 MiB: about 2,000 cases of 25 events (an event weighs about 340 bytes: its history
+/// event, its compact record and their strings). Sized so that a server holding ten national
+/// years stays within 512 MiB (docs/benchmarks.md); a write-heavy server may give it more.
+pub const DEFAULT_CASE_CACHE_BYTES: usize = 16 << 20;
 /// How often an append without an expected version is re-decided after losing a race.
 const MAX_ATTEMPTS: u32 = 20;
 

@@ -18,8 +18,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info, instrument, warn};
 
-/// 32 MiB: about 6,000 cases of 25 events (measured in docs/benchmarks.md).
-pub const DEFAULT_HISTORY_CACHE_BYTES: usize = 32 << 20;
+/// 16 MiB: about 3,500 cases of 25 events (an event weighs about 180 bytes: 152 held, the
+/// rest its strings).
+pub const DEFAULT_HISTORY_CACHE_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ProjectorSettings {

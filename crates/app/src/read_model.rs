@@ -62,6 +62,10 @@ pub struct ReadModel {
     switching: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// Spans listed by case id, with the position they cover: how they pass from one copy to the
+/// next, whose order differs.
+type SpansById = (Position, Vec<(Arc<str>, Span)>);
+
 /// This process's copy of the case-facts projection, refreshed with the rows written since the
 /// position it reflects (so a query reads only what changed).
 #[derive(Debug, Default)]
@@ -82,7 +86,7 @@ struct FactsCache {
     spans: Option<RecordedSpans>,
     /// Spans set aside while the copy is replaced (they describe the log, not the projection),
     /// to be arranged by the new copy once it is loaded.
-    pending_spans: Option<(Position, Vec<(Arc<str>, Span)>)>,
+    pending_spans: Option<SpansById>,
     /// How long the last load of the whole projection took (the first query's, or after a
     /// rebuild), and the last refresh of any size.
     last_full_load: Option<Duration>,
@@ -157,7 +161,7 @@ impl FactsCache {
     }
 
     /// The spans as a list by case id, to be arranged again by another copy.
-    fn spans_by_id(&self) -> Option<(Position, Vec<(Arc<str>, Span)>)> {
+    fn spans_by_id(&self) -> Option<SpansById> {
         let spans = self.spans.as_ref()?;
         Some((
             spans.position(),

@@ -101,6 +101,15 @@ async fn rate_errors_and_duration_of_every_rpc_are_scraped(pool: PgPool) {
         sample(&text, "caselog_append_events_total").unwrap_or(0.0) >= 2.0,
         "{text}"
     );
+    // The write path's cache holds the case it appended to, and says what it weighs.
+    assert!(
+        sample(&text, "caselog_write_cache_cases").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "caselog_write_cache_bytes").unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
     // Health still answers gRPC on the same port.
     let mut health = tonic_health::pb::health_client::HealthClient::new(connect(metrics).await);
     let live = health

@@ -133,6 +133,12 @@ impl CaseCache {
         }
     }
 
+    /// The cases held and what they weigh, in bytes (an estimate; see `CaseState::memory_bytes`).
+    pub fn usage(&self) -> (usize, usize) {
+        let cases = self.lock();
+        (cases.len(), cases.weight())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, WeightedCache<CaseState>> {
         self.cases.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -80,18 +80,26 @@ impl CaseEvents {
             }),
             counter("caselog.append.events", "events those statements carried", |s| s.events),
         ];
-        let cache = self.write_path.cache.clone();
-        let _cache_bytes = meter
-            .u64_observable_gauge("caselog.write_cache.bytes")
-            .with_description("estimated memory held by the cache of recently written cases (at most --case-cache-mib)")
-            .with_callback(move |observer| observer.observe(cache.usage().1 as u64, &[]))
-            .build();
-        let cache = self.write_path.cache.clone();
-        let _cache_cases = meter
-            .u64_observable_gauge("caselog.write_cache.cases")
-            .with_description("cases held by the cache of recently written cases")
-            .with_callback(move |observer| observer.observe(cache.usage().0 as u64, &[]))
-            .build();
+        let cache_gauge = |name: &'static str, description: &'static str, read: fn((usize, usize)) -> usize| {
+            let cache = self.write_path.cache.clone();
+            meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |observer| observer.observe(read(cache.usage()) as u64, &[]))
+                .build()
+        };
+        let _cache_gauges = [
+            cache_gauge(
+                "caselog.write_cache.bytes",
+                "estimated memory held by the cache of recently written cases (at most --case-cache-mib)",
+                |(_, bytes)| bytes,
+            ),
+            cache_gauge(
+                "caselog.write_cache.cases",
+                "cases held by the cache of recently written cases",
+                |(cases, _)| cases,
+            ),
+        ];
         std::future::pending::<()>().await;
     }
 }

@@ -62,6 +62,11 @@ pub struct ReadModel {
     switching: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// Where a case stands in a copy whose index is `index`, for placing its span.
+fn place_in(index: &HashMap<Arc<str>, u32, foldhash::quality::RandomState>) -> impl Fn(&str) -> Option<usize> + '_ {
+    |id| index.get(id).map(|&i| i as usize)
+}
+
 /// Spans listed by case id, with the position they cover: how they pass from one copy to the
 /// next, whose order differs.
 type SpansById = (Position, Vec<(Arc<str>, Span)>);
@@ -180,10 +185,12 @@ impl FactsCache {
     /// Arranges the spans set aside by the copy now loaded.
     fn arrange_pending_spans(&mut self) {
         if let Some((position, by_id)) = self.pending_spans.take() {
-            let index = &self.index;
-            self.spans = Some(RecordedSpans::arranged(by_id, position, self.cases.len(), |id| {
-                index.get(id).map(|&i| i as usize)
-            }));
+            self.spans = Some(RecordedSpans::arranged(
+                by_id,
+                position,
+                self.cases.len(),
+                place_in(&self.index),
+            ));
         }
     }
 
@@ -191,7 +198,7 @@ impl FactsCache {
     fn merge_spans(&mut self, read: ReadSpans, up_to: Position) {
         let FactsCache { spans, index, .. } = self;
         if let Some(spans) = spans {
-            spans.merge(read, up_to, |id| index.get(id).map(|&i| i as usize));
+            spans.merge(read, up_to, place_in(index));
         }
     }
 
@@ -313,12 +320,11 @@ impl<'a> SnapshotLoader<'a> {
         while let Ok(part) = self.decoded.recv() {
             self.apply(part)?;
         }
-        let index = &self.cache.index;
         Ok(RecordedSpans::arranged(
             std::mem::take(&mut self.spans_decoded).into_iter().flatten(),
             Position::ZERO,
             self.cache.cases.len(),
-            |id| index.get(id).map(|&i| i as usize),
+            place_in(&self.cache.index),
         ))
     }
 }
@@ -662,10 +668,12 @@ impl ReadModel {
         if cache.spans.is_some() || cache.position.is_none() {
             return Ok(());
         }
-        let index = &cache.index;
-        cache.spans = Some(RecordedSpans::arranged(read, up_to, cache.cases.len(), |id| {
-            index.get(id).map(|&i| i as usize)
-        }));
+        cache.spans = Some(RecordedSpans::arranged(
+            read,
+            up_to,
+            cache.cases.len(),
+            place_in(&cache.index),
+        ));
         // The copy may have moved on while the log was read.
         let position = cache.position();
         self.extend_spans(&mut cache, position).await;

@@ -6,8 +6,9 @@
 //! up to `batch_size` per request, while they are in the window: a file grouped by case goes out
 //! in full batches, and a file in recording order (each case's lines spread through it) in
 //! batches of the lines that lie near each other. When the window is full, the cases whose oldest
-//! held lines are earliest are sent, as many as may be in flight. One request per case is in flight at a time, so a case's lines
-//! are recorded in file order; requests for different cases run concurrently (`concurrency`).
+//! held lines are earliest are sent, as many as may be in flight. One request per case is in
+//! flight at a time, so a case's lines are recorded in file order; requests for different cases
+//! run concurrently (`concurrency`).
 //!
 //! A batch refused because of one event (ErrorInfo `event_index`) is re-sent without that event,
 //! so a bad line never stops the lines around it, unless `all_or_nothing` asks for each case to

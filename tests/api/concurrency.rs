@@ -210,8 +210,8 @@ async fn grouped_appends_keep_their_own_outcomes(pool: PgPool) {
         event_id: uuid::Uuid::new_v4().into(),
         event_type: "hearing_listed".into(),
         occurred_on: chrono::NaiveDate::from_ymd_opt(2025, 5, 1).unwrap(),
-        data: serde_json::json!({"hearing_type": "cmh", "listed_for": "2025-06-02"}),
-        metadata: serde_json::json!({}),
+        data: serde_json::json!({"hearing_type": "cmh", "listed_for": "2025-06-02"}).to_string(),
+        metadata: "{}".to_owned(),
     };
     log.append("TAKEN", Version::ZERO, "test", &[row()]).await.unwrap();
     let version = |n: u64| Version::try_from(n).unwrap();

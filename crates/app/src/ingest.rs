@@ -5,11 +5,12 @@
 use crate::cache::WeightedCache;
 use crate::error::Error;
 use caselog_domain::{
-    ALLOCATION_OVERHEAD, CaseHistory, CaseId, EventId, EventType, FieldViolation, HistoryEvent, NewEvent, Payload,
-    Position, Principal, Version,
+    ALLOCATION_OVERHEAD, CaseHistory, CaseId, EventId, EventType, FieldViolation, HistoryEvent, Metadata, NewEvent,
+    Payload, Position, Principal, Version,
 };
 use caselog_store::{EventLog, GroupAppender, NewRow, StoredEvent};
 use chrono::NaiveDate;
+use serde::Deserialize as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tracing::{debug, instrument};
@@ -55,7 +56,7 @@ impl CaseState {
         let recorded = stored
             .iter()
             .zip(history.events())
-            .map(|(row, event)| RecordedEvent::of(row, event.payload.event_type()))
+            .map(|(row, _)| RecordedEvent::of(row))
             .collect();
         Ok(CaseState { recorded, history })
     }
@@ -64,50 +65,47 @@ impl CaseState {
     fn memory_bytes(&self) -> usize {
         self.history.memory_bytes()
             + self.recorded.capacity() * std::mem::size_of::<RecordedEvent>()
-            + self
-                .recorded
-                .iter()
-                .map(|e| e.content.len() + ALLOCATION_OVERHEAD)
-                .sum::<usize>()
+            + self.recorded.iter().map(RecordedEvent::heap_bytes).sum::<usize>()
     }
 }
 
-/// What deciding a resend needs of a recorded event: its place, and its content as compact
-/// JSON text, a tenth of the memory of the parsed row.
+/// What deciding a resend needs of a recorded event beside its history event (the same index
+/// in the case's history): its place and its metadata. The payload and date are compared on the
+/// history event, which the rules keep anyway.
 #[derive(Debug, Clone)]
 struct RecordedEvent {
     event_id: EventId,
     position: Position,
     version: Version,
-    event_type: EventType,
-    occurred_on: NaiveDate,
-    /// `data`, a newline, then `metadata` (compact JSON holds no raw newline). serde_json
-    /// writes an object's keys in order, so equal values have equal text.
-    content: Box<str>,
+    /// `None` when the stored metadata is not the service's (no resend can then match it).
+    metadata: Option<Metadata>,
 }
 
 impl RecordedEvent {
-    fn of(stored: &StoredEvent, event_type: EventType) -> RecordedEvent {
+    fn of(stored: &StoredEvent) -> RecordedEvent {
         RecordedEvent {
             event_id: stored.event_id,
             position: stored.position,
             version: stored.version,
-            event_type,
-            occurred_on: stored.occurred_on,
-            content: content_text(&stored.data, &stored.metadata),
+            metadata: Metadata::deserialize(&stored.metadata).ok(),
         }
     }
 
-    /// Whether `event` is this event sent again (a resend).
-    fn same_content(&self, event: &NewEvent) -> bool {
-        self.event_type == event.payload.event_type()
-            && self.occurred_on == event.occurred_on
-            && *self.content == *content_text(&event.payload.data(), &metadata_json(event))
+    /// Whether `event` is this event, recorded as `history_event`, sent again (a resend).
+    fn same_content(&self, history_event: &HistoryEvent, event: &NewEvent) -> bool {
+        history_event.occurred_on == event.occurred_on
+            && history_event.payload == event.payload
+            && self.metadata.as_ref() == Some(&event.metadata)
     }
-}
 
-fn content_text(data: &serde_json::Value, metadata: &serde_json::Value) -> Box<str> {
-    format!("{data}\n{metadata}").into_boxed_str()
+    fn heap_bytes(&self) -> usize {
+        let Some(metadata) = &self.metadata else { return 0 };
+        [&metadata.correlation_id, &metadata.causation_id]
+            .into_iter()
+            .flatten()
+            .map(|text| text.len() + ALLOCATION_OVERHEAD)
+            .sum()
+    }
 }
 
 /// Recently written cases, so that the next append to one needs no read: one round trip instead
@@ -274,16 +272,17 @@ impl AppendRequest<'_> {
         // change, so a cached case answers this as well as a read one.
         writer.may_append(&state.history, events)?;
         let wanted: HashSet<EventId> = events.iter().map(|e| e.event_id).collect();
-        let found: HashMap<EventId, &RecordedEvent> = state
+        let found: HashMap<EventId, (&RecordedEvent, &HistoryEvent)> = state
             .recorded
             .iter()
-            .filter(|e| wanted.contains(&e.event_id))
-            .map(|e| (e.event_id, e))
+            .zip(state.history.events())
+            .filter(|(e, _)| wanted.contains(&e.event_id))
+            .map(|(e, history_event)| (e.event_id, (e, history_event)))
             .collect();
         let mut new_indices = Vec::new();
         for (index, event) in events.iter().enumerate() {
             match found.get(&event.event_id) {
-                Some(existing) if existing.same_content(event) => {}
+                Some((existing, history_event)) if existing.same_content(history_event, event) => {}
                 _ if elsewhere.contains(&event.event_id) => {
                     return Err(Error::EventIdReused {
                         event_id: event.event_id,
@@ -299,12 +298,14 @@ impl AppendRequest<'_> {
                 None => new_indices.push(index),
             }
         }
-        let recorded: HashMap<EventId, (Position, Version)> =
-            found.into_iter().map(|(id, e)| (id, (e.position, e.version))).collect();
+        let recorded: HashMap<EventId, (Position, Version)> = found
+            .into_iter()
+            .map(|(id, (e, _))| (id, (e.position, e.version)))
+            .collect();
         let version_before = state.history.version();
         if new_indices.is_empty() {
             debug!(case_id, "every event already recorded");
-            let result = outcomes(events, &recorded, version_before, &[]);
+            let result = outcomes(events, &recorded, version_before, &HashMap::new());
             return Ok(Attempt::Done(result, state));
         }
         if let Some(expected) = expected_version
@@ -328,30 +329,23 @@ impl AppendRequest<'_> {
         }
         let source = writer.organisation.as_str();
         let rows: Vec<NewRow> = batch.iter().map(row_of).collect();
-        match appender.append(case_id, version_before, source, rows.clone()).await {
+        match appender.append(case_id, version_before, source, rows).await {
             Ok(appended) => {
                 let version = appended.last().map_or(version_before, |a| a.version);
-                let fresh: Vec<(EventId, Position, Version)> = batch
+                let fresh: HashMap<EventId, (Position, Version)> = batch
                     .iter()
                     .zip(&appended)
-                    .map(|(e, a)| (e.event_id, a.position, a.version))
+                    .map(|(e, a)| (e.event_id, (a.position, a.version)))
                     .collect();
                 let result = outcomes(events, &recorded, version, &fresh);
                 state
                     .recorded
-                    .extend(
-                        rows.into_iter()
-                            .zip(&appended)
-                            .zip(&batch)
-                            .map(|((row, at), event)| RecordedEvent {
-                                event_id: row.event_id,
-                                position: at.position,
-                                version: at.version,
-                                event_type: event.payload.event_type(),
-                                occurred_on: row.occurred_on,
-                                content: content_text(&row.data, &row.metadata),
-                            }),
-                    );
+                    .extend(batch.into_iter().zip(&appended).map(|(event, at)| RecordedEvent {
+                        event_id: event.event_id,
+                        position: at.position,
+                        version: at.version,
+                        metadata: Some(event.metadata),
+                    }));
                 Ok(Attempt::Done(result, state))
             }
             Err(caselog_store::Error::VersionConflict { .. })
@@ -375,7 +369,7 @@ fn outcomes(
     events: &[NewEvent],
     recorded: &HashMap<EventId, (Position, Version)>,
     version: Version,
-    fresh: &[(EventId, Position, Version)],
+    fresh: &HashMap<EventId, (Position, Version)>,
 ) -> Appended {
     let events = events
         .iter()
@@ -387,11 +381,7 @@ fn outcomes(
                 already_present: true,
             },
             None => {
-                let (position, version) = fresh
-                    .iter()
-                    .find(|(id, ..)| *id == e.event_id)
-                    .map(|&(_, position, version)| (position, version))
-                    .unwrap_or_default();
+                let (position, version) = fresh.get(&e.event_id).copied().unwrap_or_default();
                 EventOutcome {
                     event_id: e.event_id,
                     position,
@@ -404,17 +394,15 @@ fn outcomes(
     Appended { version, events }
 }
 
-fn metadata_json(event: &NewEvent) -> serde_json::Value {
-    serde_json::to_value(&event.metadata).unwrap_or_else(|_| serde_json::json!({}))
-}
-
+/// The row that records `event`: its data and metadata as JSON text.
 pub fn row_of(event: &NewEvent) -> NewRow {
     NewRow {
         event_id: event.event_id,
         event_type: event.payload.event_type().as_str().to_owned(),
         occurred_on: event.occurred_on,
-        data: event.payload.data(),
-        metadata: metadata_json(event),
+        data: event.payload.data_text(),
+        // Two optional strings always serialise.
+        metadata: serde_json::to_string(&event.metadata).unwrap_or_else(|_| "{}".to_owned()),
     }
 }
 
@@ -455,9 +443,10 @@ mod tests {
                 event_id: Uuid::new_v4().into(),
                 position: Position::try_from(i as u64 + 1).unwrap_or_default(),
                 version: Version::ZERO.after(i + 1).unwrap_or_default(),
-                event_type: EventType::HearingListed,
-                occurred_on: NaiveDate::from_ymd_opt(2025, 5, 1).unwrap_or_default(),
-                content: content_text(&serde_json::json!({}), &serde_json::json!({})),
+                metadata: Some(Metadata {
+                    correlation_id: Some(format!("c-{i}")),
+                    causation_id: None,
+                }),
             })
             .collect();
         CaseState {
@@ -489,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn a_resend_is_recognised_from_the_compact_record() {
+    fn a_resend_is_recognised_from_the_record_and_its_history_event() {
         let event = NewEvent {
             event_id: Uuid::new_v4().into(),
             occurred_on: NaiveDate::from_ymd_opt(2025, 5, 1).unwrap_or_default(),
@@ -507,24 +496,31 @@ mod tests {
             version: Version::ZERO.after(1).unwrap_or_default(),
             event_type: row.event_type,
             occurred_on: row.occurred_on,
-            data: row.data,
-            metadata: row.metadata,
+            data: serde_json::from_str(&row.data).unwrap_or_default(),
+            metadata: serde_json::from_str(&row.metadata).unwrap_or_default(),
             source: "court:LS".into(),
             recorded_at: chrono::DateTime::UNIX_EPOCH,
         };
-        let recorded = RecordedEvent::of(&stored, EventType::CaseAllocated);
-        assert!(recorded.same_content(&event));
+        let state = CaseState::read(std::slice::from_ref(&stored)).unwrap_or_else(|e| panic!("{e}"));
+        let (recorded, history_event) = (&state.recorded[0], &state.history.events()[0]);
+        assert!(recorded.same_content(history_event, &event));
         let mut changed = event.clone();
         changed.payload = Payload::CaseAllocated(caselog_domain::event::CaseAllocated {
             practitioner_id: "P-2".into(),
             role: caselog_domain::event::AllocationRole::Lead,
         });
-        assert!(!recorded.same_content(&changed));
+        assert!(!recorded.same_content(history_event, &changed));
         let mut later = event.clone();
         later.occurred_on = NaiveDate::from_ymd_opt(2025, 5, 2).unwrap_or_default();
-        assert!(!recorded.same_content(&later));
-        let mut correlated = event;
+        assert!(!recorded.same_content(history_event, &later));
+        let mut correlated = event.clone();
         correlated.metadata.correlation_id = Some("c-1".into());
-        assert!(!recorded.same_content(&correlated));
+        assert!(!recorded.same_content(history_event, &correlated));
+        // Metadata the service did not write matches no resend.
+        let foreign = RecordedEvent::of(&StoredEvent {
+            metadata: serde_json::json!({"correlation_id": 7}),
+            ..stored
+        });
+        assert!(!foreign.same_content(history_event, &event));
     }
 }

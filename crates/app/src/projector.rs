@@ -6,13 +6,12 @@
 use crate::cache::WeightedCache;
 use crate::error::Error;
 use crate::history::recorded_rows;
-use crate::ingest::payload_of;
-use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload, Position};
+use caselog_domain::{CaseHistory, EventId, EventType, HistoryEvent, Payload, Position, Version};
 use caselog_projections::{CaseFacts, facts_of};
 use caselog_store::projection::CASE_FACTS;
 use caselog_store::rebuild::Cut;
-use caselog_store::{EventLog, FactsHistoryRow, FeedFilter, ReplayRow};
-use chrono::{DateTime, Utc};
+use caselog_store::{EventLog, FactsHistoryRow, ReplayRow};
+use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -176,7 +175,7 @@ pub async fn apply_next_page_with(
     histories: &mut HistoryCache,
 ) -> Result<Applied, Error> {
     let from = log.checkpoint(CASE_FACTS).await?;
-    let page = log.read_all(from, page_size, &FeedFilter::default()).await?;
+    let page = log.read_all_projected(from, page_size).await?;
     let to = page.next_after;
     let applied = Applied {
         from,
@@ -188,11 +187,15 @@ pub async fn apply_next_page_with(
         return Ok(applied);
     }
     let mut touched: Vec<String> = Vec::new();
+    let mut issued_here: Vec<String> = Vec::new();
     let mut recorded: HashMap<&str, Vec<DateTime<Utc>>> = HashMap::new();
     for event in &page.events {
         let instants = recorded.entry(event.case_id.as_str()).or_default();
         if instants.is_empty() {
             touched.push(event.case_id.clone());
+            if Version::ZERO.after(1).is_ok_and(|first| first == event.version) {
+                issued_here.push(event.case_id.clone());
+            }
         }
         instants.push(event.recorded_at);
     }
@@ -200,14 +203,21 @@ pub async fn apply_next_page_with(
     // one committed), so the page extends each cached history in order; a gap means the copy
     // is not whole, and the case is read instead.
     let mut cached = histories.take_at(from, &touched);
+    // A case whose first event in the page is its first version is whole in the page: its
+    // history starts empty here instead of being read back (an import or a batch of new cases
+    // would otherwise read every event twice).
+    for case_id in issued_here {
+        cached.entry(case_id).or_default();
+    }
     for event in &page.events {
         if let Some(history) = cached.get_mut(&event.case_id) {
             if history.version().after(1).is_ok_and(|next| next == event.version) {
-                history.push(HistoryEvent {
-                    event_id: event.event_id,
-                    occurred_on: event.occurred_on,
-                    payload: payload_of(event)?,
-                });
+                history.push(history_event(
+                    event.event_id,
+                    &event.event_type,
+                    event.occurred_on,
+                    &event.data,
+                )?);
             } else {
                 cached.remove(&event.case_id);
             }
@@ -236,7 +246,7 @@ pub async fn apply_next_page_with(
             continue;
         };
         let json =
-            serde_json::to_value(&facts).map_err(|e| Error::Internal(format!("facts of {}: {e}", facts.case_id)))?;
+            serde_json::to_string(&facts).map_err(|e| Error::Internal(format!("facts of {}: {e}", facts.case_id)))?;
         facts_rows.push((facts.case_id.to_string(), json));
     }
     if log.save_case_facts(&facts_rows, &history_rows, from, to).await? {
@@ -312,17 +322,23 @@ const FOLD_PAGE_EVENTS: i64 = 20_000;
 
 fn replayed_history(rows: &[ReplayRow]) -> Result<CaseHistory, Error> {
     rows.iter()
-        .map(|row| {
-            let unreadable = |detail: String| Error::Internal(format!("event {}: {detail}", row.event_id));
-            let event_type = EventType::parse(&row.event_type)
-                .ok_or_else(|| unreadable(format!("unknown type {:?}", row.event_type)))?;
-            Ok(HistoryEvent {
-                event_id: row.event_id,
-                occurred_on: row.occurred_on,
-                payload: Payload::from_data_text(event_type, &row.data)
-                    .map_err(|e| unreadable(format!("unreadable data: {e}")))?,
-            })
-        })
+        .map(|row| history_event(row.event_id, &row.event_type, row.occurred_on, &row.data))
         .collect::<Result<Vec<_>, Error>>()
         .map(CaseHistory::new)
+}
+
+/// A history event from a stored row's type and `data` text.
+fn history_event(
+    event_id: EventId,
+    event_type: &str,
+    occurred_on: NaiveDate,
+    data: &str,
+) -> Result<HistoryEvent, Error> {
+    let unreadable = |detail: String| Error::Internal(format!("event {event_id}: {detail}"));
+    let parsed = EventType::parse(event_type).ok_or_else(|| unreadable(format!("unknown type {event_type:?}")))?;
+    Ok(HistoryEvent {
+        event_id,
+        occurred_on,
+        payload: Payload::from_data_text(parsed, data).map_err(|e| unreadable(format!("unreadable data: {e}")))?,
+    })
 }

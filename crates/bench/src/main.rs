@@ -236,8 +236,8 @@ fn bench_row() -> NewRow {
         event_id: uuid::Uuid::new_v4().into(),
         event_type: "hearing_listed".into(),
         occurred_on: chrono::NaiveDate::from_ymd_opt(2025, 5, 1).unwrap_or_default(),
-        data: serde_json::json!({"hearing_type": "cmh", "listed_for": "2025-07-01"}),
-        metadata: serde_json::json!({}),
+        data: serde_json::json!({"hearing_type": "cmh", "listed_for": "2025-07-01"}).to_string(),
+        metadata: "{}".to_owned(),
     }
 }
 

@@ -95,7 +95,7 @@ pub async fn run(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
         }
         if options.runs("single") {
             for &clients in &options.clients {
-                single_appends(pool, &service.channel, clients, Duration::from_secs(options.seconds)).await?;
+                single_appends(pool, &service.endpoint, clients, Duration::from_secs(options.seconds)).await?;
             }
         }
         if options.runs("keep-up") {
@@ -523,6 +523,8 @@ fn resident_kib(pid: u32, field: &str) -> Option<u64> {
 struct Service {
     child: tokio::process::Child,
     channel: Authed,
+    /// Where the service listens, for clients that want connections of their own.
+    endpoint: Endpoint,
     _dev_tokens: DevTokenFile,
 }
 
@@ -565,6 +567,7 @@ impl Service {
                 return Ok(Service {
                     child,
                     channel: authed(channel),
+                    endpoint,
                     _dev_tokens: dev_tokens,
                 });
             }
@@ -872,11 +875,12 @@ fn copy_rows(request: &pb::AppendEventsRequest, first_position: i64) -> Vec<u8> 
     out
 }
 
-/// Single-event AppendEvents from `clients` concurrent clients (each its own case), against
-/// single-row INSERT transactions at the same concurrency (what pgbench would run).
+/// Single-event AppendEvents from `clients` concurrent clients (each its own cases, and its own
+/// connection, as separate court and local-authority systems have), against single-row INSERT
+/// transactions at the same concurrency (what pgbench would run; each on its own connection).
 /// Single-event appends, raw and ours in alternating rounds: on a shared machine the capacity
 /// drifts over tens of seconds, and alternating spreads the drift over both sides.
-async fn single_appends(pool: &PgPool, channel: &Authed, clients: usize, duration: Duration) -> anyhow::Result<()> {
+async fn single_appends(pool: &PgPool, endpoint: &Endpoint, clients: usize, duration: Duration) -> anyhow::Result<()> {
     const ROUNDS: u32 = 3;
     println!(
         "\n== single-event appends: {clients} concurrent clients, {} s each side in {ROUNDS} alternating rounds",
@@ -886,6 +890,10 @@ async fn single_appends(pool: &PgPool, channel: &Authed, clients: usize, duratio
     // Requests sent so far by each client, carried across rounds so that cases keep rotating.
     let counters = || -> Vec<Arc<AtomicUsize>> { (0..clients).map(|_| Arc::default()).collect() };
     let (raw_sent, ours_sent) = (counters(), counters());
+    let mut channels = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        channels.push(authed(endpoint.connect().await?));
+    }
     let (mut raw, mut ours) = (Timed::default(), Timed::default());
     for _ in 0..ROUNDS {
         let round = timed_loop(clients, duration / ROUNDS, |c| {
@@ -915,7 +923,7 @@ async fn single_appends(pool: &PgPool, channel: &Authed, clients: usize, duratio
         .await?;
         raw.add(round);
         let round = timed_loop(clients, duration / ROUNDS, |c| {
-            let client = CaseEventServiceClient::new(channel.clone());
+            let client = CaseEventServiceClient::new(channels[c].clone());
             let prefix = format!("ONE-{}-{c}", &run[..8]);
             let sent = ours_sent[c].clone();
             move || {

@@ -302,16 +302,16 @@ async fn append_group(
             event_ids.push(uuid::Uuid::from(row.event_id));
             types.push(row.event_type.as_str());
             occurred.push(row.occurred_on);
-            data.push(&row.data);
-            metadata.push(&row.metadata);
+            data.push(row.data.as_str());
+            metadata.push(row.metadata.as_str());
         }
     }
     let inserted: Vec<(String, i32, i64, DateTime<Utc>)> = sqlx::query_as(
         "WITH allocated AS (SELECT caselog_allocate_positions($1) AS positions)
          INSERT INTO events (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source)
-         SELECT allocated.positions[r.n], r.event_id, r.case_id, r.version, r.event_type, r.occurred_on, r.data, r.metadata, r.source
+         SELECT allocated.positions[r.n], r.event_id, r.case_id, r.version, r.event_type, r.occurred_on, r.data::jsonb, r.metadata::jsonb, r.source
            FROM allocated,
-                UNNEST($2::text[], $3::integer[], $4::text[], $5::uuid[], $6::text[], $7::date[], $8::jsonb[], $9::jsonb[])
+                UNNEST($2::text[], $3::integer[], $4::text[], $5::uuid[], $6::text[], $7::date[], $8::text[], $9::text[])
                   WITH ORDINALITY AS r(case_id, version, source, event_id, event_type, occurred_on, data, metadata, n)
          RETURNING case_id, version, position, recorded_at",
     )

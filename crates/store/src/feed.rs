@@ -9,7 +9,8 @@
 use crate::error::stored_position;
 use crate::log::{COLUMNS, StoredEvent};
 use crate::{Error, EventLog};
-use caselog_domain::Position;
+use caselog_domain::{EventId, Position, Version};
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,16 +46,53 @@ impl Horizon {
     }
 }
 
-/// A page of the feed.
+/// A page of the feed: whole stored events, or [`ProjectedRow`]s.
 #[derive(Debug, Clone)]
-pub struct FeedPage {
-    pub events: Vec<StoredEvent>,
+pub struct FeedPage<E = StoredEvent> {
+    pub events: Vec<E>,
     /// Where the next read starts (exclusive): the last event's position when the page is full,
     /// otherwise the safe position (everything up to it has been scanned).
     pub next_after: Position,
     pub horizon: Horizon,
     /// Whether the page stopped at `limit` (more may be readable at once).
     pub full: bool,
+}
+
+/// What the projections read of an event from the feed.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ProjectedRow {
+    #[sqlx(try_from = "i64")]
+    pub position: Position,
+    pub case_id: String,
+    #[sqlx(try_from = "uuid::Uuid")]
+    pub event_id: EventId,
+    #[sqlx(try_from = "i32")]
+    pub version: Version,
+    pub event_type: String,
+    pub occurred_on: NaiveDate,
+    /// The `data` object as JSON text.
+    pub data: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+const PROJECTED_COLUMNS: &str =
+    "position, case_id, event_id, version, event_type, occurred_on, data::text AS data, recorded_at";
+
+/// A row a feed page can hold.
+trait FeedRow: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin {
+    fn position(&self) -> Position;
+}
+
+impl FeedRow for StoredEvent {
+    fn position(&self) -> Position {
+        self.position
+    }
+}
+
+impl FeedRow for ProjectedRow {
+    fn position(&self) -> Position {
+        self.position
+    }
 }
 
 /// Wakes feed readers when something may have been appended.
@@ -106,12 +144,30 @@ impl EventLog {
     /// Up to `limit` events with a position above `after` that are safe to read, in position order.
     #[instrument(skip(self, filter), err(level = "debug"))]
     pub async fn read_all(&self, after: Position, limit: u32, filter: &FeedFilter) -> Result<FeedPage, Error> {
+        self.read_page(COLUMNS, after, limit, filter).await
+    }
+
+    /// [`EventLog::read_all`] of what the projections fold, unfiltered: `data` as JSON text,
+    /// parsed once into the payload, and no metadata or source.
+    #[instrument(skip(self), err(level = "debug"))]
+    pub async fn read_all_projected(&self, after: Position, limit: u32) -> Result<FeedPage<ProjectedRow>, Error> {
+        self.read_page(PROJECTED_COLUMNS, after, limit, &FeedFilter::default())
+            .await
+    }
+
+    async fn read_page<E: FeedRow>(
+        &self,
+        columns: &str,
+        after: Position,
+        limit: u32,
+        filter: &FeedFilter,
+    ) -> Result<FeedPage<E>, Error> {
         // Two statements on purpose: the rows must be read with a snapshot taken after the horizon.
         let horizon = self.horizon().await?;
         let types = (!filter.event_types.is_empty()).then_some(&filter.event_types);
         let cases = (!filter.case_ids.is_empty()).then_some(&filter.case_ids);
-        let events: Vec<StoredEvent> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM events
+        let events: Vec<E> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {columns} FROM events
               WHERE position > $1 AND position <= $2
                 AND ($3::text[] IS NULL OR event_type = ANY($3))
                 AND ($4::text[] IS NULL OR case_id = ANY($4))
@@ -126,7 +182,7 @@ impl EventLog {
         .await?;
         let full = events.len() >= limit as usize;
         let next_after = match events.last() {
-            Some(last) if full => last.position,
+            Some(last) if full => last.position(),
             _ => horizon.safe.max(after),
         };
         Ok(FeedPage {

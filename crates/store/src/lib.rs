@@ -19,7 +19,7 @@ pub mod snapshot;
 pub use audit::{AuditEntry, AuditQuery, AuditRecord, grant_service_role};
 pub use combine::{GroupAppender, GroupSettings, GroupStats};
 pub use error::Error;
-pub use feed::{FeedFilter, FeedPage, Horizon};
+pub use feed::{FeedFilter, FeedPage, Horizon, ProjectedRow};
 pub use history::FactsHistoryRow;
 pub use log::{AppendedRow, EventLog, LoadRow, NewRow, ReplayRow, StoredEvent};
 pub use snapshot::{SnapshotHead, SnapshotSink, SnapshotWriter};

@@ -16,8 +16,10 @@ pub struct NewRow {
     pub event_id: EventId,
     pub event_type: String,
     pub occurred_on: NaiveDate,
-    pub data: serde_json::Value,
-    pub metadata: serde_json::Value,
+    /// The `data` object as JSON text.
+    pub data: String,
+    /// The `metadata` object as JSON text.
+    pub metadata: String,
 }
 
 /// A row for [`EventLog::load_new_cases`].
@@ -84,20 +86,21 @@ fn push_copy_row(
     source: &str,
     row: &NewRow,
 ) {
-    crate::copy_text::copy_text_row(
-        buffer,
-        &[
-            &position.to_string(),
-            &row.event_id.to_string(),
-            case_id,
-            &version.to_string(),
-            &row.event_type,
-            &row.occurred_on.to_string(),
-            &row.data.to_string(),
-            &row.metadata.to_string(),
-            source,
-        ],
-    );
+    use crate::copy_text::copy_text_field;
+    use std::io::Write as _;
+    // Numbers, the uuid and the date need no escaping: written straight into the buffer.
+    let _ = write!(buffer, "{position}\t{}\t", uuid::Uuid::from(row.event_id).hyphenated());
+    copy_text_field(buffer, case_id);
+    let _ = write!(buffer, "\t{version}\t");
+    copy_text_field(buffer, &row.event_type);
+    let _ = write!(buffer, "\t{}\t", row.occurred_on);
+    for field in [row.data.as_str(), &row.metadata, source] {
+        copy_text_field(buffer, field);
+        buffer.push(b'\t');
+    }
+    // The last field ends the line instead.
+    buffer.pop();
+    buffer.push(b'\n');
 }
 
 /// Writes `COPY` text rows into `events` inside `tx`.
@@ -202,14 +205,14 @@ impl EventLog {
         let event_ids: Vec<Uuid> = rows.iter().map(|r| Uuid::from(r.event_id)).collect();
         let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
         let occurred: Vec<NaiveDate> = rows.iter().map(|r| r.occurred_on).collect();
-        let data: Vec<&serde_json::Value> = rows.iter().map(|r| &r.data).collect();
-        let metadata: Vec<&serde_json::Value> = rows.iter().map(|r| &r.metadata).collect();
+        let data: Vec<&str> = rows.iter().map(|r| r.data.as_str()).collect();
+        let metadata: Vec<&str> = rows.iter().map(|r| r.metadata.as_str()).collect();
         let inserted: Vec<(i64, i32, DateTime<Utc>)> = sqlx::query_as(
             "WITH allocated AS (SELECT caselog_allocate_positions($1) AS positions)
              INSERT INTO events (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source)
-             SELECT allocated.positions[r.n], r.event_id, $2, $3 + r.n::integer - 1, r.event_type, r.occurred_on, r.data, r.metadata, $4
+             SELECT allocated.positions[r.n], r.event_id, $2, $3 + r.n::integer - 1, r.event_type, r.occurred_on, r.data::jsonb, r.metadata::jsonb, $4
                FROM allocated,
-                    UNNEST($5::uuid[], $6::text[], $7::date[], $8::jsonb[], $9::jsonb[])
+                    UNNEST($5::uuid[], $6::text[], $7::date[], $8::text[], $9::text[])
                       WITH ORDINALITY AS r(event_id, event_type, occurred_on, data, metadata, n)
              RETURNING position, version, recorded_at",
         )

@@ -147,13 +147,13 @@ impl EventLog {
         Ok(cases)
     }
 
-    /// Writes case-facts rows and their history rows and moves the checkpoint from `from` to
-    /// `to`, in one transaction. Returns false (writing nothing) when the checkpoint is no
-    /// longer at `from`.
+    /// Writes case-facts rows (case id, facts as JSON text) and their history rows and moves the
+    /// checkpoint from `from` to `to`, in one transaction. Returns false (writing nothing) when
+    /// the checkpoint is no longer at `from`.
     #[instrument(skip(self, rows, history), fields(rows = rows.len(), history = history.len()), err(level = "debug"))]
     pub async fn save_case_facts(
         &self,
-        rows: &[(String, serde_json::Value)],
+        rows: &[(String, String)],
         history: &[FactsHistoryRow],
         from: Position,
         to: Position,
@@ -173,10 +173,10 @@ impl EventLog {
         }
         if !rows.is_empty() {
             let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
-            let facts: Vec<&serde_json::Value> = rows.iter().map(|(_, f)| f).collect();
+            let facts: Vec<&str> = rows.iter().map(|(_, f)| f.as_str()).collect();
             sqlx::query(
                 "INSERT INTO case_facts (case_id, facts, as_of_position)
-                 SELECT id, f, $3 FROM UNNEST($1::text[], $2::jsonb[]) AS r(id, f)
+                 SELECT id, f::jsonb, $3 FROM UNNEST($1::text[], $2::text[]) AS r(id, f)
                  ON CONFLICT (case_id) DO UPDATE SET facts = EXCLUDED.facts, as_of_position = EXCLUDED.as_of_position",
             )
             .bind(&ids)

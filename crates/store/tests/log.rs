@@ -16,8 +16,8 @@ fn rows(n: usize) -> Vec<NewRow> {
             event_id: Uuid::new_v4().into(),
             event_type: "hearing_listed".into(),
             occurred_on: NaiveDate::from_ymd_opt(2025, 4, 17).unwrap(),
-            data: serde_json::json!({"hearing_type": "cmh", "listed_for": "2025-05-20", "n": i}),
-            metadata: serde_json::json!({}),
+            data: serde_json::json!({"hearing_type": "cmh", "listed_for": "2025-05-20", "n": i}).to_string(),
+            metadata: "{}".to_owned(),
         })
         .collect()
 }

@@ -20,9 +20,10 @@ use uuid::Uuid;
 pub const MAX_BATCH: usize = 1000;
 /// Cases with more events than this are not kept in the write cache.
 const MAX_CACHED_CASE_EVENTS: usize = 1000;
-/// 16 MiB: about 2,000 cases of 25 events (an event weighs about 340 bytes: its history
-/// event, its compact record and their strings). Sized so that a server holding ten national
-/// years stays within 512 MiB (docs/benchmarks.md); a write-heavy server may give it more.
+/// 16 MiB: about 2,500 cases of 25 events (an event weighs about 260 bytes: its history
+/// event with its strings, about 180, and its record, 80). Sized so that a server holding ten
+/// national years stays within 512 MiB (docs/benchmarks.md); a write-heavy server may give it
+/// more.
 pub const DEFAULT_CASE_CACHE_BYTES: usize = 16 << 20;
 /// How often an append without an expected version is re-decided after losing a race.
 const MAX_ATTEMPTS: u32 = 20;
@@ -475,6 +476,13 @@ mod tests {
             cache.put(&format!("S{i}"), state_of(3));
         }
         assert!(cache.lock().len() > 2, "the bound is memory, not cases");
+    }
+
+    #[test]
+    fn a_record_stays_small() {
+        // The cache's budget per event (DEFAULT_CASE_CACHE_BYTES) counts on it.
+        assert!(std::mem::size_of::<RecordedEvent>() <= 80);
+        assert_eq!(state_of(3).recorded[0].heap_bytes(), "c-0".len() + ALLOCATION_OVERHEAD);
     }
 
     #[test]

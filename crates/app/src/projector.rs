@@ -6,12 +6,12 @@
 use crate::cache::WeightedCache;
 use crate::error::Error;
 use crate::history::recorded_rows;
-use caselog_domain::{CaseHistory, EventId, EventType, HistoryEvent, Payload, Position, Version};
+use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload, Position, Version};
 use caselog_projections::{CaseFacts, facts_of};
 use caselog_store::projection::CASE_FACTS;
 use caselog_store::rebuild::Cut;
 use caselog_store::{EventLog, FactsHistoryRow, ReplayRow};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -189,7 +189,8 @@ pub async fn apply_next_page_with(
     let mut touched: Vec<String> = Vec::new();
     let mut issued_here: Vec<String> = Vec::new();
     let mut recorded: HashMap<&str, Vec<DateTime<Utc>>> = HashMap::new();
-    for event in &page.events {
+    let events = || page.events.iter().map(|row| &row.event);
+    for event in events() {
         let instants = recorded.entry(event.case_id.as_str()).or_default();
         if instants.is_empty() {
             touched.push(event.case_id.clone());
@@ -209,15 +210,10 @@ pub async fn apply_next_page_with(
     for case_id in issued_here {
         cached.entry(case_id).or_default();
     }
-    for event in &page.events {
+    for event in events() {
         if let Some(history) = cached.get_mut(&event.case_id) {
             if history.version().after(1).is_ok_and(|next| next == event.version) {
-                history.push(history_event(
-                    event.event_id,
-                    &event.event_type,
-                    event.occurred_on,
-                    &event.data,
-                )?);
+                history.push(history_event(event)?);
             } else {
                 cached.remove(&event.case_id);
             }
@@ -322,23 +318,20 @@ const FOLD_PAGE_EVENTS: i64 = 20_000;
 
 fn replayed_history(rows: &[ReplayRow]) -> Result<CaseHistory, Error> {
     rows.iter()
-        .map(|row| history_event(row.event_id, &row.event_type, row.occurred_on, &row.data))
+        .map(history_event)
         .collect::<Result<Vec<_>, Error>>()
         .map(CaseHistory::new)
 }
 
-/// A history event from a stored row's type and `data` text.
-fn history_event(
-    event_id: EventId,
-    event_type: &str,
-    occurred_on: NaiveDate,
-    data: &str,
-) -> Result<HistoryEvent, Error> {
-    let unreadable = |detail: String| Error::Internal(format!("event {event_id}: {detail}"));
-    let parsed = EventType::parse(event_type).ok_or_else(|| unreadable(format!("unknown type {event_type:?}")))?;
+/// A history event from a row's type and `data` text.
+fn history_event(row: &ReplayRow) -> Result<HistoryEvent, Error> {
+    let unreadable = |detail: String| Error::Internal(format!("event {}: {detail}", row.event_id));
+    let event_type =
+        EventType::parse(&row.event_type).ok_or_else(|| unreadable(format!("unknown type {:?}", row.event_type)))?;
     Ok(HistoryEvent {
-        event_id,
-        occurred_on,
-        payload: Payload::from_data_text(parsed, data).map_err(|e| unreadable(format!("unreadable data: {e}")))?,
+        event_id: row.event_id,
+        occurred_on: row.occurred_on,
+        payload: Payload::from_data_text(event_type, &row.data)
+            .map_err(|e| unreadable(format!("unreadable data: {e}")))?,
     })
 }

@@ -7,10 +7,9 @@
 //! flight at a time, so busy writers do not all queue on PostgreSQL's notification lock).
 
 use crate::error::stored_position;
-use crate::log::{COLUMNS, StoredEvent};
+use crate::log::{COLUMNS, ReplayRow, StoredEvent};
 use crate::{Error, EventLog};
-use caselog_domain::{EventId, Position, Version};
-use chrono::{DateTime, NaiveDate, Utc};
+use caselog_domain::Position;
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,21 +57,13 @@ pub struct FeedPage<E = StoredEvent> {
     pub full: bool,
 }
 
-/// What the projections read of an event from the feed.
+/// What the projections read of an event from the feed: its position and what a replay reads.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ProjectedRow {
     #[sqlx(try_from = "i64")]
     pub position: Position,
-    pub case_id: String,
-    #[sqlx(try_from = "uuid::Uuid")]
-    pub event_id: EventId,
-    #[sqlx(try_from = "i32")]
-    pub version: Version,
-    pub event_type: String,
-    pub occurred_on: NaiveDate,
-    /// The `data` object as JSON text.
-    pub data: String,
-    pub recorded_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    pub event: ReplayRow,
 }
 
 const PROJECTED_COLUMNS: &str =

@@ -7,9 +7,11 @@
 //! writers append at a steady rate through the gRPC service.
 
 mod faults;
+#[cfg(feature = "peer")]
+mod peer;
 mod suite;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
 use caselog_api::v1::event_feed_service_client::EventFeedServiceClient;
@@ -76,6 +78,11 @@ enum Bench {
         /// whole at once), so that `as_of` at a past instant meets the cases open then.
         #[arg(long, requires = "load_years")]
         recorded_day_by_day: bool,
+        /// Adds cqrs-es with postgres-es 0.5 as a third side of the single-event measurement, on
+        /// its documented schema in the same database. Needs a build with the `peer` feature:
+        /// `cargo build --release -p caselog-bench --features peer`.
+        #[arg(long)]
+        peer: bool,
     },
     /// The fault campaign: writers keep a ledger while the server and PostgreSQL are killed,
     /// a rebuild and a projection catch-up are killed, connections run out and SIGTERM meets
@@ -143,7 +150,13 @@ async fn main() -> anyhow::Result<()> {
             only,
             serve_arg,
             recorded_day_by_day,
+            peer,
         } => {
+            if peer && !cfg!(feature = "peer") {
+                bail!(
+                    "--peer needs a caselog-bench built with the peer feature: cargo build --release -p caselog-bench --features peer"
+                );
+            }
             let caselog = caselog_binary(caselog)?;
             let options = suite::SuiteOptions {
                 database_url: cli.database_url.clone(),
@@ -159,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
                 only,
                 serve_args: serve_arg,
                 recorded_day_by_day,
+                peer,
             };
             suite::run(&pool, &options).await?;
         }

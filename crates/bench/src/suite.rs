@@ -52,6 +52,8 @@ pub struct SuiteOptions {
     pub serve_args: Vec<String>,
     /// After loading, spread the events' recording instants over the days they happened.
     pub recorded_day_by_day: bool,
+    /// Measure postgres-es beside the single-event appends (a build with the `peer` feature).
+    pub peer: bool,
 }
 
 impl SuiteOptions {
@@ -95,7 +97,7 @@ pub async fn run(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
         }
         if options.runs("single") {
             for &clients in &options.clients {
-                single_appends(pool, &service.endpoint, clients, Duration::from_secs(options.seconds)).await?;
+                single_appends(pool, &service.endpoint, clients, options).await?;
             }
         }
         if options.runs("keep-up") {
@@ -877,11 +879,18 @@ fn copy_rows(request: &pb::AppendEventsRequest, first_position: i64) -> Vec<u8> 
 
 /// Single-event AppendEvents from `clients` concurrent clients (each its own cases, and its own
 /// connection, as separate court and local-authority systems have), against single-row INSERT
-/// transactions at the same concurrency (what pgbench would run; each on its own connection).
-/// Single-event appends, raw and ours in alternating rounds: on a shared machine the capacity
-/// drifts over tens of seconds, and alternating spreads the drift over both sides.
-async fn single_appends(pool: &PgPool, endpoint: &Endpoint, clients: usize, duration: Duration) -> anyhow::Result<()> {
+/// transactions at the same concurrency (what pgbench would run; each on its own connection)
+/// and, with `--peer`, against postgres-es commands. The sides run in alternating rounds: on a
+/// shared machine the capacity drifts over tens of seconds, and alternating spreads the drift
+/// over every side.
+async fn single_appends(
+    pool: &PgPool,
+    endpoint: &Endpoint,
+    clients: usize,
+    options: &SuiteOptions,
+) -> anyhow::Result<()> {
     const ROUNDS: u32 = 3;
+    let duration = Duration::from_secs(options.seconds);
     println!(
         "\n== single-event appends: {clients} concurrent clients, {} s each side in {ROUNDS} alternating rounds",
         duration.as_secs()
@@ -894,6 +903,15 @@ async fn single_appends(pool: &PgPool, endpoint: &Endpoint, clients: usize, dura
     for _ in 0..clients {
         channels.push(authed(endpoint.connect().await?));
     }
+    #[cfg(feature = "peer")]
+    let (peer, peer_sent, mut peer_timed) = (
+        match options.peer {
+            true => Some(crate::peer::Peer::connect(&options.database_url, clients as u32).await?),
+            false => None,
+        },
+        counters(),
+        Timed::default(),
+    );
     let (mut raw, mut ours) = (Timed::default(), Timed::default());
     for _ in 0..ROUNDS {
         let round = timed_loop(clients, duration / ROUNDS, |c| {
@@ -937,31 +955,80 @@ async fn single_appends(pool: &PgPool, endpoint: &Endpoint, clients: usize, dura
         })
         .await?;
         ours.add(round);
+        #[cfg(feature = "peer")]
+        if let Some(peer) = &peer {
+            let round = timed_loop(clients, duration / ROUNDS, |c| {
+                let peer = peer.clone();
+                let prefix = format!("PEER-{}-{c}", &run[..8]);
+                let sent = peer_sent[c].clone();
+                move || {
+                    let peer = peer.clone();
+                    let n = sent.fetch_add(1, Ordering::Relaxed);
+                    let case_id = format!("{prefix}-{}", n % CASES_PER_CLIENT);
+                    async move { peer.append(&case_id, n < CASES_PER_CLIENT).await }
+                }
+            })
+            .await?;
+            peer_timed.add(round);
+        }
     }
-    let (raw_rate, ours_rate) = (raw.rate(), ours.rate());
-    let (raw_latencies, ours_latencies) = (sorted(raw.latencies), sorted(ours.latencies));
+    let raw = Side::of("raw PostgreSQL single-row INSERT transactions", raw);
+    let ours = Side::of("caselog AppendEvents, one event each", ours);
+    raw.print();
+    ours.print();
     println!(
-        "raw PostgreSQL single-row INSERT transactions: {:>7.0} events/s, p50 {:.1} ms, p99 {:.1} ms",
-        raw_rate,
-        percentile(&raw_latencies, 0.5),
-        percentile(&raw_latencies, 0.99)
-    );
-    println!(
-        "caselog AppendEvents, one event each:          {:>7.0} events/s, p50 {:.1} ms, p99 {:.1} ms",
-        ours_rate,
-        percentile(&ours_latencies, 0.5),
-        percentile(&ours_latencies, 0.99)
-    );
-    println!(
-        "ratio caselog/raw: {:.2}{}",
-        ours_rate / raw_rate,
+        "ratio caselog/raw: {:.2}{}; p99 caselog/raw: {:.2} (goal: at most 2)",
+        ours.rate / raw.rate,
         if clients >= 16 {
             " (goal: at least 1.0)"
         } else {
             " (goal: at least 0.6)"
-        }
+        },
+        ours.p99 / raw.p99
     );
+    #[cfg(feature = "peer")]
+    if peer.is_some() {
+        let peer = Side::of("cqrs-es + postgres-es 0.5 commands", peer_timed);
+        peer.print();
+        println!(
+            "ratio caselog/postgres-es: {:.2}{}; postgres-es/raw: {:.2}",
+            ours.rate / peer.rate,
+            if clients == 16 { " (goal: at least 2.5)" } else { "" },
+            peer.rate / raw.rate
+        );
+    }
     Ok(())
+}
+
+/// One side of the single-event measurement, summarised.
+struct Side {
+    name: &'static str,
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
+impl Side {
+    fn of(name: &'static str, timed: Timed) -> Side {
+        let rate = timed.rate();
+        let latencies = sorted(timed.latencies);
+        Side {
+            name,
+            rate,
+            p50: percentile(&latencies, 0.5),
+            p99: percentile(&latencies, 0.99),
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "{:<47} {:>7.0} events/s, p50 {:.1} ms, p99 {:.1} ms",
+            format!("{}:", self.name),
+            self.rate,
+            self.p50,
+            self.p99
+        );
+    }
 }
 
 /// Each client spreads its appends over this many cases of its own (a case's history stays the

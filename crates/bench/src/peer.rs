@@ -103,6 +103,7 @@ fn hearing_data() -> serde_json::Value {
 #[derive(Clone)]
 pub struct Peer {
     cqrs: Arc<PostgresCqrs<Case>>,
+    pool: sqlx08::PgPool,
 }
 
 impl Peer {
@@ -158,11 +159,19 @@ impl Peer {
                 started.elapsed().as_secs_f64()
             );
         }
-        let repository = PostgresEventRepository::new(pool).with_tables(EVENTS_TABLE, SNAPSHOTS_TABLE);
+        let repository = PostgresEventRepository::new(pool.clone()).with_tables(EVENTS_TABLE, SNAPSHOTS_TABLE);
         let store = cqrs_es::persist::PersistedEventStore::new_event_store(repository);
         Ok(Peer {
             cqrs: Arc::new(cqrs_es::CqrsFramework::new(store, Vec::new(), ())),
+            pool,
         })
+    }
+
+    /// Closes the peer's connections, so that the next measurement's sides have the server's
+    /// connection slots (PostgreSQL's default is 100; at 32 clients the service, the raw side
+    /// and the peer hold about 96).
+    pub async fn close(self) {
+        self.pool.close().await;
     }
 
     /// One command: the first to a case issues it, later ones list a hearing.

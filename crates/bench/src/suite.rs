@@ -52,7 +52,9 @@ pub struct SuiteOptions {
     pub serve_args: Vec<String>,
     /// After loading, spread the events' recording instants over the days they happened.
     pub recorded_day_by_day: bool,
-    /// Measure postgres-es beside the single-event appends (a build with the `peer` feature).
+    /// Measure postgres-es beside the single-event appends (a build with the `peer` feature;
+    /// `main` refuses the option without it).
+    #[cfg_attr(not(feature = "peer"), allow(dead_code))]
     pub peer: bool,
 }
 
@@ -521,6 +523,9 @@ fn resident_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// The `caselog serve` child's pool size.
+const SERVICE_CONNECTIONS: u32 = 32;
+
 /// `caselog serve` as a child process on a free loopback port.
 struct Service {
     child: tokio::process::Child,
@@ -543,7 +548,7 @@ impl Service {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--db-max-connections",
-                "32",
+                &SERVICE_CONNECTIONS.to_string(),
                 "--as-of-settled-after-secs",
                 &SERVICE_SETTLED_AFTER.as_secs().to_string(),
                 "--allow-dev-tokens",
@@ -905,7 +910,7 @@ async fn single_appends(
     }
     #[cfg(feature = "peer")]
     let (peer, peer_sent, mut peer_timed) = (
-        match options.peer {
+        match options.peer && peer_fits(pool, clients).await? {
             true => Some(crate::peer::Peer::connect(&options.database_url, clients as u32).await?),
             false => None,
         },
@@ -987,7 +992,8 @@ async fn single_appends(
         ours.p99 / raw.p99
     );
     #[cfg(feature = "peer")]
-    if peer.is_some() {
+    if let Some(peer) = peer {
+        peer.close().await;
         let peer = Side::of("cqrs-es + postgres-es 0.5 commands", peer_timed);
         peer.print();
         println!(
@@ -998,6 +1004,22 @@ async fn single_appends(
         );
     }
     Ok(())
+}
+
+/// Whether the peer's `clients` connections fit beside the service's and the benchmark's own
+/// pools under the server's `max_connections` (PostgreSQL's default of 100 holds them at 16
+/// clients, not at 32); if not, says so.
+#[cfg(feature = "peer")]
+async fn peer_fits(pool: &PgPool, clients: usize) -> anyhow::Result<bool> {
+    let limit: String = sqlx::query_scalar("SHOW max_connections").fetch_one(pool).await?;
+    let limit: u64 = limit.parse().context("max_connections")?;
+    let needed = u64::from(SERVICE_CONNECTIONS) + u64::from(crate::BENCH_CONNECTIONS) + clients as u64;
+    if needed > limit {
+        println!(
+            "(postgres-es not measured at {clients} clients: its connections, the service's and the benchmark's would be {needed}, above the server's max_connections of {limit})"
+        );
+    }
+    Ok(needed <= limit)
 }
 
 /// One side of the single-event measurement, summarised.

@@ -925,9 +925,8 @@ async fn single_appends(
             let sent = raw_sent[c].clone();
             move || {
                 let pool = pool.clone();
-                let n = sent.fetch_add(1, Ordering::Relaxed);
-                let case_id = format!("{prefix}-{}", n % CASES_PER_CLIENT);
-                let version = (n / CASES_PER_CLIENT + 1) as i32;
+                let (case_id, earlier) = rotation(&prefix, sent.fetch_add(1, Ordering::Relaxed));
+                let version = earlier as i32 + 1;
                 async move {
                     sqlx::query(
                         "INSERT INTO bench_events_plain (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source)
@@ -968,9 +967,8 @@ async fn single_appends(
                 let sent = peer_sent[c].clone();
                 move || {
                     let peer = peer.clone();
-                    let n = sent.fetch_add(1, Ordering::Relaxed);
-                    let case_id = format!("{prefix}-{}", n % CASES_PER_CLIENT);
-                    async move { peer.append(&case_id, n < CASES_PER_CLIENT).await }
+                    let (case_id, earlier) = rotation(&prefix, sent.fetch_add(1, Ordering::Relaxed));
+                    async move { peer.append(&case_id, earlier == 0).await }
                 }
             })
             .await?;
@@ -1060,11 +1058,15 @@ const CASES_PER_CLIENT: usize = 100;
 /// The `n`th request of a client: the first to each of its cases issues it, later ones list a
 /// hearing (`batch` events per request).
 fn rotating_request(prefix: &str, n: usize, batch: usize) -> pb::AppendEventsRequest {
-    let case_id = format!("{prefix}-{}", n % CASES_PER_CLIENT);
-    if n < CASES_PER_CLIENT {
-        return issue(&case_id);
+    match rotation(prefix, n) {
+        (case_id, 0) => issue(&case_id),
+        (case_id, _) => hearings(&case_id, batch),
     }
-    hearings(&case_id, batch)
+}
+
+/// The case a client's `n`th request goes to, and how many of its requests went there before.
+fn rotation(prefix: &str, n: usize) -> (String, usize) {
+    (format!("{prefix}-{}", n % CASES_PER_CLIENT), n / CASES_PER_CLIENT)
 }
 
 /// Operations timed over some seconds: their latencies in milliseconds, unsorted.

@@ -256,3 +256,31 @@ async fn appends_waiting_behind_a_statement_are_written_together_and_counted(poo
         }
     );
 }
+
+/// A `COPY` ends without waiting for the server's delayed acknowledgement. sqlx 0.9.0 opened its
+/// TCP connections without TCP_NODELAY, so the kernel held back each `COPY`'s closing message
+/// until the server acknowledged the data before it: about 40 ms per `COPY`, which more than
+/// halved the rebuild's loading rate and slowed every batch append (docs/benchmarks.md). Twenty
+/// one-row `COPY`s take a few milliseconds each here; stalled, they take 40 ms or more each.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_copy_does_not_wait_for_a_delayed_acknowledgement(pool: PgPool) {
+    const COPIES: u32 = 20;
+    let log = EventLog::new(pool);
+    let mut session = log.try_lock_rebuild().await.unwrap().unwrap();
+    session.create_table().await.unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..COPIES {
+        let row = caselog_store::FactsHistoryRow {
+            case_id: format!("LS25C{i:05}"),
+            recorded_at: chrono::Utc::now(),
+            facts: Some(vec![1, 2, 3]),
+        };
+        session.copy_history(&[row]).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_millis(15) * COPIES,
+        "{COPIES} one-row COPYs took {elapsed:?}: is TCP_NODELAY off again?"
+    );
+    session.drop_table().await.unwrap();
+}

@@ -362,6 +362,10 @@ async fn a_callers_trace_context_makes_each_rpc_and_its_work_part_of_its_trace(p
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
             .with(json_logs),
     );
+    // Tests of this binary run on threads of one process and share tracing's per-callsite cache
+    // of interest: a callsite first met by another test, before this subscriber existed, may be
+    // cached as of no interest (a CI run once lost every span of the append that way).
+    tracing::callsite::rebuild_interest_cache();
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let server = TestServer::start(pool).await;
 

@@ -910,9 +910,10 @@ async fn single_appends(
     }
     #[cfg(feature = "peer")]
     let (peer, peer_sent, mut peer_timed) = (
-        match options.peer && peer_fits(pool, clients).await? {
-            true => Some(crate::peer::Peer::connect(&options.database_url, clients as u32).await?),
-            false => None,
+        if options.peer && peer_fits(pool, clients).await? {
+            Some(crate::peer::Peer::connect(&options.database_url, clients as u32).await?)
+        } else {
+            None
         },
         counters(),
         Timed::default(),

@@ -188,8 +188,12 @@ async fn rolled_back_appends_leave_gaps_but_never_stall_readers(pool: PgPool) {
     server.issue_case("OPEN1").await;
     for round in 0..10 {
         let mut tx = pool.begin().await.unwrap();
-        sqlx::query("SELECT caselog_allocate_positions(3)")
-            .execute(&mut *tx)
+        sqlx::query(
+            "INSERT INTO events (event_id, case_id, version, event_type, occurred_on, data, source)
+             SELECT gen_random_uuid(), 'DOOMED', v, 'hearing_listed', '2025-05-01', '{}', 'court:LS'
+               FROM generate_series(1, 3) AS v",
+        )
+        .execute(&mut *tx)
             .await
             .unwrap();
         if round % 2 == 0 {

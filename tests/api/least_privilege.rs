@@ -131,45 +131,45 @@ async fn the_service_role_serves_everything_but_cannot_change_the_log_or_the_tra
         .unwrap_err();
     assert_eq!(sql_state(&err), "42501", "the role creates no tables: {err}");
 
-    // Rows whose position, recorded_at or source the database did not hand out are refused.
-    let insert = |position: &str, recorded_at: &str, source: &str| {
+    // The role cannot choose a row's position or recorded_at (the database's defaults hand them
+    // out), and a source must be an organisation name.
+    let insert = |columns: &str, values: &str| {
         format!(
-            "INSERT INTO events (position, event_id, case_id, version, event_type, occurred_on, data, source, recorded_at)
-             VALUES ({position}, gen_random_uuid(), 'LS9', 1, 'case_issued', '2025-04-17', '{{}}', '{source}', {recorded_at})"
+            "INSERT INTO events (event_id, case_id, version, event_type, occurred_on, data, source{columns})
+             VALUES (gen_random_uuid(), 'LS9', 1, 'case_issued', '2025-04-17', '{{}}', {values})"
         )
     };
-    for (promise, statement) in [
+    for (statement, refusal) in [
+        (insert(", position", "'court:LS', 0"), "42501"),
         (
-            false,
-            insert("caselog_last_allocated_position() + 5", "now()", "court:LS"),
-        ),
-        (true, insert("0", "now()", "court:LS")),
-        (
-            true,
-            insert(
-                "caselog_last_allocated_position()",
-                "'2020-01-01T00:00:00Z'",
-                "court:LS",
-            ),
+            insert(", position", "'court:LS', caselog_last_allocated_position() + 5"),
+            "42501",
         ),
         (
-            true,
-            insert("caselog_last_allocated_position()", "now()", "forged source!"),
+            insert(", recorded_at", "'court:LS', '2020-01-01T00:00:00Z'"),
+            "42501",
         ),
+        (insert("", "'forged source!'"), "23514"),
     ] {
-        let mut tx = service_pool.begin().await.unwrap();
-        if promise {
-            sqlx::query("SELECT caselog_allocate_positions(1)")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-        }
         let err = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
-            .execute(&mut *tx)
+            .execute(&service_pool)
             .await
             .unwrap_err();
-        assert_eq!(sql_state(&err), "CL002", "{statement}: {err}");
+        assert_eq!(sql_state(&err), refusal, "{statement}: {err}");
     }
+    // What the role may write, it writes at a position and an instant the database chose.
+    let mut tx = service_pool.begin().await.unwrap();
+    let (position, recorded_at, now): (i64, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH inserted AS ({} RETURNING position, recorded_at) SELECT position, recorded_at, now() FROM inserted",
+            insert("", "'court:LS'")
+        )))
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(recorded_at, now);
+    assert!(position > appended.events[0].position as i64);
+    tx.rollback().await.unwrap();
     assert_eq!(event_count(&pool).await, 1);
     let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_records")
         .fetch_one(&pool)

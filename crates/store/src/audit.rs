@@ -81,7 +81,8 @@ impl EventLog {
 }
 
 /// Grants the service's database role what it needs and no more: it reads and appends to the
-/// log and the audit trail but cannot change or remove a row of either; it reads and writes the
+/// log and the audit trail but cannot change or remove a row of either, nor choose an event's
+/// position or `recorded_at` (the database's defaults); it reads and writes the
 /// projection tables' rows, and rebuilds them only through the owner's functions (it creates no
 /// table). Run by the owner of the schema after the migrations (`caselog migrate
 /// --service-role`); idempotent.
@@ -99,7 +100,12 @@ pub async fn grant_service_role(pool: &sqlx::PgPool, role: &str) -> Result<(), E
         format!("GRANT USAGE ON SCHEMA public TO {role}"),
         format!("REVOKE CREATE ON SCHEMA public FROM {role}"),
         format!("REVOKE ALL ON events, audit_records FROM {role}"),
-        format!("GRANT SELECT, INSERT ON events, audit_records TO {role}"),
+        format!("GRANT SELECT ON events, audit_records TO {role}"),
+        format!("GRANT INSERT ON audit_records TO {role}"),
+        // Not position nor recorded_at: their defaults hand them out (migration 0009).
+        format!(
+            "GRANT INSERT (event_id, case_id, version, event_type, occurred_on, data, metadata, source) ON events TO {role}"
+        ),
         format!("GRANT USAGE, SELECT ON SEQUENCE caselog_event_position TO {role}"),
         // So that a release's pods can wait for its migrations (`caselog migrate --check`).
         format!("GRANT SELECT ON _sqlx_migrations TO {role}"),

@@ -284,7 +284,7 @@ async fn append_group(
     batch: &[Pending],
 ) -> Result<Vec<Vec<AppendedRow>>, Error> {
     let total: usize = batch.iter().map(|p| p.rows.len()).sum();
-    let (_, count) = batch_versions(Version::ZERO, total)?;
+    batch_versions(Version::ZERO, total)?;
     let mut case_ids = Vec::with_capacity(total);
     let mut versions = Vec::with_capacity(total);
     let mut sources = Vec::with_capacity(total);
@@ -307,15 +307,13 @@ async fn append_group(
         }
     }
     let inserted: Vec<(String, i32, i64, DateTime<Utc>)> = sqlx::query_as(
-        "WITH allocated AS (SELECT caselog_allocate_positions($1) AS positions)
-         INSERT INTO events (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source)
-         SELECT allocated.positions[r.n], r.event_id, r.case_id, r.version, r.event_type, r.occurred_on, r.data::jsonb, r.metadata::jsonb, r.source
-           FROM allocated,
-                UNNEST($2::text[], $3::integer[], $4::text[], $5::uuid[], $6::text[], $7::date[], $8::text[], $9::text[])
+        "INSERT INTO events (event_id, case_id, version, event_type, occurred_on, data, metadata, source)
+         SELECT r.event_id, r.case_id, r.version, r.event_type, r.occurred_on, r.data::jsonb, r.metadata::jsonb, r.source
+           FROM UNNEST($1::text[], $2::integer[], $3::text[], $4::uuid[], $5::text[], $6::date[], $7::text[], $8::text[])
                   WITH ORDINALITY AS r(case_id, version, source, event_id, event_type, occurred_on, data, metadata, n)
+          ORDER BY r.n
          RETURNING case_id, version, position, recorded_at",
     )
-    .bind(count)
     .bind(&case_ids)
     .bind(&versions)
     .bind(&sources)

@@ -77,19 +77,13 @@ pub struct ReplayRow {
 /// trips.
 const COPY_FROM_ROWS: usize = 64;
 
-/// One `events` row in `COPY` text format.
-fn push_copy_row(
-    buffer: &mut Vec<u8>,
-    position: Position,
-    case_id: &str,
-    version: Version,
-    source: &str,
-    row: &NewRow,
-) {
+/// One `events` row in `COPY` text format. The database gives each row its position and
+/// `recorded_at` (the columns' defaults), in the order of the rows.
+fn push_copy_row(buffer: &mut Vec<u8>, case_id: &str, version: Version, source: &str, row: &NewRow) {
     use crate::copy_text::copy_text_field;
     use std::io::Write as _;
-    // Numbers, the uuid and the date need no escaping: written straight into the buffer.
-    let _ = write!(buffer, "{position}\t{}\t", uuid::Uuid::from(row.event_id).hyphenated());
+    // The uuid, numbers and the date need no escaping: written straight into the buffer.
+    let _ = write!(buffer, "{}\t", uuid::Uuid::from(row.event_id).hyphenated());
     copy_text_field(buffer, case_id);
     let _ = write!(buffer, "\t{version}\t");
     copy_text_field(buffer, &row.event_type);
@@ -103,11 +97,11 @@ fn push_copy_row(
     buffer.push(b'\n');
 }
 
-/// Writes `COPY` text rows into `events` inside `tx`.
-async fn copy_in(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, buffer: Vec<u8>) -> Result<(), sqlx::Error> {
+/// Writes `COPY` text rows into `events` on `connection`: one statement, so all or none.
+async fn copy_in(connection: &mut PgConnection, buffer: Vec<u8>) -> Result<(), sqlx::Error> {
     crate::copy_text::copy_in(
-        tx,
-        "COPY events (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source) FROM STDIN",
+        connection,
+        "COPY events (event_id, case_id, version, event_type, occurred_on, data, metadata, source) FROM STDIN",
         buffer,
     )
     .await
@@ -201,22 +195,20 @@ impl EventLog {
                 .append_by_copy(connection, case_id, after_version, source, rows)
                 .await;
         }
-        let (first_version, count) = batch_versions(after_version, rows.len())?;
+        let (first_version, _) = batch_versions(after_version, rows.len())?;
         let event_ids: Vec<Uuid> = rows.iter().map(|r| Uuid::from(r.event_id)).collect();
         let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
         let occurred: Vec<NaiveDate> = rows.iter().map(|r| r.occurred_on).collect();
         let data: Vec<&str> = rows.iter().map(|r| r.data.as_str()).collect();
         let metadata: Vec<&str> = rows.iter().map(|r| r.metadata.as_str()).collect();
         let inserted: Vec<(i64, i32, DateTime<Utc>)> = sqlx::query_as(
-            "WITH allocated AS (SELECT caselog_allocate_positions($1) AS positions)
-             INSERT INTO events (position, event_id, case_id, version, event_type, occurred_on, data, metadata, source)
-             SELECT allocated.positions[r.n], r.event_id, $2, $3 + r.n::integer - 1, r.event_type, r.occurred_on, r.data::jsonb, r.metadata::jsonb, $4
-               FROM allocated,
-                    UNNEST($5::uuid[], $6::text[], $7::date[], $8::text[], $9::text[])
+            "INSERT INTO events (event_id, case_id, version, event_type, occurred_on, data, metadata, source)
+             SELECT r.event_id, $1, $2 + r.n::integer - 1, r.event_type, r.occurred_on, r.data::jsonb, r.metadata::jsonb, $3
+               FROM UNNEST($4::uuid[], $5::text[], $6::date[], $7::text[], $8::text[])
                       WITH ORDINALITY AS r(event_id, event_type, occurred_on, data, metadata, n)
+              ORDER BY r.n
              RETURNING position, version, recorded_at",
         )
-        .bind(count)
         .bind(case_id)
         .bind(i32::from(first_version))
         .bind(source)
@@ -243,9 +235,8 @@ impl EventLog {
         Ok(appended)
     }
 
-    /// [`EventLog::append`] for a large batch: positions allocated, then the rows written with
-    /// `COPY`, in one transaction. `recorded_at` is the transaction's `now()`, which is what the
-    /// column's default gives the copied rows.
+    /// [`EventLog::append`] for a large batch: the rows written with one `COPY` (one statement,
+    /// so all or none), then where they landed read back, from rows that never change.
     async fn append_by_copy(
         &self,
         connection: &mut PgConnection,
@@ -254,63 +245,61 @@ impl EventLog {
         source: &str,
         rows: &[NewRow],
     ) -> Result<Vec<AppendedRow>, Error> {
-        let (first_version, count) = batch_versions(after_version, rows.len())?;
-        let mut tx = sqlx::Connection::begin(connection).await?;
-        let (positions, recorded_at): (Vec<i64>, DateTime<Utc>) =
-            sqlx::query_as("SELECT caselog_allocate_positions($1), now()")
-                .bind(count)
-                .fetch_one(&mut *tx)
-                .await?;
+        let (first_version, _) = batch_versions(after_version, rows.len())?;
         let mut buffer = Vec::with_capacity(rows.len() * 400);
-        let mut appended = Vec::with_capacity(rows.len());
-        for (i, (row, position)) in rows.iter().zip(&positions).enumerate() {
-            let position = stored_position(*position)?;
-            let version = after_version.after(i + 1)?;
-            push_copy_row(&mut buffer, position, case_id, version, source, row);
-            appended.push(AppendedRow {
-                position,
-                version,
-                recorded_at,
-            });
+        for (i, row) in rows.iter().enumerate() {
+            push_copy_row(&mut buffer, case_id, after_version.after(i + 1)?, source, row);
         }
-        copy_in(&mut tx, buffer)
+        copy_in(connection, buffer)
             .await
             .map_err(|e| Error::from_sqlx(e, case_id, first_version))?;
-        tx.commit().await?;
         self.signal.appended();
-        Ok(appended)
+        let landed: Vec<(i64, i32, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT position, version, recorded_at FROM events
+              WHERE case_id = $1 AND version BETWEEN $2 AND $3 ORDER BY version",
+        )
+        .bind(case_id)
+        .bind(i32::from(first_version))
+        .bind(i32::from(after_version.after(rows.len())?))
+        .fetch_all(&mut *connection)
+        .await?;
+        if landed.len() != rows.len() {
+            return Err(Error::Database(sqlx::Error::Protocol(format!(
+                "case {case_id}: {} of {} copied events read back",
+                landed.len(),
+                rows.len()
+            ))));
+        }
+        landed
+            .into_iter()
+            .map(|(position, version, recorded_at)| {
+                Ok(AppendedRow {
+                    position: stored_position(position)?,
+                    version: stored_version(version)?,
+                    recorded_at,
+                })
+            })
+            .collect()
     }
 
-    /// Appends whole new cases in one transaction with `COPY`: the bulk path for loading a
-    /// generated or migrated history. Positions are allocated as for any append (so the feed
-    /// never skips them) in the order of `rows`; each case's versions are given by the caller,
-    /// from 1. Writes nothing when a case or an event id is already recorded.
+    /// Appends whole new cases with one `COPY`: the bulk path for loading a generated or
+    /// migrated history. The database gives the rows their positions in the order of `rows`,
+    /// as for any append (so the feed never skips them); each case's versions are given by the
+    /// caller, from 1. Writes nothing when a case or an event id is already recorded.
     #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]
     pub async fn load_new_cases(&self, rows: &[LoadRow]) -> Result<(), Error> {
         let Some(first) = rows.first() else {
             return Ok(());
         };
-        let (_, count) = batch_versions(Version::ZERO, rows.len())?;
-        let mut tx = self.pool.begin().await?;
-        let positions: Vec<i64> = sqlx::query_scalar("SELECT caselog_allocate_positions($1)")
-            .bind(count)
-            .fetch_one(&mut *tx)
-            .await?;
+        batch_versions(Version::ZERO, rows.len())?;
         let mut buffer = Vec::with_capacity(rows.len() * 400);
-        for (row, position) in rows.iter().zip(&positions) {
-            push_copy_row(
-                &mut buffer,
-                stored_position(*position)?,
-                &row.case_id,
-                row.version,
-                &row.source,
-                &row.row,
-            );
+        for row in rows {
+            push_copy_row(&mut buffer, &row.case_id, row.version, &row.source, &row.row);
         }
-        copy_in(&mut tx, buffer)
+        let mut connection = self.pool.acquire().await?;
+        copy_in(&mut connection, buffer)
             .await
             .map_err(|e| Error::from_sqlx(e, &first.case_id, first.version))?;
-        tx.commit().await?;
         self.signal.appended();
         Ok(())
     }

@@ -130,14 +130,17 @@ async fn an_open_append_holds_the_safe_position_back_until_it_ends(pool: PgPool)
 
     // A writer that has promised positions but not committed, as an append in flight.
     let mut open = pool.begin().await.unwrap();
-    let promised: Vec<i64> = sqlx::query_scalar("SELECT caselog_allocate_positions(1)")
-        .fetch_one(&mut *open)
-        .await
-        .unwrap();
+    let promised: i64 = sqlx::query_scalar(
+        "INSERT INTO events (event_id, case_id, version, event_type, occurred_on, data, source)
+         VALUES (gen_random_uuid(), 'LS9', 1, 'case_issued', '2025-04-17', '{}', 'court:LS') RETURNING position",
+    )
+    .fetch_one(&mut *open)
+    .await
+    .unwrap();
     log.append("LS2", v(0), "court:LS", &rows(1)).await.unwrap();
     let during = log.horizon().await.unwrap();
     assert!(
-        i64::from(during.safe) < promised[0],
+        i64::from(during.safe) < promised,
         "{during:?} passes the open promise {promised:?}"
     );
     let page = log.read_all(Position::ZERO, 100, &FeedFilter::default()).await.unwrap();

@@ -35,9 +35,11 @@ CREATE TRIGGER events_promise_positions
 
 ALTER TABLE events ALTER COLUMN position SET DEFAULT nextval('caselog_event_position');
 
+-- The same test as 0005's '^[A-Za-z0-9:._-]{1,64}$', written so: PostgreSQL's regular
+-- expressions expand a counted repetition, and that one took 5 µs a row against 0.25 µs.
 -- NOT VALID first: validating afterwards takes a lock that lets appends go on meanwhile.
 ALTER TABLE events ADD CONSTRAINT events_source_is_an_organisation
-    CHECK (source ~ '^[A-Za-z0-9:._-]{1,64}$') NOT VALID;
+    CHECK (length(source) BETWEEN 1 AND 64 AND source !~ '[^A-Za-z0-9:._-]') NOT VALID;
 ALTER TABLE events VALIDATE CONSTRAINT events_source_is_an_organisation;
 
 DROP TRIGGER events_checked_insert ON events;

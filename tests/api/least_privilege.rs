@@ -150,6 +150,8 @@ async fn the_service_role_serves_everything_but_cannot_change_the_log_or_the_tra
             "42501",
         ),
         (insert("", "'forged source!'"), "23514"),
+        (insert("", "repeat('a', 65)"), "23514"),
+        (insert("", "''"), "23514"),
     ] {
         let err = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
             .execute(&service_pool)

@@ -73,8 +73,8 @@ pub struct ReplayRow {
 }
 
 /// Appends of at least this many rows are written with `COPY`, whose multi-row insert outruns a
-/// row-at-a-time `INSERT … SELECT` by far once a batch pays for the transaction's extra round
-/// trips.
+/// row-at-a-time `INSERT … SELECT` by far once a batch pays for the extra round trip that reads
+/// the positions back.
 const COPY_FROM_ROWS: usize = 64;
 
 /// One `events` row in `COPY` text format. The database gives each row its position and
@@ -163,8 +163,8 @@ impl EventLog {
         self
     }
 
-    /// Appends `rows` to a case as versions `after_version + 1 ..`, all or none: in one statement,
-    /// or from 64 rows in one transaction of `COPY`.
+    /// Appends `rows` to a case as versions `after_version + 1 ..`, all or none: in one statement
+    /// (from 64 rows a `COPY`).
     /// Fails with `VersionConflict` when another append took one of those versions first, and with
     /// `DuplicateEventId` when one of the ids is already recorded.
     #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]

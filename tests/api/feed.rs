@@ -194,8 +194,8 @@ async fn rolled_back_appends_leave_gaps_but_never_stall_readers(pool: PgPool) {
                FROM generate_series(1, 3) AS v",
         )
         .execute(&mut *tx)
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         if round % 2 == 0 {
             // An append that commits while the doomed one is still open.
             let request = append("OPEN1", vec![event("2025-05-01", hearing("2025-07-01"))]);

@@ -145,10 +145,7 @@ async fn the_service_role_serves_everything_but_cannot_change_the_log_or_the_tra
             insert(", position", "'court:LS', caselog_last_allocated_position() + 5"),
             "42501",
         ),
-        (
-            insert(", recorded_at", "'court:LS', '2020-01-01T00:00:00Z'"),
-            "42501",
-        ),
+        (insert(", recorded_at", "'court:LS', '2020-01-01T00:00:00Z'"), "42501"),
         (insert("", "'forged source!'"), "23514"),
         (insert("", "repeat('a', 65)"), "23514"),
         (insert("", "''"), "23514"),

@@ -37,10 +37,10 @@ ALTER TABLE events ALTER COLUMN position SET DEFAULT nextval('caselog_event_posi
 
 -- The same test as 0005's '^[A-Za-z0-9:._-]{1,64}$', written so: PostgreSQL's regular
 -- expressions expand a counted repetition, and that one took 5 µs a row against 0.25 µs.
--- NOT VALID first: validating afterwards takes a lock that lets appends go on meanwhile.
+-- Adding it reads the whole log once, with appends held back (this migration changes the table
+-- in one transaction anyway): 1.7 s for 5 million events on a 2-core machine.
 ALTER TABLE events ADD CONSTRAINT events_source_is_an_organisation
-    CHECK (length(source) BETWEEN 1 AND 64 AND source !~ '[^A-Za-z0-9:._-]') NOT VALID;
-ALTER TABLE events VALIDATE CONSTRAINT events_source_is_an_organisation;
+    CHECK (length(source) BETWEEN 1 AND 64 AND source !~ '[^A-Za-z0-9:._-]');
 
 DROP TRIGGER events_checked_insert ON events;
 DROP FUNCTION caselog_check_inserted_events();

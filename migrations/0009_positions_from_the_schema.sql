@@ -23,8 +23,9 @@
 CREATE FUNCTION caselog_promise_positions() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    -- pg_sequence_last_value(), not a read of the sequence as a table (migration 0008).
-    PERFORM pg_advisory_xact_lock_shared(coalesce(pg_sequence_last_value('caselog_event_position'), 0));
+    -- pg_sequence_last_value(), not a read of the sequence as a table (migration 0008). The
+    -- sequence is named with its schema: a restore runs with an empty search_path.
+    PERFORM pg_advisory_xact_lock_shared(coalesce(pg_sequence_last_value('public.caselog_event_position'), 0));
     RETURN NULL;
 END
 $$;

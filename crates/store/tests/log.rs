@@ -121,6 +121,27 @@ async fn the_log_refuses_updates_and_deletes(pool: PgPool) {
     assert_eq!(count(&pool).await, 1);
 }
 
+/// A restore (`pg_restore`, `psql` on a dump) writes with an empty `search_path`: the promise
+/// taken before the rows must not depend on it.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn rows_are_written_whatever_the_search_path(pool: PgPool) {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config('search_path', '', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let position: i64 = sqlx::query_scalar(
+        "INSERT INTO public.events (event_id, case_id, version, event_type, occurred_on, data, source)
+         VALUES (gen_random_uuid(), 'LS1', 1, 'case_issued', '2025-04-17', '{}', 'court:LS') RETURNING position",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(position, 1);
+    assert_eq!(count(&pool).await, 1);
+}
+
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn an_open_append_holds_the_safe_position_back_until_it_ends(pool: PgPool) {
     let log = EventLog::new(pool.clone());

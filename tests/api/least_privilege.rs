@@ -188,3 +188,61 @@ async fn a_role_name_that_is_not_plain_is_refused(pool: PgPool) {
         .unwrap_err();
     assert!(err.to_string().contains("role name"), "{err}");
 }
+
+/// A database whose service role was granted by an earlier release (`INSERT` on the whole log),
+/// upgraded through migration 0009: the role keeps appending, now only at positions and instants
+/// the database chooses, above the events written before.
+#[sqlx::test(migrations = false)]
+async fn an_upgraded_service_role_loses_the_columns_the_database_now_chooses(pool: PgPool) {
+    caselog_store::MIGRATOR.run_to(8, &pool).await.unwrap();
+    let role = ServiceRole::create(&pool).await;
+    for statement in [
+        format!("GRANT USAGE ON SCHEMA public TO {}", role.name),
+        format!("GRANT SELECT, INSERT ON events, audit_records TO {}", role.name),
+        format!(
+            "GRANT USAGE, SELECT ON SEQUENCE caselog_event_position TO {}",
+            role.name
+        ),
+        format!("INSERT INTO caselog_service_roles (role_name) VALUES ('{}')", role.name),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let service_pool = role.pool().await;
+    // An append as the earlier release wrote it: positions from the promise function.
+    let mut tx = service_pool.begin().await.unwrap();
+    let before: i64 = sqlx::query_scalar(
+        "INSERT INTO events (position, event_id, case_id, version, event_type, occurred_on, data, source)
+         VALUES ((caselog_allocate_positions(1))[1], gen_random_uuid(), 'LS1', 1, 'case_issued', '2025-04-17', '{}', 'court:LS')
+         RETURNING position",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    caselog_store::MIGRATOR.run(&pool).await.unwrap();
+
+    let named = sqlx::query(
+        "INSERT INTO events (position, event_id, case_id, version, event_type, occurred_on, data, source)
+         VALUES (caselog_last_allocated_position() + 1, gen_random_uuid(), 'LS2', 1, 'case_issued', '2025-04-17', '{}', 'court:LS')",
+    )
+    .execute(&service_pool)
+    .await
+    .unwrap_err();
+    assert_eq!(sql_state(&named), "42501", "{named}");
+    let after: i64 = sqlx::query_scalar(
+        "INSERT INTO events (event_id, case_id, version, event_type, occurred_on, data, source)
+         VALUES (gen_random_uuid(), 'LS2', 1, 'case_issued', '2025-04-17', '{}', 'court:LS') RETURNING position",
+    )
+    .fetch_one(&service_pool)
+    .await
+    .unwrap();
+    assert!(after > before, "{after} after {before}");
+    assert_eq!(event_count(&pool).await, 2);
+
+    service_pool.close().await;
+    role.drop_role().await;
+}

@@ -7,7 +7,7 @@
 //! or event id already taken by one of its appends), every append in it is retried alone, so
 //! each gets exactly the answer it would have had by itself.
 
-use crate::error::{batch_versions, is_outage, stored_position, stored_version};
+use crate::error::{batch_versions, is_outage};
 use crate::{AppendedRow, Error, EventLog, NewRow};
 use caselog_domain::Version;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -327,11 +327,10 @@ async fn append_group(
     log.signal.appended();
     let mut by_case: std::collections::HashMap<String, Vec<AppendedRow>> = std::collections::HashMap::new();
     for (case_id, version, position, recorded_at) in inserted {
-        by_case.entry(case_id).or_default().push(AppendedRow {
-            position: stored_position(position)?,
-            version: stored_version(version)?,
-            recorded_at,
-        });
+        by_case
+            .entry(case_id)
+            .or_default()
+            .push(AppendedRow::stored((position, version, recorded_at))?);
     }
     Ok(batch
         .iter()

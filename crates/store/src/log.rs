@@ -39,6 +39,17 @@ pub struct AppendedRow {
     pub recorded_at: DateTime<Utc>,
 }
 
+impl AppendedRow {
+    /// From the `(position, version, recorded_at)` an append statement returns.
+    pub(crate) fn stored((position, version, recorded_at): (i64, i32, DateTime<Utc>)) -> Result<AppendedRow, Error> {
+        Ok(AppendedRow {
+            position: stored_position(position)?,
+            version: stored_version(version)?,
+            recorded_at,
+        })
+    }
+}
+
 /// A row of the log.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StoredEvent {
@@ -222,13 +233,7 @@ impl EventLog {
         .map_err(|e| Error::from_sqlx(e, case_id, first_version))?;
         let mut appended = inserted
             .into_iter()
-            .map(|(position, version, recorded_at)| {
-                Ok(AppendedRow {
-                    position: stored_position(position)?,
-                    version: stored_version(version)?,
-                    recorded_at,
-                })
-            })
+            .map(AppendedRow::stored)
             .collect::<Result<Vec<_>, Error>>()?;
         appended.sort_by_key(|row| row.version);
         self.signal.appended();
@@ -270,16 +275,7 @@ impl EventLog {
                 rows.len()
             ))));
         }
-        landed
-            .into_iter()
-            .map(|(position, version, recorded_at)| {
-                Ok(AppendedRow {
-                    position: stored_position(position)?,
-                    version: stored_version(version)?,
-                    recorded_at,
-                })
-            })
-            .collect()
+        landed.into_iter().map(AppendedRow::stored).collect()
     }
 
     /// Appends whole new cases with one `COPY`: the bulk path for loading a generated or

@@ -38,7 +38,7 @@ fn ndjson(cases: usize) -> String {
             .collect();
         let mut events = vec![new_event(
             issued_on,
-            Payload::CaseIssued(CaseIssued {
+            Payload::CaseIssued(Box::new(CaseIssued {
                 law_type: if public { LawType::Public } else { LawType::Private },
                 application_types: vec![if public {
                     ApplicationType::S31Care
@@ -50,7 +50,7 @@ fn ndjson(cases: usize) -> String {
                 local_authority_code: public.then(|| "E08000035".into()),
                 children: children.clone(),
                 received_on: None,
-            }),
+            })),
         )];
         let role = if public {
             AllocationRole::Guardian

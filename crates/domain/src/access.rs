@@ -428,7 +428,7 @@ impl Principal {
         }
         let view = history.view();
         let issued_in_batch = batch.iter().find_map(|e| match &e.payload {
-            Payload::CaseIssued(issue) => Some(issue),
+            Payload::CaseIssued(issue) => Some(&**issue),
             _ => None,
         });
         let Some(case_issue) = view.as_ref().map(|v| &v.issue).or(issued_in_batch) else {

@@ -152,7 +152,7 @@ impl CaseHistory {
         let mut view = CaseView {
             issued_on: first.occurred_on,
             children: issue.children.clone(),
-            issue: issue.clone(),
+            issue: (**issue).clone(),
             first_lead_allocation: None,
             current_lead_allocation: None,
             closure: None,

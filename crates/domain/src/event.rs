@@ -36,7 +36,9 @@ impl Metadata {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum Payload {
-    CaseIssued(CaseIssued),
+    /// Boxed: four times the size of any other payload, and one per case, so the others (every
+    /// event held in a cache) need not be as large.
+    CaseIssued(Box<CaseIssued>),
     ChildJoined(Child),
     CaseAllocated(CaseAllocated),
     ChildSeen(ChildSeen),
@@ -170,7 +172,9 @@ impl Payload {
         }
         match self {
             Payload::CaseIssued(c) => {
-                items(&c.application_types)
+                std::mem::size_of::<CaseIssued>()
+                    + ALLOCATION_OVERHEAD
+                    + items(&c.application_types)
                     + text(&c.court_code)
                     + text(&c.service_area)
                     + c.local_authority_code.as_deref().map_or(0, text)
@@ -239,7 +243,7 @@ impl Payload {
     fn deserialize_data<'de, D: serde::Deserializer<'de>>(event_type: EventType, data: D) -> Result<Payload, D::Error> {
         use serde::Deserialize as _;
         Ok(match event_type {
-            EventType::CaseIssued => Payload::CaseIssued(CaseIssued::deserialize(data)?),
+            EventType::CaseIssued => Payload::CaseIssued(Box::new(CaseIssued::deserialize(data)?)),
             EventType::ChildJoined => Payload::ChildJoined(Child::deserialize(data)?),
             EventType::CaseAllocated => Payload::CaseAllocated(CaseAllocated::deserialize(data)?),
             EventType::ChildSeen => Payload::ChildSeen(ChildSeen::deserialize(data)?),
@@ -496,6 +500,22 @@ pub struct EventVoided {
 mod tests {
     use super::*;
 
+    /// Caches of case histories hold every event inline: the one-per-case `case_issued` is boxed
+    /// so that the others are not sized to it.
+    #[test]
+    fn a_held_event_is_sized_to_the_small_payloads() {
+        assert!(
+            std::mem::size_of::<Payload>() <= 40,
+            "{}",
+            std::mem::size_of::<Payload>()
+        );
+        assert!(
+            std::mem::size_of::<crate::HistoryEvent>() <= 64,
+            "{}",
+            std::mem::size_of::<crate::HistoryEvent>()
+        );
+    }
+
     #[test]
     fn heap_bytes_counts_each_string_and_vector() {
         let child = |id: &str| Child {
@@ -503,7 +523,7 @@ mod tests {
             birth_month: BirthMonth { year: 2020, month: 1 },
         };
         let issued = |children: Vec<Child>| {
-            Payload::CaseIssued(CaseIssued {
+            Payload::CaseIssued(Box::new(CaseIssued {
                 law_type: LawType::Private,
                 application_types: Vec::new(),
                 court_code: "LS".into(),
@@ -511,7 +531,7 @@ mod tests {
                 local_authority_code: None,
                 children,
                 received_on: None,
-            })
+            }))
         };
         let one = issued(vec![child("C-0001")]).heap_bytes();
         let two = issued(vec![child("C-0001"), child("C-0002")]).heap_bytes();

@@ -19,7 +19,7 @@ fn ev(payload: Payload) -> NewEvent {
 }
 
 fn issue(law_type: LawType, court: &str, area: &str, authority: Option<&str>) -> NewEvent {
-    ev(Payload::CaseIssued(CaseIssued {
+    ev(Payload::CaseIssued(Box::new(CaseIssued {
         law_type,
         application_types: vec![ApplicationType::S31Care],
         court_code: court.into(),
@@ -30,7 +30,7 @@ fn issue(law_type: LawType, court: &str, area: &str, authority: Option<&str>) ->
             birth_month: BirthMonth { year: 2019, month: 6 },
         }],
         received_on: None,
-    }))
+    })))
 }
 
 fn public_case() -> NewEvent {

@@ -27,7 +27,7 @@ fn ev(on: i64, payload: Payload) -> NewEvent {
 fn issued(on: i64, law_type: LawType) -> NewEvent {
     ev(
         on,
-        Payload::CaseIssued(CaseIssued {
+        Payload::CaseIssued(Box::new(CaseIssued {
             law_type,
             application_types: vec![ApplicationType::S31Care],
             court_code: "LS".into(),
@@ -38,7 +38,7 @@ fn issued(on: i64, law_type: LawType) -> NewEvent {
                 birth_month: BirthMonth { year: 2019, month: 6 },
             }],
             received_on: None,
-        }),
+        })),
     )
 }
 

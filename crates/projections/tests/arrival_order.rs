@@ -41,7 +41,7 @@ fn plan(seed: &[u8]) -> Vec<Planned> {
     let issue = push(
         &mut out,
         0,
-        Payload::CaseIssued(CaseIssued {
+        Payload::CaseIssued(Box::new(CaseIssued {
             law_type: LawType::Public,
             application_types: vec![ApplicationType::S31Care],
             court_code: "LS".into(),
@@ -55,7 +55,7 @@ fn plan(seed: &[u8]) -> Vec<Planned> {
                 })
                 .collect(),
             received_on: None,
-        }),
+        })),
         vec![],
     );
     let joined = push(

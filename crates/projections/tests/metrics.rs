@@ -27,7 +27,7 @@ fn ev(on: &str, payload: Payload) -> NewEvent {
 fn issue(on: &str, law: LawType, apps: &[ApplicationType], children: &[&str]) -> NewEvent {
     ev(
         on,
-        Payload::CaseIssued(CaseIssued {
+        Payload::CaseIssued(Box::new(CaseIssued {
             law_type: law,
             application_types: apps.to_vec(),
             court_code: "LS".into(),
@@ -41,7 +41,7 @@ fn issue(on: &str, law: LawType, apps: &[ApplicationType], children: &[&str]) ->
                 })
                 .collect(),
             received_on: None,
-        }),
+        })),
     )
 }
 

@@ -130,7 +130,7 @@ fn payload(r: &mut Reader, kind: pb::event_payload::Kind) -> Option<Payload> {
                 }
             }
             let received_on = r.optional_date(&format!("{p}.received_on"), &m.received_on)?;
-            Payload::CaseIssued(ev::CaseIssued {
+            Payload::CaseIssued(Box::new(ev::CaseIssued {
                 law_type: law_type?,
                 application_types,
                 court_code: m.court_code,
@@ -138,7 +138,7 @@ fn payload(r: &mut Reader, kind: pb::event_payload::Kind) -> Option<Payload> {
                 local_authority_code: (!m.local_authority_code.is_empty()).then_some(m.local_authority_code),
                 children,
                 received_on,
-            })
+            }))
         }
         Kind::ChildJoined(m) => {
             let birth_month = r.birth_month("payload.child_joined.birth_month", &m.birth_month)?;

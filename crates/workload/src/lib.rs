@@ -263,7 +263,7 @@ impl<'a> CaseBuilder<'a> {
             NewEvent {
                 event_id,
                 occurred_on: issued_on,
-                payload: Payload::CaseIssued(issued),
+                payload: Payload::CaseIssued(Box::new(issued)),
                 metadata: Metadata::default(),
             },
         ));

@@ -399,14 +399,16 @@ struct ImportArgs {
     /// Events per request (1-1000).
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
-    /// Requests in flight at once, each for a different case.
-    #[arg(long, default_value_t = 16)]
+    /// Requests in flight at once, each for a different case. The service refuses an
+    /// organisation more than its --max-concurrent-per-client (64 by default) at once; the
+    /// default leaves room for the organisation's other traffic.
+    #[arg(long, default_value_t = caselog_cli::import::DEFAULT_CONCURRENCY)]
     concurrency: usize,
     /// Record each case whole or not at all. A case is sent once its lines are read, so its
     /// lines must lie within --window lines of its first; a line further on is rejected.
     #[arg(long)]
     all_or_nothing: bool,
-    /// Lines held in memory at most (read, not yet answered; about 500 bytes each). The file is
+    /// Lines held in memory at most (read, not yet answered; about 150 bytes each). The file is
     /// streamed through this window: a case's lines that lie within it of each other are sent
     /// together, in file order; lines further apart go in later requests, still in file order.
     /// A file in recording order imports faster with a larger window.

@@ -19,6 +19,10 @@ use tracing::{debug, instrument, warn};
 /// The NOTIFY channel on which appends are announced.
 pub const FEED_CHANNEL: &str = "caselog_events";
 
+/// The most positions one statement of a feed read scans (a filtered read that finds little
+/// doubles its span up to this).
+const MAX_SCAN_SPAN: u64 = 1 << 20;
+
 /// The shortest interval between two NOTIFYs from one process.
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -154,24 +158,41 @@ impl EventLog {
         filter: &FeedFilter,
     ) -> Result<FeedPage<E>, Error> {
         // Two statements on purpose: the rows must be read with a snapshot taken after the horizon.
+        // Every scan below starts after it, so each sees every append at or below `safe`.
         let horizon = self.horizon().await?;
         let types = (!filter.event_types.is_empty()).then_some(&filter.event_types);
         let cases = (!filter.case_ids.is_empty()).then_some(&filter.case_ids);
-        let events: Vec<E> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {columns} FROM events
-              WHERE position > $1 AND position <= $2
-                AND ($3::text[] IS NULL OR event_type = ANY($3))
-                AND ($4::text[] IS NULL OR case_id = ANY($4))
-              ORDER BY position LIMIT $5"
-        )))
-        .bind(i64::from(after))
-        .bind(i64::from(horizon.safe))
-        .bind(types)
-        .bind(cases)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let full = events.len() >= limit as usize;
+        let wanted = limit as usize;
+        let mut events: Vec<E> = Vec::new();
+        // The log is read in spans of positions, never "everything up to the horizon, sorted,
+        // first `limit`": a reader far behind (the projector during an import, a new subscriber)
+        // made PostgreSQL fetch and sort its whole backlog for every page, since without fresh
+        // statistics it plans a bitmap scan and a sort. Positions are unique, so a span of
+        // `limit` positions holds at most a page; spans double while a filter (or a gap) leaves
+        // the page short, so a sparse filter costs a few statements per page, not one per span.
+        let mut scanned_to = after;
+        let mut span = u64::from(limit).max(1);
+        while events.len() < wanted && scanned_to < horizon.safe {
+            let upper = scanned_to.saturating_add(span).min(horizon.safe);
+            let rows: Vec<E> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {columns} FROM events
+                  WHERE position > $1 AND position <= $2
+                    AND ($3::text[] IS NULL OR event_type = ANY($3))
+                    AND ($4::text[] IS NULL OR case_id = ANY($4))
+                  ORDER BY position LIMIT $5"
+            )))
+            .bind(i64::from(scanned_to))
+            .bind(i64::from(upper))
+            .bind(types)
+            .bind(cases)
+            .bind((wanted - events.len()) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            events.extend(rows);
+            scanned_to = upper;
+            span = span.saturating_mul(2).min(MAX_SCAN_SPAN);
+        }
+        let full = events.len() >= wanted;
         let next_after = match events.last() {
             Some(last) if full => last.position(),
             _ => horizon.safe.max(after),

@@ -81,13 +81,11 @@ impl EventLog {
     /// Every event of `case_ids` at or below `up_to`, ordered by case then version.
     #[instrument(skip(self, case_ids), fields(cases = case_ids.len()), err(level = "debug"))]
     pub async fn read_cases_up_to(&self, case_ids: &[String], up_to: Position) -> Result<Vec<ReplayRow>, Error> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {REPLAY_COLUMNS} FROM events WHERE case_id = ANY($1) AND position <= $2 ORDER BY case_id, version"
-        )))
-        .bind(case_ids)
-        .bind(i64::from(up_to))
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(cases_cut_by("position")))
+            .bind(case_ids)
+            .bind(i64::from(up_to))
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Every event of `case_ids` recorded at or before `at`, ordered by case then version (a
@@ -98,13 +96,11 @@ impl EventLog {
         case_ids: &[String],
         at: DateTime<Utc>,
     ) -> Result<Vec<ReplayRow>, Error> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {REPLAY_COLUMNS} FROM events WHERE case_id = ANY($1) AND recorded_at <= $2 ORDER BY case_id, version"
-        )))
-        .bind(case_ids)
-        .bind(at)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(cases_cut_by("recorded_at")))
+            .bind(case_ids)
+            .bind(at)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Each case's first and last recording instants, in microseconds since the epoch, over the
@@ -242,4 +238,23 @@ impl EventLog {
         tx.commit().await?;
         Ok(Ok(version))
     }
+}
+
+/// The statement behind [`EventLog::read_cases_up_to`] and [`EventLog::read_cases_recorded_by`]:
+/// every event of the cases in `$1` whose `cut_column` is at most `$2`, by case then version.
+///
+/// Each case is looked up on its own through `(case_id, version)`. The plain form, `case_id =
+/// ANY($1) AND position <= $2`, is planned as a scan of the whole log whenever the planner lacks
+/// statistics (a freshly loaded log, autovacuum behind): it guesses that hundreds of case ids
+/// select most rows, or ANDs in the position index, which matches nearly every row. `OFFSET 0`
+/// keeps the per-case lookup from being merged back into such a plan, and the cut, applied
+/// outside it, from being used as an index condition.
+fn cases_cut_by(cut_column: &str) -> String {
+    format!(
+        "SELECT e.case_id, e.event_id, e.version, e.event_type, e.occurred_on, e.data, e.recorded_at
+           FROM (SELECT DISTINCT unnest($1::text[])) AS wanted(id)
+          CROSS JOIN LATERAL (SELECT position, {REPLAY_COLUMNS} FROM events WHERE case_id = wanted.id OFFSET 0) AS e
+          WHERE e.{cut_column} <= $2
+          ORDER BY e.case_id, e.version"
+    )
 }

@@ -8,7 +8,7 @@ use caselog_domain::{
     ALLOCATION_OVERHEAD, CaseHistory, CaseId, EventId, EventType, FieldViolation, HistoryEvent, Metadata, NewEvent,
     Payload, Position, Principal, Version,
 };
-use caselog_store::{EventLog, GroupAppender, NewRow, StoredEvent};
+use caselog_store::{CaseReader, EventLog, GroupAppender, NewRow, StoredEvent};
 use chrono::NaiveDate;
 use serde::Deserialize as _;
 use std::collections::{HashMap, HashSet};
@@ -156,10 +156,12 @@ impl CaseCache {
     }
 }
 
-/// The write path's parts: the log (reads), the group appender (writes) and the case cache.
+/// The write path's parts: the log, the grouped reader of cases not cached, the group appender
+/// (writes) and the case cache.
 #[derive(Debug, Clone)]
 pub struct WritePath {
     pub log: EventLog,
+    pub reader: CaseReader,
     pub appender: GroupAppender,
     pub cache: Arc<CaseCache>,
 }
@@ -175,7 +177,7 @@ pub async fn append(
     writer: &Principal,
     today: NaiveDate,
 ) -> Result<Appended, Error> {
-    let WritePath { log, cache, .. } = path;
+    let WritePath { log, reader, cache, .. } = path;
     let case_id = case_id.as_str();
     if events.is_empty() || events.len() > MAX_BATCH {
         return Err(Error::invalid(vec![FieldViolation::new(
@@ -211,7 +213,7 @@ pub async fn append(
         // The first read skips the batch's ids in other cases: a new id is the rule, and the
         // unique event id refuses the append otherwise, which sends it round again to read them.
         let (stored, elsewhere) = if attempt == 0 {
-            (log.read_case(case_id).await?, Vec::new())
+            (reader.read_case(case_id).await?, Vec::new())
         } else {
             log.read_case_and_events(case_id, &ids).await?
         };

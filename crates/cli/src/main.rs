@@ -408,7 +408,7 @@ struct ImportArgs {
     /// lines must lie within --window lines of its first; a line further on is rejected.
     #[arg(long)]
     all_or_nothing: bool,
-    /// Lines held in memory at most (read, not yet answered; about 150 bytes each). The file is
+    /// Lines held in memory at most (read, not yet answered; about 140 bytes each). The file is
     /// streamed through this window: a case's lines that lie within it of each other are sent
     /// together, in file order; lines further apart go in later requests, still in file order.
     /// A file in recording order imports faster with a larger window.

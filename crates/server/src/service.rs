@@ -9,7 +9,7 @@ use caselog_api::v1::case_event_service_server::CaseEventService;
 use caselog_app::ingest::{self, CaseCache, WritePath, history_of, payload_of};
 use caselog_domain::england::date_in_england;
 use caselog_domain::{CaseHistory, CaseId, EventId, FieldViolation, Metadata, Principal, Version};
-use caselog_store::{EventLog, GroupAppender, GroupSettings, GroupStats, StoredEvent};
+use caselog_store::{CaseReader, EventLog, GroupAppender, GroupSettings, GroupStats, ReadGroupSettings, StoredEvent};
 use chrono::Utc;
 use serde_json::json;
 use std::sync::Arc;
@@ -42,6 +42,7 @@ impl CaseEvents {
     pub fn with_settings(log: EventLog, case_cache_bytes: usize, group_appends: GroupSettings) -> CaseEvents {
         CaseEvents {
             write_path: WritePath {
+                reader: CaseReader::start(log.clone(), ReadGroupSettings::default()),
                 appender: GroupAppender::start(log.clone(), group_appends),
                 log: log.clone(),
                 cache: Arc::new(CaseCache::new(case_cache_bytes)),

@@ -24,6 +24,8 @@ pub enum Error {
     StoredOutOfRange(#[from] OutOfRange),
     #[error("the group appender has stopped")]
     AppenderStopped,
+    #[error("the grouped case reader has stopped")]
+    ReaderStopped,
     #[error("stored event {event_id} cannot be read: {message}")]
     Corrupt { event_id: EventId, message: String },
 }

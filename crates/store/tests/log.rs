@@ -376,3 +376,45 @@ async fn pages_fill_across_gaps_and_sparse_filters(pool: PgPool) {
     assert_eq!(seen.len(), 45);
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
 }
+
+/// Reads of cases arriving together are made in one statement, and each reader gets exactly its
+/// case, in version order, however many others read the same case or a case with no events.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn concurrent_case_reads_share_a_statement_and_each_gets_its_case(pool: PgPool) {
+    use caselog_store::{CaseReader, ReadGroupSettings};
+    let log = EventLog::new(pool.clone());
+    for case in 0..20 {
+        let case_id = format!("LS{case}");
+        log.append(&case_id, v(0), "court:LS", &rows(case % 4 + 1))
+            .await
+            .unwrap();
+        if case % 3 == 0 {
+            log.append(&case_id, v((case % 4 + 1) as u64), "court:LS", &rows(2))
+                .await
+                .unwrap();
+        }
+    }
+    let reader = CaseReader::start(
+        log.clone(),
+        ReadGroupSettings {
+            max_in_flight: 1,
+            ..ReadGroupSettings::default()
+        },
+    );
+    // Every case twice, and cases never written.
+    let wanted: Vec<String> = (0..20).chain(0..20).chain(100..110).map(|c| format!("LS{c}")).collect();
+    let answers = futures_util::future::join_all(wanted.iter().map(|case_id| reader.read_case(case_id))).await;
+    for (case_id, answer) in wanted.iter().zip(answers) {
+        let read = answer.unwrap();
+        let alone = log.read_case(case_id).await.unwrap();
+        assert_eq!(read, alone, "{case_id}");
+        assert!(read.iter().all(|e| &e.case_id == case_id));
+        assert!(read.windows(2).all(|w| w[0].version < w[1].version));
+    }
+    assert!(
+        reader.statements() < wanted.len() as u64 / 2,
+        "{} statements for {} reads",
+        reader.statements(),
+        wanted.len()
+    );
+}

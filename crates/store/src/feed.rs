@@ -163,35 +163,12 @@ impl EventLog {
         let types = (!filter.event_types.is_empty()).then_some(&filter.event_types);
         let cases = (!filter.case_ids.is_empty()).then_some(&filter.case_ids);
         let wanted = limit as usize;
-        let mut events: Vec<E> = Vec::new();
-        // The log is read in spans of positions, never "everything up to the horizon, sorted,
-        // first `limit`": a reader far behind (the projector during an import, a new subscriber)
-        // made PostgreSQL fetch and sort its whole backlog for every page, since without fresh
-        // statistics it plans a bitmap scan and a sort. Positions are unique, so a span of
-        // `limit` positions holds at most a page; spans double while a filter (or a gap) leaves
-        // the page short, so a sparse filter costs a few statements per page, not one per span.
-        let mut scanned_to = after;
-        let mut span = u64::from(limit).max(1);
-        while events.len() < wanted && scanned_to < horizon.safe {
-            let upper = scanned_to.saturating_add(span).min(horizon.safe);
-            let rows: Vec<E> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {columns} FROM events
-                  WHERE position > $1 AND position <= $2
-                    AND ($3::text[] IS NULL OR event_type = ANY($3))
-                    AND ($4::text[] IS NULL OR case_id = ANY($4))
-                  ORDER BY position LIMIT $5"
-            )))
-            .bind(i64::from(scanned_to))
-            .bind(i64::from(upper))
-            .bind(types)
-            .bind(cases)
-            .bind((wanted - events.len()) as i64)
-            .fetch_all(&self.pool)
-            .await?;
-            events.extend(rows);
-            scanned_to = upper;
-            span = span.saturating_mul(2).min(MAX_SCAN_SPAN);
-        }
+        let events: Vec<E> = if let Some(cases) = cases {
+            self.read_cases_page(columns, after, horizon.safe, limit, types, cases)
+                .await?
+        } else {
+            self.read_spans(columns, after, horizon.safe, limit, types).await?
+        };
         let full = events.len() >= wanted;
         let next_after = match events.last() {
             Some(last) if full => last.position(),
@@ -203,6 +180,76 @@ impl EventLog {
             horizon,
             full,
         })
+    }
+
+    /// A page of every case's events read in spans of positions, never "everything up to the
+    /// horizon, sorted, first `limit`": a reader far behind (the projector during an import, a
+    /// new subscriber) made PostgreSQL fetch and sort its whole backlog for every page, since
+    /// without fresh statistics it plans a bitmap scan and a sort. Positions are unique, so a
+    /// span of `limit` positions holds at most a page; spans double while a type filter (or a
+    /// gap) leaves the page short, so a sparse filter costs a few statements a page, not one a
+    /// span.
+    async fn read_spans<E: FeedRow>(
+        &self,
+        columns: &str,
+        after: Position,
+        safe: Position,
+        limit: u32,
+        types: Option<&Vec<String>>,
+    ) -> Result<Vec<E>, Error> {
+        let wanted = limit as usize;
+        let mut events: Vec<E> = Vec::new();
+        let mut scanned_to = after;
+        let mut span = u64::from(limit).max(1);
+        while events.len() < wanted && scanned_to < safe {
+            let upper = scanned_to.saturating_add(span).min(safe);
+            let rows: Vec<E> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {columns} FROM events
+                  WHERE position > $1 AND position <= $2
+                    AND ($3::text[] IS NULL OR event_type = ANY($3))
+                  ORDER BY position LIMIT $4"
+            )))
+            .bind(i64::from(scanned_to))
+            .bind(i64::from(upper))
+            .bind(types)
+            .bind((wanted - events.len()) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            events.extend(rows);
+            scanned_to = upper;
+            span = span.saturating_mul(2).min(MAX_SCAN_SPAN);
+        }
+        Ok(events)
+    }
+
+    /// A page of the named cases' events: each case looked up through `(case_id, version)`, the
+    /// position range and type filter applied after the lookup (see `cases_cut_by` in
+    /// `projection.rs` for why), so following a few cases never scans the log.
+    async fn read_cases_page<E: FeedRow>(
+        &self,
+        columns: &str,
+        after: Position,
+        safe: Position,
+        limit: u32,
+        types: Option<&Vec<String>>,
+        cases: &Vec<String>,
+    ) -> Result<Vec<E>, Error> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {columns} FROM (
+                 SELECT e.* FROM (SELECT DISTINCT unnest($4::text[])) AS wanted(id)
+                  CROSS JOIN LATERAL (SELECT * FROM events WHERE case_id = wanted.id OFFSET 0) AS e
+             ) AS picked
+              WHERE position > $1 AND position <= $2
+                AND ($3::text[] IS NULL OR event_type = ANY($3))
+              ORDER BY position LIMIT $5"
+        )))
+        .bind(i64::from(after))
+        .bind(i64::from(safe))
+        .bind(types)
+        .bind(cases)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The highest committed position (0 for an empty log).

@@ -23,6 +23,10 @@ pub const FEED_CHANNEL: &str = "caselog_events";
 /// doubles its span up to this).
 const MAX_SCAN_SPAN: u64 = 1 << 20;
 
+/// The events of the cases named in `$5`, as a feed read's source.
+const NAMED_CASES: &str = "(SELECT e.* FROM (SELECT DISTINCT unnest($5::text[])) AS wanted(id)
+      CROSS JOIN LATERAL (SELECT * FROM events WHERE case_id = wanted.id OFFSET 0) AS e) AS picked";
+
 /// The shortest interval between two NOTIFYs from one process.
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -164,7 +168,10 @@ impl EventLog {
         let cases = (!filter.case_ids.is_empty()).then_some(&filter.case_ids);
         let wanted = limit as usize;
         let events: Vec<E> = if let Some(cases) = cases {
-            self.read_cases_page(columns, after, horizon.safe, limit, types, cases)
+            // Each named case looked up through `(case_id, version)`, the position range and the
+            // types applied after the lookup (see `cases_cut_by` in `projection.rs` for why): a
+            // reader following a few cases never scans the log.
+            self.read_range(columns, NAMED_CASES, (after, horizon.safe), types, wanted, Some(cases))
                 .await?
         } else {
             self.read_spans(columns, after, horizon.safe, limit, types).await?
@@ -203,18 +210,16 @@ impl EventLog {
         let mut span = u64::from(limit).max(1);
         while events.len() < wanted && scanned_to < safe {
             let upper = scanned_to.saturating_add(span).min(safe);
-            let rows: Vec<E> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {columns} FROM events
-                  WHERE position > $1 AND position <= $2
-                    AND ($3::text[] IS NULL OR event_type = ANY($3))
-                  ORDER BY position LIMIT $4"
-            )))
-            .bind(i64::from(scanned_to))
-            .bind(i64::from(upper))
-            .bind(types)
-            .bind((wanted - events.len()) as i64)
-            .fetch_all(&self.pool)
-            .await?;
+            let rows: Vec<E> = self
+                .read_range(
+                    columns,
+                    "events",
+                    (scanned_to, upper),
+                    types,
+                    wanted - events.len(),
+                    None,
+                )
+                .await?;
             events.extend(rows);
             scanned_to = upper;
             span = span.saturating_mul(2).min(MAX_SCAN_SPAN);
@@ -222,32 +227,28 @@ impl EventLog {
         Ok(events)
     }
 
-    /// A page of the named cases' events: each case looked up through `(case_id, version)`, the
-    /// position range and type filter applied after the lookup (see `cases_cut_by` in
-    /// `projection.rs` for why), so following a few cases never scans the log.
-    async fn read_cases_page<E: FeedRow>(
+    /// The events of `source` in the position range `(after, upper]` (of the types in `types`,
+    /// all when `None`), the first `limit` in position order. `source` may name the cases in `$5`.
+    async fn read_range<E: FeedRow>(
         &self,
         columns: &str,
-        after: Position,
-        safe: Position,
-        limit: u32,
+        source: &str,
+        (after, upper): (Position, Position),
         types: Option<&Vec<String>>,
-        cases: &Vec<String>,
+        limit: usize,
+        cases: Option<&Vec<String>>,
     ) -> Result<Vec<E>, Error> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {columns} FROM (
-                 SELECT e.* FROM (SELECT DISTINCT unnest($4::text[])) AS wanted(id)
-                  CROSS JOIN LATERAL (SELECT * FROM events WHERE case_id = wanted.id OFFSET 0) AS e
-             ) AS picked
+            "SELECT {columns} FROM {source}
               WHERE position > $1 AND position <= $2
                 AND ($3::text[] IS NULL OR event_type = ANY($3))
-              ORDER BY position LIMIT $5"
+              ORDER BY position LIMIT $4"
         )))
         .bind(i64::from(after))
-        .bind(i64::from(safe))
+        .bind(i64::from(upper))
         .bind(types)
+        .bind(limit as i64)
         .bind(cases)
-        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?)
     }

@@ -100,6 +100,13 @@ impl CaseEventService for LosesReplies {
         self.0.append_events(request).await?;
         Err(Status::unavailable("connection reset after commit"))
     }
+    async fn append_events_to_cases(
+        &self,
+        request: Request<pb::AppendEventsToCasesRequest>,
+    ) -> Result<Response<pb::AppendEventsToCasesResponse>, Status> {
+        self.0.append_events_to_cases(request).await?;
+        Err(Status::unavailable("connection reset after commit"))
+    }
     async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
         self.0.get_case(request).await
     }
@@ -111,12 +118,17 @@ impl CaseEventService for LosesReplies {
     }
 }
 
-#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
-async fn a_retry_after_a_lost_reply_is_acknowledged_with_the_original_positions(pool: PgPool) {
+/// A server that commits and then loses every append's reply, and a client of it.
+async fn lossy_server(
+    pool: &PgPool,
+) -> (
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    CaseEventServiceClient<caselog_tests::AuthChannel>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let lossy = CaseEventServiceServer::new(LosesReplies(CaseEvents::new(EventLog::new(pool.clone()))));
-    let lossy_server = tokio::spawn(
+    let server = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(caselog_server::auth::AuthLayer::new(
                 caselog_tests::security::authenticator(false, 64),
@@ -124,14 +136,64 @@ async fn a_retry_after_a_lost_reply_is_acknowledged_with_the_original_positions(
             .add_service(lossy)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
+    let client = CaseEventServiceClient::new(caselog_tests::with_token(
+        connect(addr).await,
+        caselog_tests::HARNESS_TOKEN,
+    ));
+    (server, client)
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_retry_of_many_cases_after_a_lost_reply_is_acknowledged_with_the_original_positions(pool: PgPool) {
+    let (lossy_server, mut lossy_client) = lossy_server(&pool).await;
+    let request = pb::AppendEventsToCasesRequest {
+        batches: (0..10)
+            .map(|c| {
+                append(
+                    &format!("LS{c}"),
+                    vec![
+                        event("2025-04-17", issued_public(&["c1"])),
+                        event("2025-05-01", seen("c1")),
+                    ],
+                )
+            })
+            .collect(),
+    };
+    let lost = lossy_client.append_events_to_cases(request.clone()).await.unwrap_err();
+    assert_eq!(lost.code(), Code::Unavailable);
+    assert_eq!(event_count(&pool).await, 20, "the first attempt committed");
+    lossy_server.abort();
+
+    let server = TestServer::start(pool.clone()).await;
+    let retry = server
+        .client()
+        .append_events_to_cases(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut acknowledged = Vec::new();
+    for outcome in retry.outcomes {
+        let Some(pb::batch_outcome::Outcome::Appended(appended)) = outcome.outcome else {
+            panic!("a resent batch was refused: {outcome:?}");
+        };
+        assert!(appended.events.iter().all(|e| e.already_present));
+        acknowledged.extend(appended.events.iter().map(|e| e.position as i64));
+    }
+    acknowledged.sort_unstable();
+    let stored: Vec<i64> = sqlx::query_scalar("SELECT position FROM events ORDER BY position")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(acknowledged, stored);
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_retry_after_a_lost_reply_is_acknowledged_with_the_original_positions(pool: PgPool) {
+    let (lossy_server, mut lossy_client) = lossy_server(&pool).await;
     let batch = vec![
         event("2025-04-17", issued_public(&["c1"])),
         event("2025-05-01", seen("c1")),
     ];
-    let mut lossy_client = CaseEventServiceClient::new(caselog_tests::with_token(
-        connect(addr).await,
-        caselog_tests::HARNESS_TOKEN,
-    ));
     let lost = lossy_client
         .append_events(append("LS1", batch.clone()))
         .await

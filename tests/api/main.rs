@@ -14,6 +14,7 @@ mod hardening;
 mod idempotency;
 mod import;
 mod least_privilege;
+mod many_cases;
 mod metrics;
 mod observability;
 mod operations;

@@ -7,8 +7,9 @@
 //! in full batches, and a file in recording order (each case's lines spread through it) in
 //! batches of the lines that lie near each other. When the window is full, the cases whose oldest
 //! held lines are earliest are sent, as many as may be in flight. One request per case is in
-//! flight at a time, so a case's lines are recorded in file order; requests for different cases
-//! run concurrently (`concurrency`).
+//! flight at a time, so a case's lines are recorded in file order; batches for different cases
+//! are in flight together (`concurrency` cases), and travel together in `AppendEventsToCases`
+//! requests of up to 1,000 events (`requests` of them in flight), each batch all or nothing.
 //!
 //! A batch refused because of one event (ErrorInfo `event_index`) is re-sent without that event,
 //! so a bad line never stops the lines around it, unless `all_or_nothing` asks for each case to
@@ -25,8 +26,9 @@ use caselog_server::convert::new_event_out;
 use prost::Message as _;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::BufRead;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -34,10 +36,13 @@ use tonic_types::StatusExt;
 
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
-    /// Events per AppendEvents call (at most 1,000).
+    /// Events of one case per batch (at most 1,000).
     pub batch_size: usize,
-    /// Requests in flight at the same time (each for a different case).
+    /// Cases with a batch in flight at the same time.
     pub concurrency: usize,
+    /// `AppendEventsToCases` requests in flight at the same time: the cases' batches travel
+    /// together in these, up to 1,000 events each.
+    pub requests: usize,
     /// Bearer token sent with every request (none: the connection's client certificate alone).
     pub token: Option<String>,
     /// Record each case whole or not at all (one batch per case).
@@ -48,15 +53,19 @@ pub struct ImportOptions {
 
 /// The default `window`: about 85 MB of held events (each about 140 bytes, encoded).
 pub const DEFAULT_WINDOW: usize = 600_000;
-/// The default `concurrency`: below the service's default limit per organisation (64), so that
+/// The default `concurrency`: enough cases in flight to fill `DEFAULT_REQUESTS` requests of
+/// 1,000 events with the tens of events a case has nearby in a file in recording order.
+pub const DEFAULT_CONCURRENCY: usize = 256;
+/// The default `requests`: well below the service's default limit per organisation (64), so that
 /// the organisation's other traffic is not refused while it imports.
-pub const DEFAULT_CONCURRENCY: usize = 48;
+pub const DEFAULT_REQUESTS: usize = 4;
 
 impl Default for ImportOptions {
     fn default() -> ImportOptions {
         ImportOptions {
             batch_size: 500,
             concurrency: DEFAULT_CONCURRENCY,
+            requests: DEFAULT_REQUESTS,
             token: None,
             all_or_nothing: false,
             window: DEFAULT_WINDOW,
@@ -163,7 +172,7 @@ pub struct ImportProgress {
     pub already_present: usize,
     pub rejected: usize,
     pub elapsed: Duration,
-    /// Requests sent and not yet answered.
+    /// Cases with a batch sent and not yet answered.
     pub in_flight: usize,
 }
 
@@ -230,6 +239,7 @@ pub async fn import(
     let client = CaseEventServiceClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(16 * 1024 * 1024)
         .max_encoding_message_size(16 * 1024 * 1024);
+    let client = Bundler::start(client, options.requests.max(1));
     let (chunks, mut read) = mpsc::channel::<(u64, Vec<(usize, ReadLine)>)>(4);
     let reader = tokio::task::spawn_blocking(move || read_lines(reader, &chunks));
     let mut window = Window::new(options);
@@ -561,7 +571,7 @@ const TRANSIENT_RETRIES: u32 = 5;
 
 impl Batch {
     /// Sends the batch until every line in it has an outcome.
-    async fn send(mut self, mut client: CaseEventServiceClient<WithToken>, all_or_nothing: bool) -> Answered {
+    async fn send(mut self, client: Bundler, all_or_nothing: bool) -> Answered {
         let mut outcomes = Vec::with_capacity(self.lines.len());
         let mut last_position = 0;
         if all_or_nothing && self.lines.len() > MAX_BATCH {
@@ -595,14 +605,14 @@ impl Batch {
                     break;
                 }
             };
-            let request = tonic::Request::new(pb::AppendEventsRequest {
+            let request = pb::AppendEventsRequest {
                 case_id: self.case_id.clone(),
                 events,
                 expected_version: None,
-            });
-            let status = match client.append_events(request).await {
+            };
+            let status = match client.append(request).await {
                 Ok(response) => {
-                    for (held, appended) in self.lines.iter().zip(response.into_inner().events) {
+                    for (held, appended) in self.lines.iter().zip(response.events) {
                         let outcome = if appended.already_present {
                             LineOutcome::AlreadyPresent
                         } else {
@@ -652,6 +662,111 @@ impl Batch {
             case_id: self.case_id,
             outcomes,
             last_position,
+        }
+    }
+}
+
+/// Gathers the batches that cases hand over at the same time into `AppendEventsToCases`
+/// requests of up to 1,000 events, at most `requests` of them in flight: in a file in recording
+/// order a case has tens of events nearby, and a request for each would spend the service's
+/// time on requests rather than events. A batch handed over while every request is in flight
+/// waits for the next, which then carries every batch waiting.
+#[derive(Clone)]
+struct Bundler {
+    sender: mpsc::Sender<Bundled>,
+}
+
+struct Bundled {
+    request: pb::AppendEventsRequest,
+    reply: oneshot::Sender<Result<pb::AppendEventsResponse, tonic::Status>>,
+}
+
+impl Bundler {
+    fn start(client: CaseEventServiceClient<WithToken>, requests: usize) -> Bundler {
+        let (sender, receiver) = mpsc::channel(1024);
+        tokio::spawn(bundle(client, receiver, requests));
+        Bundler { sender }
+    }
+
+    /// What `AppendEvents` would answer for this batch alone.
+    async fn append(&self, request: pb::AppendEventsRequest) -> Result<pb::AppendEventsResponse, tonic::Status> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || tonic::Status::internal("the import's request task stopped (a fault of caselog import)");
+        self.sender
+            .send(Bundled { request, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn bundle(client: CaseEventServiceClient<WithToken>, mut receiver: mpsc::Receiver<Bundled>, requests: usize) {
+    let in_flight = Arc::new(Semaphore::new(requests));
+    let mut next: Option<Bundled> = None;
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match next.take() {
+            Some(first) => first,
+            None => match receiver.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let mut events = first.request.events.len();
+        let mut bundled = vec![first];
+        while let Ok(more) = receiver.try_recv() {
+            if events + more.request.events.len() > MAX_BATCH {
+                next = Some(more);
+                break;
+            }
+            events += more.request.events.len();
+            bundled.push(more);
+        }
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            send_bundle(&mut client, bundled).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Sends the batches in one request and hands each its outcome; a request that fails as a whole
+/// fails each batch with its status (each is then retried or reported on its own).
+async fn send_bundle(client: &mut CaseEventServiceClient<WithToken>, bundled: Vec<Bundled>) {
+    let (requests, replies): (Vec<_>, Vec<_>) = bundled.into_iter().map(|b| (b.request, b.reply)).unzip();
+    let count = requests.len();
+    let request = pb::AppendEventsToCasesRequest { batches: requests };
+    match client.append_events_to_cases(request).await {
+        Ok(response) => {
+            let outcomes = response.into_inner().outcomes;
+            if outcomes.len() != count {
+                let status = tonic::Status::internal(format!(
+                    "the service answered {} outcomes for {count} batches",
+                    outcomes.len()
+                ));
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+                return;
+            }
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(match outcome.outcome {
+                    Some(pb::batch_outcome::Outcome::Appended(appended)) => Ok(appended),
+                    Some(pb::batch_outcome::Outcome::Refused(refused)) => Err(tonic::Status::with_details(
+                        Code::from_i32(refused.code),
+                        refused.message,
+                        refused.details.into(),
+                    )),
+                    None => Err(tonic::Status::internal("the service answered a batch with no outcome")),
+                });
+            }
+        }
+        Err(status) => {
+            for reply in replies {
+                let _ = reply.send(Err(status.clone()));
+            }
         }
     }
 }

@@ -18,6 +18,12 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// glibc's allocator spent a third of the service's processor time during an import
+/// (docs/benchmarks.md, "Requests that carry many cases"): every request, event and row is many
+/// short-lived allocations, across threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -396,14 +402,18 @@ struct ImportArgs {
     file: PathBuf,
     #[command(flatten)]
     client: ClientArgs,
-    /// Events per request (1-1000).
+    /// Events of one case per batch (1-1000).
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
-    /// Requests in flight at once, each for a different case. The service refuses an
-    /// organisation more than its --max-concurrent-per-client (64 by default) at once; the
-    /// default leaves room for the organisation's other traffic.
-    #[arg(long, default_value_t = caselog_cli::import::DEFAULT_CONCURRENCY)]
+    /// Cases with a batch in flight at once. Their batches travel together, up to 1,000
+    /// events in a request (AppendEventsToCases), at most --requests requests at once.
+    #[arg(long, default_value_t = caselog_cli::import::DEFAULT_CONCURRENCY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     concurrency: usize,
+    /// Requests in flight at once. The service refuses an organisation more than its
+    /// --max-concurrent-per-client (64 by default) at once; the default leaves room for the
+    /// organisation's other traffic.
+    #[arg(long, default_value_t = caselog_cli::import::DEFAULT_REQUESTS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    requests: usize,
     /// Record each case whole or not at all. A case is sent once its lines are read, so its
     /// lines must lie within --window lines of its first; a line further on is rejected.
     #[arg(long)]
@@ -1258,6 +1268,7 @@ async fn import_command(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let options = ImportOptions {
         batch_size: args.batch_size,
         concurrency: args.concurrency,
+        requests: args.requests,
         token: args.client.token.clone(),
         all_or_nothing: args.all_or_nothing,
         window: args.window,
@@ -1268,7 +1279,7 @@ async fn import_command(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let mut last_line = std::time::Instant::now();
     let show = |p: &ImportProgress| {
         let summary = format!(
-            "{} lines ({} appended, {} already present, {} rejected), {:.0} events/s, {} requests in flight",
+            "{} lines ({} appended, {} already present, {} rejected), {:.0} events/s, {} cases in flight",
             p.lines_settled,
             p.appended,
             p.already_present,

@@ -46,6 +46,17 @@ impl Error {
     pub fn internal(detail: impl Into<String>) -> Error {
         Error::App(AppError::Internal(detail.into()))
     }
+
+    /// A batch of `AppendEventsToCases` refused: the status `AppendEvents` would have returned,
+    /// as the response carries it.
+    pub fn into_refusal(self) -> caselog_api::v1::BatchRefusal {
+        let status = Status::from(self);
+        caselog_api::v1::BatchRefusal {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            details: status.details().to_vec(),
+        }
+    }
 }
 
 impl From<Denial> for Error {

@@ -11,7 +11,9 @@ use caselog_domain::england::date_in_england;
 use caselog_domain::{CaseHistory, CaseId, EventId, FieldViolation, Metadata, Principal, Version};
 use caselog_store::{CaseReader, EventLog, GroupAppender, GroupSettings, GroupStats, ReadGroupSettings, StoredEvent};
 use chrono::Utc;
+use futures_util::future::join_all;
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -154,52 +156,60 @@ impl CaseEventService for CaseEvents {
         request: Request<pb::AppendEventsRequest>,
     ) -> Result<Response<pb::AppendEventsResponse>, Status> {
         let principal = writer_of(&request)?;
-        let request = request.into_inner();
-        let (case_id, mut violations) = match CaseId::parse(&request.case_id) {
-            Ok(case_id) => (Some(case_id), Vec::new()),
-            Err(violations) => (None, violations),
-        };
-        let mut events = Vec::with_capacity(request.events.len());
-        for (index, event) in request.events.into_iter().enumerate() {
-            match convert::new_event(event) {
-                Ok(event) => events.push(event),
-                Err(bad) => violations.extend(bad.into_iter().map(|v| v.at(index))),
-            }
-        }
-        let expected_version = match request.expected_version.map(Version::try_from).transpose() {
-            Ok(expected) => expected,
-            Err(_) => {
-                violations.push(FieldViolation::new(
-                    "expected_version",
-                    format!(
-                        "expected_version is at most {}, the largest version a case can have",
-                        Version::MAX
-                    ),
-                ));
-                None
-            }
-        };
-        let Some(case_id) = case_id.filter(|_| violations.is_empty()) else {
-            return Err(Error::invalid(violations).into());
-        };
         let today = date_in_england(Utc::now());
-        let appended = ingest::append(&self.write_path, &case_id, &events, expected_version, &principal, today)
-            .await
-            .map_err(Error::from)?;
-        self.batch_events.record(events.len() as u64, &[]);
-        Ok(Response::new(pb::AppendEventsResponse {
-            version: appended.version.get(),
-            events: appended
-                .events
-                .into_iter()
-                .map(|e| pb::AppendedEvent {
-                    event_id: e.event_id.to_string(),
-                    position: e.position.get(),
-                    version: e.version.get(),
-                    already_present: e.already_present,
-                })
-                .collect(),
+        Ok(Response::new(
+            self.append_batch(&principal, request.into_inner(), today).await?,
+        ))
+    }
+
+    async fn append_events_to_cases(
+        &self,
+        request: Request<pb::AppendEventsToCasesRequest>,
+    ) -> Result<Response<pb::AppendEventsToCasesResponse>, Status> {
+        let principal = writer_of(&request)?;
+        let batches = request.into_inner().batches;
+        let events: usize = batches.iter().map(|b| b.events.len()).sum();
+        if batches.is_empty() || events > ingest::MAX_BATCH {
+            return Err(Error::invalid(vec![FieldViolation::new(
+                "batches",
+                format!(
+                    "a request holds at least one batch and at most {} events in all (got {} batches, {events} events)",
+                    ingest::MAX_BATCH,
+                    batches.len()
+                ),
+            )])
+            .into());
+        }
+        let today = date_in_england(Utc::now());
+        let count = batches.len();
+        // A case's batches one after another, in request order; different cases side by side,
+        // so that their reads and writes share statements (see caselog_store::combine).
+        let mut by_case: Vec<Vec<(usize, pb::AppendEventsRequest)>> = Vec::new();
+        let mut slot_of_case: HashMap<String, usize> = HashMap::new();
+        for (index, batch) in batches.into_iter().enumerate() {
+            let slot = *slot_of_case.entry(batch.case_id.clone()).or_insert_with(|| {
+                by_case.push(Vec::new());
+                by_case.len() - 1
+            });
+            by_case[slot].push((index, batch));
+        }
+        let principal = &principal;
+        let decided = join_all(by_case.into_iter().map(|batches| async move {
+            let mut outcomes = Vec::with_capacity(batches.len());
+            for (index, batch) in batches {
+                outcomes.push((index, self.append_batch(principal, batch, today).await));
+            }
+            outcomes
         }))
+        .await;
+        let mut outcomes = vec![pb::BatchOutcome::default(); count];
+        for (index, result) in decided.into_iter().flatten() {
+            outcomes[index].outcome = Some(match result {
+                Ok(appended) => pb::batch_outcome::Outcome::Appended(appended),
+                Err(error) => pb::batch_outcome::Outcome::Refused(error.into_refusal()),
+            });
+        }
+        Ok(Response::new(pb::AppendEventsToCasesResponse { outcomes }))
     }
 
     async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
@@ -225,6 +235,57 @@ impl CaseEventService for CaseEvents {
 }
 
 impl CaseEvents {
+    /// One case's batch, decided and written as `AppendEvents` does it.
+    async fn append_batch(
+        &self,
+        principal: &Principal,
+        request: pb::AppendEventsRequest,
+        today: chrono::NaiveDate,
+    ) -> Result<pb::AppendEventsResponse, Error> {
+        let (case_id, mut violations) = match CaseId::parse(&request.case_id) {
+            Ok(case_id) => (Some(case_id), Vec::new()),
+            Err(violations) => (None, violations),
+        };
+        let mut events = Vec::with_capacity(request.events.len());
+        for (index, event) in request.events.into_iter().enumerate() {
+            match convert::new_event(event) {
+                Ok(event) => events.push(event),
+                Err(bad) => violations.extend(bad.into_iter().map(|v| v.at(index))),
+            }
+        }
+        let expected_version = match request.expected_version.map(Version::try_from).transpose() {
+            Ok(expected) => expected,
+            Err(_) => {
+                violations.push(FieldViolation::new(
+                    "expected_version",
+                    format!(
+                        "expected_version is at most {}, the largest version a case can have",
+                        Version::MAX
+                    ),
+                ));
+                None
+            }
+        };
+        let Some(case_id) = case_id.filter(|_| violations.is_empty()) else {
+            return Err(Error::invalid(violations));
+        };
+        let appended = ingest::append(&self.write_path, &case_id, &events, expected_version, principal, today).await?;
+        self.batch_events.record(events.len() as u64, &[]);
+        Ok(pb::AppendEventsResponse {
+            version: appended.version.get(),
+            events: appended
+                .events
+                .into_iter()
+                .map(|e| pb::AppendedEvent {
+                    event_id: e.event_id.to_string(),
+                    position: e.position.get(),
+                    version: e.version.get(),
+                    already_present: e.already_present,
+                })
+                .collect(),
+        })
+    }
+
     async fn get_case_for(&self, principal: &Principal, case_id: String) -> Result<pb::Case, Error> {
         principal.may_read_timelines()?;
         let (_, history) = load_case(&self.log, principal, &CaseId::parse(&case_id).map_err(Error::invalid)?).await?;

@@ -11,7 +11,7 @@ use caselog_domain::england::date_in_england;
 use caselog_domain::{CaseHistory, CaseId, EventId, FieldViolation, Metadata, Principal, Version};
 use caselog_store::{CaseReader, EventLog, GroupAppender, GroupSettings, GroupStats, ReadGroupSettings, StoredEvent};
 use chrono::Utc;
-use futures_util::future::join_all;
+use futures_util::StreamExt;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +22,10 @@ use tonic::{Request, Response, Status};
 pub const SOURCE_HEADER: &str = "x-caselog-source";
 const GET_CASE: &str = "caselog.v1.CaseEventService/GetCase";
 const LIST_CASE_EVENTS: &str = "caselog.v1.CaseEventService/ListCaseEvents";
+/// The cases of one `AppendEventsToCases` request decided at the same time: an organisation's
+/// limit of requests in flight bounds its appends in flight, as with `AppendEvents`, within
+/// this factor (an import's requests carry about 30 cases).
+const CASES_AT_ONCE: usize = 64;
 const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1000;
 
@@ -29,7 +33,8 @@ const MAX_PAGE_SIZE: u32 = 1000;
 pub struct CaseEvents {
     log: EventLog,
     write_path: WritePath,
-    /// Events per acknowledged `AppendEvents` (`caselog_append_batch_events`).
+    /// Events per acknowledged batch, alone or in `AppendEventsToCases`
+    /// (`caselog_append_batch_events`).
     batch_events: opentelemetry::metrics::Histogram<u64>,
 }
 
@@ -107,13 +112,13 @@ impl CaseEvents {
     }
 }
 
-/// Events per acknowledged `AppendEvents` request: one-event appends (each system sending as it
-/// records) against batches (imports, backfills). From the meter provider of the moment (a
+/// Events per acknowledged batch (an `AppendEvents` request or a batch of `AppendEventsToCases`):
+/// one-event appends (each system sending as it records) against batches (imports, backfills). From the meter provider of the moment (a
 /// service is made once per server).
 fn append_batch_events() -> opentelemetry::metrics::Histogram<u64> {
     opentelemetry::global::meter("caselog")
         .u64_histogram("caselog.append.batch_events")
-        .with_description("Events per acknowledged AppendEvents request")
+        .with_description("Events per acknowledged batch of AppendEvents or AppendEventsToCases")
         .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0])
         .build()
 }
@@ -194,14 +199,17 @@ impl CaseEventService for CaseEvents {
             by_case[slot].push((index, batch));
         }
         let principal = &principal;
-        let decided = join_all(by_case.into_iter().map(|batches| async move {
-            let mut outcomes = Vec::with_capacity(batches.len());
-            for (index, batch) in batches {
-                outcomes.push((index, self.append_batch(principal, batch, today).await));
-            }
-            outcomes
-        }))
-        .await;
+        let decided: Vec<_> = futures_util::stream::iter(by_case)
+            .map(|batches| async move {
+                let mut outcomes = Vec::with_capacity(batches.len());
+                for (index, batch) in batches {
+                    outcomes.push((index, self.append_batch(principal, batch, today).await));
+                }
+                outcomes
+            })
+            .buffer_unordered(CASES_AT_ONCE)
+            .collect()
+            .await;
         let mut outcomes = vec![pb::BatchOutcome::default(); count];
         for (index, result) in decided.into_iter().flatten() {
             outcomes[index].outcome = Some(match result {

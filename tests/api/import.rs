@@ -1,6 +1,8 @@
 //! `caselog import`: thousands of events of realistic cases, every line accounted for, and a
 //! second import that writes nothing.
 
+use caselog_api::v1 as pb;
+use caselog_api::v1::case_event_service_server::{CaseEventService, CaseEventServiceServer};
 use caselog_cli::import::{ImportOptions, ImportProgress, LineOutcome, import, import_text};
 use caselog_domain::event::*;
 use caselog_domain::interchange::to_line;
@@ -8,6 +10,8 @@ use caselog_domain::{Metadata, NewEvent, Payload};
 use caselog_tests::*;
 use chrono::{Duration, NaiveDate};
 use sqlx::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use uuid::Uuid;
 
 fn new_event(occurred_on: NaiveDate, payload: Payload) -> NewEvent {
@@ -333,4 +337,101 @@ fn harness_import() -> ImportOptions {
         token: Some(caselog_tests::HARNESS_TOKEN.to_owned()),
         ..ImportOptions::default()
     }
+}
+
+/// The service, counting the append requests it gets; optionally as a service from before
+/// `AppendEventsToCases`, which answers it UNIMPLEMENTED.
+struct Counting {
+    inner: caselog_server::CaseEvents,
+    many_cases: bool,
+    one_case_requests: Arc<AtomicUsize>,
+    many_case_requests: Arc<AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl CaseEventService for Counting {
+    async fn append_events(
+        &self,
+        request: tonic::Request<pb::AppendEventsRequest>,
+    ) -> Result<tonic::Response<pb::AppendEventsResponse>, tonic::Status> {
+        self.one_case_requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.append_events(request).await
+    }
+    async fn append_events_to_cases(
+        &self,
+        request: tonic::Request<pb::AppendEventsToCasesRequest>,
+    ) -> Result<tonic::Response<pb::AppendEventsToCasesResponse>, tonic::Status> {
+        if !self.many_cases {
+            return Err(tonic::Status::unimplemented("Method not found"));
+        }
+        self.many_case_requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.append_events_to_cases(request).await
+    }
+    async fn get_case(
+        &self,
+        request: tonic::Request<pb::GetCaseRequest>,
+    ) -> Result<tonic::Response<pb::GetCaseResponse>, tonic::Status> {
+        self.inner.get_case(request).await
+    }
+    async fn list_case_events(
+        &self,
+        request: tonic::Request<pb::ListCaseEventsRequest>,
+    ) -> Result<tonic::Response<pb::ListCaseEventsResponse>, tonic::Status> {
+        self.inner.list_case_events(request).await
+    }
+}
+
+/// Imports 100 cases into a counting service: (one-case requests, many-case requests).
+async fn import_counted(pool: &PgPool, many_cases: bool) -> (usize, usize) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (one_case_requests, many_case_requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let service = Counting {
+        inner: caselog_server::CaseEvents::new(caselog_store::EventLog::new(pool.clone())),
+        many_cases,
+        one_case_requests: one_case_requests.clone(),
+        many_case_requests: many_case_requests.clone(),
+    };
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(caselog_server::auth::AuthLayer::new(
+                caselog_tests::security::authenticator(false, 64),
+            ))
+            .add_service(CaseEventServiceServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let text = ndjson(100);
+    let total = text.lines().count();
+    let report = import_text(&text, connect(addr).await, &harness_import())
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.appended(), report.rejected()),
+        (total, 0),
+        "{:?}",
+        report.rejections().next()
+    );
+    assert_eq!(event_count(pool).await, total as i64);
+    server.abort();
+    (
+        one_case_requests.load(Ordering::Relaxed),
+        many_case_requests.load(Ordering::Relaxed),
+    )
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn an_import_sends_many_cases_in_a_request(pool: PgPool) {
+    let (one_case, many_case) = import_counted(&pool, true).await;
+    assert_eq!(one_case, 0);
+    assert!(
+        (1..50).contains(&many_case),
+        "100 cases of about 1,000 events went in {many_case} requests"
+    );
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn an_import_into_a_service_without_many_case_requests_sends_each_case_alone(pool: PgPool) {
+    let (one_case, many_case) = import_counted(&pool, false).await;
+    assert_eq!(many_case, 0);
+    assert!(one_case >= 100, "{one_case} requests for 100 cases");
 }

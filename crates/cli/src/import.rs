@@ -27,6 +27,7 @@ use prost::Message as _;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::BufRead;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -670,7 +671,8 @@ impl Batch {
 /// requests of up to 1,000 events, at most `requests` of them in flight: in a file in recording
 /// order a case has tens of events nearby, and a request for each would spend the service's
 /// time on requests rather than events. A batch handed over while every request is in flight
-/// waits for the next, which then carries every batch waiting.
+/// waits for the next, which then carries every batch waiting. A service older than
+/// `AppendEventsToCases` gets each batch in an `AppendEvents` request of its own instead.
 #[derive(Clone)]
 struct Bundler {
     sender: mpsc::Sender<Bundled>,
@@ -702,6 +704,7 @@ impl Bundler {
 
 async fn bundle(client: CaseEventServiceClient<WithToken>, mut receiver: mpsc::Receiver<Bundled>, requests: usize) {
     let in_flight = Arc::new(Semaphore::new(requests));
+    let service = Arc::new(ServiceSupport::default());
     let mut next: Option<Bundled> = None;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -724,21 +727,60 @@ async fn bundle(client: CaseEventServiceClient<WithToken>, mut receiver: mpsc::R
             events += more.request.events.len();
             bundled.push(more);
         }
-        let mut client = client.clone();
+        let (mut client, service) = (client.clone(), service.clone());
         tokio::spawn(async move {
-            send_bundle(&mut client, bundled).await;
+            send_bundle(&mut client, &service, bundled).await;
             drop(permit);
         });
     }
 }
 
+/// Whether the service takes `AppendEventsToCases`: a service older than the RPC answers
+/// UNIMPLEMENTED, and the import then sends each batch with `AppendEvents`.
+#[derive(Default)]
+struct ServiceSupport(AtomicU8);
+
+impl ServiceSupport {
+    const UNKNOWN: u8 = 0;
+    const MANY_CASES: u8 = 1;
+    const ONE_CASE: u8 = 2;
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, support: u8) {
+        self.0.store(support, Ordering::Relaxed);
+    }
+}
+
 /// Sends the batches in one request and hands each its outcome; a request that fails as a whole
 /// fails each batch with its status (each is then retried or reported on its own).
-async fn send_bundle(client: &mut CaseEventServiceClient<WithToken>, bundled: Vec<Bundled>) {
+async fn send_bundle(client: &mut CaseEventServiceClient<WithToken>, service: &ServiceSupport, bundled: Vec<Bundled>) {
+    if service.get() == ServiceSupport::ONE_CASE {
+        return send_one_by_one(client, bundled).await;
+    }
+    // Kept until the service is known to take many cases, to resend them one by one if not.
+    let unsure = (service.get() == ServiceSupport::UNKNOWN)
+        .then(|| bundled.iter().map(|b| b.request.clone()).collect::<Vec<_>>());
     let (requests, replies): (Vec<_>, Vec<_>) = bundled.into_iter().map(|b| (b.request, b.reply)).unzip();
     let count = requests.len();
     let request = pb::AppendEventsToCasesRequest { batches: requests };
-    match client.append_events_to_cases(request).await {
+    let answer = client.append_events_to_cases(request).await;
+    match (&answer, unsure) {
+        (Err(status), Some(requests)) if status.code() == Code::Unimplemented => {
+            service.set(ServiceSupport::ONE_CASE);
+            let bundled = requests
+                .into_iter()
+                .zip(replies)
+                .map(|(request, reply)| Bundled { request, reply })
+                .collect();
+            return send_one_by_one(client, bundled).await;
+        }
+        (Ok(_), _) => service.set(ServiceSupport::MANY_CASES),
+        _ => {}
+    }
+    match answer {
         Ok(response) => {
             let outcomes = response.into_inner().outcomes;
             if outcomes.len() != count {
@@ -768,6 +810,13 @@ async fn send_bundle(client: &mut CaseEventServiceClient<WithToken>, bundled: Ve
                 let _ = reply.send(Err(status.clone()));
             }
         }
+    }
+}
+
+/// Each batch in an `AppendEvents` request of its own, one after another.
+async fn send_one_by_one(client: &mut CaseEventServiceClient<WithToken>, bundled: Vec<Bundled>) {
+    for Bundled { request, reply } in bundled {
+        let _ = reply.send(client.append_events(request).await.map(tonic::Response::into_inner));
     }
 }
 

@@ -180,5 +180,13 @@ async fn an_empty_or_oversized_request_is_refused_whole(pool: PgPool) {
         .unwrap_err();
     assert_eq!(oversized.code(), Code::InvalidArgument);
     assert!(oversized.message().contains("1000 events"), "{}", oversized.message());
+
+    // Batches without events would each earn a refusal: refused whole instead.
+    let empties = client
+        .append_events_to_cases(many((0..1001).map(|c| append(&format!("LS{c}"), vec![])).collect()))
+        .await
+        .unwrap_err();
+    assert_eq!(empties.code(), Code::InvalidArgument);
+    assert_eq!(bad_fields(&empties), ["batches"]);
     assert_eq!(event_count(&pool).await, 0);
 }

@@ -174,11 +174,13 @@ impl CaseEventService for CaseEvents {
         let principal = writer_of(&request)?;
         let batches = request.into_inner().batches;
         let events: usize = batches.iter().map(|b| b.events.len()).sum();
-        if batches.is_empty() || events > ingest::MAX_BATCH {
+        // Every batch holds an event, so batches are bounded by events too: a request of many
+        // empty batches is refused whole, not answered with a refusal for each.
+        if batches.is_empty() || batches.len() > ingest::MAX_BATCH || events > ingest::MAX_BATCH {
             return Err(Error::invalid(vec![FieldViolation::new(
                 "batches",
                 format!(
-                    "a request holds at least one batch and at most {} events in all (got {} batches, {events} events)",
+                    "a request holds 1 to {0} batches and at most {0} events in all (got {1} batches, {events} events)",
                     ingest::MAX_BATCH,
                     batches.len()
                 ),

@@ -3,7 +3,7 @@
 
 use caselog_api::v1 as pb;
 use caselog_api::v1::case_event_service_client::CaseEventServiceClient;
-use caselog_api::v1::case_event_service_server::{CaseEventService, CaseEventServiceServer};
+use caselog_api::v1::case_event_service_server::CaseEventService;
 use caselog_server::CaseEvents;
 use caselog_store::EventLog;
 use caselog_tests::*;
@@ -125,17 +125,7 @@ async fn lossy_server(
     tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     CaseEventServiceClient<caselog_tests::AuthChannel>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let lossy = CaseEventServiceServer::new(LosesReplies(CaseEvents::new(EventLog::new(pool.clone()))));
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(caselog_server::auth::AuthLayer::new(
-                caselog_tests::security::authenticator(false, 64),
-            ))
-            .add_service(lossy)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (server, addr) = serve_case_events(LosesReplies(CaseEvents::new(EventLog::new(pool.clone())))).await;
     let client = CaseEventServiceClient::new(caselog_tests::with_token(
         connect(addr).await,
         caselog_tests::HARNESS_TOKEN,
@@ -146,19 +136,7 @@ async fn lossy_server(
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn a_retry_of_many_cases_after_a_lost_reply_is_acknowledged_with_the_original_positions(pool: PgPool) {
     let (lossy_server, mut lossy_client) = lossy_server(&pool).await;
-    let request = pb::AppendEventsToCasesRequest {
-        batches: (0..10)
-            .map(|c| {
-                append(
-                    &format!("LS{c}"),
-                    vec![
-                        event("2025-04-17", issued_public(&["c1"])),
-                        event("2025-05-01", seen("c1")),
-                    ],
-                )
-            })
-            .collect(),
-    };
+    let request = new_cases(10);
     let lost = lossy_client.append_events_to_cases(request.clone()).await.unwrap_err();
     assert_eq!(lost.code(), Code::Unavailable);
     assert_eq!(event_count(&pool).await, 20, "the first attempt committed");

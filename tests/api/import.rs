@@ -2,7 +2,7 @@
 //! second import that writes nothing.
 
 use caselog_api::v1 as pb;
-use caselog_api::v1::case_event_service_server::{CaseEventService, CaseEventServiceServer};
+use caselog_api::v1::case_event_service_server::CaseEventService;
 use caselog_cli::import::{ImportOptions, ImportProgress, LineOutcome, import, import_text};
 use caselog_domain::event::*;
 use caselog_domain::interchange::to_line;
@@ -383,23 +383,14 @@ impl CaseEventService for Counting {
 
 /// Imports 100 cases into a counting service: (one-case requests, many-case requests).
 async fn import_counted(pool: &PgPool, many_cases: bool) -> (usize, usize) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (one_case_requests, many_case_requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let service = Counting {
+    let (server, addr) = serve_case_events(Counting {
         inner: caselog_server::CaseEvents::new(caselog_store::EventLog::new(pool.clone())),
         many_cases,
         one_case_requests: one_case_requests.clone(),
         many_case_requests: many_case_requests.clone(),
-    };
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(caselog_server::auth::AuthLayer::new(
-                caselog_tests::security::authenticator(false, 64),
-            ))
-            .add_service(CaseEventServiceServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    })
+    .await;
     let text = ndjson(100);
     let total = text.lines().count();
     let report = import_text(&text, connect(addr).await, &harness_import())

@@ -87,19 +87,7 @@ async fn each_batch_is_all_or_nothing_and_a_cases_batches_keep_request_order(poo
 async fn a_resent_request_is_acknowledged_with_the_original_positions(pool: PgPool) {
     let server = TestServer::start(pool.clone()).await;
     let mut client = server.client();
-    let request = many(
-        (0..20)
-            .map(|c| {
-                append(
-                    &format!("LS{c}"),
-                    vec![
-                        event("2025-04-17", issued_public(&["c1"])),
-                        event("2025-05-01", seen("c1")),
-                    ],
-                )
-            })
-            .collect(),
-    );
+    let request = new_cases(20);
     let first = client
         .append_events_to_cases(request.clone())
         .await

@@ -225,6 +225,42 @@ impl Drop for TestServer {
     }
 }
 
+/// Serves `service` as the `CaseEventService` on 127.0.0.1, behind the harness's
+/// authentication: for tests that put a wrapper in front of the real service.
+pub async fn serve_case_events<S>(service: S) -> (JoinHandle<Result<(), tonic::transport::Error>>, SocketAddr)
+where
+    S: caselog_api::v1::case_event_service_server::CaseEventService,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(caselog_server::auth::AuthLayer::new(security::authenticator(false, 64)))
+            .add_service(caselog_api::v1::case_event_service_server::CaseEventServiceServer::new(
+                service,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (server, addr)
+}
+
+/// `count` new cases "LS0", "LS1", …, each issued with child "c1", who is then seen.
+pub fn new_cases(count: usize) -> pb::AppendEventsToCasesRequest {
+    pb::AppendEventsToCasesRequest {
+        batches: (0..count)
+            .map(|c| {
+                append(
+                    &format!("LS{c}"),
+                    vec![
+                        event("2025-04-17", issued_public(&["c1"])),
+                        event("2025-05-01", seen("c1")),
+                    ],
+                )
+            })
+            .collect(),
+    }
+}
+
 /// A channel to `addr`, retried briefly while the server starts.
 pub async fn connect(addr: SocketAddr) -> Channel {
     let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();

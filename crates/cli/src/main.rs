@@ -21,7 +21,8 @@ use std::process::ExitCode;
 
 /// glibc's allocator spent a third of the service's processor time during an import
 /// (docs/benchmarks.md, "Requests that carry many cases"): every request, event and row is many
-/// short-lived allocations, across threads.
+/// short-lived allocations, across threads. Its arenas are not committed eagerly
+/// (`.cargo/config.toml`), so it holds about what glibc held.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;

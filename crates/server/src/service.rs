@@ -113,8 +113,8 @@ impl CaseEvents {
 }
 
 /// Events per acknowledged batch (an `AppendEvents` request or a batch of `AppendEventsToCases`):
-/// one-event appends (each system sending as it records) against batches (imports, backfills). From the meter provider of the moment (a
-/// service is made once per server).
+/// one-event appends (each system sending as it records) against batches (imports, backfills).
+/// From the meter provider of the moment (a service is made once per server).
 fn append_batch_events() -> opentelemetry::metrics::Histogram<u64> {
     opentelemetry::global::meter("caselog")
         .u64_histogram("caselog.append.batch_events")

@@ -6,6 +6,7 @@
 //! takes positions from a plain sequence; (2) delivery latency to a live gRPC subscriber while
 //! writers append at a steady rate through the gRPC service.
 
+mod cpu;
 mod faults;
 #[cfg(feature = "peer")]
 mod peer;

@@ -4,6 +4,7 @@
 //! The service under test is the real `caselog` binary, started as a child process (so its peak
 //! memory is its own), and the rebuild is `caselog rebuild`, also a child process.
 
+use crate::cpu::{Meter, Spent};
 use crate::{Authed, DevTokenFile, authed};
 use crate::{hearings, issue, percentile, print_machine, request, sorted};
 use anyhow::{Context, bail};
@@ -95,11 +96,11 @@ pub async fn run(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
             straddling_as_of(pool, &service.channel, options.straddlers).await?;
         }
         if options.runs("batch") {
-            batch_ingest(pool, &service.channel, options.batches).await?;
+            batch_ingest(pool, &service.channel, options.batches, service.meter()).await?;
         }
         if options.runs("single") {
             for &clients in &options.clients {
-                single_appends(pool, &service.endpoint, clients, options).await?;
+                single_appends(pool, &service.endpoint, clients, options, service.meter()).await?;
             }
         }
         if options.runs("keep-up") {
@@ -583,6 +584,11 @@ impl Service {
         bail!("caselog serve did not start listening on port {port}")
     }
 
+    /// Measures processor time with this service as the service side.
+    fn meter(&self) -> Meter {
+        Meter::new(self.child.id())
+    }
+
     /// Stops the service; returns its peak resident memory.
     async fn stop(mut self) -> Option<u64> {
         let peak = self.child.id().and_then(|pid| resident_kib(pid, "VmHWM:"));
@@ -781,7 +787,7 @@ async fn query_latency(pool: &PgPool, channel: &Authed, queries: usize) -> anyho
 
 /// 1,000-event AppendEvents requests (a new case each) from 4 clients, against `COPY FROM` of
 /// the same rows, 1,000 per COPY, from 4 connections, into an identical table.
-async fn batch_ingest(pool: &PgPool, channel: &Authed, batches: usize) -> anyhow::Result<()> {
+async fn batch_ingest(pool: &PgPool, channel: &Authed, batches: usize, meter: Meter) -> anyhow::Result<()> {
     const PER_BATCH: usize = 1000;
     const CLIENTS: usize = 4;
     println!("\n== batch ingest: {batches} requests of {PER_BATCH} events from {CLIENTS} clients");
@@ -808,6 +814,8 @@ async fn batch_ingest(pool: &PgPool, channel: &Authed, batches: usize) -> anyhow
         .map(|(b, request)| copy_rows(request, first + (b * PER_BATCH) as i64 + 1))
         .collect();
 
+    let (mut raw_spent, mut ours_spent) = (Spent::default(), Spent::default());
+    let before = meter.sample();
     let raw_started = Instant::now();
     let copies = Arc::new(copies);
     let mut tasks = tokio::task::JoinSet::new();
@@ -831,7 +839,9 @@ async fn batch_ingest(pool: &PgPool, channel: &Authed, batches: usize) -> anyhow
         done??;
     }
     let raw_rate = (batches * PER_BATCH) as f64 / raw_started.elapsed().as_secs_f64();
+    raw_spent.add(before, meter.sample());
 
+    let before = meter.sample();
     let ours_started = Instant::now();
     let requests = Arc::new(requests);
     let mut tasks = tokio::task::JoinSet::new();
@@ -848,8 +858,12 @@ async fn batch_ingest(pool: &PgPool, channel: &Authed, batches: usize) -> anyhow
         done??;
     }
     let rate = (batches * PER_BATCH) as f64 / ours_started.elapsed().as_secs_f64();
+    ours_spent.add(before, meter.sample());
+    let events = (batches * PER_BATCH) as u64;
     println!("raw PostgreSQL COPY FROM (identical table and indexes): {raw_rate:>9.0} events/s");
+    println!("  {}", raw_spent.per_event(events));
     println!("caselog AppendEvents over gRPC (validated, idempotent):   {rate:>9.0} events/s");
+    println!("  {}", ours_spent.per_event(events));
     println!("ratio caselog/raw: {:.2} (goal: at least 0.75)", rate / raw_rate);
     Ok(())
 }
@@ -893,6 +907,7 @@ async fn single_appends(
     endpoint: &Endpoint,
     clients: usize,
     options: &SuiteOptions,
+    meter: Meter,
 ) -> anyhow::Result<()> {
     const ROUNDS: u32 = 3;
     let duration = Duration::from_secs(options.seconds);
@@ -909,6 +924,8 @@ async fn single_appends(
         channels.push(authed(endpoint.connect().await?));
     }
     #[cfg(feature = "peer")]
+    let mut peer_spent = Spent::default();
+    #[cfg(feature = "peer")]
     let (peer, peer_sent, mut peer_timed) = (
         if options.peer && peer_fits(pool, clients).await? {
             Some(crate::peer::Peer::connect(&options.database_url, clients as u32).await?)
@@ -919,7 +936,9 @@ async fn single_appends(
         Timed::default(),
     );
     let (mut raw, mut ours) = (Timed::default(), Timed::default());
+    let (mut raw_spent, mut ours_spent) = (Spent::default(), Spent::default());
     for _ in 0..ROUNDS {
+        let before = meter.sample();
         let round = timed_loop(clients, duration / ROUNDS, |c| {
             let pool = pool.clone();
             let prefix = format!("RAW-{}-{c}", &run[..8]);
@@ -944,7 +963,9 @@ async fn single_appends(
             }
         })
         .await?;
+        raw_spent.add(before, meter.sample());
         raw.add(round);
+        let before = meter.sample();
         let round = timed_loop(clients, duration / ROUNDS, |c| {
             let client = CaseEventServiceClient::new(channels[c].clone());
             let prefix = format!("ONE-{}-{c}", &run[..8]);
@@ -959,9 +980,11 @@ async fn single_appends(
             }
         })
         .await?;
+        ours_spent.add(before, meter.sample());
         ours.add(round);
         #[cfg(feature = "peer")]
         if let Some(peer) = &peer {
+            let before = meter.sample();
             let round = timed_loop(clients, duration / ROUNDS, |c| {
                 let peer = peer.clone();
                 let prefix = format!("PEER-{}-{c}", &run[..8]);
@@ -973,13 +996,17 @@ async fn single_appends(
                 }
             })
             .await?;
+            peer_spent.add(before, meter.sample());
             peer_timed.add(round);
         }
     }
+    let (raw_events, ours_events) = (raw.latencies.len() as u64, ours.latencies.len() as u64);
     let raw = Side::of("raw PostgreSQL single-row INSERT transactions", raw);
     let ours = Side::of("caselog AppendEvents, one event each", ours);
     raw.print();
+    println!("  {}", raw_spent.per_event(raw_events));
     ours.print();
+    println!("  {}", ours_spent.per_event(ours_events));
     println!(
         "ratio caselog/raw: {:.2}{}; p99 caselog/raw: {:.2} (goal: at most 2)",
         ours.rate / raw.rate,
@@ -993,8 +1020,10 @@ async fn single_appends(
     #[cfg(feature = "peer")]
     if let Some(peer) = peer {
         peer.close().await;
+        let peer_events = peer_timed.latencies.len() as u64;
         let peer = Side::of("cqrs-es + postgres-es 0.5 commands", peer_timed);
         peer.print();
+        println!("  {}", peer_spent.per_event(peer_events));
         println!(
             "ratio caselog/postgres-es: {:.2}{}; postgres-es/raw: {:.2}",
             ours.rate / peer.rate,

@@ -5,7 +5,7 @@
 //! Eviction takes the entry put longest ago. Both users (the write path's case cache, the
 //! projector's history cache) take a case out to use it and put it back, so that is the entry
 //! used longest ago, with no bookkeeping beyond the put. It was "any entry" (the hash table's
-//! first) until an import showed why not: once the cache was full of a bulk load's large cases,
+//! first) until a bulk load showed why not: once the cache was full of the load's large cases,
 //! which were never touched again, each put evicted whichever live case sat first in the table,
 //! and live appends missed the cache about once each, at half the rate (docs/benchmarks.md).
 

@@ -66,8 +66,11 @@ impl Spent {
 
     /// One line: processor time per event of each party, and how busy the machine was.
     pub fn per_event(&self, events: u64) -> String {
-        if self.machine_all == 0 || events == 0 {
+        if self.machine_all == 0 {
             return "processor time: not measured (no /proc)".into();
+        }
+        if events == 0 {
+            return "processor time: no events to divide it by".into();
         }
         let micros = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / events as f64;
         format!(

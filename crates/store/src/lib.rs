@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod combine;
+mod copy_binary;
 mod copy_text;
 mod error;
 pub mod feed;

@@ -418,3 +418,69 @@ async fn concurrent_case_reads_share_a_statement_and_each_gets_its_case(pool: Pg
         wanted.len()
     );
 }
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn case_ordered_pages_hold_whole_cases_and_respect_the_cut(pool: PgPool) {
+    use caselog_store::rebuild::Cut;
+    let log = EventLog::new(pool.clone());
+    // Case ids that a statement written with literals would misread, and a case longer than
+    // a page.
+    let cases = ["a'quote", "b\\slash", "c\ttab", "d-long", "e"];
+    for (i, case_id) in cases.iter().enumerate() {
+        let n = if *case_id == "d-long" { 70 } else { i + 1 };
+        log.append(case_id, v(0), "court:LS", &rows(n)).await.unwrap();
+    }
+    let before_last: Position = sqlx::query_scalar::<_, i64>("SELECT max(position) FROM events WHERE case_id <> 'e'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let late = log.append("a'quote", v(1), "court:LS", &rows(2)).await.unwrap();
+    let cut_instant = late[0].recorded_at - chrono::TimeDelta::microseconds(1);
+
+    for (cut, expected) in [
+        (
+            Cut::Position(late[1].position),
+            vec![("a'quote", 3), ("b\\slash", 2), ("c\ttab", 3), ("d-long", 70), ("e", 5)],
+        ),
+        (
+            Cut::Position(before_last),
+            vec![("a'quote", 1), ("b\\slash", 2), ("c\ttab", 3), ("d-long", 70)],
+        ),
+        (
+            Cut::RecordedBy(cut_instant),
+            vec![("a'quote", 1), ("b\\slash", 2), ("c\ttab", 3), ("d-long", 70), ("e", 5)],
+        ),
+    ] {
+        let mut after: Option<String> = None;
+        let mut seen: Vec<(String, u64)> = Vec::new();
+        loop {
+            let page = log.read_cases_in_order(after.as_deref(), cut, 4).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.case_id.clone());
+            for case in page.chunk_by(|a, b| a.case_id == b.case_id) {
+                assert!(
+                    seen.last().is_none_or(|(id, _)| id.as_str() < case[0].case_id.as_str()),
+                    "case {} split across pages or out of order",
+                    case[0].case_id
+                );
+                let versions: Vec<u64> = case.iter().map(|e| e.version.get()).collect();
+                for event in case {
+                    let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+                    assert_eq!(data["hearing_type"], "cmh");
+                    assert_eq!(event.occurred_on, NaiveDate::from_ymd_opt(2025, 4, 17).unwrap());
+                }
+                assert_eq!(
+                    versions,
+                    (1..=case.len() as u64).collect::<Vec<_>>(),
+                    "{}",
+                    case[0].case_id
+                );
+                seen.push((case[0].case_id.clone(), case.len() as u64));
+            }
+        }
+        let expected: Vec<(String, u64)> = expected.into_iter().map(|(c, n)| (c.to_owned(), n)).collect();
+        assert_eq!(seen, expected, "{cut:?}");
+    }
+}

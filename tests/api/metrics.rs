@@ -164,10 +164,7 @@ async fn bad_queries_name_their_fields_and_a_lagging_projection_says_so(pool: Pg
 }
 
 async fn projected_facts(pool: &PgPool) -> Vec<serde_json::Value> {
-    sqlx::query_scalar("SELECT facts FROM case_facts ORDER BY case_id")
-        .fetch_all(pool)
-        .await
-        .unwrap()
+    stored_facts(pool).await.into_iter().map(|(_, facts)| facts).collect()
 }
 
 async fn rebuilt_facts(pool: &PgPool) -> Vec<serde_json::Value> {

@@ -155,14 +155,20 @@ async fn verify_reports_a_corrupted_projection_row_and_changes_nothing(pool: PgP
     load_history(&pool, 12, 60, 12.0).await;
     let server = TestServer::start(pool.clone()).await;
     let head = caught_up(&server, &pool).await;
-    let victim: String = sqlx::query_scalar(
-        "SELECT case_id FROM case_facts WHERE facts->>'law_type' = 'public' AND facts->>'closed_on' IS NULL ORDER BY case_id LIMIT 1",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE case_facts SET facts = jsonb_set(facts, '{closed_on}', '\"2025-06-02\"') WHERE case_id = $1")
-        .bind(&victim)
+    let rows = stored_facts(&pool).await;
+    let (victim, mut corrupted) = rows
+        .iter()
+        .find(|(_, f)| f["law_type"] == "public" && f["closed_on"].is_null())
+        .cloned()
+        .unwrap();
+    corrupted["closed_on"] = "2025-06-02".into();
+    overwrite_stored_facts(&pool, &victim, corrupted).await;
+    // Another case's row as it was stored before migration 0010 (jsonb's text, as bytes): the
+    // same facts, so not a difference.
+    let (as_json, facts) = rows.iter().find(|(case_id, _)| *case_id != victim).unwrap();
+    sqlx::query("UPDATE case_facts SET facts = convert_to($1::jsonb::text, 'UTF8') WHERE case_id = $2")
+        .bind(facts.to_string())
+        .bind(as_json)
         .execute(&pool)
         .await
         .unwrap();
@@ -180,12 +186,9 @@ async fn verify_reports_a_corrupted_projection_row_and_changes_nothing(pool: PgP
         report.metrics
     );
     // Verifying switched nothing: the corrupted row is still live until a rebuild replaces it.
-    let closed: Option<String> = sqlx::query_scalar("SELECT facts->>'closed_on' FROM case_facts WHERE case_id = $1")
-        .bind(&victim)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(closed.as_deref(), Some("2025-06-02"));
+    let live = stored_facts(&pool).await;
+    let closed = &live.iter().find(|(case_id, _)| *case_id == victim).unwrap().1["closed_on"];
+    assert_eq!(closed, "2025-06-02");
 
     rebuild_over_grpc(server.channel.clone(), false).await.unwrap();
     let (after, _) = rebuild_over_grpc(server.channel.clone(), true).await.unwrap();
@@ -239,12 +242,13 @@ async fn a_rebuild_racing_appends_loses_and_doubles_nothing(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(facts, cases);
-    let raced: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM case_facts WHERE case_id LIKE 'RACE-%' AND jsonb_array_length(facts->'children'->0->'seen_in_person') = 1",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let raced = stored_facts(&pool)
+        .await
+        .iter()
+        .filter(|(case_id, f)| {
+            case_id.starts_with("RACE-") && f["children"][0]["seen_in_person"].as_array().map(Vec::len) == Some(1)
+        })
+        .count();
     assert_eq!(raced, 100, "every raced case is there once, with its visit once");
 }
 

@@ -5,7 +5,7 @@
 //! row recorded by then, exactly: a case's recording instants follow its versions.
 
 use crate::error::Error;
-use crate::snapshot::FORMAT;
+use crate::stored_facts::encode;
 use caselog_domain::CaseHistory;
 use caselog_projections::{CaseFacts, facts_of};
 use caselog_store::FactsHistoryRow;
@@ -57,29 +57,11 @@ pub(crate) fn recorded_rows(
     Ok(rows)
 }
 
-/// The facts as a history row holds them: the encoding's format, then the encoding (the
-/// snapshot's, so the two change together).
-pub(crate) fn encode(facts: &CaseFacts) -> Result<Vec<u8>, Error> {
-    let format = u8::try_from(FORMAT).map_err(|_| Error::Internal(format!("format {FORMAT} does not fit a byte")))?;
-    let mut out = vec![format];
-    postcard::to_io(facts, &mut out)
-        .map_err(|e| Error::Internal(format!("encoding the history of {}: {e}", facts.case_id)))?;
-    Ok(out)
-}
-
-/// The facts a history row holds, or `None` if they were written in another format (an
-/// earlier build's: the case is then folded from the log).
-pub(crate) fn decode(data: &[u8]) -> Option<CaseFacts> {
-    match data.split_first() {
-        Some((&format, encoded)) if i32::from(format) == FORMAT => postcard::from_bytes(encoded).ok(),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::stored_facts::decode;
     use caselog_domain::{EventId, EventType, HistoryEvent, Payload};
     use chrono::TimeZone;
 
@@ -143,14 +125,5 @@ mod tests {
         held.sort_by_key(|(at, _)| *at);
         assert_eq!(held, vec![(at(3, 12), now.clone()), (at(3, 13), Some(facts_after(3)))]);
         assert!(recorded_rows("K1", &whole, &[at(1, 1); 5], now.as_ref()).is_err());
-    }
-
-    #[test]
-    fn facts_of_another_format_are_not_read() {
-        let mut encoded = encode(&facts_after(1)).unwrap();
-        assert_eq!(decode(&encoded), Some(facts_after(1)));
-        encoded[0] = encoded[0].wrapping_add(1);
-        assert_eq!(decode(&encoded), None);
-        assert_eq!(decode(&[]), None);
     }
 }

@@ -18,6 +18,7 @@ pub mod projector;
 pub mod read_model;
 pub mod rebuild;
 mod snapshot;
+pub mod stored_facts;
 
 pub use error::Error;
 pub use read_model::ReadModel;

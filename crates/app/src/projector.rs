@@ -6,6 +6,7 @@
 use crate::cache::WeightedCache;
 use crate::error::Error;
 use crate::history::recorded_rows;
+use crate::stored_facts::encode;
 use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload, Position, Version};
 use caselog_projections::{CaseFacts, facts_of};
 use caselog_store::projection::CASE_FACTS;
@@ -241,9 +242,7 @@ pub async fn apply_next_page_with(
         let Some(facts) = facts else {
             continue;
         };
-        let json =
-            serde_json::to_string(&facts).map_err(|e| Error::Internal(format!("facts of {}: {e}", facts.case_id)))?;
-        facts_rows.push((facts.case_id.to_string(), json));
+        facts_rows.push((facts.case_id.to_string(), encode(&facts)?));
     }
     if log.save_case_facts(&facts_rows, &history_rows, from, to).await? {
         histories.keep(to, cached);
@@ -290,31 +289,25 @@ pub async fn facts_at(log: &EventLog, cut: Cut) -> Result<Vec<CaseFacts>, Error>
 }
 
 /// Reads the log cut at `cut`, case by case (each case whole), on a task of its own that stays
-/// a page ahead of the reader. Dropping the receiver stops it.
-pub(crate) fn read_pages(log: EventLog, cut: Cut, page_events: i64) -> mpsc::Receiver<Result<Vec<ReplayRow>, Error>> {
+/// up to two pages ahead of the reader. Dropping the receiver stops it.
+pub(crate) fn read_pages(log: EventLog, cut: Cut, page_events: usize) -> mpsc::Receiver<Result<Vec<ReplayRow>, Error>> {
     let (sender, receiver) = mpsc::channel(2);
     tokio::spawn(async move {
-        let mut after: Option<String> = None;
-        loop {
-            let page = match log.read_cases_in_order(after.as_deref(), cut, page_events).await {
-                Ok(page) if page.is_empty() => return,
-                Ok(page) => page,
-                Err(err) => {
-                    let _ = sender.send(Err(err.into())).await;
-                    return;
-                }
-            };
-            after = page.last().map(|e| e.case_id.clone());
-            if sender.send(Ok(page)).await.is_err() {
-                return;
-            }
+        let read = log
+            .read_cases_in_order(cut, page_events, |page| {
+                let sender = sender.clone();
+                async move { sender.send(Ok(page)).await.is_ok() }
+            })
+            .await;
+        if let Err(err) = read {
+            let _ = sender.send(Err(err.into())).await;
         }
     });
     receiver
 }
 
 /// Events read per page when folding the whole log.
-const FOLD_PAGE_EVENTS: i64 = 20_000;
+const FOLD_PAGE_EVENTS: usize = 20_000;
 
 fn replayed_history(rows: &[ReplayRow]) -> Result<CaseHistory, Error> {
     rows.iter()

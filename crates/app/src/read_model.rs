@@ -6,9 +6,9 @@
 
 use crate::as_of::{AtInstant, ReadSpans, RecordedSpans, Span, read_spans};
 use crate::error::Error;
-use crate::history;
 use crate::projector::fold_cases;
 use crate::snapshot::{self, Part};
+use crate::stored_facts;
 use caselog_calendar::WorkingCalendar;
 use caselog_domain::Position;
 use caselog_projections::metrics::{MetricsError, compute_parallel};
@@ -248,10 +248,8 @@ impl FactsSink for FactsCache {
         }
     }
 
-    fn row(&mut self, facts: &str) -> Result<(), Error> {
-        let facts: CaseFacts =
-            serde_json::from_str(facts).map_err(|e| Error::Internal(format!("unreadable case facts: {e}")))?;
-        self.upsert(facts)
+    fn row(&mut self, facts: &[u8]) -> Result<(), Error> {
+        self.upsert(stored_facts::decode_row(facts)?)
     }
 }
 
@@ -956,7 +954,7 @@ impl ReadModel {
             let mut found = Vec::with_capacity(rows.len());
             let mut refold = Vec::new();
             for row in rows {
-                match row.facts.as_deref().map(history::decode) {
+                match row.facts.as_deref().map(stored_facts::decode) {
                     None => {}
                     Some(Some(facts)) => found.push(facts),
                     Some(None) => refold.push(row.case_id),

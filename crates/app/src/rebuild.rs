@@ -8,6 +8,7 @@
 
 use crate::error::Error;
 use crate::projector::{fold_cases, fold_cases_with_history, read_pages};
+use crate::stored_facts;
 use caselog_calendar::WorkingCalendar;
 use caselog_domain::Position;
 use caselog_domain::england::date_in_england;
@@ -35,7 +36,7 @@ pub struct RebuildOptions {
     /// Compare with the live projection and discard, instead of switching.
     pub verify_only: bool,
     /// Events read from the log per page.
-    pub page_events: i64,
+    pub page_events: usize,
 }
 
 impl Default for RebuildOptions {
@@ -210,7 +211,7 @@ pub struct WorklistDifference {
 /// The facts row of one case, and its digest.
 struct Row {
     case_id: String,
-    json: String,
+    stored: Vec<u8>,
     digest: [u8; 32],
 }
 
@@ -367,10 +368,10 @@ async fn rebuild_holding(
     Ok(summary)
 }
 
-/// Folded cases: their facts rows (case id, JSON) and their history rows.
+/// Folded cases: their facts rows (case id, stored facts) and their history rows.
 #[derive(Default)]
 struct Folded {
-    rows: Vec<(String, String)>,
+    rows: Vec<(String, Vec<u8>)>,
     history: Vec<FactsHistoryRow>,
 }
 
@@ -392,11 +393,11 @@ fn rows_of(events: &[ReplayRow], with_history: bool) -> Result<(Vec<Row>, Vec<Fa
 }
 
 fn row_of(facts: &CaseFacts) -> Result<Row, Error> {
-    let json = serde_json::to_string(facts).map_err(|e| Error::Internal(format!("facts of {}: {e}", facts.case_id)))?;
+    let stored = stored_facts::encode(facts)?;
     Ok(Row {
         case_id: facts.case_id.to_string(),
-        digest: Sha256::digest(json.as_bytes()).into(),
-        json,
+        digest: Sha256::digest(&stored).into(),
+        stored,
     })
 }
 
@@ -405,7 +406,7 @@ fn remember((rows, history): (Vec<Row>, Vec<FactsHistoryRow>), digests: &mut BTr
         .into_iter()
         .map(|row| {
             digests.insert(row.case_id.clone(), row.digest);
-            (row.case_id, row.json)
+            (row.case_id, row.stored)
         })
         .collect();
     Folded { rows, history }
@@ -437,48 +438,65 @@ fn digest_of(digests: &BTreeMap<String, [u8; 32]>) -> String {
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn parse_all(rows: &[serde_json::Value]) -> Result<Vec<CaseFacts>, Error> {
-    rows.iter()
-        .map(|row| {
-            serde_json::from_value(row.clone()).map_err(|e| Error::Internal(format!("unreadable case facts: {e}")))
-        })
-        .collect()
+fn decode_all(rows: &[Vec<u8>]) -> Result<Vec<CaseFacts>, Error> {
+    rows.iter().map(|row| stored_facts::decode_row(row)).collect()
+}
+
+/// A case whose facts differ in meaning: `None` where a table has no row.
+struct Differing {
+    case_id: String,
+    live: Option<CaseFacts>,
+    rebuilt: Option<CaseFacts>,
 }
 
 /// The verification report: differing rows, then the metrics and worklists computed from each side.
-fn compare(
-    differences: &[FactsDifference],
-    live: &[serde_json::Value],
-    rebuilt: &[serde_json::Value],
-) -> Result<VerifyReport, Error> {
-    let live = parse_all(live)?;
-    let rebuilt = parse_all(rebuilt)?;
+fn compare(differences: &[FactsDifference], live: &[Vec<u8>], rebuilt: &[Vec<u8>]) -> Result<VerifyReport, Error> {
+    let live = decode_all(live)?;
+    let rebuilt = decode_all(rebuilt)?;
     let mut live_digests = BTreeMap::new();
     for facts in &live {
         let row = row_of(facts)?;
         live_digests.insert(row.case_id, row.digest);
     }
+    // Rows that differ in bytes may not differ in meaning: a live row written before the
+    // facts were stored encoded holds them as JSON.
+    let decode_side = |side: &Option<Vec<u8>>| side.as_deref().map(stored_facts::decode_row).transpose();
+    let mut differing = Vec::new();
+    for difference in differences {
+        let (live, rebuilt) = (decode_side(&difference.live)?, decode_side(&difference.rebuilt)?);
+        if live != rebuilt {
+            differing.push(Differing {
+                case_id: difference.case_id.clone(),
+                live,
+                rebuilt,
+            });
+        }
+    }
     Ok(VerifyReport {
         live_digest: digest_of(&live_digests),
-        differing_cases: differences.len(),
-        case_examples: differences.iter().take(EXAMPLES).map(case_difference).collect(),
+        differing_cases: differing.len(),
+        case_examples: differing.iter().take(EXAMPLES).map(case_difference).collect(),
         metrics: metric_differences(&live, &rebuilt),
         worklists: worklist_differences(&live, &rebuilt),
     })
 }
 
-fn case_difference(difference: &FactsDifference) -> CaseDifference {
+fn case_difference(difference: &Differing) -> CaseDifference {
+    let as_object = |facts: &CaseFacts| match serde_json::to_value(facts) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => serde_json::Map::new(),
+    };
     let differs_in = match (&difference.live, &difference.rebuilt) {
         (None, _) => vec!["missing from the live projection".to_owned()],
         (_, None) => vec!["missing from the rebuilt projection".to_owned()],
-        (Some(serde_json::Value::Object(live)), Some(serde_json::Value::Object(rebuilt))) => {
+        (Some(live), Some(rebuilt)) => {
+            let (live, rebuilt) = (as_object(live), as_object(rebuilt));
             let keys: BTreeSet<&String> = live.keys().chain(rebuilt.keys()).collect();
             keys.into_iter()
                 .filter(|k| live.get(*k) != rebuilt.get(*k))
                 .cloned()
                 .collect()
         }
-        _ => vec!["the whole row".to_owned()],
     };
     CaseDifference {
         case_id: difference.case_id.clone(),

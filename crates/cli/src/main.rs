@@ -123,7 +123,7 @@ struct RebuildArgs {
     verify: bool,
     /// Events read from the log per page.
     #[arg(long, default_value_t = 20_000)]
-    page_events: i64,
+    page_events: usize,
 }
 
 #[cfg(feature = "generator")]

@@ -32,25 +32,14 @@ pub(crate) fn copy_text_field(buffer: &mut Vec<u8>, value: &str) {
     buffer.extend_from_slice(rest);
 }
 
-/// Appends one row: the fields escaped, tab-separated, ending in a newline.
-pub(crate) fn copy_text_row(buffer: &mut Vec<u8>, fields: &[&str]) {
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            buffer.push(b'\t');
-        }
-        copy_text_field(buffer, field);
-    }
-    buffer.push(b'\n');
-}
-
 #[cfg(test)]
 mod tests {
-    use super::copy_text_row;
+    use super::copy_text_field;
 
     #[test]
     fn copy_text_escapes_what_copy_would_misread() {
         let mut out = Vec::new();
-        copy_text_row(&mut out, &["a\\b\tc", "d\ne\r\"f", ""]);
-        assert_eq!(out, b"a\\\\b\\tc\td\\ne\\r\"f\t\n");
+        copy_text_field(&mut out, "a\\b\tc\nd\re\"f");
+        assert_eq!(out, b"a\\\\b\\tc\\nd\\re\"f");
     }
 }

@@ -5,6 +5,7 @@
 use crate::error::stored_position;
 use crate::history::{FactsHistoryRow, HistoryTable, write_history};
 use crate::log::{REPLAY_COLUMNS, ReplayRow};
+use crate::rebuild::{FactsTable, upsert_facts};
 use crate::{Error, EventLog, locks};
 use caselog_domain::Position;
 use chrono::{DateTime, Utc};
@@ -31,8 +32,8 @@ pub trait FactsSink {
     type Error;
     /// Called once before any row: `replaced` means the rows that follow are the whole table.
     fn begin(&mut self, replaced: bool);
-    /// The facts of one case, as JSON text.
-    fn row(&mut self, facts: &str) -> Result<(), Self::Error>;
+    /// The facts of one case, as stored (the store does not read them).
+    fn row(&mut self, facts: &[u8]) -> Result<(), Self::Error>;
 }
 
 /// Proof of projection leadership: the session holding the advisory lock. Dropping it (or the
@@ -143,23 +144,22 @@ impl EventLog {
         Ok(cases)
     }
 
-    /// Writes case-facts rows (case id, facts as JSON text) and their history rows and moves the
+    /// Writes case-facts rows (case id, stored facts) and their history rows and moves the
     /// checkpoint from `from` to `to`, in one transaction. Returns false (writing nothing) when
     /// the checkpoint is no longer at `from`.
     #[instrument(skip(self, rows, history), fields(rows = rows.len(), history = history.len()), err(level = "debug"))]
     pub async fn save_case_facts(
         &self,
-        rows: &[(String, String)],
+        rows: &[(String, Vec<u8>)],
         history: &[FactsHistoryRow],
         from: Position,
         to: Position,
     ) -> Result<bool, Error> {
-        let (from, to) = (i64::from(from), i64::from(to));
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query("UPDATE projection_checkpoints SET position = $1, updated_at = now() WHERE projection = $2 AND position = $3")
-            .bind(to)
+            .bind(i64::from(to))
             .bind(CASE_FACTS)
-            .bind(from)
+            .bind(i64::from(from))
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -167,20 +167,7 @@ impl EventLog {
             tx.rollback().await?;
             return Ok(false);
         }
-        if !rows.is_empty() {
-            let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
-            let facts: Vec<&str> = rows.iter().map(|(_, f)| f.as_str()).collect();
-            sqlx::query(
-                "INSERT INTO case_facts (case_id, facts, as_of_position)
-                 SELECT id, f::jsonb, $3 FROM UNNEST($1::text[], $2::text[]) AS r(id, f)
-                 ON CONFLICT (case_id) DO UPDATE SET facts = EXCLUDED.facts, as_of_position = EXCLUDED.as_of_position",
-            )
-            .bind(&ids)
-            .bind(&facts)
-            .bind(to)
-            .execute(&mut *tx)
-            .await?;
-        }
+        upsert_facts(&mut *tx, FactsTable::Live, rows, to).await?;
         write_history(&mut *tx, HistoryTable::Live, history, true).await?;
         tx.commit().await?;
         Ok(true)
@@ -224,9 +211,8 @@ impl EventLog {
             replaced: current != generation || since.is_none(),
         };
         sink.begin(version.replaced);
-        // As text, streamed: a reader parses each row straight into its own types (a JSON value
-        // tree of every case, or the whole table's text, would cost several times the facts).
-        let mut rows = sqlx::query_scalar::<_, String>("SELECT facts::text FROM case_facts WHERE as_of_position > $1")
+        // Streamed: a reader decodes each row straight into its own types.
+        let mut rows = sqlx::query_scalar::<_, Vec<u8>>("SELECT facts FROM case_facts WHERE as_of_position > $1")
             .bind(since.filter(|_| !version.replaced).map_or(i64::MIN, i64::from))
             .fetch(&mut *tx);
         while let Some(facts) = rows.try_next().await? {

@@ -7,8 +7,8 @@
 //! table until that commit, and from the new one after it. An interrupted rebuild leaves only
 //! `case_facts_rebuild`, which the next rebuild drops.
 
-use crate::copy_binary::{BinaryCopyWriter, copy_out, replay_rows};
-use crate::copy_text::{copy_in, copy_text_row};
+use crate::copy_binary::{BinaryCopyWriter, ReplayRowReader};
+use crate::copy_text::copy_in;
 use crate::error::stored_position;
 use crate::history::{FactsHistoryRow, HistoryTable, write_history};
 use crate::log::{REPLAY_COLUMNS, ReplayRow};
@@ -16,7 +16,8 @@ use crate::projection::CASE_FACTS;
 use crate::{Error, EventLog, locks};
 use caselog_domain::Position;
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
+use futures_util::StreamExt;
+use sqlx::{Connection, PgConnection, PgExecutor, Postgres, Transaction};
 use tracing::instrument;
 
 /// `rows` in `COPY`'s binary format: the facts are bytes, which the text format would double.
@@ -66,28 +67,34 @@ impl FactsTable {
     }
 }
 
-/// A case whose facts differ between the live and the rebuilt table (`None`: no row there).
-#[derive(Debug, Clone, PartialEq)]
+/// A case whose stored facts differ in their bytes between the live and the rebuilt table
+/// (`None`: no row there). Rows written by different builds may differ in bytes and not in
+/// meaning: the reader decides.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct FactsDifference {
     pub case_id: String,
-    pub live: Option<serde_json::Value>,
-    pub rebuilt: Option<serde_json::Value>,
+    pub live: Option<Vec<u8>>,
+    pub rebuilt: Option<Vec<u8>>,
 }
 
 impl EventLog {
-    /// Up to about `limit` events of the cases after `after_case`, ordered by case then version
-    /// and cut at `cut`. Pages end on a case boundary, so each case arrives whole in one page
-    /// (a case with more than `limit` events makes its page longer than `limit`).
-    #[instrument(skip(self), err(level = "debug"))]
-    pub async fn read_cases_in_order(
+    /// Every event cut at `cut`, ordered by case then version, handed to `deliver` in pages of
+    /// whole cases of about `page_events` events (a case with more makes its page longer).
+    /// Stops early, without error, when `deliver` returns false.
+    ///
+    /// One binary `COPY` streams the whole log: PostgreSQL goes on producing rows while the
+    /// caller works on a page (the socket's buffers hold it back when the caller falls behind),
+    /// and reading costs far less than query rows would. The statement's snapshot lasts as
+    /// long as the read, as a page-by-page read's would not; the log is only ever appended to.
+    #[instrument(skip(self, deliver), err(level = "debug"))]
+    pub async fn read_cases_in_order<Delivered: Future<Output = bool>>(
         &self,
-        after_case: Option<&str>,
         cut: Cut,
-        limit: i64,
-    ) -> Result<Vec<ReplayRow>, Error> {
-        // Read with a binary `COPY`, which costs the reader far less than query rows. `COPY`
-        // takes no parameters: the case id (any text) comes from a setting of the transaction,
-        // the numbers and the instant are written into the statement.
+        page_events: usize,
+        mut deliver: impl FnMut(Vec<ReplayRow>) -> Delivered,
+    ) -> Result<(), Error> {
+        // `COPY` takes no parameters: the bound is written into the statement (a number, or an
+        // instant in RFC 3339, neither of which can carry a quote).
         let cut_condition = match cut {
             Cut::Position(p) => format!("position <= {}", i64::from(p)),
             Cut::RecordedBy(t) => format!(
@@ -95,35 +102,40 @@ impl EventLog {
                 t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
             ),
         };
-        let mut limit = limit.max(1);
-        loop {
-            let statement = format!(
-                "COPY (SELECT {REPLAY_COLUMNS} FROM events
-                        WHERE case_id > current_setting('caselog.after_case') AND {cut_condition}
-                        ORDER BY case_id, version LIMIT {limit}) TO STDOUT (FORMAT binary)"
-            );
-            let mut tx = self.pool.begin().await?;
-            // Walk the (case_id, version) index whatever the statistics say: without them (a
-            // freshly loaded table) the planner sorts the whole table for every page.
-            sqlx::query("SELECT set_config('enable_sort', 'off', true), set_config('caselog.after_case', $1, true)")
-                .bind(after_case.unwrap_or(""))
-                .execute(&mut *tx)
-                .await?;
-            let output = copy_out(&mut tx, &statement).await?;
-            tx.commit().await?;
-            let mut rows = replay_rows(&output)?;
-            if (rows.len() as i64) < limit {
-                return Ok(rows);
+        // A connection of its own, closed afterwards: the settings below stay with it, and a
+        // read stopped halfway leaves no `COPY` on a pooled connection.
+        let mut connection = self.pool.acquire().await?.detach();
+        // Walk the (case_id, version) index whatever the statistics say (a sort of the whole
+        // log would wait for all of it), for as long as the log takes to read.
+        sqlx::query("SELECT set_config('enable_sort', 'off', false), set_config('statement_timeout', '0', false)")
+            .execute(&mut connection)
+            .await?;
+        let statement = format!(
+            "COPY (SELECT {REPLAY_COLUMNS} FROM events WHERE {cut_condition} ORDER BY case_id, version)
+               TO STDOUT (FORMAT binary)"
+        );
+        let mut stream = connection.copy_out_raw(&statement).await?;
+        let mut reader = ReplayRowReader::default();
+        let mut page: Vec<ReplayRow> = Vec::with_capacity(page_events + 1);
+        while let Some(chunk) = stream.next().await {
+            reader.push(&chunk?);
+            while let Some(row) = reader.next_row()? {
+                if page.len() >= page_events && page.last().is_some_and(|last| last.case_id != row.case_id) {
+                    let full = std::mem::replace(&mut page, Vec::with_capacity(page_events + 1));
+                    if !deliver(full).await {
+                        return Ok(());
+                    }
+                }
+                page.push(row);
             }
-            // A full page may have cut its last case short: leave that case to the next page.
-            let last = rows.last().map(|e| e.case_id.clone()).unwrap_or_default();
-            let whole = rows.partition_point(|e| e.case_id != last);
-            if whole > 0 {
-                rows.truncate(whole);
-                return Ok(rows);
-            }
-            limit *= 2;
         }
+        drop(stream);
+        reader.finish()?;
+        if !page.is_empty() {
+            deliver(page).await;
+        }
+        connection.close().await?;
+        Ok(())
     }
 
     /// How many events have a position at or below `up_to`.
@@ -174,18 +186,21 @@ impl RebuildSession {
         Ok(())
     }
 
-    /// Appends rows (case id, facts as JSON text) to the rebuilt table in one `COPY`.
+    /// Appends rows (case id, stored facts) to the rebuilt table in one `COPY`.
     #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]
-    pub async fn copy_rows(&mut self, rows: &[(String, String)], position: Position) -> Result<(), Error> {
-        let mut buffer = Vec::with_capacity(rows.iter().map(|(id, f)| id.len() + f.len() + 24).sum());
-        let position = position.to_string();
+    pub async fn copy_rows(&mut self, rows: &[(String, Vec<u8>)], position: Position) -> Result<(), Error> {
+        let mut writer = BinaryCopyWriter::with_capacity(rows.iter().map(|(id, f)| id.len() + f.len() + 26).sum());
+        let position = i64::from(position).to_be_bytes();
         for (case_id, facts) in rows {
-            copy_text_row(&mut buffer, &[case_id, facts, &position]);
+            writer.start_row(3);
+            writer.bytes(case_id.as_bytes());
+            writer.bytes(facts);
+            writer.bytes(&position);
         }
         copy_in(
             &mut self.connection,
-            "COPY case_facts_rebuild (case_id, facts, as_of_position) FROM STDIN",
-            buffer,
+            "COPY case_facts_rebuild (case_id, facts, as_of_position) FROM STDIN (FORMAT binary)",
+            writer.finish(),
         )
         .await?;
         Ok(())
@@ -227,7 +242,7 @@ impl RebuildSession {
     /// Writes catch-up rows into the rebuilt table and its history.
     pub async fn upsert_rows(
         &mut self,
-        rows: &[(String, String)],
+        rows: &[(String, Vec<u8>)],
         history: &[FactsHistoryRow],
         position: Position,
     ) -> Result<(), Error> {
@@ -302,16 +317,16 @@ impl Finish<'_> {
 
     pub async fn upsert_rows(
         &mut self,
-        rows: &[(String, String)],
+        rows: &[(String, Vec<u8>)],
         history: &[FactsHistoryRow],
         position: Position,
     ) -> Result<(), Error> {
         upsert_rebuilt(&mut self.tx, rows, history, position).await
     }
 
-    /// Every row of `table`, ordered by case id.
+    /// Every row's stored facts in `table`, ordered by case id.
     #[instrument(skip(self), err(level = "debug"))]
-    pub async fn rows(&mut self, table: FactsTable) -> Result<Vec<serde_json::Value>, Error> {
+    pub async fn rows(&mut self, table: FactsTable) -> Result<Vec<Vec<u8>>, Error> {
         Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT facts FROM {} ORDER BY case_id",
             table.name()
@@ -320,22 +335,18 @@ impl Finish<'_> {
         .await?)
     }
 
-    /// The cases whose facts differ between the two tables (JSON equality, so key order and
-    /// whitespace do not count), ordered by case id.
+    /// The cases whose stored facts differ in their bytes between the two tables, ordered by
+    /// case id.
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn differences(&mut self) -> Result<Vec<FactsDifference>, Error> {
-        let rows: Vec<(String, Option<serde_json::Value>, Option<serde_json::Value>)> = sqlx::query_as(
-            "SELECT case_id, l.facts, r.facts
+        Ok(sqlx::query_as(
+            "SELECT case_id, l.facts AS live, r.facts AS rebuilt
                FROM case_facts l FULL JOIN case_facts_rebuild r USING (case_id)
               WHERE l.facts IS DISTINCT FROM r.facts
               ORDER BY case_id",
         )
         .fetch_all(&mut *self.tx)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(case_id, live, rebuilt)| FactsDifference { case_id, live, rebuilt })
-            .collect())
+        .await?)
     }
 
     /// Ends the transaction without switching (undoing what it wrote).
@@ -392,27 +403,38 @@ async fn changed_cases(
 
 async fn upsert_rebuilt(
     connection: &mut PgConnection,
-    rows: &[(String, String)],
+    rows: &[(String, Vec<u8>)],
     history: &[FactsHistoryRow],
     position: Position,
 ) -> Result<(), Error> {
     for chunk in history.chunks(HISTORY_ROWS_PER_STATEMENT) {
         write_history(&mut *connection, HistoryTable::Rebuild, chunk, true).await?;
     }
+    upsert_facts(connection, FactsTable::Rebuild, rows, position).await
+}
+
+/// Writes each case's stored facts into `table` at `position`, replacing its row if it has one.
+pub(crate) async fn upsert_facts<'c>(
+    executor: impl PgExecutor<'c>,
+    table: FactsTable,
+    rows: &[(String, Vec<u8>)],
+    position: Position,
+) -> Result<(), Error> {
     if rows.is_empty() {
         return Ok(());
     }
     let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
-    let facts: Vec<&str> = rows.iter().map(|(_, f)| f.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO case_facts_rebuild (case_id, facts, as_of_position)
-         SELECT id, f::jsonb, $3 FROM UNNEST($1::text[], $2::text[]) AS r(id, f)
+    let facts: Vec<&[u8]> = rows.iter().map(|(_, f)| f.as_slice()).collect();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {} (case_id, facts, as_of_position)
+         SELECT id, f, $3 FROM UNNEST($1::text[], $2::bytea[]) AS r(id, f)
          ON CONFLICT (case_id) DO UPDATE SET facts = EXCLUDED.facts, as_of_position = EXCLUDED.as_of_position",
-    )
+        table.name()
+    )))
     .bind(&ids)
     .bind(&facts)
     .bind(i64::from(position))
-    .execute(&mut *connection)
+    .execute(executor)
     .await?;
     Ok(())
 }

@@ -495,12 +495,15 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Every row of `case_facts`: the case id and its facts as JSON (decoded from the stored form).
+/// Every row of `case_facts`: the case id and its facts as JSON (decoded from the stored form,
+/// or the JSON column where a row has none).
 pub async fn stored_facts(pool: &PgPool) -> Vec<(String, serde_json::Value)> {
-    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT case_id, facts FROM case_facts ORDER BY case_id")
-        .fetch_all(pool)
-        .await
-        .unwrap();
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT case_id, coalesce(stored, convert_to(facts::text, 'UTF8')) FROM case_facts ORDER BY case_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
     rows.into_iter()
         .map(|(case_id, stored)| {
             let facts = caselog_app::stored_facts::decode_row(&stored).unwrap();
@@ -509,10 +512,11 @@ pub async fn stored_facts(pool: &PgPool) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
-/// Overwrites a case's `case_facts` row with `facts` (JSON), stored as the service stores them.
+/// Overwrites a case's `case_facts` row with `facts` (JSON), stored as the service stores them
+/// (the JSON column left as it was: this release reads the stored form).
 pub async fn overwrite_stored_facts(pool: &PgPool, case_id: &str, facts: serde_json::Value) {
     let facts = serde_json::from_value(facts).unwrap();
-    sqlx::query("UPDATE case_facts SET facts = $1 WHERE case_id = $2")
+    sqlx::query("UPDATE case_facts SET stored = $1 WHERE case_id = $2")
         .bind(caselog_app::stored_facts::encode(&facts).unwrap())
         .bind(case_id)
         .execute(pool)

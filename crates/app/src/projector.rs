@@ -9,7 +9,7 @@ use crate::history::recorded_rows;
 use crate::stored_facts::encode;
 use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload, Position, Version};
 use caselog_projections::{CaseFacts, facts_of};
-use caselog_store::projection::CASE_FACTS;
+use caselog_store::projection::{CASE_FACTS, FactsRow};
 use caselog_store::rebuild::Cut;
 use caselog_store::{EventLog, FactsHistoryRow, ReplayRow};
 use chrono::{DateTime, Utc};
@@ -242,7 +242,14 @@ pub async fn apply_next_page_with(
         let Some(facts) = facts else {
             continue;
         };
-        facts_rows.push((facts.case_id.to_string(), encode(&facts)?));
+        // The JSON too, while pods of the previous release may read the table (migration 0010).
+        let json =
+            serde_json::to_string(&facts).map_err(|e| Error::Internal(format!("facts of {}: {e}", facts.case_id)))?;
+        facts_rows.push(FactsRow {
+            case_id: facts.case_id.to_string(),
+            stored: encode(&facts)?,
+            json: Some(json),
+        });
     }
     if log.save_case_facts(&facts_rows, &history_rows, from, to).await? {
         histories.keep(to, cached);

@@ -28,6 +28,24 @@ pub struct FactsVersion {
 
 /// A reader's copy of the case-facts projection, fed one row at a time so that loading ten
 /// years never holds the table's text in memory at once.
+/// A case's row of the case-facts projection, as the projector writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactsRow {
+    pub case_id: String,
+    /// The facts as the application stores them (the `stored` column).
+    pub stored: Vec<u8>,
+    /// The facts as JSON, for readers of the previous release (the `facts` column, jsonb, see
+    /// migration 0010); `None` leaves it empty.
+    pub json: Option<String>,
+}
+
+/// A case's stored facts as a statement reads them from the facts table (or alias) `table`:
+/// `stored`, or for a row written before migration 0010 or by the previous release, the JSON
+/// in `facts` as UTF-8 bytes.
+pub(crate) fn stored_facts_of(table: &str) -> String {
+    format!("coalesce({table}.stored, convert_to({table}.facts::text, 'UTF8'))")
+}
+
 pub trait FactsSink {
     type Error;
     /// Called once before any row: `replaced` means the rows that follow are the whole table.
@@ -150,7 +168,7 @@ impl EventLog {
     #[instrument(skip(self, rows, history), fields(rows = rows.len(), history = history.len()), err(level = "debug"))]
     pub async fn save_case_facts(
         &self,
-        rows: &[(String, Vec<u8>)],
+        rows: &[FactsRow],
         history: &[FactsHistoryRow],
         from: Position,
         to: Position,
@@ -212,7 +230,11 @@ impl EventLog {
         };
         sink.begin(version.replaced);
         // Streamed: a reader decodes each row straight into its own types.
-        let mut rows = sqlx::query_scalar::<_, Vec<u8>>("SELECT facts FROM case_facts WHERE as_of_position > $1")
+        let statement = format!(
+            "SELECT {} FROM case_facts WHERE as_of_position > $1",
+            stored_facts_of("case_facts")
+        );
+        let mut rows = sqlx::query_scalar::<_, Vec<u8>>(sqlx::AssertSqlSafe(statement))
             .bind(since.filter(|_| !version.replaced).map_or(i64::MIN, i64::from))
             .fetch(&mut *tx);
         while let Some(facts) = rows.try_next().await? {

@@ -12,7 +12,7 @@ use crate::copy_text::copy_in;
 use crate::error::stored_position;
 use crate::history::{FactsHistoryRow, HistoryTable, write_history};
 use crate::log::{REPLAY_COLUMNS, ReplayRow};
-use crate::projection::CASE_FACTS;
+use crate::projection::{CASE_FACTS, FactsRow, stored_facts_of};
 use crate::{Error, EventLog, locks};
 use caselog_domain::Position;
 use chrono::{DateTime, Utc};
@@ -199,7 +199,7 @@ impl RebuildSession {
         }
         copy_in(
             &mut self.connection,
-            "COPY case_facts_rebuild (case_id, facts, as_of_position) FROM STDIN (FORMAT binary)",
+            "COPY case_facts_rebuild (case_id, stored, as_of_position) FROM STDIN (FORMAT binary)",
             writer.finish(),
         )
         .await?;
@@ -328,7 +328,8 @@ impl Finish<'_> {
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn rows(&mut self, table: FactsTable) -> Result<Vec<Vec<u8>>, Error> {
         Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT facts FROM {} ORDER BY case_id",
+            "SELECT {} FROM {} ORDER BY case_id",
+            stored_facts_of(table.name()),
             table.name()
         )))
         .fetch_all(&mut *self.tx)
@@ -339,12 +340,13 @@ impl Finish<'_> {
     /// case id.
     #[instrument(skip(self), err(level = "debug"))]
     pub async fn differences(&mut self) -> Result<Vec<FactsDifference>, Error> {
-        Ok(sqlx::query_as(
-            "SELECT case_id, l.facts AS live, r.facts AS rebuilt
+        let (live, rebuilt) = (stored_facts_of("l"), stored_facts_of("r"));
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT case_id, {live} AS live, {rebuilt} AS rebuilt
                FROM case_facts l FULL JOIN case_facts_rebuild r USING (case_id)
-              WHERE l.facts IS DISTINCT FROM r.facts
-              ORDER BY case_id",
-        )
+              WHERE {live} IS DISTINCT FROM {rebuilt}
+              ORDER BY case_id"
+        )))
         .fetch_all(&mut *self.tx)
         .await?)
     }
@@ -410,29 +412,41 @@ async fn upsert_rebuilt(
     for chunk in history.chunks(HISTORY_ROWS_PER_STATEMENT) {
         write_history(&mut *connection, HistoryTable::Rebuild, chunk, true).await?;
     }
-    upsert_facts(connection, FactsTable::Rebuild, rows, position).await
+    // A rebuilt table is read by this release only: no JSON (see migration 0010).
+    let rows: Vec<FactsRow> = rows
+        .iter()
+        .map(|(case_id, stored)| FactsRow {
+            case_id: case_id.clone(),
+            stored: stored.clone(),
+            json: None,
+        })
+        .collect();
+    upsert_facts(connection, FactsTable::Rebuild, &rows, position).await
 }
 
-/// Writes each case's stored facts into `table` at `position`, replacing its row if it has one.
+/// Writes each case's facts into `table` at `position`, replacing its row if it has one.
 pub(crate) async fn upsert_facts<'c>(
     executor: impl PgExecutor<'c>,
     table: FactsTable,
-    rows: &[(String, Vec<u8>)],
+    rows: &[FactsRow],
     position: Position,
 ) -> Result<(), Error> {
     if rows.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
-    let facts: Vec<&[u8]> = rows.iter().map(|(_, f)| f.as_slice()).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.case_id.as_str()).collect();
+    let json: Vec<Option<&str>> = rows.iter().map(|r| r.json.as_deref()).collect();
+    let stored: Vec<&[u8]> = rows.iter().map(|r| r.stored.as_slice()).collect();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {} (case_id, facts, as_of_position)
-         SELECT id, f, $3 FROM UNNEST($1::text[], $2::bytea[]) AS r(id, f)
-         ON CONFLICT (case_id) DO UPDATE SET facts = EXCLUDED.facts, as_of_position = EXCLUDED.as_of_position",
+        "INSERT INTO {} (case_id, facts, stored, as_of_position)
+         SELECT id, f::jsonb, s, $4 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS r(id, f, s)
+         ON CONFLICT (case_id) DO UPDATE
+            SET facts = EXCLUDED.facts, stored = EXCLUDED.stored, as_of_position = EXCLUDED.as_of_position",
         table.name()
     )))
     .bind(&ids)
-    .bind(&facts)
+    .bind(&json)
+    .bind(&stored)
     .bind(i64::from(position))
     .execute(executor)
     .await?;

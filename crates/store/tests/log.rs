@@ -503,3 +503,63 @@ async fn case_ordered_pages_hold_whole_cases_and_respect_the_cut(pool: PgPool) {
     assert_eq!(delivered, 1);
     assert_eq!(count(&pool).await, 83);
 }
+
+/// Collects the facts rows a reader is given.
+#[derive(Default)]
+struct CollectedFacts(Vec<Vec<u8>>);
+
+impl caselog_store::projection::FactsSink for CollectedFacts {
+    type Error = std::convert::Infallible;
+    fn begin(&mut self, _replaced: bool) {}
+    fn row(&mut self, facts: &[u8]) -> Result<(), Self::Error> {
+        self.0.push(facts.to_vec());
+        Ok(())
+    }
+}
+
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn facts_the_previous_release_writes_replace_the_stored_ones(pool: PgPool) {
+    use caselog_store::projection::FactsRow;
+    let log = EventLog::new(pool.clone());
+    let rows = [
+        FactsRow {
+            case_id: "K1".into(),
+            stored: vec![1, 2, 3],
+            json: Some(r#"{"case_id": "K1", "n": 1}"#.into()),
+        },
+        FactsRow {
+            case_id: "K2".into(),
+            stored: vec![1, 9],
+            json: Some(r#"{"case_id": "K2"}"#.into()),
+        },
+    ];
+    let one = Position::try_from(1_i64).unwrap();
+    assert!(log.save_case_facts(&rows, &[], Position::ZERO, one).await.unwrap());
+    // The previous release's projector step for K1: the JSON alone (its statement, verbatim).
+    sqlx::query(
+        "INSERT INTO case_facts (case_id, facts, as_of_position)
+         SELECT id, f::jsonb, $3 FROM UNNEST($1::text[], $2::text[]) AS r(id, f)
+         ON CONFLICT (case_id) DO UPDATE SET facts = EXCLUDED.facts, as_of_position = EXCLUDED.as_of_position",
+    )
+    .bind(vec!["K1"])
+    .bind(vec![r#"{"case_id": "K1", "n": 2}"#])
+    .bind(2_i64)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut read = CollectedFacts::default();
+    log.case_facts_since(0, None, &mut read).await.unwrap().unwrap();
+    read.0.sort();
+    // K1's stored facts would be stale: they are gone, and its JSON is read instead.
+    assert_eq!(read.0, vec![vec![1, 9], br#"{"n": 2, "case_id": "K1"}"#.to_vec()]);
+    // Writing the same JSON again keeps what is stored.
+    sqlx::query("UPDATE case_facts SET facts = facts, as_of_position = 3 WHERE case_id = 'K2'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let stored: Option<Vec<u8>> = sqlx::query_scalar("SELECT stored FROM case_facts WHERE case_id = 'K2'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, Some(vec![1, 9]));
+}

@@ -3,9 +3,9 @@
 //! model snapshot's, so the two change together, see [`FORMAT`]).
 //!
 //! The encoding takes about a fifth of the bytes of the facts as JSON, and PostgreSQL stores it
-//! without parsing it. `case_facts` rows written before migration 0010 hold the facts as JSON
-//! text (they start with `{`, never a format byte); they are read as such until a rebuild
-//! rewrites them.
+//! without parsing it. A `case_facts` row with nothing in `stored` (written before migration
+//! 0010, or by the previous release) is read from its JSON column: the store hands over that
+//! JSON text, which starts with `{`, never a format byte.
 
 use crate::error::Error;
 use crate::snapshot::FORMAT;
@@ -29,7 +29,8 @@ pub(crate) fn decode(data: &[u8]) -> Option<CaseFacts> {
     }
 }
 
-/// The facts a `case_facts` row holds, in this build's encoding or as JSON text.
+/// The facts a `case_facts` row holds: `stored` in this build's encoding, or the JSON column's
+/// text where `stored` is empty.
 pub fn decode_row(data: &[u8]) -> Result<CaseFacts, Error> {
     match data.first() {
         Some(b'{') => serde_json::from_slice(data).map_err(|e| Error::Internal(format!("unreadable case facts: {e}"))),

@@ -14,6 +14,7 @@ use caselog_domain::Position;
 use caselog_domain::england::date_in_england;
 use caselog_projections::metrics::Settings;
 use caselog_projections::{CaseFacts, MetricId, MetricsQuery, Period, WorklistItem, WorklistKind, compute, worklist};
+use caselog_store::projection::FactsRow;
 use caselog_store::rebuild::{Cut, FactsDifference, FactsTable, RebuildSession};
 use caselog_store::{EventLog, FactsHistoryRow, ReplayRow};
 use chrono::{Datelike, NaiveDate};
@@ -368,10 +369,10 @@ async fn rebuild_holding(
     Ok(summary)
 }
 
-/// Folded cases: their facts rows (case id, stored facts) and their history rows.
+/// Folded cases: their facts rows and their history rows.
 #[derive(Default)]
 struct Folded {
-    rows: Vec<(String, Vec<u8>)>,
+    rows: Vec<FactsRow>,
     history: Vec<FactsHistoryRow>,
 }
 
@@ -406,7 +407,12 @@ fn remember((rows, history): (Vec<Row>, Vec<FactsHistoryRow>), digests: &mut BTr
         .into_iter()
         .map(|row| {
             digests.insert(row.case_id.clone(), row.digest);
-            (row.case_id, row.stored)
+            // No JSON: a rebuilt table is read by this release alone (see migration 0010).
+            FactsRow {
+                case_id: row.case_id,
+                stored: row.stored,
+                json: None,
+            }
         })
         .collect();
     Folded { rows, history }

@@ -26,8 +26,6 @@ pub struct FactsVersion {
     pub replaced: bool,
 }
 
-/// A reader's copy of the case-facts projection, fed one row at a time so that loading ten
-/// years never holds the table's text in memory at once.
 /// A case's row of the case-facts projection, as the projector writes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FactsRow {
@@ -46,6 +44,8 @@ pub(crate) fn stored_facts_of(table: &str) -> String {
     format!("coalesce({table}.stored, convert_to({table}.facts::text, 'UTF8'))")
 }
 
+/// A reader's copy of the case-facts projection, fed one row at a time so that loading ten
+/// years never holds the table's text in memory at once.
 pub trait FactsSink {
     type Error;
     /// Called once before any row: `replaced` means the rows that follow are the whole table.

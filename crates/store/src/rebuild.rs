@@ -186,15 +186,17 @@ impl RebuildSession {
         Ok(())
     }
 
-    /// Appends rows (case id, stored facts) to the rebuilt table in one `COPY`.
+    /// Appends rows to the rebuilt table in one `COPY`: their stored facts only, since a rebuilt
+    /// table is read by this release alone (see migration 0010).
     #[instrument(skip(self, rows), fields(rows = rows.len()), err(level = "debug"))]
-    pub async fn copy_rows(&mut self, rows: &[(String, Vec<u8>)], position: Position) -> Result<(), Error> {
-        let mut writer = BinaryCopyWriter::with_capacity(rows.iter().map(|(id, f)| id.len() + f.len() + 26).sum());
+    pub async fn copy_rows(&mut self, rows: &[FactsRow], position: Position) -> Result<(), Error> {
+        let mut writer =
+            BinaryCopyWriter::with_capacity(rows.iter().map(|r| r.case_id.len() + r.stored.len() + 26).sum());
         let position = i64::from(position).to_be_bytes();
-        for (case_id, facts) in rows {
+        for row in rows {
             writer.start_row(3);
-            writer.bytes(case_id.as_bytes());
-            writer.bytes(facts);
+            writer.bytes(row.case_id.as_bytes());
+            writer.bytes(&row.stored);
             writer.bytes(&position);
         }
         copy_in(
@@ -242,7 +244,7 @@ impl RebuildSession {
     /// Writes catch-up rows into the rebuilt table and its history.
     pub async fn upsert_rows(
         &mut self,
-        rows: &[(String, Vec<u8>)],
+        rows: &[FactsRow],
         history: &[FactsHistoryRow],
         position: Position,
     ) -> Result<(), Error> {
@@ -317,7 +319,7 @@ impl Finish<'_> {
 
     pub async fn upsert_rows(
         &mut self,
-        rows: &[(String, Vec<u8>)],
+        rows: &[FactsRow],
         history: &[FactsHistoryRow],
         position: Position,
     ) -> Result<(), Error> {
@@ -405,23 +407,14 @@ async fn changed_cases(
 
 async fn upsert_rebuilt(
     connection: &mut PgConnection,
-    rows: &[(String, Vec<u8>)],
+    rows: &[FactsRow],
     history: &[FactsHistoryRow],
     position: Position,
 ) -> Result<(), Error> {
     for chunk in history.chunks(HISTORY_ROWS_PER_STATEMENT) {
         write_history(&mut *connection, HistoryTable::Rebuild, chunk, true).await?;
     }
-    // A rebuilt table is read by this release only: no JSON (see migration 0010).
-    let rows: Vec<FactsRow> = rows
-        .iter()
-        .map(|(case_id, stored)| FactsRow {
-            case_id: case_id.clone(),
-            stored: stored.clone(),
-            json: None,
-        })
-        .collect();
-    upsert_facts(connection, FactsTable::Rebuild, &rows, position).await
+    upsert_facts(connection, FactsTable::Rebuild, rows, position).await
 }
 
 /// Writes each case's facts into `table` at `position`, replacing its row if it has one.

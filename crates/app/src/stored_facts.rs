@@ -39,7 +39,7 @@ pub fn decode_row(data: &[u8]) -> Result<CaseFacts, Error> {
         }
         Some(&format) => Err(Error::Internal(format!(
             "case facts stored in format {format}, which this build cannot read (it reads {FORMAT} and JSON): \
-             run `caselog rebuild` with the build that wrote them, or rebuild with this one"
+             run `caselog rebuild` with this build to rewrite them"
         ))),
         None => Err(Error::Internal("empty case facts".to_owned())),
     }

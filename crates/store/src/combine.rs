@@ -8,13 +8,14 @@
 //! each gets exactly the answer it would have had by itself.
 
 use crate::error::{batch_versions, is_outage};
-use crate::{AppendedRow, Error, EventLog, NewRow};
+use crate::{AppendedRow, Error, EventLog, NewRow, PING_AFTER_IDLE};
 use caselog_domain::Version;
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::PgConnection;
+use sqlx::{Connection, PgConnection, PgPool};
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, instrument};
 
@@ -164,6 +165,85 @@ impl GroupAppender {
     }
 }
 
+/// The connections group writers keep between groups, outside the pool. sqlx pings every
+/// connection given back to its pool (one more round trip after each statement, on both
+/// processes) and hands out its idle connections in turn; a writer that keeps its own
+/// connection pays neither. One is kept per group in flight; a group written beside them (after
+/// `max_wait`) takes one more from the pool and closes it afterwards.
+struct KeptConnections {
+    spare: Mutex<Vec<Kept>>,
+    keep: usize,
+}
+
+struct Kept {
+    connection: PgConnection,
+    last_used: Instant,
+}
+
+impl KeptConnections {
+    fn new(keep: usize) -> KeptConnections {
+        KeptConnections {
+            spare: Mutex::new(Vec::with_capacity(keep)),
+            keep,
+        }
+    }
+
+    fn pop(&self) -> Option<Kept> {
+        self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// A kept connection, or one taken out of the pool for good. One idle for a while (which a
+    /// restart of the database or a dropped socket may have broken) is pinged first, as the pool
+    /// does, and replaced if dead.
+    async fn take(&self, pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
+        if let Some(mut kept) = self.pop() {
+            if kept.last_used.elapsed() < PING_AFTER_IDLE || kept.connection.ping().await.is_ok() {
+                return Ok(kept.connection);
+            }
+            debug!("a kept append connection was dead; taking another");
+        }
+        Ok(pool.acquire().await?.detach())
+    }
+
+    /// Keeps `connection` for the next group if it is in a known state: every statement on it
+    /// answered, or refused by the database (a taken version or event id). After anything else
+    /// (a lost connection, a timeout) it is dropped, never reused.
+    async fn give_back(&self, connection: PgConnection, in_sync: bool) {
+        if !in_sync {
+            return;
+        }
+        let surplus = {
+            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+            if spare.len() < self.keep {
+                spare.push(Kept {
+                    connection,
+                    last_used: Instant::now(),
+                });
+                None
+            } else {
+                Some(connection)
+            }
+        };
+        if let Some(connection) = surplus {
+            let _ = connection.close().await;
+        }
+    }
+
+    async fn close_all(&self) {
+        while let Some(kept) = self.pop() {
+            let _ = kept.connection.close().await;
+        }
+    }
+}
+
+/// Whether a connection is still in step with its server after an append that ended so.
+fn leaves_connection_in_sync<T>(result: &Result<T, Error>) -> bool {
+    matches!(
+        result,
+        Ok(_) | Err(Error::VersionConflict { .. } | Error::DuplicateEventId)
+    )
+}
+
 async fn group(
     log: EventLog,
     mut receiver: mpsc::Receiver<Pending>,
@@ -171,6 +251,7 @@ async fn group(
     stats: Arc<GroupCounters>,
 ) {
     let in_flight = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
+    let kept = Arc::new(KeptConnections::new(settings.max_in_flight.max(1)));
     // Appends to a case already in the group being formed wait for the next one.
     let mut held: VecDeque<Pending> = VecDeque::new();
     loop {
@@ -183,7 +264,10 @@ async fn group(
             Some(pending) => pending,
             None => match receiver.recv().await {
                 Some(pending) => pending,
-                None => return,
+                None => {
+                    kept.close_all().await;
+                    return;
+                }
             },
         };
         if first.withdrawn() {
@@ -217,19 +301,19 @@ async fn group(
                 held.push_back(pending);
             }
         }
-        let (log, stats) = (log.clone(), stats.clone());
+        let (log, stats, kept) = (log.clone(), stats.clone(), kept.clone());
         tokio::spawn(async move {
-            write_group(&log, batch, &stats).await;
+            write_group(&log, &kept, batch, &stats).await;
             drop(permit);
         });
     }
 }
 
-async fn write_group(log: &EventLog, mut batch: Vec<Pending>, stats: &GroupCounters) {
+async fn write_group(log: &EventLog, kept: &KeptConnections, mut batch: Vec<Pending>, stats: &GroupCounters) {
     // Waiting for a slot or a connection can take long (a slow or restarting database): callers
     // that have gone meanwhile were told their append failed, so it must not be written now.
     // Hence the connection first, and only then the last look at who still waits.
-    let mut connection = match log.pool.acquire().await {
+    let mut connection = match kept.take(&log.pool).await {
         Ok(connection) => connection,
         Err(err) => {
             debug!(error = %err, appends = batch.len(), "no connection for a group append");
@@ -247,13 +331,17 @@ async fn write_group(log: &EventLog, mut batch: Vec<Pending>, stats: &GroupCount
         }
     };
     batch.retain(|pending| !pending.withdrawn());
+    let mut in_sync = true;
     if batch.len() > 1 {
-        match append_group(log, &mut connection, &batch).await {
+        let result = append_group(log, &mut connection, &batch).await;
+        in_sync = leaves_connection_in_sync(&result);
+        match result {
             Ok(mut results) => {
                 stats.record(batch.len(), batch.iter().map(|p| p.rows.len()).sum());
                 for (pending, appended) in batch.into_iter().zip(results.drain(..)) {
                     let _ = pending.reply.send(Ok(appended));
                 }
+                kept.give_back(connection, in_sync).await;
                 return;
             }
             Err(err) => debug!(error = %err, appends = batch.len(), "group append failed; writing each alone"),
@@ -275,8 +363,10 @@ async fn write_group(log: &EventLog, mut batch: Vec<Pending>, stats: &GroupCount
         if result.is_ok() {
             stats.record(1, pending.rows.len());
         }
+        in_sync &= leaves_connection_in_sync(&result);
         let _ = pending.reply.send(result);
     }
+    kept.give_back(connection, in_sync).await;
 }
 
 /// One statement for the whole group; the rows of each append, in request order.

@@ -92,7 +92,7 @@ impl Default for ConnectSettings {
 }
 
 /// A pooled connection idle this long is checked before it is used again.
-const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+pub(crate) const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Opens a connection pool (lazily: an unreachable database is reported per call, not here).
 pub fn connect(database_url: &str, settings: &ConnectSettings) -> Result<PgPool, Error> {

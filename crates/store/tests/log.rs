@@ -563,3 +563,46 @@ async fn facts_the_previous_release_writes_replace_the_stored_ones(pool: PgPool)
         .unwrap();
     assert_eq!(stored, Some(vec![1, 9]));
 }
+
+/// The group writer keeps its connection between groups (no pool round trip after each
+/// statement), and a kept connection the server has ended is replaced: an append that comes
+/// after a second of quiet finds it dead before writing and takes another, and one that comes
+/// at once fails as it would have on a pooled connection, telling its caller the store is
+/// unavailable, after which the next append writes on a new connection.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_kept_append_connection_that_dies_is_replaced(pool: PgPool) {
+    use caselog_store::{GroupAppender, GroupSettings};
+    use std::time::Duration;
+    let appender = GroupAppender::start(EventLog::new(pool.clone()), GroupSettings::default());
+    let writer = || async {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+              WHERE datname = current_database() AND query LIKE 'INSERT INTO events%' AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pids
+    };
+    appender.append("LS1", v(0), "court:LS", rows(1)).await.unwrap();
+    appender.append("LS1", v(1), "court:LS", rows(1)).await.unwrap();
+    let first = writer().await;
+    assert_eq!(first.len(), 1, "both appends went through one kept connection");
+
+    sqlx::query("SELECT pg_terminate_backend($1)").bind(first[0]).execute(&pool).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    appender.append("LS1", v(2), "court:LS", rows(1)).await.unwrap();
+    let second = writer().await;
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first, "the dead connection was replaced");
+
+    sqlx::query("SELECT pg_terminate_backend($1)").bind(second[0]).execute(&pool).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let at_once = appender.append("LS1", v(3), "court:LS", rows(1)).await;
+    assert!(
+        matches!(at_once, Err(Error::Unavailable(_))),
+        "an append on the dead connection says the store is unavailable: {at_once:?}"
+    );
+    appender.append("LS1", v(3), "court:LS", rows(1)).await.unwrap();
+    assert_eq!(count(&pool).await, 4);
+}

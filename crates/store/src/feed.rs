@@ -12,6 +12,7 @@ use crate::{Error, EventLog};
 use caselog_domain::Position;
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, instrument, warn};
@@ -99,6 +100,8 @@ impl FeedRow for ProjectedRow {
 pub(crate) struct FeedSignal {
     appended: watch::Sender<u64>,
     notify_others: Notify,
+    /// The backend of this process's LISTEN session (0 while it has none).
+    listener_pid: AtomicI32,
 }
 
 impl FeedSignal {
@@ -106,6 +109,7 @@ impl FeedSignal {
         FeedSignal {
             appended: watch::Sender::new(0),
             notify_others: Notify::new(),
+            listener_pid: AtomicI32::new(0),
         }
     }
 
@@ -284,8 +288,12 @@ impl EventLog {
         let notifier = {
             let log = self.clone();
             async move {
+                let mut others = OtherListeners::default();
                 loop {
                     log.signal.notify_others.notified().await;
+                    if !others.present(&log).await {
+                        continue;
+                    }
                     if let Err(err) = sqlx::query("SELECT pg_notify($1, '')")
                         .bind(FEED_CHANNEL)
                         .execute(&log.pool)
@@ -305,13 +313,17 @@ impl EventLog {
     async fn listen(&self) {
         loop {
             match PgListener::connect_with(&self.pool).await {
-                Ok(mut listener) => match listener.listen(FEED_CHANNEL).await {
-                    Ok(()) => {
+                Ok(mut listener) => match start_listening(&mut listener).await {
+                    Ok(pid) => {
+                        self.signal.listener_pid.store(pid, Ordering::Relaxed);
                         // Anything appended while we were not listening is picked up by this wake-up.
                         self.signal.bump();
-                        while listener.recv().await.is_ok() {
+                        // `try_recv`, not `recv`: `recv` would reconnect by itself, without the
+                        // session's name that tells other processes someone listens here.
+                        while let Ok(Some(_)) = listener.try_recv().await {
                             self.signal.bump();
                         }
+                        self.signal.listener_pid.store(0, Ordering::Relaxed);
                         warn!("feed LISTEN connection lost; reconnecting");
                     }
                     Err(err) => warn!(error = %err, "feed LISTEN failed"),
@@ -321,6 +333,58 @@ impl EventLog {
             self.signal.bump();
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+/// Names the session (so that other processes can see that this one listens), LISTENs, and
+/// returns the session's backend pid.
+async fn start_listening(listener: &mut PgListener) -> Result<i32, sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET application_name = '{LISTENER_NAME}'")))
+        .execute(&mut *listener)
+        .await?;
+    listener.listen(FEED_CHANNEL).await?;
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *listener)
+        .await
+}
+
+/// The `application_name` of every process's LISTEN session.
+const LISTENER_NAME: &str = "caselog feed listener";
+
+/// How long an answer to "does another process listen?" is used before asking again. A process
+/// that starts listening is sent NOTIFYs within this long; until then its readers poll, as they
+/// do whenever a NOTIFY is missed.
+const OTHER_LISTENERS_RECHECK: Duration = Duration::from_secs(1);
+
+/// Whether any other process LISTENs for appends, asked at most once per
+/// [`OTHER_LISTENERS_RECHECK`]. A process alone on its database then sends no NOTIFY at all:
+/// each one is a transaction and a round trip, and wakes this process's own LISTEN session and
+/// the process after it, for nothing (about a third of a single-event append's round trips at one
+/// client, docs/benchmarks.md).
+#[derive(Default)]
+struct OtherListeners {
+    answer: bool,
+    asked_at: Option<std::time::Instant>,
+}
+
+impl OtherListeners {
+    async fn present(&mut self, log: &EventLog) -> bool {
+        if self.asked_at.is_some_and(|at| at.elapsed() < OTHER_LISTENERS_RECHECK) {
+            return self.answer;
+        }
+        let own = log.signal.listener_pid.load(Ordering::Relaxed);
+        self.answer = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity
+                             WHERE datname = current_database() AND application_name = $1 AND pid <> $2)",
+        )
+        .bind(LISTENER_NAME)
+        .bind(own)
+        .fetch_one(&log.pool)
+        .await
+        // Unsure: notify, as before.
+        .unwrap_or(true);
+        self.asked_at = Some(std::time::Instant::now());
+        self.answer
     }
 }
 

@@ -589,14 +589,22 @@ async fn a_kept_append_connection_that_dies_is_replaced(pool: PgPool) {
     let first = writer().await;
     assert_eq!(first.len(), 1, "both appends went through one kept connection");
 
-    sqlx::query("SELECT pg_terminate_backend($1)").bind(first[0]).execute(&pool).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(first[0])
+        .execute(&pool)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     appender.append("LS1", v(2), "court:LS", rows(1)).await.unwrap();
     let second = writer().await;
     assert_eq!(second.len(), 1);
     assert_ne!(second, first, "the dead connection was replaced");
 
-    sqlx::query("SELECT pg_terminate_backend($1)").bind(second[0]).execute(&pool).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(second[0])
+        .execute(&pool)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let at_once = appender.append("LS1", v(3), "court:LS", rows(1)).await;
     assert!(
@@ -605,4 +613,55 @@ async fn a_kept_append_connection_that_dies_is_replaced(pool: PgPool) {
     );
     appender.append("LS1", v(3), "court:LS", rows(1)).await.unwrap();
     assert_eq!(count(&pool).await, 4);
+}
+
+/// Appends are announced (NOTIFY) only while a process other than this one listens: alone on
+/// its database, a process would only wake its own LISTEN session. A session that LISTENs but
+/// is not named as caselog's listener hears nothing; once named so, it hears the next append
+/// after the process has looked again (at most a second later).
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn appends_are_announced_only_while_another_process_listens(pool: PgPool) {
+    use sqlx::postgres::PgListener;
+    use std::time::Duration;
+    let log = EventLog::new(pool.clone());
+    let signalling = tokio::spawn(log.clone().run_feed_signalling());
+    let listeners = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'caselog feed listener'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        n
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listeners().await < 1 {
+        assert!(std::time::Instant::now() < deadline, "the process never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut outsider = PgListener::connect_with(&pool).await.unwrap();
+    outsider.listen("caselog_events").await.unwrap();
+
+    log.append("LS1", v(0), "court:LS", &rows(1)).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_millis(1500), outsider.recv()).await;
+    assert!(
+        heard.is_err(),
+        "an append was announced with no other process listening"
+    );
+
+    sqlx::query("SET application_name = 'caselog feed listener'")
+        .execute(&mut outsider)
+        .await
+        .unwrap();
+    assert_eq!(listeners().await, 2);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    log.append("LS1", v(1), "court:LS", &rows(1)).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(5), outsider.recv()).await;
+    assert!(
+        heard.is_ok_and(|n| n.is_ok()),
+        "another process listens, and the append was not announced"
+    );
+    signalling.abort();
 }

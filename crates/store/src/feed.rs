@@ -324,6 +324,9 @@ impl EventLog {
                             self.signal.bump();
                         }
                         self.signal.listener_pid.store(0, Ordering::Relaxed);
+                        // A session still open goes back to the pool: it must not pass for a
+                        // listener there (other processes would notify for it).
+                        let _ = sqlx::query("RESET application_name").execute(&mut listener).await;
                         warn!("feed LISTEN connection lost; reconnecting");
                     }
                     Err(err) => warn!(error = %err, "feed LISTEN failed"),
@@ -339,7 +342,8 @@ impl EventLog {
 /// Names the session (so that other processes can see that this one listens), LISTENs, and
 /// returns the session's backend pid.
 async fn start_listening(listener: &mut PgListener) -> Result<i32, sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(format!("SET application_name = '{LISTENER_NAME}'")))
+    sqlx::query("SELECT set_config('application_name', $1, false)")
+        .bind(LISTENER_NAME)
         .execute(&mut *listener)
         .await?;
     listener.listen(FEED_CHANNEL).await?;

@@ -24,8 +24,15 @@ pub const DEFAULT_HISTORY_CACHE_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ProjectorSettings {
-    /// Feed events per transaction.
+    /// Feed events per transaction while the projection keeps up.
     pub page_size: u32,
+    /// Feed events per transaction while it catches up: a full page whose cases were all at
+    /// hand (new in the page, or held from earlier steps) doubles the next page, up to this; a
+    /// short page, or one that read cases back from the log, returns to `page_size`. Each step
+    /// costs a horizon, a checkpoint and a commit whatever its size, and behind a bulk load of
+    /// new cases those were a fifth of PostgreSQL's time per event (docs/benchmarks.md); a step
+    /// that reads cases back keeps the memory it took before.
+    pub max_page_size: u32,
     /// How often a follower tries to become leader.
     pub leadership_retry: Duration,
     /// Re-check interval when no wake-up comes.
@@ -42,6 +49,7 @@ impl Default for ProjectorSettings {
     fn default() -> ProjectorSettings {
         ProjectorSettings {
             page_size: 1000,
+            max_page_size: 4000,
             leadership_retry: Duration::from_secs(2),
             idle_poll: Duration::from_secs(1),
             gather: Duration::from_millis(20),
@@ -58,9 +66,12 @@ pub async fn run(log: EventLog, settings: ProjectorSettings) {
                 info!("leading the projections");
                 let mut wakeups = log.feed_wakeups();
                 let mut histories = HistoryCache::new(settings.history_cache_bytes);
+                let mut page_size = settings.page_size;
                 loop {
                     wakeups.borrow_and_update();
-                    match apply_next_page_with(&log, settings.page_size, &mut histories).await {
+                    let step = apply_next_page_with(&log, page_size, &mut histories).await;
+                    page_size = next_page_size(&settings, page_size, step.as_ref().ok());
+                    match step {
                         Ok(Applied { full: true, .. }) => continue,
                         Ok(Applied { in_flight, to, .. }) => {
                             // Until the log moves past `to`, a recheck reads the horizon alone (no
@@ -109,6 +120,22 @@ pub async fn run(log: EventLog, settings: ProjectorSettings) {
     }
 }
 
+/// The page size of the step after one that used `page_size` and ended as `applied` (`None`:
+/// it failed). See [`ProjectorSettings::max_page_size`].
+fn next_page_size(settings: &ProjectorSettings, page_size: u32, applied: Option<&Applied>) -> u32 {
+    match applied {
+        Some(Applied {
+            full: true,
+            cases_read: 0,
+            ..
+        }) => page_size
+            .saturating_mul(2)
+            .min(settings.max_page_size)
+            .max(settings.page_size),
+        _ => settings.page_size,
+    }
+}
+
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -118,6 +145,9 @@ pub struct Applied {
     pub full: bool,
     /// An append was in flight below the allocated position.
     pub in_flight: bool,
+    /// Cases the step read back from the log (neither new in the page nor held from earlier
+    /// steps).
+    pub cases_read: usize,
 }
 
 /// The histories of recently projected cases, complete up to `position`: a step that starts at
@@ -183,6 +213,7 @@ pub async fn apply_next_page_with(
         to,
         full: page.full,
         in_flight: page.horizon.append_in_flight(),
+        cases_read: 0,
     };
     if to == from {
         return Ok(applied);
@@ -222,6 +253,10 @@ pub async fn apply_next_page_with(
     }
     let mut missing: Vec<String> = touched.iter().filter(|c| !cached.contains_key(*c)).cloned().collect();
     missing.sort();
+    let applied = Applied {
+        cases_read: missing.len(),
+        ..applied
+    };
     if !missing.is_empty() {
         let rows = log.read_cases_up_to(&missing, to).await?;
         for events in rows.chunk_by(|a, b| a.case_id == b.case_id) {
@@ -334,4 +369,56 @@ fn history_event(row: &ReplayRow) -> Result<HistoryEvent, Error> {
         payload: Payload::from_data_text(event_type, &row.data)
             .map_err(|e| unreadable(format!("unreadable data: {e}")))?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn step(full: bool, cases_read: usize) -> Applied {
+        Applied {
+            from: Position::ZERO,
+            to: Position::ZERO.saturating_add(10),
+            full,
+            in_flight: false,
+            cases_read,
+        }
+    }
+
+    #[test]
+    fn pages_grow_behind_new_cases_and_shrink_when_caught_up_or_reading_back() {
+        let settings = ProjectorSettings::default();
+        let base = settings.page_size;
+        let grown = next_page_size(&settings, base, Some(&step(true, 0)));
+        assert_eq!(grown, 2 * base);
+        let mut size = base;
+        for _ in 0..10 {
+            size = next_page_size(&settings, size, Some(&step(true, 0)));
+        }
+        assert_eq!(size, settings.max_page_size);
+        assert_eq!(next_page_size(&settings, size, Some(&step(true, 1))), base);
+        assert_eq!(next_page_size(&settings, size, Some(&step(false, 0))), base);
+        assert_eq!(next_page_size(&settings, size, None), base);
+    }
+
+    proptest! {
+        #[test]
+        fn a_page_stays_between_the_base_and_the_largest(
+            page_size in 1u32..10_000,
+            max_page_size in 0u32..20_000,
+            steps in proptest::collection::vec((any::<bool>(), 0usize..3, any::<bool>()), 0..40),
+        ) {
+            let settings = ProjectorSettings { page_size, max_page_size, ..ProjectorSettings::default() };
+            let mut size = settings.page_size;
+            for (full, cases_read, failed) in steps {
+                let applied = step(full, cases_read);
+                size = next_page_size(&settings, size, (!failed).then_some(&applied));
+                prop_assert!(size >= page_size && size <= page_size.max(max_page_size));
+                if failed || !full || cases_read > 0 {
+                    prop_assert_eq!(size, page_size);
+                }
+            }
+        }
+    }
 }

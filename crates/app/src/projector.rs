@@ -29,9 +29,10 @@ pub struct ProjectorSettings {
     /// Feed events per transaction while it catches up: a full page whose cases were all at
     /// hand (new in the page, or held from earlier steps) doubles the next page, up to this; a
     /// short page, or one that read cases back from the log, returns to `page_size`. Each step
-    /// costs a horizon, a checkpoint and a commit whatever its size, and behind a bulk load of
-    /// new cases those were a fifth of PostgreSQL's time per event (docs/benchmarks.md); a step
-    /// that reads cases back keeps the memory it took before.
+    /// costs a horizon, a checkpoint and a commit whatever its size: with 4,000 a freshly
+    /// loaded year was projected in three quarters of the time (docs/benchmarks.md). Steps that
+    /// keep reading cases back (an import in recording order) stay at `page_size` after the
+    /// first, and so within the memory they took before.
     pub max_page_size: u32,
     /// How often a follower tries to become leader.
     pub leadership_retry: Duration,

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod case;
+pub mod dates;
 pub mod england;
 pub mod event;
 mod ids;

@@ -26,7 +26,7 @@ impl Reader {
             self.bad(field, "a date \"YYYY-MM-DD\" is required");
             return None;
         }
-        let parsed = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok();
+        let parsed = caselog_domain::dates::parse_date(text);
         if parsed.is_none() {
             self.bad(field, format!("{text:?} is not a date \"YYYY-MM-DD\""));
         }

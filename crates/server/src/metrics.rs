@@ -420,7 +420,7 @@ fn dimension_out(d: Dimension) -> pb::Dimension {
 }
 
 fn date(text: &str) -> Option<NaiveDate> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
+    caselog_domain::dates::parse_date(text)
 }
 
 /// "2024-25" → 2024, checking that the second year follows the first.

@@ -417,7 +417,22 @@ async fn append_group(
     .bind(&metadata)
     .fetch_all(&mut *connection)
     .await?;
+    let landed = landed_by_append(batch, inserted);
+    if let Ok(landed) = &landed {
+        for (pending, appended) in batch.iter().zip(landed) {
+            log.publish(&pending.case_id, &pending.rows, appended);
+        }
+    }
+    // Committed whether or not its answer could be read.
     log.signal.appended();
+    landed
+}
+
+/// The group statement's returned rows, as the rows of each append in version order.
+fn landed_by_append(
+    batch: &[Pending],
+    inserted: Vec<(String, i32, i64, DateTime<Utc>)>,
+) -> Result<Vec<Vec<AppendedRow>>, Error> {
     let mut by_case: std::collections::HashMap<String, Vec<AppendedRow>> = std::collections::HashMap::new();
     for (case_id, version, position, recorded_at) in inserted {
         by_case

@@ -16,6 +16,7 @@ mod locks;
 mod log;
 pub mod projection;
 pub mod rebuild;
+mod recent;
 pub mod snapshot;
 
 pub use audit::{AuditEntry, AuditQuery, AuditRecord, grant_service_role};

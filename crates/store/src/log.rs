@@ -2,7 +2,8 @@
 
 use crate::Error;
 use crate::error::{batch_versions, stored_position, stored_version};
-use crate::feed::{FeedSignal, SharedSignal};
+use crate::feed::{FeedSignal, ProjectedRow, SharedSignal};
+use crate::recent::{RECENT_ROWS_BUDGET_BYTES, RecentRows};
 use caselog_domain::{EventId, Position, Version};
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -134,6 +135,8 @@ pub struct EventLog {
     /// read-only replica.
     reporting_pool: PgPool,
     pub(crate) signal: SharedSignal,
+    /// Rows this process committed, held for its projection leader (see `recent.rs`).
+    pub(crate) recent: Arc<RecentRows>,
 }
 
 impl EventLog {
@@ -143,6 +146,7 @@ impl EventLog {
             reporting_pool: pool.clone(),
             pool,
             signal: Arc::new(FeedSignal::new()),
+            recent: Arc::new(RecentRows::new(RECENT_ROWS_BUDGET_BYTES)),
         }
     }
 
@@ -163,6 +167,7 @@ impl EventLog {
             audit_pool: self.audit_pool.clone(),
             reporting_pool: self.reporting_pool.clone(),
             signal: self.signal.clone(),
+            recent: self.recent.clone(),
         }
     }
 
@@ -231,13 +236,20 @@ impl EventLog {
         .fetch_all(&mut *connection)
         .await
         .map_err(|e| Error::from_sqlx(e, case_id, first_version))?;
-        let mut appended = inserted
+        let appended = inserted
             .into_iter()
             .map(AppendedRow::stored)
-            .collect::<Result<Vec<_>, Error>>()?;
-        appended.sort_by_key(|row| row.version);
+            .collect::<Result<Vec<_>, Error>>()
+            .map(|mut appended| {
+                appended.sort_by_key(|row| row.version);
+                appended
+            });
+        if let Ok(appended) = &appended {
+            self.publish(case_id, rows, appended);
+        }
+        // Committed whether or not its answer could be read.
         self.signal.appended();
-        Ok(appended)
+        appended
     }
 
     /// [`EventLog::append`] for a large batch: the rows written with one `COPY` (one statement,
@@ -258,24 +270,62 @@ impl EventLog {
         copy_in(connection, buffer)
             .await
             .map_err(|e| Error::from_sqlx(e, case_id, first_version))?;
+        let landed = self.read_back(connection, case_id, after_version, rows.len()).await;
+        if let Ok(landed) = &landed {
+            self.publish(case_id, rows, landed);
+        }
+        // Committed whether or not where it landed could be read.
         self.signal.appended();
+        landed
+    }
+
+    /// Where the `count` rows appended to a case after `after_version` landed, read back.
+    async fn read_back(
+        &self,
+        connection: &mut PgConnection,
+        case_id: &str,
+        after_version: Version,
+        count: usize,
+    ) -> Result<Vec<AppendedRow>, Error> {
+        let (first_version, _) = batch_versions(after_version, count)?;
         let landed: Vec<(i64, i32, DateTime<Utc>)> = sqlx::query_as(
             "SELECT position, version, recorded_at FROM events
               WHERE case_id = $1 AND version BETWEEN $2 AND $3 ORDER BY version",
         )
         .bind(case_id)
         .bind(i32::from(first_version))
-        .bind(i32::from(after_version.after(rows.len())?))
+        .bind(i32::from(after_version.after(count)?))
         .fetch_all(&mut *connection)
         .await?;
-        if landed.len() != rows.len() {
+        if landed.len() != count {
             return Err(Error::Database(sqlx::Error::Protocol(format!(
-                "case {case_id}: {} of {} copied events read back",
+                "case {case_id}: {} of {count} copied events read back",
                 landed.len(),
-                rows.len()
             ))));
         }
         landed.into_iter().map(AppendedRow::stored).collect()
+    }
+
+    /// Hands the committed `rows` of one append, landed as `appended` (in the same order), to
+    /// this process's projection leader, if it leads.
+    pub(crate) fn publish(&self, case_id: &str, rows: &[NewRow], appended: &[AppendedRow]) {
+        self.recent.publish(|| {
+            rows.iter()
+                .zip(appended)
+                .map(|(row, landed)| ProjectedRow {
+                    position: landed.position,
+                    event: ReplayRow {
+                        case_id: case_id.to_owned(),
+                        event_id: row.event_id,
+                        version: landed.version,
+                        event_type: row.event_type.clone(),
+                        occurred_on: row.occurred_on,
+                        data: row.data.clone(),
+                        recorded_at: landed.recorded_at,
+                    },
+                })
+                .collect()
+        });
     }
 
     /// Appends whole new cases with one `COPY`: the bulk path for loading a generated or

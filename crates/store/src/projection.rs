@@ -59,6 +59,15 @@ pub trait FactsSink {
 #[derive(Debug)]
 pub struct Leadership {
     connection: PgConnection,
+    /// Held while leading: [`EventLog::read_all_projected`] serves this process's own appends
+    /// from it.
+    recent: std::sync::Arc<crate::recent::RecentRows>,
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.recent.disable();
+    }
 }
 
 impl Leadership {
@@ -81,8 +90,12 @@ impl EventLog {
             .await?;
         // A session that lost keeps no lock and goes back to the pool; one that won leaves the
         // pool, so that its lock ends with it and never with a pooled connection.
-        Ok(won.then(|| Leadership {
-            connection: connection.detach(),
+        Ok(won.then(|| {
+            self.recent.enable();
+            Leadership {
+                connection: connection.detach(),
+                recent: self.recent.clone(),
+            }
         }))
     }
 

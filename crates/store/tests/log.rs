@@ -665,3 +665,109 @@ async fn appends_are_announced_only_while_another_process_listens(pool: PgPool) 
     );
     signalling.abort();
 }
+
+/// The projection leader reads its own appends from memory, as the log holds them: every append
+/// path (a statement, a `COPY`, a group) hands its rows over once committed; a gap (here a
+/// refused append's positions) sends the read to the log, which fills it; a follower reads the
+/// log. A page from memory carries the data text as sent (compact), one from the log as
+/// PostgreSQL prints jsonb (a space after each colon): the same object either way.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn the_projection_leader_reads_its_own_appends_from_memory_as_the_log_holds_them(pool: PgPool) {
+    use caselog_store::{FeedPage, ProjectedRow};
+    let log = EventLog::new(pool.clone());
+    let follower = EventLog::new(pool.clone());
+    let before = log.horizon().await.unwrap().safe;
+    let leadership = log.try_lead_projections().await.unwrap().unwrap();
+    let appender = caselog_store::GroupAppender::start(log.clone(), caselog_store::GroupSettings::default());
+    log.append("ONE", v(0), "court:LS", &rows(1)).await.unwrap();
+    log.append("COPIED", v(0), "court:LS", &rows(100)).await.unwrap();
+    let mut grouped = tokio::task::JoinSet::new();
+    for case in 0..8 {
+        let appender = appender.clone();
+        grouped.spawn(async move { appender.append(&format!("G{case}"), v(0), "court:LS", rows(2)).await });
+    }
+    while let Some(appended) = grouped.join_next().await {
+        appended.unwrap().unwrap();
+    }
+    let total = 1 + 100 + 16;
+    let as_values = |page: &FeedPage<ProjectedRow>| -> Vec<(Position, String, u64, serde_json::Value)> {
+        page.events
+            .iter()
+            .map(|r| {
+                (
+                    r.position,
+                    r.event.case_id.clone(),
+                    r.event.version.get(),
+                    serde_json::from_str(&r.event.data).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let from_log = follower.read_all_projected(before, 1000).await.unwrap();
+    let from_memory = log.read_all_projected(before, 1000).await.unwrap();
+    assert_eq!(from_memory.events.len(), total);
+    assert!(
+        from_memory.events.iter().all(|r| !r.event.data.contains(": ")),
+        "sent text"
+    );
+    assert!(
+        from_log.events.iter().all(|r| r.event.data.contains(": ")),
+        "jsonb's text"
+    );
+    assert_eq!(as_values(&from_memory), as_values(&from_log));
+    let strip = |page: &FeedPage<ProjectedRow>| -> Vec<ProjectedRow> {
+        page.events
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.event.data.clear();
+                r
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip(&from_memory),
+        strip(&from_log),
+        "ids, types, dates, recording instants"
+    );
+    assert_eq!(from_memory.next_after, from_log.next_after);
+    assert!(!from_memory.full);
+
+    // A refused append takes positions and leaves no rows: the read after it goes to the log.
+    let reused = rows(1);
+    log.append("GAP", v(0), "court:LS", &reused).await.unwrap();
+    let mut clash = rows(2);
+    clash[1].event_id = reused[0].event_id;
+    let refused = log.append("GAP2", v(0), "court:LS", &clash).await;
+    assert!(matches!(refused, Err(Error::DuplicateEventId)), "{refused:?}");
+    log.append("AFTER", v(0), "court:LS", &rows(3)).await.unwrap();
+    let at = from_memory.next_after;
+    let page = log.read_all_projected(at, 1000).await.unwrap();
+    assert_eq!(
+        page.events.len(),
+        1,
+        "GAP's row, from memory up to the refused positions"
+    );
+    assert!(page.full, "rows are held beyond the gap");
+    let rest = log.read_all_projected(page.next_after, 1000).await.unwrap();
+    assert_eq!(
+        rest.events.iter().map(|r| r.event.case_id.as_str()).collect::<Vec<_>>(),
+        ["AFTER"; 3]
+    );
+    assert!(
+        rest.events.iter().all(|r| r.event.data.contains(": ")),
+        "read from the log"
+    );
+    assert_eq!(
+        as_values(&rest),
+        as_values(&follower.read_all_projected(page.next_after, 1000).await.unwrap())
+    );
+
+    // A process that no longer leads holds nothing.
+    drop(leadership);
+    let after = rest.next_after;
+    log.append("LATE", v(0), "court:LS", &rows(1)).await.unwrap();
+    let late = log.read_all_projected(after, 1000).await.unwrap();
+    assert_eq!(late.events.len(), 1);
+    assert!(late.events[0].event.data.contains(": "), "read from the log");
+}

@@ -1,0 +1,228 @@
+//! The rows this process committed lately, held for its projection leader, which would
+//! otherwise read each of them back from PostgreSQL moments after writing it. During a bulk load
+//! that read-back was a quarter of the service's processor and a part of PostgreSQL's
+//! (docs/benchmarks.md, "The projection reads its own appends from memory").
+//!
+//! A page is served from here only when the held rows cover every position after the reader's
+//! cursor without a gap. A position is taken by at most one row, ever, so a committed row held
+//! for each position up to `to` means no other row can appear at or below `to`: the question
+//! the feed's horizon answers for a read from the log is answered already. Anything else (a
+//! rolled-back append, another process's append, a row whose append has not published it yet,
+//! a row refused for lack of room) leaves a gap, and the reader goes to the log, which is
+//! always right.
+//!
+//! Rows are held only while this process leads the projections ([`crate::projection::Leadership`]
+//! enables and disables it): a follower would hold rows nobody takes.
+
+use crate::feed::ProjectedRow;
+use caselog_domain::Position;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The most memory the held rows may take (about 65,000 events of a bulk load). A projection
+/// that falls this far behind reads from the log, as it would anyway.
+pub(crate) const RECENT_ROWS_BUDGET_BYTES: usize = 16 << 20;
+
+#[derive(Debug)]
+pub(crate) struct RecentRows {
+    enabled: AtomicBool,
+    held: Mutex<Held>,
+    budget_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    rows: BTreeMap<Position, ProjectedRow>,
+    bytes: usize,
+}
+
+/// Rows taken from memory: the whole run after the cursor, up to the limit.
+#[derive(Debug, PartialEq)]
+pub(crate) struct HeldPage {
+    pub(crate) rows: Vec<ProjectedRow>,
+    /// Rows are still held after this page: beyond its limit, or beyond a gap.
+    pub(crate) more_held: bool,
+}
+
+impl RecentRows {
+    pub(crate) fn new(budget_bytes: usize) -> RecentRows {
+        RecentRows {
+            enabled: AtomicBool::new(false),
+            held: Mutex::new(Held::default()),
+            budget_bytes,
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        // A panic while holding the lock leaves whole rows or none: the map stays usable.
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts holding rows (empty: what was committed before is read from the log).
+    pub(crate) fn enable(&self) {
+        let mut held = self.held();
+        *held = Held::default();
+        self.enabled.store(true, Ordering::Release);
+    }
+
+    /// Stops holding rows and forgets those held.
+    pub(crate) fn disable(&self) {
+        self.enabled.store(false, Ordering::Release);
+        *self.held() = Held::default();
+    }
+
+    /// Holds committed rows. `rows` is called only while rows are wanted, so a follower builds
+    /// none. Rows that do not fit are left out (a gap the reader fills from the log).
+    pub(crate) fn publish(&self, rows: impl FnOnce() -> Vec<ProjectedRow>) {
+        if !self.enabled.load(Ordering::Acquire) {
+            return;
+        }
+        let rows = rows();
+        let mut held = self.held();
+        for row in rows {
+            let weight = weight_of(&row);
+            if held.bytes + weight > self.budget_bytes {
+                break;
+            }
+            held.bytes += weight;
+            if let Some(replaced) = held.rows.insert(row.position, row) {
+                held.bytes -= weight_of(&replaced);
+            }
+        }
+    }
+
+    /// Takes the held rows after `after`, in position order, while every next position is held,
+    /// up to `limit`; `None` when the position right after `after` is not held. Rows at or below
+    /// `after` are forgotten (the reader has passed them). A row is handed out once.
+    pub(crate) fn take_after(&self, after: Position, limit: usize) -> Option<HeldPage> {
+        if !self.enabled.load(Ordering::Acquire) || limit == 0 {
+            return None;
+        }
+        let mut held = self.held();
+        let Held { rows, bytes } = &mut *held;
+        let kept = rows.split_off(&after.saturating_add(1));
+        for passed in std::mem::replace(rows, kept).into_values() {
+            *bytes -= weight_of(&passed);
+        }
+        let mut page = Vec::new();
+        let mut next = after.saturating_add(1);
+        while page.len() < limit {
+            let Some(row) = rows.remove(&next) else {
+                break;
+            };
+            *bytes -= weight_of(&row);
+            page.push(row);
+            next = next.saturating_add(1);
+        }
+        let more_held = !rows.is_empty();
+        (!page.is_empty()).then_some(HeldPage { rows: page, more_held })
+    }
+}
+
+/// What a held row costs: its strings and the map's share.
+fn weight_of(row: &ProjectedRow) -> usize {
+    std::mem::size_of::<ProjectedRow>()
+        + 32
+        + row.event.case_id.len()
+        + row.event.event_type.len()
+        + row.event.data.len()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::ReplayRow;
+    use caselog_domain::{EventId, Version};
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn row(position: u64) -> ProjectedRow {
+        ProjectedRow {
+            position: Position::saturating_from(position),
+            event: ReplayRow {
+                case_id: format!("C-{}", position % 7),
+                event_id: EventId::from(uuid::Uuid::from_u128(u128::from(position))),
+                version: Version::ZERO.after(1).unwrap(),
+                event_type: "hearing_listed".into(),
+                occurred_on: chrono::NaiveDate::from_ymd_opt(2025, 5, 1).unwrap(),
+                data: r#"{"hearing_type":"cmh","listed_for":"2025-07-01"}"#.into(),
+                recorded_at: chrono::DateTime::UNIX_EPOCH,
+            },
+        }
+    }
+
+    fn positions(page: &HeldPage) -> Vec<u64> {
+        page.rows.iter().map(|r| r.position.get()).collect()
+    }
+
+    #[test]
+    fn a_follower_holds_nothing_and_a_gap_sends_the_reader_to_the_log() {
+        let recent = RecentRows::new(RECENT_ROWS_BUDGET_BYTES);
+        recent.publish(|| vec![row(1)]);
+        assert_eq!(recent.take_after(Position::ZERO, 10), None, "not enabled");
+        recent.enable();
+        recent.publish(|| vec![row(2), row(3), row(5)]);
+        assert_eq!(recent.take_after(Position::ZERO, 10), None, "position 1 is not held");
+        let page = recent.take_after(Position::saturating_from(1), 10).unwrap();
+        assert_eq!(positions(&page), [2, 3]);
+        assert!(page.more_held, "5 waits beyond the gap at 4");
+        assert_eq!(recent.take_after(Position::saturating_from(3), 10), None);
+        let page = recent.take_after(Position::saturating_from(4), 10).unwrap();
+        assert_eq!((positions(&page), page.more_held), (vec![5], false));
+        recent.disable();
+        recent.publish(|| vec![row(6)]);
+        assert_eq!(recent.take_after(Position::saturating_from(5), 10), None);
+    }
+
+    #[test]
+    fn rows_beyond_the_budget_are_left_out_and_taken_rows_free_it() {
+        let one = weight_of(&row(1));
+        let recent = RecentRows::new(3 * one);
+        recent.enable();
+        recent.publish(|| (1..=5).map(row).collect());
+        let page = recent.take_after(Position::ZERO, 10).unwrap();
+        assert_eq!((positions(&page), page.more_held), (vec![1, 2, 3], false));
+        assert_eq!(recent.held().bytes, 0);
+        recent.publish(|| (4..=5).map(row).collect());
+        assert_eq!(
+            positions(&recent.take_after(Position::saturating_from(3), 10).unwrap()),
+            [4, 5]
+        );
+    }
+
+    proptest! {
+        /// Whatever was published, in whatever order, a page is exactly the run of held
+        /// positions right after the cursor (up to the limit), and what is left is what was
+        /// held beyond it.
+        #[test]
+        fn a_page_is_the_unbroken_run_after_the_cursor(
+            published in proptest::collection::vec(proptest::collection::vec(1u64..60, 0..12), 0..6),
+            cursor in 0u64..40,
+            limit in 1usize..30,
+        ) {
+            let recent = RecentRows::new(RECENT_ROWS_BUDGET_BYTES);
+            recent.enable();
+            let mut held = BTreeSet::new();
+            for batch in &published {
+                recent.publish(|| batch.iter().copied().map(row).collect());
+                held.extend(batch.iter().copied());
+            }
+            let mut expected = Vec::new();
+            while expected.len() < limit && held.contains(&(cursor + 1 + expected.len() as u64)) {
+                expected.push(cursor + 1 + expected.len() as u64);
+            }
+            let page = recent.take_after(Position::saturating_from(cursor), limit);
+            prop_assert_eq!(page.as_ref().map(positions).unwrap_or_default(), expected.clone());
+            let left: Vec<u64> = held.iter().copied().filter(|p| *p > cursor && !expected.contains(p)).collect();
+            if let Some(page) = &page {
+                prop_assert_eq!(page.more_held, !left.is_empty());
+            }
+            let remaining = recent.held().rows.keys().map(|p| p.get()).collect::<Vec<_>>();
+            prop_assert_eq!(remaining, left);
+            let bytes: usize = recent.held().rows.values().map(weight_of).sum();
+            prop_assert_eq!(recent.held().bytes, bytes);
+        }
+    }
+}

@@ -65,8 +65,7 @@ pub struct FeedPage<E = StoredEvent> {
     /// ([`EventLog::read_all_projected`]) both positions are the page's last: no horizon was
     /// read, and none was needed.
     pub horizon: Horizon,
-    /// Whether the page stopped at `limit` (more may be readable at once); for a page served
-    /// from memory, also when rows are held beyond a gap (the log fills it at once).
+    /// Whether the page stopped at `limit` (more may be readable at once).
     pub full: bool,
 }
 
@@ -158,19 +157,19 @@ impl EventLog {
     /// parsed once into the payload, and no metadata or source.
     ///
     /// While this process leads the projections, a page made only of its own appends (every
-    /// position after `after` held, up to `limit`) comes from memory (see `recent.rs`), handed
-    /// out once; its `data` is the text as sent, not as PostgreSQL prints it back (the same JSON
-    /// object). Otherwise, and after any gap, from the log.
+    /// position after `after` held, up to `limit` or up to the last held) comes from memory (see
+    /// `recent.rs`), handed out once; its `data` is the text as sent, not as PostgreSQL prints
+    /// it back (the same JSON object). Otherwise, and across any gap, from the log.
     #[instrument(skip(self), fields(from_memory), err(level = "debug"))]
     pub async fn read_all_projected(&self, after: Position, limit: u32) -> Result<FeedPage<ProjectedRow>, Error> {
         if let Some(held) = self.recent.take_after(after, limit as usize) {
             tracing::Span::current().record("from_memory", true);
-            let full = held.rows.len() >= limit as usize || held.more_held;
-            let last = held.rows.last().map_or(after, |row| row.position);
+            let full = held.len() >= limit as usize;
+            let last = held.last().map_or(after, |row| row.position);
             // No other row can appear at or below `last` (each position held is a committed row
             // of ours), which is all a horizon would have told.
             return Ok(FeedPage {
-                events: held.rows,
+                events: held,
                 next_after: last,
                 horizon: Horizon {
                     allocated: last,

@@ -74,7 +74,7 @@ impl Spent {
         }
         let micros = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / events as f64;
         format!(
-            "processor per event: PostgreSQL {:.0} µs, service {:.0} µs, benchmark client {:.0} µs; machine busy {:.0}%",
+            "processor per event: PostgreSQL {:.1} µs, service {:.1} µs, benchmark client {:.1} µs; machine busy {:.0}%",
             micros(self.postgres),
             micros(self.service),
             micros(self.client),

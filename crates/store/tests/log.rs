@@ -102,6 +102,68 @@ async fn a_large_batch_is_copied_whole_or_not_at_all(pool: PgPool) {
     assert_eq!(log.read_case("LS1").await.unwrap().len(), 100);
 }
 
+/// A batch written by `COPY` (text format, escaped by the service) and one by a statement store
+/// the same values: ids, dates
+/// far from today, text with the bytes the text format escapes, JSON with escapes and non-ASCII
+/// characters. Both batches are read back whole and compared field by field.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_copied_batch_stores_exactly_what_a_statement_stores(pool: PgPool) {
+    let log = EventLog::new(pool.clone());
+    let awkward = |n: usize| -> Vec<NewRow> {
+        let dates = [
+            (2000, 1, 1),
+            (1999, 12, 31),
+            (1970, 1, 1),
+            (2026, 3, 31),
+            (2399, 12, 31),
+            (1, 1, 1),
+        ];
+        (0..n)
+            .map(|i| {
+                let (y, m, d) = dates[i % dates.len()];
+                NewRow {
+                    event_id: Uuid::new_v4().into(),
+                    event_type: format!("type\\with\ttab {i}"),
+                    occurred_on: NaiveDate::from_ymd_opt(y, m, d).unwrap(),
+                    data: serde_json::json!({
+                        "note": format!("line\nbreak\ttab \\ back \"quote\" é ✓ \u{1}{i}"),
+                        "n": i,
+                        "nested": {"list": [1, 2.5, null, true]},
+                    })
+                    .to_string(),
+                    metadata: serde_json::json!({"trace": "a\tb", "i": i}).to_string(),
+                }
+            })
+            .collect()
+    };
+    let case = "LS\tcase\\é";
+    let copied = awkward(70);
+    log.append(case, v(0), "court:LS", &copied).await.unwrap();
+    let inserted = awkward(5);
+    log.append(case, v(70), "court:LS", &inserted).await.unwrap();
+    let stored = log.read_case(case).await.unwrap();
+    assert_eq!(stored.len(), 75);
+    for (row, event) in copied.iter().chain(&inserted).zip(&stored) {
+        assert_eq!(event.event_id, row.event_id);
+        assert_eq!(event.case_id, case);
+        assert_eq!(event.event_type, row.event_type);
+        assert_eq!(event.occurred_on, row.occurred_on);
+        assert_eq!(
+            event.data,
+            serde_json::from_str::<serde_json::Value>(&row.data).unwrap()
+        );
+        assert_eq!(
+            event.metadata,
+            serde_json::from_str::<serde_json::Value>(&row.metadata).unwrap()
+        );
+        assert_eq!(event.source, "court:LS");
+    }
+    assert_eq!(
+        stored.iter().map(|e| e.version.get()).collect::<Vec<_>>(),
+        (1..=75).collect::<Vec<_>>()
+    );
+}
+
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn the_log_refuses_updates_and_deletes(pool: PgPool) {
     let log = EventLog::new(pool.clone());

@@ -8,19 +8,16 @@ use chrono::NaiveDate;
 /// four digits, two and two, is read directly; anything else (`2025-7-1`, a signed year) is left
 /// to chrono, so the same texts are accepted as before.
 pub fn parse_date(text: &str) -> Option<NaiveDate> {
-    match text.as_bytes() {
-        [y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1] => {
-            let digits = [*y0, *y1, *y2, *y3, *m0, *m1, *d0, *d1];
-            if digits.iter().all(u8::is_ascii_digit) {
-                let value = |slice: &[u8]| slice.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
-                // At most 9999: within i32.
-                let year = value(&digits[..4]) as i32;
-                return NaiveDate::from_ymd_opt(year, value(&digits[4..6]), value(&digits[6..]));
-            }
-            NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
+    if let [y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1] = text.as_bytes() {
+        let digits = [*y0, *y1, *y2, *y3, *m0, *m1, *d0, *d1];
+        if digits.iter().all(u8::is_ascii_digit) {
+            let value = |slice: &[u8]| slice.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+            // At most 9999: within i32.
+            let year = value(&digits[..4]) as i32;
+            return NaiveDate::from_ymd_opt(year, value(&digits[4..6]), value(&digits[6..]));
         }
-        _ => NaiveDate::parse_from_str(text, "%Y-%m-%d").ok(),
     }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
 }
 
 #[cfg(test)]

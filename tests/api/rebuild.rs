@@ -163,11 +163,12 @@ async fn verify_reports_a_corrupted_projection_row_and_changes_nothing(pool: PgP
         .unwrap();
     corrupted["closed_on"] = "2025-06-02".into();
     overwrite_stored_facts(&pool, &victim, corrupted).await;
-    // Another case's row as written before migration 0010, or by the previous release: its
-    // JSON alone. The same facts, so not a difference.
-    let (as_json, _) = rows.iter().find(|(case_id, _)| *case_id != victim).unwrap();
-    sqlx::query("UPDATE case_facts SET stored = NULL WHERE case_id = $1")
+    // Another case's row as written before migration 0010: its JSON alone. The same facts, so
+    // not a difference.
+    let (as_json, facts) = rows.iter().find(|(case_id, _)| *case_id != victim).unwrap();
+    sqlx::query("UPDATE case_facts SET facts = $2::jsonb, stored = NULL WHERE case_id = $1")
         .bind(as_json)
+        .bind(facts.to_string())
         .execute(&pool)
         .await
         .unwrap();

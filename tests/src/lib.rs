@@ -513,7 +513,7 @@ pub async fn stored_facts(pool: &PgPool) -> Vec<(String, serde_json::Value)> {
 }
 
 /// Overwrites a case's `case_facts` row with `facts` (JSON), stored as the service stores them
-/// (the JSON column left as it was: this release reads the stored form).
+/// (the JSON column, empty since migration 0011, left as it was).
 pub async fn overwrite_stored_facts(pool: &PgPool, case_id: &str, facts: serde_json::Value) {
     let facts = serde_json::from_value(facts).unwrap();
     sqlx::query("UPDATE case_facts SET stored = $1 WHERE case_id = $2")

@@ -309,13 +309,9 @@ fn rows_of_step(
         let Some(facts) = facts else {
             continue;
         };
-        // The JSON too, while pods of the previous release may read the table (migration 0010).
-        let json =
-            serde_json::to_string(&facts).map_err(|e| Error::Internal(format!("facts of {}: {e}", facts.case_id)))?;
         facts_rows.push(FactsRow {
             case_id: facts.case_id.to_string(),
             stored: encode(&facts)?,
-            json: Some(json),
         });
     }
     Ok(StepRows {

@@ -407,11 +407,9 @@ fn remember((rows, history): (Vec<Row>, Vec<FactsHistoryRow>), digests: &mut BTr
         .into_iter()
         .map(|row| {
             digests.insert(row.case_id.clone(), row.digest);
-            // No JSON: a rebuilt table is read by this release alone (see migration 0010).
             FactsRow {
                 case_id: row.case_id,
                 stored: row.stored,
-                json: None,
             }
         })
         .collect();

@@ -3,9 +3,9 @@
 //! model snapshot's, so the two change together, see [`FORMAT`]).
 //!
 //! The encoding takes about a fifth of the bytes of the facts as JSON, and PostgreSQL stores it
-//! without parsing it. A `case_facts` row with nothing in `stored` (written before migration
-//! 0010, or by the previous release) is read from its JSON column: the store hands over that
-//! JSON text, which starts with `{`, never a format byte.
+//! without parsing it. A `case_facts` row with nothing in `stored` (last written before
+//! migration 0010) is read from its JSON column: the store hands over that JSON text, which
+//! starts with `{`, never a format byte. Since migration 0011 the projector writes no JSON.
 
 use crate::error::Error;
 use crate::snapshot::FORMAT;

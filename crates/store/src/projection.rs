@@ -30,16 +30,15 @@ pub struct FactsVersion {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FactsRow {
     pub case_id: String,
-    /// The facts as the application stores them (the `stored` column).
+    /// The facts as the application stores them (the `stored` column). The JSON column
+    /// (`facts`) is written empty: nothing of this release or the previous one needs it
+    /// (migration 0011).
     pub stored: Vec<u8>,
-    /// The facts as JSON, for readers of the previous release (the `facts` column, jsonb, see
-    /// migration 0010); `None` leaves it empty.
-    pub json: Option<String>,
 }
 
 /// A case's stored facts as a statement reads them from the facts table (or alias) `table`:
-/// `stored`, or for a row written before migration 0010 or by the previous release, the JSON
-/// in `facts` as UTF-8 bytes.
+/// `stored`, or for a row last written before migration 0010, the JSON in `facts` as UTF-8
+/// bytes.
 pub(crate) fn stored_facts_of(table: &str) -> String {
     format!("coalesce({table}.stored, convert_to({table}.facts::text, 'UTF8'))")
 }

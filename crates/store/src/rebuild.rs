@@ -428,17 +428,17 @@ pub(crate) async fn upsert_facts<'c>(
         return Ok(());
     }
     let ids: Vec<&str> = rows.iter().map(|r| r.case_id.as_str()).collect();
-    let json: Vec<Option<&str>> = rows.iter().map(|r| r.json.as_deref()).collect();
     let stored: Vec<&[u8]> = rows.iter().map(|r| r.stored.as_slice()).collect();
+    // `facts` = NULL, not left as it was: JSON from before migration 0011 would no longer match
+    // `stored`, and stale facts must not be readable anywhere.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {} (case_id, facts, stored, as_of_position)
-         SELECT id, f::jsonb, s, $4 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS r(id, f, s)
+         SELECT id, NULL, s, $3 FROM UNNEST($1::text[], $2::bytea[]) AS r(id, s)
          ON CONFLICT (case_id) DO UPDATE
-            SET facts = EXCLUDED.facts, stored = EXCLUDED.stored, as_of_position = EXCLUDED.as_of_position",
+            SET facts = NULL, stored = EXCLUDED.stored, as_of_position = EXCLUDED.as_of_position",
         table.name()
     )))
     .bind(&ids)
-    .bind(&json)
     .bind(&stored)
     .bind(i64::from(position))
     .execute(executor)

@@ -579,25 +579,105 @@ impl caselog_store::projection::FactsSink for CollectedFacts {
     }
 }
 
+/// The facts-row statement of the release that brought migration 0010 (verbatim): the JSON and
+/// the encoding together. Its pods run beside this release's during a rollout.
+const PREVIOUS_RELEASE_FACTS: &str = "INSERT INTO case_facts (case_id, facts, stored, as_of_position)
+         SELECT id, f::jsonb, s, $4 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS r(id, f, s)
+         ON CONFLICT (case_id) DO UPDATE
+            SET facts = EXCLUDED.facts, stored = EXCLUDED.stored, as_of_position = EXCLUDED.as_of_position";
+
+async fn facts_columns(pool: &PgPool, case_id: &str) -> (Option<String>, Option<Vec<u8>>) {
+    sqlx::query_as("SELECT facts::text, stored FROM case_facts WHERE case_id = $1")
+        .bind(case_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn facts_read(log: &EventLog) -> Vec<Vec<u8>> {
+    let mut read = CollectedFacts::default();
+    log.case_facts_since(0, None, &mut read).await.unwrap().unwrap();
+    read.0.sort();
+    read.0
+}
+
+/// This release writes no JSON; the previous release writes it beside the encoding. Either may
+/// lead the projections during a rollout, so each writes over the other's rows, and a step that
+/// leaves a case's encoding as it was (its facts unchanged) clears the JSON without emptying
+/// what is stored (0010's trigger took that for a writer of JSON alone, leaving a row the
+/// table's constraint refuses: the projector would have stopped).
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
-async fn facts_the_previous_release_writes_replace_the_stored_ones(pool: PgPool) {
+async fn this_release_and_the_previous_one_write_over_each_others_facts(pool: PgPool) {
     use caselog_store::projection::FactsRow;
     let log = EventLog::new(pool.clone());
-    let rows = [
-        FactsRow {
+    let previous_release_writes = |json: &'static str, stored: Vec<u8>, position: i64| {
+        sqlx::query(PREVIOUS_RELEASE_FACTS)
+            .bind(vec!["K1"])
+            .bind(vec![json])
+            .bind(vec![stored])
+            .bind(position)
+            .execute(&pool)
+    };
+    previous_release_writes(r#"{"case_id": "K1", "n": 1}"#, vec![1, 2, 3], 1)
+        .await
+        .unwrap();
+    let at = |p: i64| Position::try_from(p).unwrap();
+    let this_release = |stored: Vec<u8>| {
+        [FactsRow {
             case_id: "K1".into(),
-            stored: vec![1, 2, 3],
-            json: Some(r#"{"case_id": "K1", "n": 1}"#.into()),
-        },
-        FactsRow {
-            case_id: "K2".into(),
-            stored: vec![1, 9],
-            json: Some(r#"{"case_id": "K2"}"#.into()),
-        },
-    ];
-    let one = Position::try_from(1_i64).unwrap();
-    assert!(log.save_case_facts(&rows, &[], Position::ZERO, one).await.unwrap());
-    // The previous release's projector step for K1: the JSON alone (its statement, verbatim).
+            stored,
+        }]
+    };
+    assert!(
+        log.save_case_facts(&this_release(vec![1, 2, 3]), &[], Position::ZERO, at(2))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        facts_columns(&pool, "K1").await,
+        (None, Some(vec![1, 2, 3])),
+        "the same encoding, no JSON"
+    );
+    previous_release_writes(r#"{"case_id": "K1", "n": 3}"#, vec![1, 4], 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        facts_read(&log).await,
+        vec![vec![1, 4]],
+        "the previous release's encoding is read"
+    );
+    assert!(
+        log.save_case_facts(&this_release(vec![1, 5]), &[], at(2), at(4))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        facts_columns(&pool, "K1").await,
+        (None, Some(vec![1, 5])),
+        "its JSON is not left stale"
+    );
+    assert_eq!(facts_read(&log).await, vec![vec![1, 5]]);
+}
+
+/// A release before migration 0010 wrote the JSON alone: the encoding beside it would be stale,
+/// so it is emptied and the JSON read instead; writing the same JSON again keeps it.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_writer_of_json_alone_empties_the_stored_facts(pool: PgPool) {
+    let log = EventLog::new(pool.clone());
+    for (case_id, json, stored) in [
+        ("K1", r#"{"case_id": "K1", "n": 1}"#, vec![1_u8, 2, 3]),
+        ("K2", r#"{"case_id": "K2"}"#, vec![1, 9]),
+    ] {
+        sqlx::query(PREVIOUS_RELEASE_FACTS)
+            .bind(vec![case_id])
+            .bind(vec![json])
+            .bind(vec![stored])
+            .bind(1_i64)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    // The step of a release before 0010 for K1 (its statement, verbatim).
     sqlx::query(
         "INSERT INTO case_facts (case_id, facts, as_of_position)
          SELECT id, f::jsonb, $3 FROM UNNEST($1::text[], $2::text[]) AS r(id, f)
@@ -609,21 +689,16 @@ async fn facts_the_previous_release_writes_replace_the_stored_ones(pool: PgPool)
     .execute(&pool)
     .await
     .unwrap();
-    let mut read = CollectedFacts::default();
-    log.case_facts_since(0, None, &mut read).await.unwrap().unwrap();
-    read.0.sort();
     // K1's stored facts would be stale: they are gone, and its JSON is read instead.
-    assert_eq!(read.0, vec![vec![1, 9], br#"{"n": 2, "case_id": "K1"}"#.to_vec()]);
-    // Writing the same JSON again keeps what is stored.
+    assert_eq!(
+        facts_read(&log).await,
+        vec![vec![1, 9], br#"{"n": 2, "case_id": "K1"}"#.to_vec()]
+    );
     sqlx::query("UPDATE case_facts SET facts = facts, as_of_position = 3 WHERE case_id = 'K2'")
         .execute(&pool)
         .await
         .unwrap();
-    let stored: Option<Vec<u8>> = sqlx::query_scalar("SELECT stored FROM case_facts WHERE case_id = 'K2'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(stored, Some(vec![1, 9]));
+    assert_eq!(facts_columns(&pool, "K2").await.1, Some(vec![1, 9]));
 }
 
 /// The group writer keeps its connection between groups (no pool round trip after each

@@ -20,9 +20,9 @@ use uuid::Uuid;
 pub const MAX_BATCH: usize = 1000;
 /// Cases with more events than this are not kept in the write cache.
 const MAX_CACHED_CASE_EVENTS: usize = 1000;
-/// 16 MiB: about 3,700 cases of 25 events (an event weighs about 175 bytes: its history
+/// 16 MiB: about 3,500 cases of 25 events (an event weighs about 175 bytes: its history
 /// event with its strings, about 95, and its record, 80; the case's boxed issue about 200
-/// more). Sized so that a server holding ten national years stays within 512 MiB
+/// more, and its view, kept for the next append, about 480). Sized so that a server holding ten national years stays within 512 MiB
 /// (docs/benchmarks.md); a write-heavy server may give it more.
 pub const DEFAULT_CASE_CACHE_BYTES: usize = 16 << 20;
 /// How often an append without an expected version is re-decided after losing a race.
@@ -48,25 +48,37 @@ pub struct Appended {
 #[derive(Debug, Clone)]
 struct CaseState {
     recorded: Vec<RecordedEvent>,
+    /// The sum of the records' [`RecordedEvent::heap_bytes`], kept as they are added, so that
+    /// weighing a case for the cache does not go over all its events.
+    recorded_bytes: usize,
     history: CaseHistory,
 }
 
 impl CaseState {
     fn read(stored: &[StoredEvent]) -> Result<CaseState, Error> {
         let history = history_of(stored)?;
-        let recorded = stored
-            .iter()
-            .zip(history.events())
-            .map(|(row, _)| RecordedEvent::of(row))
-            .collect();
-        Ok(CaseState { recorded, history })
+        let mut state = CaseState {
+            recorded: Vec::with_capacity(stored.len()),
+            recorded_bytes: 0,
+            history,
+        };
+        state.record(stored.iter().map(RecordedEvent::of));
+        Ok(state)
+    }
+
+    /// Adds the records of events the history already holds.
+    fn record(&mut self, records: impl IntoIterator<Item = RecordedEvent>) {
+        for record in records {
+            self.recorded_bytes += record.heap_bytes();
+            self.recorded.push(record);
+        }
     }
 
     /// About what the state takes in memory.
     fn memory_bytes(&self) -> usize {
         self.history.memory_bytes()
             + self.recorded.capacity() * std::mem::size_of::<RecordedEvent>()
-            + self.recorded.iter().map(RecordedEvent::heap_bytes).sum::<usize>()
+            + self.recorded_bytes
     }
 }
 
@@ -341,14 +353,12 @@ impl AppendRequest<'_> {
                     .map(|(e, a)| (e.event_id, (a.position, a.version)))
                     .collect();
                 let result = outcomes(events, &recorded, version, &fresh);
-                state
-                    .recorded
-                    .extend(batch.into_iter().zip(&appended).map(|(event, at)| RecordedEvent {
-                        event_id: event.event_id,
-                        position: at.position,
-                        version: at.version,
-                        metadata: Some(event.metadata),
-                    }));
+                state.record(batch.into_iter().zip(&appended).map(|(event, at)| RecordedEvent {
+                    event_id: event.event_id,
+                    position: at.position,
+                    version: at.version,
+                    metadata: Some(event.metadata),
+                }));
                 Ok(Attempt::Done(result, state))
             }
             Err(caselog_store::Error::VersionConflict { .. })
@@ -441,7 +451,7 @@ mod tests {
     use super::*;
 
     fn state_of(events: usize) -> CaseState {
-        let recorded = (0..events)
+        let records = (0..events)
             .map(|i| RecordedEvent {
                 event_id: Uuid::new_v4().into(),
                 position: Position::try_from(i as u64 + 1).unwrap_or_default(),
@@ -451,11 +461,14 @@ mod tests {
                     causation_id: None,
                 }),
             })
-            .collect();
-        CaseState {
-            recorded,
+            .collect::<Vec<_>>();
+        let mut state = CaseState {
+            recorded: Vec::new(),
+            recorded_bytes: 0,
             history: CaseHistory::default(),
-        }
+        };
+        state.record(records);
+        state
     }
 
     #[test]

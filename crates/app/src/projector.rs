@@ -18,8 +18,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info, instrument, warn};
 
-/// 16 MiB: about 6,500 cases of 25 events (an event weighs about 95 bytes: 64 held, the rest
-/// its strings; the case's boxed issue about 200 more).
+/// 16 MiB: about 5,900 cases of 25 events (an event weighs about 95 bytes: 64 held, the rest
+/// its strings; the case's boxed issue about 200 more, and the case's view, which the
+/// history keeps once folded, about 480).
 pub const DEFAULT_HISTORY_CACHE_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone)]

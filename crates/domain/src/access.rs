@@ -431,7 +431,7 @@ impl Principal {
             Payload::CaseIssued(issue) => Some(&**issue),
             _ => None,
         });
-        let Some(case_issue) = view.as_ref().map(|v| &v.issue).or(issued_in_batch) else {
+        let Some(case_issue) = view.map(|v| &v.issue).or(issued_in_batch) else {
             // A migration may write any case, so learning that one is not recorded tells it
             // nothing it could not see; the lifecycle rules refuse the batch.
             if self.has(&Grant::Migration) {

@@ -2,12 +2,16 @@
 //! events not voided; `decide` checks a batch of new events against that state, one event at a
 //! time, so later events of a batch see the earlier ones.
 
-use crate::event::{AllocationRole, CaseIssued, CaseOutcome, Child, NewEvent, Payload, ReportType};
+use crate::event::{
+    ALLOCATION_OVERHEAD, AllocationRole, CaseIssued, CaseOutcome, Child, NewEvent, Payload, ReportType, children_bytes,
+    text_bytes,
+};
 use crate::ids::{EventId, Version};
 use crate::rules::{BatchRejection, FieldViolation, Rejection, Rule};
 use crate::validate::validate_event;
 use chrono::NaiveDate;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::OnceLock;
 
 /// One recorded event of a case, as the lifecycle needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,10 +39,28 @@ impl HistoryEvent {
 }
 
 /// Every event recorded for one case, in version order (the event at index `i` has version `i + 1`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// The history keeps what every append asks of it up to date as events are pushed, rather than
+/// going over all its events each time: its [`CaseView`] (folded once, when first asked for) and
+/// what its events weigh. An append to a case of `n` events then costs the same whatever `n` is.
+#[derive(Debug, Clone, Default)]
 pub struct CaseHistory {
     events: Vec<HistoryEvent>,
+    /// The sum of the events' [`HistoryEvent::memory_bytes`].
+    events_bytes: usize,
+    /// The fold of `events` (`None` inside: no `case_issued`), once asked for. Boxed, so
+    /// that a history not asked for it stays small.
+    view: OnceLock<Option<Box<CaseView>>>,
 }
+
+/// Two histories are equal when their events are; the rest is derived from them.
+impl PartialEq for CaseHistory {
+    fn eq(&self, other: &CaseHistory) -> bool {
+        self.events == other.events
+    }
+}
+
+impl Eq for CaseHistory {}
 
 /// An allocation of the case to a practitioner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,32 +113,71 @@ impl CaseView {
     pub fn is_open(&self) -> bool {
         self.closure.is_none()
     }
+
+    /// About what the view takes in memory.
+    fn memory_bytes(&self) -> usize {
+        let allocation = |a: &Option<Allocation>| a.as_ref().map_or(0, |a| text_bytes(&a.practitioner_id));
+        // A B-tree entry: its key, its value and a share of its node.
+        let report = |id: &String| {
+            std::mem::size_of::<String>() + std::mem::size_of::<ReportState>() + ALLOCATION_OVERHEAD + text_bytes(id)
+        };
+        std::mem::size_of::<CaseView>()
+            + self.issue.heap_bytes()
+            + children_bytes(&self.children)
+            + allocation(&self.first_lead_allocation)
+            + allocation(&self.current_lead_allocation)
+            + self.reports.keys().map(report).sum::<usize>()
+    }
 }
 
 impl CaseHistory {
     /// A history from events in version order.
     pub fn new(events: Vec<HistoryEvent>) -> CaseHistory {
-        CaseHistory { events }
+        CaseHistory {
+            events_bytes: events.iter().map(HistoryEvent::memory_bytes).sum(),
+            events,
+            view: OnceLock::new(),
+        }
     }
 
     pub fn events(&self) -> &[HistoryEvent] {
         &self.events
     }
 
-    /// About what the history takes in memory, its events' vector included.
+    /// About what the history takes in memory, its events' vector and its view included.
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<CaseHistory>()
             + self.events.capacity().saturating_sub(self.events.len()) * std::mem::size_of::<HistoryEvent>()
-            + self.events.iter().map(HistoryEvent::memory_bytes).sum::<usize>()
+            + self.events_bytes
+            + self
+                .view
+                .get()
+                .and_then(Option::as_deref)
+                .map_or(0, |view| view.memory_bytes() + ALLOCATION_OVERHEAD)
     }
 
     /// Keeps the first `len` events: the history as it stood at version `len`.
     pub fn truncate(&mut self, len: usize) {
+        if len >= self.events.len() {
+            return;
+        }
         self.events.truncate(len);
+        self.events_bytes = self.events.iter().map(HistoryEvent::memory_bytes).sum();
+        self.view = OnceLock::new();
     }
 
     /// Records the next event (version `self.version() + 1`).
     pub fn push(&mut self, event: HistoryEvent) {
+        self.events_bytes += event.memory_bytes();
+        match self.view.get_mut() {
+            Some(Some(view)) if !matches!(event.payload, Payload::EventVoided(_)) => {
+                view.latest_occurred_on = view.latest_occurred_on.max(event.occurred_on);
+                apply(view, &event);
+            }
+            // A void changes the past, and an issue may begin the case: folded again when asked.
+            Some(_) => self.view = OnceLock::new(),
+            None => {}
+        }
         self.events.push(event);
     }
 
@@ -139,7 +200,12 @@ impl CaseHistory {
     }
 
     /// The case as it stands, or `None` when no `case_issued` is recorded.
-    pub fn view(&self) -> Option<CaseView> {
+    pub fn view(&self) -> Option<&CaseView> {
+        self.view.get_or_init(|| self.fold().map(Box::new)).as_deref()
+    }
+
+    /// The view from the events, one by one.
+    fn fold(&self) -> Option<CaseView> {
         let voided = self.voided_by();
         let mut live = self
             .events
@@ -181,35 +247,21 @@ impl CaseHistory {
         let before = self.events.len();
         let accepted = self.push_checked(batch, today);
         if accepted.is_err() {
-            self.events.truncate(before);
+            self.truncate(before);
         }
         accepted
     }
 
+    /// Each event is checked against the view as the events before it left it (`push` keeps the
+    /// view up to date; refolding it for each event of a 1,000-event batch was quadratic).
     fn push_checked(&mut self, batch: &[NewEvent], today: NaiveDate) -> Result<(), BatchRejection> {
         check_batch_shape(batch, today)?;
-        let next = self;
-        // The view is kept up to date event by event (refolding it for each event of a
-        // 1,000-event batch was quadratic); only a void, which changes the past, refolds it.
-        let mut view = next.view();
         for (index, event) in batch.iter().enumerate() {
-            next.check(view.as_ref(), event).map_err(|rejection| BatchRejection {
+            self.check(self.view(), event).map_err(|rejection| BatchRejection {
                 index,
                 rejection: at_index(rejection, index),
             })?;
-            let accepted = HistoryEvent::from(event);
-            let refold = match &mut view {
-                Some(view) if !matches!(accepted.payload, Payload::EventVoided(_)) => {
-                    view.latest_occurred_on = view.latest_occurred_on.max(accepted.occurred_on);
-                    apply(view, &accepted);
-                    false
-                }
-                _ => true,
-            };
-            next.events.push(accepted);
-            if refold {
-                view = next.view();
-            }
+            self.push(HistoryEvent::from(event));
         }
         Ok(())
     }

@@ -160,35 +160,16 @@ impl Payload {
     /// About what the payload holds on the heap, to bound caches of events by memory: the
     /// strings' and vectors' bytes, each allocation with an allocator's typical overhead.
     pub fn heap_bytes(&self) -> usize {
-        fn text(s: &str) -> usize {
-            if s.is_empty() { 0 } else { s.len() + ALLOCATION_OVERHEAD }
-        }
-        fn items<T>(v: &[T]) -> usize {
-            if v.is_empty() {
-                0
-            } else {
-                std::mem::size_of_val(v) + ALLOCATION_OVERHEAD
-            }
-        }
         match self {
-            Payload::CaseIssued(c) => {
-                std::mem::size_of::<CaseIssued>()
-                    + ALLOCATION_OVERHEAD
-                    + items(&c.application_types)
-                    + text(&c.court_code)
-                    + text(&c.service_area)
-                    + c.local_authority_code.as_deref().map_or(0, text)
-                    + items(&c.children)
-                    + c.children.iter().map(|child| text(&child.child_id)).sum::<usize>()
-            }
-            Payload::ChildJoined(c) => text(&c.child_id),
-            Payload::CaseAllocated(a) => text(&a.practitioner_id),
-            Payload::ChildSeen(c) => text(&c.child_id),
-            Payload::LetterSent(c) => text(&c.child_id),
-            Payload::EngagementRecordCompleted(c) | Payload::RecommendationShared(c) => text(&c.child_id),
-            Payload::ReportOrdered(r) => text(&r.report_id),
-            Payload::FilingDateExtended(r) => text(&r.report_id),
-            Payload::ReportFiled(r) => text(&r.report_id),
+            Payload::CaseIssued(c) => std::mem::size_of::<CaseIssued>() + ALLOCATION_OVERHEAD + c.heap_bytes(),
+            Payload::ChildJoined(c) => text_bytes(&c.child_id),
+            Payload::CaseAllocated(a) => text_bytes(&a.practitioner_id),
+            Payload::ChildSeen(c) => text_bytes(&c.child_id),
+            Payload::LetterSent(c) => text_bytes(&c.child_id),
+            Payload::EngagementRecordCompleted(c) | Payload::RecommendationShared(c) => text_bytes(&c.child_id),
+            Payload::ReportOrdered(r) => text_bytes(&r.report_id),
+            Payload::FilingDateExtended(r) => text_bytes(&r.report_id),
+            Payload::ReportFiled(r) => text_bytes(&r.report_id),
             Payload::HearingListed(_) | Payload::CaseClosed(_) | Payload::EventVoided(_) => 0,
         }
     }
@@ -417,6 +398,36 @@ pub struct CaseIssued {
     pub children: Vec<Child>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_on: Option<NaiveDate>,
+}
+
+impl CaseIssued {
+    /// About what the issue holds on the heap (see [`Payload::heap_bytes`]).
+    pub fn heap_bytes(&self) -> usize {
+        items_bytes(&self.application_types)
+            + text_bytes(&self.court_code)
+            + text_bytes(&self.service_area)
+            + self.local_authority_code.as_deref().map_or(0, text_bytes)
+            + children_bytes(&self.children)
+    }
+}
+
+/// About what a string holds on the heap.
+pub(crate) fn text_bytes(s: &str) -> usize {
+    if s.is_empty() { 0 } else { s.len() + ALLOCATION_OVERHEAD }
+}
+
+/// About what a vector's items hold on the heap (not what they point to).
+pub(crate) fn items_bytes<T>(v: &[T]) -> usize {
+    if v.is_empty() {
+        0
+    } else {
+        std::mem::size_of_val(v) + ALLOCATION_OVERHEAD
+    }
+}
+
+/// About what a list of children holds on the heap, their ids included.
+pub(crate) fn children_bytes(children: &[Child]) -> usize {
+    items_bytes(children) + children.iter().map(|child| text_bytes(&child.child_id)).sum::<usize>()
 }
 
 /// A child named at issue or joined later.

@@ -172,7 +172,7 @@ fn a_writer_corrects_only_what_its_role_records() {
 #[test]
 fn timelines_and_worklists_are_for_the_same_service_area() {
     let issued = public_case();
-    let view = history(&[&issued]).view().unwrap();
+    let view = history(&[&issued]).view().cloned().unwrap();
     assert_eq!(reason(principal("practice:A5").may_read_case(Some(&view))), "ALLOWED");
     assert_eq!(reason(principal("admin").may_read_case(None)), "ALLOWED");
     assert_eq!(
@@ -222,7 +222,7 @@ proptest! {
     #[test]
     fn refusals_do_not_reveal_existence(case_area in 0..AREAS.len(), caller_area in 0..AREAS.len()) {
         let issued = issue(LawType::Private, "LS", AREAS[case_area], None);
-        let view = history(&[&issued]).view().unwrap();
+        let view = history(&[&issued]).view().cloned().unwrap();
         let caller = principal(&format!("practice:{}", AREAS[caller_area]));
         let recorded = caller.may_read_case(Some(&view));
         if case_area == caller_area {

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use caselog_domain::event::*;
-use caselog_domain::{CaseHistory, Metadata, NewEvent, Payload, Rejection, Rule};
+use caselog_domain::{CaseHistory, HistoryEvent, Metadata, NewEvent, Payload, Rejection, Rule};
 use chrono::{Duration, NaiveDate};
 use proptest::prelude::*;
 use std::collections::HashSet;
@@ -199,8 +199,8 @@ fn lead_allocations_ignore_duty_and_hub() {
         alloc(5, AllocationRole::Guardian, "first"),
     ]);
     let view = case.0.view().unwrap();
-    assert_eq!(view.first_lead_allocation.unwrap().practitioner_id, "first");
-    assert_eq!(view.current_lead_allocation.unwrap().practitioner_id, "second");
+    assert_eq!(view.first_lead_allocation.as_ref().unwrap().practitioner_id, "first");
+    assert_eq!(view.current_lead_allocation.as_ref().unwrap().practitioner_id, "second");
 }
 
 trait CloneWithNewId {
@@ -331,6 +331,37 @@ proptest! {
                 }
                 Err(_) => prop_assert_eq!(&in_place, &before),
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// The view and the weight a history keeps up to date as it accepts batches (voids, refusals
+    /// and all) are those of its events taken afresh: the rules see the case as it is, and the
+    /// caches weigh it as it is.
+    #[test]
+    fn the_view_and_weight_kept_up_to_date_are_those_of_the_events(
+        batches in prop::collection::vec(prop::collection::vec(candidate(), 1..6), 1..10)
+    ) {
+        let mut kept = CaseHistory::default();
+        let mut accepted: Vec<NewEvent> = Vec::new();
+        for candidates in batches {
+            let batch: Vec<NewEvent> = candidates
+                .into_iter()
+                .map(|(kind, on, child, report)| build(kind, on, child, report, &accepted))
+                .collect();
+            if kept.accept(&batch, day(TODAY)).is_ok() {
+                accepted.extend(batch);
+            }
+            let afresh = CaseHistory::new(kept.events().to_vec());
+            prop_assert_eq!(kept.view(), afresh.view());
+            // Both views are folded now; the weights differ only by the kept history's spare
+            // capacity, whole events' places (`afresh` has none).
+            let spare = kept.memory_bytes() as i64 - afresh.memory_bytes() as i64;
+            let place = std::mem::size_of::<HistoryEvent>() as i64;
+            prop_assert!(spare >= 0 && spare % place == 0, "weights differ by {} bytes", spare);
         }
     }
 }

@@ -145,7 +145,7 @@ async fn load_case(
     // The parties are decided on the case's first event alone, so that a refusal takes the same
     // time whatever the size of the case, or whether it exists.
     let head = history_of(&log.read_case_head(case_id).await?)?;
-    principal.may_read_case(head.view().as_ref())?;
+    principal.may_read_case(head.view())?;
     let stored = log.read_case(case_id).await?;
     let history = history_of(&stored)?;
     if stored.is_empty() {

@@ -44,6 +44,8 @@ pub struct SuiteOptions {
     pub straddlers: usize,
     /// Client counts for single-event appends.
     pub clients: Vec<usize>,
+    /// Cases each single-event client appends to in turn.
+    pub cases_per_client: usize,
     /// Events per second offered while measuring projection lag.
     pub keep_up_rate: u64,
     /// Which measurements to run: replay, query, straddle, batch, single, keep-up, restart
@@ -955,6 +957,7 @@ async fn single_appends(
 ) -> anyhow::Result<()> {
     const ROUNDS: u32 = 3;
     let duration = Duration::from_secs(options.seconds);
+    let cases = options.cases_per_client;
     println!(
         "\n== single-event appends: {clients} concurrent clients, {} s each side in {ROUNDS} alternating rounds",
         duration.as_secs()
@@ -989,7 +992,7 @@ async fn single_appends(
             let sent = raw_sent[c].clone();
             move || {
                 let pool = pool.clone();
-                let (case_id, earlier) = rotation(&prefix, sent.fetch_add(1, Ordering::Relaxed));
+                let (case_id, earlier) = rotation(&prefix, sent.fetch_add(1, Ordering::Relaxed), cases);
                 let version = earlier as i32 + 1;
                 async move {
                     sqlx::query(
@@ -1016,7 +1019,7 @@ async fn single_appends(
             let sent = ours_sent[c].clone();
             move || {
                 let mut client = client.clone();
-                let request = rotating_request(&prefix, sent.fetch_add(1, Ordering::Relaxed), 1);
+                let request = rotating_request(&prefix, sent.fetch_add(1, Ordering::Relaxed), 1, cases);
                 async move {
                     client.append_events(request).await?;
                     anyhow::Ok(())
@@ -1035,7 +1038,7 @@ async fn single_appends(
                 let sent = peer_sent[c].clone();
                 move || {
                     let peer = peer.clone();
-                    let (case_id, earlier) = rotation(&prefix, sent.fetch_add(1, Ordering::Relaxed));
+                    let (case_id, earlier) = rotation(&prefix, sent.fetch_add(1, Ordering::Relaxed), cases);
                     async move { peer.append(&case_id, earlier == 0).await }
                 }
             })
@@ -1126,21 +1129,22 @@ impl Side {
 }
 
 /// Each client spreads its appends over this many cases of its own (a case's history stays the
-/// size of a real one: appending to one case forever would measure ever longer histories).
+/// size of a real one: appending to one case forever would measure ever longer histories). The
+/// keep-up measurement's; single-event appends take `--cases-per-client`, 100 unless told.
 const CASES_PER_CLIENT: usize = 100;
 
 /// The `n`th request of a client: the first to each of its cases issues it, later ones list a
 /// hearing (`batch` events per request).
-fn rotating_request(prefix: &str, n: usize, batch: usize) -> pb::AppendEventsRequest {
-    match rotation(prefix, n) {
+fn rotating_request(prefix: &str, n: usize, batch: usize, cases: usize) -> pb::AppendEventsRequest {
+    match rotation(prefix, n, cases) {
         (case_id, 0) => issue(&case_id),
         (case_id, _) => hearings(&case_id, batch),
     }
 }
 
 /// The case a client's `n`th request goes to, and how many of its requests went there before.
-fn rotation(prefix: &str, n: usize) -> (String, usize) {
-    (format!("{prefix}-{}", n % CASES_PER_CLIENT), n / CASES_PER_CLIENT)
+fn rotation(prefix: &str, n: usize, cases: usize) -> (String, usize) {
+    (format!("{prefix}-{}", n % cases), n / cases)
 }
 
 /// Operations timed over some seconds: their latencies in milliseconds, unsorted.
@@ -1211,7 +1215,9 @@ async fn projection_keep_up(pool: &PgPool, channel: &Authed, rate: u64, duration
         let (mut client, prefix) = (CaseEventServiceClient::new(channel.clone()), prefix(c));
         issuing.spawn(async move {
             for n in 0..CASES_PER_CLIENT {
-                client.append_events(rotating_request(&prefix, n, 1)).await?;
+                client
+                    .append_events(rotating_request(&prefix, n, 1, CASES_PER_CLIENT))
+                    .await?;
             }
             anyhow::Ok(())
         });
@@ -1249,7 +1255,7 @@ async fn projection_keep_up(pool: &PgPool, channel: &Authed, rate: u64, duration
             let (mut requests, mut sent) = (CASES_PER_CLIENT, 0u64);
             while started.elapsed() < duration {
                 ticker.tick().await;
-                let request = rotating_request(&prefix, requests, BATCH as usize);
+                let request = rotating_request(&prefix, requests, BATCH as usize, CASES_PER_CLIENT);
                 sent += request.events.len() as u64;
                 client.append_events(request).await?;
                 requests += 1;

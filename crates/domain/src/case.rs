@@ -161,8 +161,10 @@ impl CaseHistory {
         if len >= self.events.len() {
             return;
         }
+        // Only the events dropped are weighed: a projection takes each earlier recording
+        // instant's prefix of a case in turn, longest first.
+        self.events_bytes -= self.events[len..].iter().map(HistoryEvent::memory_bytes).sum::<usize>();
         self.events.truncate(len);
-        self.events_bytes = self.events.iter().map(HistoryEvent::memory_bytes).sum();
         self.view = OnceLock::new();
     }
 

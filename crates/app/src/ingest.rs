@@ -22,8 +22,9 @@ pub const MAX_BATCH: usize = 1000;
 const MAX_CACHED_CASE_EVENTS: usize = 1000;
 /// 16 MiB: about 3,500 cases of 25 events (an event weighs about 175 bytes: its history
 /// event with its strings, about 95, and its record, 80; the case's boxed issue about 200
-/// more, and its view, kept for the next append, about 480). Sized so that a server holding ten national years stays within 512 MiB
-/// (docs/benchmarks.md); a write-heavy server may give it more.
+/// more, and its view, kept for the next append, about 480). Sized so that a server holding
+/// ten national years stays within 512 MiB (docs/benchmarks.md); a write-heavy server, or one
+/// whose cases run to hundreds of events, may give it more.
 pub const DEFAULT_CASE_CACHE_BYTES: usize = 16 << 20;
 /// How often an append without an expected version is re-decided after losing a race.
 const MAX_ATTEMPTS: u32 = 20;

@@ -417,7 +417,7 @@ pub(crate) fn text_bytes(s: &str) -> usize {
 }
 
 /// About what a vector's items hold on the heap (not what they point to).
-pub(crate) fn items_bytes<T>(v: &[T]) -> usize {
+fn items_bytes<T>(v: &[T]) -> usize {
     if v.is_empty() {
         0
     } else {

@@ -376,6 +376,7 @@ async fn append_group(
     connection: &mut PgConnection,
     batch: &[Pending],
 ) -> Result<Vec<Vec<AppendedRow>>, Error> {
+    let _published_or_failed = log.recent.expect_rows();
     let total: usize = batch.iter().map(|p| p.rows.len()).sum();
     batch_versions(Version::ZERO, total)?;
     let mut case_ids = Vec::with_capacity(total);

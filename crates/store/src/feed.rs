@@ -8,6 +8,7 @@
 
 use crate::error::stored_position;
 use crate::log::{COLUMNS, ReplayRow, StoredEvent};
+use crate::recent::Offer;
 use crate::{Error, EventLog};
 use caselog_domain::Position;
 use sqlx::postgres::PgListener;
@@ -98,6 +99,23 @@ impl FeedRow for ProjectedRow {
     }
 }
 
+/// A page of rows held in memory, taken after `after` with `limit`.
+fn held_page(held: Vec<ProjectedRow>, after: Position, limit: u32) -> FeedPage<ProjectedRow> {
+    let full = held.len() >= limit as usize;
+    let last = held.last().map_or(after, |row| row.position);
+    // No other row can appear at or below `last` (each position held is a committed row of
+    // ours), which is all a horizon would have told.
+    FeedPage {
+        events: held,
+        next_after: last,
+        horizon: Horizon {
+            allocated: last,
+            safe: last,
+        },
+        full,
+    }
+}
+
 /// Wakes feed readers when something may have been appended.
 #[derive(Debug)]
 pub(crate) struct FeedSignal {
@@ -156,29 +174,43 @@ impl EventLog {
     /// [`EventLog::read_all`] of what the projections fold, unfiltered: `data` as JSON text,
     /// parsed once into the payload, and no metadata or source.
     ///
-    /// While this process leads the projections, a page made only of its own appends (every
-    /// position after `after` held, up to `limit` or up to the last held) comes from memory (see
-    /// `recent.rs`), handed out once; its `data` is the text as sent, not as PostgreSQL prints
-    /// it back (the same JSON object). Otherwise, and across any gap, from the log.
+    /// While this process leads the projections, a page made only of its own appends comes from
+    /// memory (see `recent.rs`), handed out once; its `data` is the text as sent, not as
+    /// PostgreSQL prints it back (the same JSON object). That page is every position after
+    /// `after` held, up to `limit` or up to the last held, or up to a gap that an append of ours
+    /// or one in flight may yet fill. Otherwise, and across any other gap, from the log.
     #[instrument(skip(self), fields(from_memory), err(level = "debug"))]
     pub async fn read_all_projected(&self, after: Position, limit: u32) -> Result<FeedPage<ProjectedRow>, Error> {
-        if let Some(held) = self.recent.take_after(after, limit as usize) {
-            tracing::Span::current().record("from_memory", true);
-            let full = held.len() >= limit as usize;
-            let last = held.last().map_or(after, |row| row.position);
-            // No other row can appear at or below `last` (each position held is a committed row
-            // of ours), which is all a horizon would have told.
-            return Ok(FeedPage {
-                events: held,
-                next_after: last,
-                horizon: Horizon {
-                    allocated: last,
-                    safe: last,
-                },
-                full,
-            });
+        let gap = match self.recent.take_after(after, limit as usize, false) {
+            Offer::Page(held) => return Ok(held_page(held, after, limit)),
+            Offer::StopsShortAt(gap) => gap,
+            Offer::Nothing => {
+                return self
+                    .read_page(PROJECTED_COLUMNS, after, limit, &FeedFilter::default())
+                    .await;
+            }
+        };
+        // Everything before the gap is held. The gap may yet be filled here: by an append of
+        // ours that has committed and not published yet, or by one still in flight (concurrent
+        // `COPY`s interleave their positions), which the horizon shows above its safe position,
+        // the furthest the log would read. Either way the log would serve only rows held here:
+        // take them. Otherwise the gap is another process's row or one that will never come:
+        // read the log across it.
+        let horizon = if self.recent.rows_on_the_way() {
+            None
+        } else {
+            Some(self.horizon().await?)
+        };
+        if horizon.is_none_or(|horizon| horizon.safe < gap)
+            && let Offer::Page(held) = self.recent.take_after(after, limit as usize, true)
+        {
+            return Ok(held_page(held, after, limit));
         }
-        self.read_page(PROJECTED_COLUMNS, after, limit, &FeedFilter::default())
+        let horizon = match horizon {
+            Some(horizon) => horizon,
+            None => self.horizon().await?,
+        };
+        self.read_page_under(horizon, PROJECTED_COLUMNS, after, limit, &FeedFilter::default())
             .await
     }
 
@@ -192,6 +224,18 @@ impl EventLog {
         // Two statements on purpose: the rows must be read with a snapshot taken after the horizon.
         // Every scan below starts after it, so each sees every append at or below `safe`.
         let horizon = self.horizon().await?;
+        self.read_page_under(horizon, columns, after, limit, filter).await
+    }
+
+    /// A page read under `horizon`, read before the rows.
+    async fn read_page_under<E: FeedRow>(
+        &self,
+        horizon: Horizon,
+        columns: &str,
+        after: Position,
+        limit: u32,
+        filter: &FeedFilter,
+    ) -> Result<FeedPage<E>, Error> {
         let types = (!filter.event_types.is_empty()).then_some(&filter.event_types);
         let cases = (!filter.case_ids.is_empty()).then_some(&filter.case_ids);
         let wanted = limit as usize;

@@ -8,8 +8,13 @@
 //! for each position up to `to` means no other row can appear at or below `to`: the question
 //! the feed's horizon answers for a read from the log is answered already. Anything else (a
 //! rolled-back append, another process's append, a row whose append has not published it yet,
-//! a row refused for lack of room) leaves a gap, and the reader goes to the log, which is
-//! always right.
+//! a row refused for lack of room) leaves a gap. A gap that the horizon shows still in flight
+//! ends the page here: the log could not read past it either. So does a gap while an append of
+//! this process has not published its rows yet (it may have committed them a moment ago).
+//! Concurrent `COPY`s interleave their positions, so during a bulk load nearly every run stops
+//! at such a gap, and reading those pages from the log again was about a twentieth of this
+//! process's processor (docs/benchmarks.md). Any other gap sends the reader to the log, which
+//! is always right.
 //!
 //! Rows are held only while this process leads the projections ([`crate::projection::Leadership`]
 //! enables and disables it): a follower would hold rows nobody takes.
@@ -18,7 +23,7 @@ use crate::feed::ProjectedRow;
 use caselog_domain::Position;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The most memory the held rows may take (about 65,000 events of a bulk load). A projection
 /// that falls this far behind reads from the log, as it would anyway.
@@ -27,6 +32,8 @@ pub(crate) const RECENT_ROWS_BUDGET_BYTES: usize = 16 << 20;
 #[derive(Debug)]
 pub(crate) struct RecentRows {
     enabled: AtomicBool,
+    /// Appends of this process between the start of their statement and their publishing.
+    on_the_way: AtomicUsize,
     held: Mutex<Held>,
     budget_bytes: usize,
 }
@@ -41,6 +48,7 @@ impl RecentRows {
     pub(crate) fn new(budget_bytes: usize) -> RecentRows {
         RecentRows {
             enabled: AtomicBool::new(false),
+            on_the_way: AtomicUsize::new(0),
             held: Mutex::new(Held::default()),
             budget_bytes,
         }
@@ -84,14 +92,27 @@ impl RecentRows {
         }
     }
 
+    /// Counts an append of this process from before its statement until the returned guard is
+    /// dropped, after the append has published its rows or failed.
+    pub(crate) fn expect_rows(&self) -> RowsOnTheWay<'_> {
+        self.on_the_way.fetch_add(1, Ordering::AcqRel);
+        RowsOnTheWay(&self.on_the_way)
+    }
+
+    /// Whether an append of this process may yet publish rows: a gap in the held rows may be
+    /// its, committed a moment before its rows are published here.
+    pub(crate) fn rows_on_the_way(&self) -> bool {
+        self.on_the_way.load(Ordering::Acquire) > 0
+    }
+
     /// Takes the held rows after `after`, in position order, while every next position is held,
-    /// up to `limit`. `None` when the position right after `after` is not held, or when the run
-    /// stops short of `limit` at a gap with rows held beyond it: one read from the log then
-    /// covers the gap and what follows, instead of a short page here and another there. Rows at
-    /// or below `after` are forgotten (the reader has passed them). A row is handed out once.
-    pub(crate) fn take_after(&self, after: Position, limit: usize) -> Option<Vec<ProjectedRow>> {
+    /// up to `limit`. A run that stops short of `limit` at a gap, with rows held beyond it, is
+    /// taken only when `take_short_run` says so; otherwise the gap is offered instead, for the
+    /// reader to decide with the horizon (see [`crate::EventLog::read_all_projected`]). Rows at or
+    /// below `after` are forgotten (the reader has passed them). A row is handed out once.
+    pub(crate) fn take_after(&self, after: Position, limit: usize, take_short_run: bool) -> Offer {
         if !self.enabled.load(Ordering::Acquire) || limit == 0 {
-            return None;
+            return Offer::Nothing;
         }
         let mut held = self.held();
         let Held { rows, bytes } = &mut *held;
@@ -105,8 +126,11 @@ impl RecentRows {
             .zip(1u64..)
             .take_while(|(position, offset)| **position == after.saturating_add(*offset))
             .count();
-        if run == 0 || (run < limit && run < rows.len()) {
-            return None;
+        if run == 0 {
+            return Offer::Nothing;
+        }
+        if run < limit && run < rows.len() && !take_short_run {
+            return Offer::StopsShortAt(after.saturating_add(run as u64 + 1));
         }
         let mut page = Vec::with_capacity(run);
         while page.len() < run {
@@ -116,8 +140,29 @@ impl RecentRows {
             *bytes -= weight_of(&row);
             page.push(row);
         }
-        Some(page)
+        Offer::Page(page)
     }
+}
+
+/// An append counted by [`RecentRows::expect_rows`] until dropped.
+pub(crate) struct RowsOnTheWay<'a>(&'a AtomicUsize);
+
+impl Drop for RowsOnTheWay<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the held rows offer a reader at its cursor.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Offer {
+    /// The unbroken run of held rows right after the cursor, taken.
+    Page(Vec<ProjectedRow>),
+    /// The run right after the cursor stops short of the limit at this position, which is not
+    /// held, while rows beyond it are. Nothing was taken.
+    StopsShortAt(Position),
+    /// The position right after the cursor is not held (or rows are not being held).
+    Nothing,
 }
 
 /// What a held row costs: its strings and the map's share.
@@ -161,30 +206,71 @@ mod tests {
         recent.held().rows.keys().map(|p| p.get()).collect()
     }
 
+    fn page(offer: Offer) -> Vec<u64> {
+        match offer {
+            Offer::Page(rows) => positions(&rows),
+            other => panic!("expected a page, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_follower_holds_nothing_and_a_gap_sends_the_reader_to_the_log() {
         let recent = RecentRows::new(RECENT_ROWS_BUDGET_BYTES);
         recent.publish(|| vec![row(1)]);
-        assert_eq!(recent.take_after(Position::ZERO, 10), None, "not enabled");
+        assert_eq!(
+            recent.take_after(Position::ZERO, 10, true),
+            Offer::Nothing,
+            "not enabled"
+        );
         recent.enable();
         recent.publish(|| vec![row(2), row(3), row(5)]);
-        assert_eq!(recent.take_after(Position::ZERO, 10), None, "position 1 is not held");
         assert_eq!(
-            recent.take_after(Position::saturating_from(1), 10),
-            None,
-            "2 and 3, then a gap at 4 with 5 beyond it: the log reads across the gap"
+            recent.take_after(Position::ZERO, 10, true),
+            Offer::Nothing,
+            "position 1 is not held"
         );
-        let page = recent.take_after(Position::saturating_from(1), 2).unwrap();
         assert_eq!(
-            (positions(&page), still_held(&recent)),
-            (vec![2, 3], vec![5]),
+            recent.take_after(Position::saturating_from(1), 10, false),
+            Offer::StopsShortAt(Position::saturating_from(4)),
+            "2 and 3, then a gap at 4 with 5 beyond it: the reader decides"
+        );
+        assert_eq!(still_held(&recent), [2, 3, 5], "nothing taken");
+        assert_eq!(
+            page(recent.take_after(Position::saturating_from(1), 2, false)),
+            [2, 3],
             "a full page"
         );
-        let page = recent.take_after(Position::saturating_from(4), 10).unwrap();
-        assert_eq!((positions(&page), still_held(&recent)), (vec![5], vec![]));
+        assert_eq!(still_held(&recent), [5]);
+        recent.publish(|| vec![row(6), row(8)]);
+        assert_eq!(
+            page(recent.take_after(Position::saturating_from(4), 10, true)),
+            [5, 6],
+            "the run before the gap at 7, taken when the reader says so"
+        );
+        assert_eq!(still_held(&recent), [8]);
+        assert_eq!(
+            page(recent.take_after(Position::saturating_from(7), 10, false)),
+            [8],
+            "a run to the last held row is a page"
+        );
         recent.disable();
-        recent.publish(|| vec![row(6)]);
-        assert_eq!(recent.take_after(Position::saturating_from(5), 10), None);
+        recent.publish(|| vec![row(9)]);
+        assert_eq!(
+            recent.take_after(Position::saturating_from(8), 10, true),
+            Offer::Nothing
+        );
+    }
+
+    #[test]
+    fn rows_are_on_the_way_while_any_append_holds_its_guard() {
+        let recent = RecentRows::new(RECENT_ROWS_BUDGET_BYTES);
+        assert!(!recent.rows_on_the_way());
+        let first = recent.expect_rows();
+        let second = recent.expect_rows();
+        drop(first);
+        assert!(recent.rows_on_the_way(), "the second append is still on its way");
+        drop(second);
+        assert!(!recent.rows_on_the_way());
     }
 
     #[test]
@@ -193,25 +279,24 @@ mod tests {
         let recent = RecentRows::new(3 * one);
         recent.enable();
         recent.publish(|| (1..=5).map(row).collect());
-        let page = recent.take_after(Position::ZERO, 10).unwrap();
-        assert_eq!((positions(&page), still_held(&recent)), (vec![1, 2, 3], vec![]));
+        assert_eq!(page(recent.take_after(Position::ZERO, 10, false)), [1, 2, 3]);
+        assert_eq!(still_held(&recent), Vec::<u64>::new());
         assert_eq!(recent.held().bytes, 0);
         recent.publish(|| (4..=5).map(row).collect());
-        assert_eq!(
-            positions(&recent.take_after(Position::saturating_from(3), 10).unwrap()),
-            [4, 5]
-        );
+        assert_eq!(page(recent.take_after(Position::saturating_from(3), 10, false)), [4, 5]);
     }
 
     proptest! {
         /// Whatever was published, in whatever order, a page is exactly the run of held
-        /// positions right after the cursor (up to the limit), none when that run stops short
-        /// at a gap with rows beyond it, and what is left is what was held beyond the page.
+        /// positions right after the cursor (up to the limit); a run that stops short of the
+        /// limit at a gap, with rows beyond it, is offered as that gap unless the short run is
+        /// wanted; and what is left is what was held beyond the page.
         #[test]
         fn a_page_is_the_unbroken_run_after_the_cursor(
             published in proptest::collection::vec(proptest::collection::vec(1u64..60, 0..12), 0..6),
             cursor in 0u64..40,
             limit in 1usize..30,
+            take_short_run: bool,
         ) {
             let recent = RecentRows::new(RECENT_ROWS_BUDGET_BYTES);
             recent.enable();
@@ -220,18 +305,30 @@ mod tests {
                 recent.publish(|| batch.iter().copied().map(row).collect());
                 held.extend(batch.iter().copied());
             }
-            let mut expected = Vec::new();
-            while expected.len() < limit && held.contains(&(cursor + 1 + expected.len() as u64)) {
-                expected.push(cursor + 1 + expected.len() as u64);
+            let mut run = Vec::new();
+            while run.len() < limit && held.contains(&(cursor + 1 + run.len() as u64)) {
+                run.push(cursor + 1 + run.len() as u64);
             }
-            let beyond = held.iter().filter(|p| **p > cursor).count() > expected.len();
-            if expected.len() < limit && beyond {
-                // Short of the limit at a gap with rows beyond it: the log's turn.
-                expected.clear();
-            }
-            let page = recent.take_after(Position::saturating_from(cursor), limit);
-            prop_assert_eq!(page.as_deref().map(positions).unwrap_or_default(), expected.clone());
-            let left: Vec<u64> = held.iter().copied().filter(|p| *p > cursor && !expected.contains(p)).collect();
+            let beyond = held.iter().filter(|p| **p > cursor).count() > run.len();
+            let gap = cursor + 1 + run.len() as u64;
+            let offer = recent.take_after(Position::saturating_from(cursor), limit, take_short_run);
+            let taken = match offer {
+                Offer::Nothing => {
+                    prop_assert!(run.is_empty());
+                    Vec::new()
+                }
+                Offer::StopsShortAt(at) => {
+                    prop_assert!(!run.is_empty() && run.len() < limit && beyond && !take_short_run);
+                    prop_assert_eq!(at.get(), gap);
+                    Vec::new()
+                }
+                Offer::Page(rows) => {
+                    prop_assert!(!run.is_empty() && (run.len() == limit || !beyond || take_short_run));
+                    prop_assert_eq!(positions(&rows), run.clone());
+                    run.clone()
+                }
+            };
+            let left: Vec<u64> = held.iter().copied().filter(|p| *p > cursor && !taken.contains(p)).collect();
             prop_assert_eq!(still_held(&recent), left);
             let bytes: usize = recent.held().rows.values().map(weight_of).sum();
             prop_assert_eq!(recent.held().bytes, bytes);

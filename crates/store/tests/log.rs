@@ -907,3 +907,48 @@ async fn the_projection_leader_reads_its_own_appends_from_memory_as_the_log_hold
     assert_eq!(late.events.len(), 1);
     assert!(late.events[0].event.data.contains(": "), "read from the log");
 }
+
+/// A gap that an append in flight may yet fill ends a page from memory: the log could read no
+/// further, and concurrent `COPY`s interleave their positions, so a bulk load meets such gaps
+/// all the time. Once that append has committed, the read goes to the log across the gap.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_page_from_memory_stops_at_an_append_in_flight(pool: PgPool) {
+    let log = EventLog::new(pool.clone());
+    let before = log.horizon().await.unwrap().safe;
+    let _leadership = log.try_lead_projections().await.unwrap().unwrap();
+    log.append("FIRST", v(0), "court:LS", &rows(2)).await.unwrap();
+    // Another process's append, in flight: its position taken, its row not committed.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (event_id, case_id, version, event_type, occurred_on, data, metadata, source)
+         VALUES ($1, 'OTHER', 1, 'hearing_listed', '2025-04-17', '{\"hearing_type\": \"cmh\"}', '{}', 'court:LS')",
+    )
+    .bind(Uuid::new_v4())
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    log.append("SECOND", v(0), "court:LS", &rows(3)).await.unwrap();
+    let cases = |page: &caselog_store::FeedPage<caselog_store::ProjectedRow>| -> Vec<String> {
+        page.events.iter().map(|r| r.event.case_id.clone()).collect()
+    };
+
+    let page = log.read_all_projected(before, 1000).await.unwrap();
+    assert_eq!(cases(&page), ["FIRST", "FIRST"], "up to the gap");
+    assert!(
+        page.events.iter().all(|r| !r.event.data.contains(": ")),
+        "from memory, though rows are held beyond the gap"
+    );
+    assert!(!page.full);
+    let waiting = log.read_all_projected(page.next_after, 1000).await.unwrap();
+    assert_eq!(
+        cases(&waiting),
+        Vec::<String>::new(),
+        "nothing to read past the gap yet"
+    );
+    assert_eq!(waiting.next_after, page.next_after);
+
+    other.commit().await.unwrap();
+    let rest = log.read_all_projected(page.next_after, 1000).await.unwrap();
+    assert_eq!(cases(&rest), ["OTHER", "SECOND", "SECOND", "SECOND"], "across the gap");
+    assert!(rest.events.iter().all(|r| r.event.data.contains(": ")), "from the log");
+}

@@ -100,7 +100,8 @@ impl FeedRow for ProjectedRow {
 }
 
 /// A page of rows held in memory, taken after `after` with `limit`.
-fn held_page(held: Vec<ProjectedRow>, after: Position, limit: u32) -> FeedPage<ProjectedRow> {
+fn page_from_memory(held: Vec<ProjectedRow>, after: Position, limit: u32) -> FeedPage<ProjectedRow> {
+    tracing::Span::current().record("from_memory", true);
     let full = held.len() >= limit as usize;
     let last = held.last().map_or(after, |row| row.position);
     // No other row can appear at or below `last` (each position held is a committed row of
@@ -182,7 +183,7 @@ impl EventLog {
     #[instrument(skip(self), fields(from_memory), err(level = "debug"))]
     pub async fn read_all_projected(&self, after: Position, limit: u32) -> Result<FeedPage<ProjectedRow>, Error> {
         let gap = match self.recent.take_after(after, limit as usize, false) {
-            Offer::Page(held) => return Ok(held_page(held, after, limit)),
+            Offer::Page(held) => return Ok(page_from_memory(held, after, limit)),
             Offer::StopsShortAt(gap) => gap,
             Offer::Nothing => {
                 return self
@@ -204,7 +205,7 @@ impl EventLog {
         if horizon.is_none_or(|horizon| horizon.safe < gap)
             && let Offer::Page(held) = self.recent.take_after(after, limit as usize, true)
         {
-            return Ok(held_page(held, after, limit));
+            return Ok(page_from_memory(held, after, limit));
         }
         let horizon = match horizon {
             Some(horizon) => horizon,

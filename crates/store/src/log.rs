@@ -281,7 +281,7 @@ impl EventLog {
     }
 
     /// Where the `count` rows appended to a case after `after_version` landed, read back.
-    /// As two arrays in one row, not a row per event: decoding a thousand rows took about a tenth
+    /// As two arrays in one row, not a row per event: reading a thousand rows took about a tenth
     /// of this process's processor during a bulk load (docs/benchmarks.md).
     async fn read_back(
         &self,

@@ -12,8 +12,8 @@
 //! ends the page here: the log could not read past it either. So does a gap while an append of
 //! this process has not published its rows yet (it may have committed them a moment ago).
 //! Concurrent `COPY`s interleave their positions, so during a bulk load nearly every run stops
-//! at such a gap, and reading those pages from the log again was about a twentieth of this
-//! process's processor (docs/benchmarks.md). Any other gap sends the reader to the log, which
+//! at such a gap, and reading those pages from the log again took about 6% of this process's
+//! processor (docs/benchmarks.md). Any other gap sends the reader to the log, which
 //! is always right.
 //!
 //! Rows are held only while this process leads the projections ([`crate::projection::Leadership`]

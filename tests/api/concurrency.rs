@@ -213,7 +213,7 @@ async fn grouped_appends_keep_their_own_outcomes(pool: PgPool) {
         data: serde_json::json!({"hearing_type": "cmh", "listed_for": "2025-06-02"}).to_string(),
         metadata: "{}".to_owned(),
     };
-    log.append("TAKEN", Version::ZERO, "test", &[row()]).await.unwrap();
+    log.append("TAKEN", Version::ZERO, "test", vec![row()]).await.unwrap();
     let version = |n: u64| Version::try_from(n).unwrap();
     for round in 0..20 {
         let mut appends = tokio::task::JoinSet::new();

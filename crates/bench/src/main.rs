@@ -286,8 +286,7 @@ async fn run_appends(pool: &PgPool, side: Side, writers: usize, duration: Durati
                 let row = bench_row();
                 match side {
                     Side::Feed => {
-                        log.append(&case_id, version, "bench", std::slice::from_ref(&row))
-                            .await?;
+                        log.append(&case_id, version, "bench", vec![row]).await?;
                     }
                     Side::Plain => {
                         sqlx::query(PLAIN_APPEND)

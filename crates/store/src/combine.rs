@@ -148,8 +148,9 @@ impl GroupAppender {
         rows: Vec<NewRow>,
     ) -> Result<Vec<AppendedRow>, Error> {
         if rows.len() > self.alone_above {
-            let appended = self.log.append(case_id, after_version, source, &rows).await?;
-            self.stats.record(1, rows.len());
+            let events = rows.len();
+            let appended = self.log.append(case_id, after_version, source, rows).await?;
+            self.stats.record(1, events);
             return Ok(appended);
         }
         let (reply, answer) = oneshot::channel();
@@ -333,11 +334,12 @@ async fn write_group(log: &EventLog, kept: &KeptConnections, mut batch: Vec<Pend
     batch.retain(|pending| !pending.withdrawn());
     let mut in_sync = true;
     if batch.len() > 1 {
-        let result = append_group(log, &mut connection, &batch).await;
+        let events = batch.iter().map(|p| p.rows.len()).sum();
+        let result = append_group(log, &mut connection, &mut batch).await;
         in_sync = leaves_connection_in_sync(&result);
         match result {
             Ok(mut results) => {
-                stats.record(batch.len(), batch.iter().map(|p| p.rows.len()).sum());
+                stats.record(batch.len(), events);
                 for (pending, appended) in batch.into_iter().zip(results.drain(..)) {
                     let _ = pending.reply.send(Ok(appended));
                 }
@@ -351,17 +353,18 @@ async fn write_group(log: &EventLog, kept: &KeptConnections, mut batch: Vec<Pend
         if pending.withdrawn() {
             continue;
         }
+        let events = pending.rows.len();
         let result = log
             .append_on(
                 &mut connection,
                 &pending.case_id,
                 pending.after_version,
                 &pending.source,
-                &pending.rows,
+                pending.rows,
             )
             .await;
         if result.is_ok() {
-            stats.record(1, pending.rows.len());
+            stats.record(1, events);
         }
         in_sync &= leaves_connection_in_sync(&result);
         let _ = pending.reply.send(result);
@@ -369,12 +372,14 @@ async fn write_group(log: &EventLog, kept: &KeptConnections, mut batch: Vec<Pend
     kept.give_back(connection, in_sync).await;
 }
 
-/// One statement for the whole group; the rows of each append, in request order.
+/// One statement for the whole group; the rows of each append, in request order. Once they
+/// are committed, each append's rows are moved out to be published; after a failure they are
+/// all still there, to be written alone.
 #[instrument(skip(log, connection, batch), fields(appends = batch.len()), err(level = "debug"))]
 async fn append_group(
     log: &EventLog,
     connection: &mut PgConnection,
-    batch: &[Pending],
+    batch: &mut [Pending],
 ) -> Result<Vec<Vec<AppendedRow>>, Error> {
     let _published_or_failed = log.recent.expect_rows();
     let total: usize = batch.iter().map(|p| p.rows.len()).sum();
@@ -387,7 +392,7 @@ async fn append_group(
     let mut occurred: Vec<NaiveDate> = Vec::with_capacity(total);
     let mut data = Vec::with_capacity(total);
     let mut metadata = Vec::with_capacity(total);
-    for pending in batch {
+    for pending in batch.iter() {
         let (first, _) = batch_versions(pending.after_version, pending.rows.len())?;
         for (i, row) in pending.rows.iter().enumerate() {
             case_ids.push(pending.case_id.as_str());
@@ -420,8 +425,8 @@ async fn append_group(
     .await?;
     let landed = landed_by_append(batch, inserted);
     if let Ok(landed) = &landed {
-        for (pending, appended) in batch.iter().zip(landed) {
-            log.publish(&pending.case_id, &pending.rows, appended);
+        for (pending, appended) in batch.iter_mut().zip(landed) {
+            log.publish(&pending.case_id, std::mem::take(&mut pending.rows), appended);
         }
     }
     // Committed whether or not its answer could be read.

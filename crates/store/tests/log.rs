@@ -58,9 +58,9 @@ async fn count(pool: &PgPool) -> i64 {
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn appends_take_the_next_versions_and_increasing_positions(pool: PgPool) {
     let log = EventLog::new(pool);
-    let first = log.append("LS1", v(0), "court:LS", &rows(3)).await.unwrap();
-    let other = log.append("LS2", v(0), "court:LS", &rows(2)).await.unwrap();
-    let second = log.append("LS1", v(3), "court:LS", &rows(1)).await.unwrap();
+    let first = log.append("LS1", v(0), "court:LS", rows(3)).await.unwrap();
+    let other = log.append("LS2", v(0), "court:LS", rows(2)).await.unwrap();
+    let second = log.append("LS1", v(3), "court:LS", rows(1)).await.unwrap();
     let versions: Vec<u64> = first.iter().chain(&second).map(|r| r.version.get()).collect();
     assert_eq!(versions, [1, 2, 3, 4]);
     let positions: Vec<Position> = first.iter().chain(&other).chain(&second).map(|r| r.position).collect();
@@ -74,12 +74,12 @@ async fn appends_take_the_next_versions_and_increasing_positions(pool: PgPool) {
 async fn a_taken_version_or_a_recorded_id_refuses_the_whole_batch(pool: PgPool) {
     let log = EventLog::new(pool.clone());
     let recorded = rows(2);
-    log.append("LS1", v(0), "court:LS", &recorded).await.unwrap();
-    let stale = log.append("LS1", v(1), "court:LS", &rows(2)).await;
+    log.append("LS1", v(0), "court:LS", recorded.clone()).await.unwrap();
+    let stale = log.append("LS1", v(1), "court:LS", rows(2)).await;
     assert!(matches!(stale, Err(Error::VersionConflict { .. })), "{stale:?}");
     let mut reused = rows(2);
     reused[1].event_id = recorded[0].event_id;
-    let duplicate = log.append("LS1", v(2), "court:LS", &reused).await;
+    let duplicate = log.append("LS1", v(2), "court:LS", reused.clone()).await;
     assert!(matches!(duplicate, Err(Error::DuplicateEventId)), "{duplicate:?}");
     assert_eq!(count(&pool).await, 2, "nothing of a refused batch is written");
 }
@@ -88,7 +88,7 @@ async fn a_taken_version_or_a_recorded_id_refuses_the_whole_batch(pool: PgPool) 
 async fn a_large_batch_is_copied_whole_or_not_at_all(pool: PgPool) {
     let log = EventLog::new(pool.clone());
     let batch = rows(100);
-    let appended = log.append("LS1", v(0), "court:LS", &batch).await.unwrap();
+    let appended = log.append("LS1", v(0), "court:LS", batch.clone()).await.unwrap();
     assert_eq!(
         appended.iter().map(|r| r.version.get()).collect::<Vec<_>>(),
         (1..=100).collect::<Vec<_>>()
@@ -96,8 +96,8 @@ async fn a_large_batch_is_copied_whole_or_not_at_all(pool: PgPool) {
     assert!(appended.windows(2).all(|w| w[0].position < w[1].position));
     let mut reused = rows(100);
     reused[99].event_id = batch[0].event_id;
-    assert!(log.append("LS1", v(100), "court:LS", &reused).await.is_err());
-    assert!(log.append("LS1", v(50), "court:LS", &rows(100)).await.is_err());
+    assert!(log.append("LS1", v(100), "court:LS", reused.clone()).await.is_err());
+    assert!(log.append("LS1", v(50), "court:LS", rows(100)).await.is_err());
     assert_eq!(count(&pool).await, 100);
     assert_eq!(log.read_case("LS1").await.unwrap().len(), 100);
 }
@@ -138,9 +138,9 @@ async fn a_copied_batch_stores_exactly_what_a_statement_stores(pool: PgPool) {
     };
     let case = "LS\tcase\\é";
     let copied = awkward(70);
-    log.append(case, v(0), "court:LS", &copied).await.unwrap();
+    log.append(case, v(0), "court:LS", copied.clone()).await.unwrap();
     let inserted = awkward(5);
-    log.append(case, v(70), "court:LS", &inserted).await.unwrap();
+    log.append(case, v(70), "court:LS", inserted.clone()).await.unwrap();
     let stored = log.read_case(case).await.unwrap();
     assert_eq!(stored.len(), 75);
     for (row, event) in copied.iter().chain(&inserted).zip(&stored) {
@@ -167,7 +167,7 @@ async fn a_copied_batch_stores_exactly_what_a_statement_stores(pool: PgPool) {
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn the_log_refuses_updates_and_deletes(pool: PgPool) {
     let log = EventLog::new(pool.clone());
-    log.append("LS1", v(0), "court:LS", &rows(1)).await.unwrap();
+    log.append("LS1", v(0), "court:LS", rows(1)).await.unwrap();
     for statement in [
         "UPDATE events SET source = 'someone else'",
         "DELETE FROM events",
@@ -207,7 +207,7 @@ async fn rows_are_written_whatever_the_search_path(pool: PgPool) {
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn an_open_append_holds_the_safe_position_back_until_it_ends(pool: PgPool) {
     let log = EventLog::new(pool.clone());
-    log.append("LS1", v(0), "court:LS", &rows(1)).await.unwrap();
+    log.append("LS1", v(0), "court:LS", rows(1)).await.unwrap();
     let before = log.horizon().await.unwrap();
     assert_eq!(before.safe, before.allocated);
 
@@ -220,7 +220,7 @@ async fn an_open_append_holds_the_safe_position_back_until_it_ends(pool: PgPool)
     .fetch_one(&mut *open)
     .await
     .unwrap();
-    log.append("LS2", v(0), "court:LS", &rows(1)).await.unwrap();
+    log.append("LS2", v(0), "court:LS", rows(1)).await.unwrap();
     let during = log.horizon().await.unwrap();
     assert!(
         i64::from(during.safe) < promised,
@@ -242,7 +242,7 @@ async fn a_version_beyond_the_rows_range_is_an_error_not_a_wrap(pool: PgPool) {
     let log = EventLog::new(pool.clone());
     let near_the_end = v(u64::from(Version::MAX) - 1);
     for batch in [rows(2), rows(100)] {
-        let refused = log.append("LS1", near_the_end, "court:LS", &batch).await;
+        let refused = log.append("LS1", near_the_end, "court:LS", batch.clone()).await;
         assert!(matches!(refused, Err(Error::VersionOutOfRange { .. })), "{refused:?}");
     }
     assert_eq!(count(&pool).await, 0);
@@ -377,18 +377,18 @@ async fn a_copy_does_not_wait_for_a_delayed_acknowledgement(pool: PgPool) {
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn pages_fill_across_gaps_and_sparse_filters(pool: PgPool) {
     let log = EventLog::new(pool.clone());
-    log.append("LS1", v(0), "court:LS", &rows(3)).await.unwrap();
+    log.append("LS1", v(0), "court:LS", rows(3)).await.unwrap();
     // Positions handed out and never used, as rolled-back appends leave them.
     sqlx::query("SELECT nextval('caselog_event_position') FROM generate_series(1, 50)")
         .execute(&pool)
         .await
         .unwrap();
     for case in 0..40 {
-        log.append(&format!("LS{}", case + 2), v(0), "court:LS", &rows(1))
+        log.append(&format!("LS{}", case + 2), v(0), "court:LS", rows(1))
             .await
             .unwrap();
     }
-    log.append("LS1", v(3), "court:LS", &rows(2)).await.unwrap();
+    log.append("LS1", v(3), "court:LS", rows(2)).await.unwrap();
 
     let page = log.read_all(Position::ZERO, 5, &FeedFilter::default()).await.unwrap();
     assert_eq!(page.events.len(), 5, "the gap does not cut the page short");
@@ -447,11 +447,11 @@ async fn concurrent_case_reads_share_a_statement_and_each_gets_its_case(pool: Pg
     let log = EventLog::new(pool.clone());
     for case in 0..20 {
         let case_id = format!("LS{case}");
-        log.append(&case_id, v(0), "court:LS", &rows(case % 4 + 1))
+        log.append(&case_id, v(0), "court:LS", rows(case % 4 + 1))
             .await
             .unwrap();
         if case % 3 == 0 {
-            log.append(&case_id, v((case % 4 + 1) as u64), "court:LS", &rows(2))
+            log.append(&case_id, v((case % 4 + 1) as u64), "court:LS", rows(2))
                 .await
                 .unwrap();
         }
@@ -490,7 +490,7 @@ async fn case_ordered_pages_hold_whole_cases_and_respect_the_cut(pool: PgPool) {
     let cases = ["a'quote", "b\\slash", "c\ttab", "d-long", "e"];
     for (i, case_id) in cases.iter().enumerate() {
         let n = if *case_id == "d-long" { 70 } else { i + 1 };
-        log.append(case_id, v(0), "court:LS", &rows(n)).await.unwrap();
+        log.append(case_id, v(0), "court:LS", rows(n)).await.unwrap();
     }
     let before_last: Position = sqlx::query_scalar::<_, i64>("SELECT max(position) FROM events WHERE case_id <> 'e'")
         .fetch_one(&pool)
@@ -498,7 +498,7 @@ async fn case_ordered_pages_hold_whole_cases_and_respect_the_cut(pool: PgPool) {
         .unwrap()
         .try_into()
         .unwrap();
-    let late = log.append("a'quote", v(1), "court:LS", &rows(2)).await.unwrap();
+    let late = log.append("a'quote", v(1), "court:LS", rows(2)).await.unwrap();
     let cut_instant = late[0].recorded_at - chrono::TimeDelta::microseconds(1);
 
     for (cut, expected) in [
@@ -781,7 +781,7 @@ async fn appends_are_announced_only_while_another_process_listens(pool: PgPool) 
     let mut outsider = PgListener::connect_with(&pool).await.unwrap();
     outsider.listen("caselog_events").await.unwrap();
 
-    log.append("LS1", v(0), "court:LS", &rows(1)).await.unwrap();
+    log.append("LS1", v(0), "court:LS", rows(1)).await.unwrap();
     let heard = tokio::time::timeout(Duration::from_millis(1500), outsider.recv()).await;
     assert!(
         heard.is_err(),
@@ -794,7 +794,7 @@ async fn appends_are_announced_only_while_another_process_listens(pool: PgPool) 
         .unwrap();
     assert_eq!(listeners().await, 2);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    log.append("LS1", v(1), "court:LS", &rows(1)).await.unwrap();
+    log.append("LS1", v(1), "court:LS", rows(1)).await.unwrap();
     let heard = tokio::time::timeout(Duration::from_secs(5), outsider.recv()).await;
     assert!(
         heard.is_ok_and(|n| n.is_ok()),
@@ -816,8 +816,8 @@ async fn the_projection_leader_reads_its_own_appends_from_memory_as_the_log_hold
     let before = log.horizon().await.unwrap().safe;
     let leadership = log.try_lead_projections().await.unwrap().unwrap();
     let appender = caselog_store::GroupAppender::start(log.clone(), caselog_store::GroupSettings::default());
-    log.append("ONE", v(0), "court:LS", &rows(1)).await.unwrap();
-    log.append("COPIED", v(0), "court:LS", &rows(100)).await.unwrap();
+    log.append("ONE", v(0), "court:LS", rows(1)).await.unwrap();
+    log.append("COPIED", v(0), "court:LS", rows(100)).await.unwrap();
     let mut grouped = tokio::task::JoinSet::new();
     for case in 0..8 {
         let appender = appender.clone();
@@ -872,12 +872,12 @@ async fn the_projection_leader_reads_its_own_appends_from_memory_as_the_log_hold
 
     // A refused append takes positions and leaves no rows: the read after it goes to the log.
     let reused = rows(1);
-    log.append("GAP", v(0), "court:LS", &reused).await.unwrap();
+    log.append("GAP", v(0), "court:LS", reused.clone()).await.unwrap();
     let mut clash = rows(2);
     clash[1].event_id = reused[0].event_id;
-    let refused = log.append("GAP2", v(0), "court:LS", &clash).await;
+    let refused = log.append("GAP2", v(0), "court:LS", clash.clone()).await;
     assert!(matches!(refused, Err(Error::DuplicateEventId)), "{refused:?}");
-    log.append("AFTER", v(0), "court:LS", &rows(3)).await.unwrap();
+    log.append("AFTER", v(0), "court:LS", rows(3)).await.unwrap();
     let at = from_memory.next_after;
     let page = log.read_all_projected(at, 1000).await.unwrap();
     assert_eq!(
@@ -894,7 +894,7 @@ async fn the_projection_leader_reads_its_own_appends_from_memory_as_the_log_hold
         as_values(&follower.read_all_projected(at, 1000).await.unwrap())
     );
     // Past the gap, the leader's own appends come from memory again.
-    log.append("RESUMED", v(0), "court:LS", &rows(2)).await.unwrap();
+    log.append("RESUMED", v(0), "court:LS", rows(2)).await.unwrap();
     let rest = log.read_all_projected(page.next_after, 1000).await.unwrap();
     assert_eq!(rest.events.len(), 2);
     assert!(rest.events.iter().all(|r| !r.event.data.contains(": ")), "from memory");
@@ -902,7 +902,7 @@ async fn the_projection_leader_reads_its_own_appends_from_memory_as_the_log_hold
     // A process that no longer leads holds nothing.
     drop(leadership);
     let after = rest.next_after;
-    log.append("LATE", v(0), "court:LS", &rows(1)).await.unwrap();
+    log.append("LATE", v(0), "court:LS", rows(1)).await.unwrap();
     let late = log.read_all_projected(after, 1000).await.unwrap();
     assert_eq!(late.events.len(), 1);
     assert!(late.events[0].event.data.contains(": "), "read from the log");
@@ -916,7 +916,7 @@ async fn a_page_from_memory_stops_at_an_append_in_flight(pool: PgPool) {
     let log = EventLog::new(pool.clone());
     let before = log.horizon().await.unwrap().safe;
     let _leadership = log.try_lead_projections().await.unwrap().unwrap();
-    log.append("FIRST", v(0), "court:LS", &rows(2)).await.unwrap();
+    log.append("FIRST", v(0), "court:LS", rows(2)).await.unwrap();
     // Another process's append, in flight: its position taken, its row not committed.
     let mut other = pool.begin().await.unwrap();
     sqlx::query(
@@ -927,7 +927,7 @@ async fn a_page_from_memory_stops_at_an_append_in_flight(pool: PgPool) {
     .execute(&mut *other)
     .await
     .unwrap();
-    log.append("SECOND", v(0), "court:LS", &rows(3)).await.unwrap();
+    log.append("SECOND", v(0), "court:LS", rows(3)).await.unwrap();
     let cases = |page: &caselog_store::FeedPage<caselog_store::ProjectedRow>| -> Vec<String> {
         page.events.iter().map(|r| r.event.case_id.clone()).collect()
     };

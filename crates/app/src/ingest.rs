@@ -12,6 +12,7 @@ use caselog_store::{CaseReader, EventLog, GroupAppender, NewRow, StoredEvent};
 use chrono::NaiveDate;
 use serde::Deserialize as _;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::{debug, instrument};
 use uuid::Uuid;
@@ -135,6 +136,10 @@ impl RecordedEvent {
 #[derive(Debug)]
 pub struct CaseCache {
     cases: Mutex<WeightedCache<CaseState>>,
+    /// Appends that found their case here, and those that read it from the log: how an operator
+    /// sees whether `--case-cache-mib` holds the cases being written.
+    found: AtomicU64,
+    read: AtomicU64,
 }
 
 impl CaseCache {
@@ -142,7 +147,14 @@ impl CaseCache {
     pub fn new(budget_bytes: usize) -> CaseCache {
         CaseCache {
             cases: Mutex::new(WeightedCache::new(budget_bytes, CaseState::memory_bytes)),
+            found: AtomicU64::new(0),
+            read: AtomicU64::new(0),
         }
+    }
+
+    /// Appends that found their case held, and appends that read it from the log, so far.
+    pub fn lookups(&self) -> (u64, u64) {
+        (self.found.load(Ordering::Relaxed), self.read.load(Ordering::Relaxed))
     }
 
     /// The cases held and what they weigh, in bytes (an estimate; see `CaseState::memory_bytes`).
@@ -156,16 +168,27 @@ impl CaseCache {
     }
 
     fn take(&self, case_id: &str) -> Option<CaseState> {
-        self.lock().take(case_id)
+        let held = self.lock().take(case_id);
+        let counter = if held.is_some() { &self.found } else { &self.read };
+        counter.fetch_add(1, Ordering::Relaxed);
+        held
     }
 
-    fn put(&self, case_id: &str, state: CaseState) {
+    /// Puts a case back: `was_held` when it was taken out of the cache for this append, so that
+    /// it stays; otherwise it was read from the log and is offered (`WeightedCache::offer`: a
+    /// full cache holds it only when it comes again soon).
+    fn put(&self, case_id: &str, state: CaseState, was_held: bool) {
         // An outsized case, such as a migration's, is read again when next appended to rather
         // than pushing dozens of ordinary ones out.
         if state.recorded.len() > MAX_CACHED_CASE_EVENTS {
             return;
         }
-        self.lock().put(case_id.to_owned(), state);
+        let mut cases = self.lock();
+        if was_held {
+            cases.put(case_id.to_owned(), state);
+        } else {
+            cases.offer(case_id.to_owned(), state);
+        }
     }
 }
 
@@ -207,10 +230,12 @@ pub async fn append(
         writer,
         today,
     };
-    if let Some(cached) = cache.take(case_id) {
+    let held = cache.take(case_id);
+    let was_held = held.is_some();
+    if let Some(cached) = held {
         match request.attempt(cached, &HashSet::new(), Authority::Cached).await? {
             Attempt::Done(appended, state) => {
-                cache.put(case_id, state);
+                cache.put(case_id, state, was_held);
                 return Ok(appended);
             }
             Attempt::Undecided => debug!(case_id, "cached case is behind the log; reading it"),
@@ -234,7 +259,7 @@ pub async fn append(
         let elsewhere: HashSet<EventId> = elsewhere.iter().map(|e| e.event_id).collect();
         match request.attempt(state, &elsewhere, Authority::Recorded).await? {
             Attempt::Done(appended, state) => {
-                cache.put(case_id, state);
+                cache.put(case_id, state, was_held);
                 return Ok(appended);
             }
             Attempt::Undecided => debug!(case_id, "lost a race with a concurrent append; deciding again"),
@@ -477,11 +502,11 @@ mod tests {
         let thirty = state_of(30).memory_bytes();
         // Two cases of thirty events fit, not three.
         let cache = CaseCache::new(2 * thirty + thirty / 2);
-        cache.put("BIG", state_of(MAX_CACHED_CASE_EVENTS + 1));
+        cache.put("BIG", state_of(MAX_CACHED_CASE_EVENTS + 1), false);
         assert!(cache.take("BIG").is_none());
-        cache.put("A", state_of(30));
-        cache.put("B", state_of(30));
-        cache.put("C", state_of(30));
+        cache.put("A", state_of(30), true);
+        cache.put("B", state_of(30), true);
+        cache.put("C", state_of(30), true);
         assert_eq!(cache.lock().len(), 2);
         assert!(cache.lock().weight() <= 2 * thirty + thirty / 2);
         let c = cache.take("C").map(|s| s.recorded.len());
@@ -489,7 +514,7 @@ mod tests {
         assert!(cache.take("C").is_none(), "taking removes it");
         // Small cases: many more of them fit than of the large ones.
         for i in 0..20 {
-            cache.put(&format!("S{i}"), state_of(3));
+            cache.put(&format!("S{i}"), state_of(3), false);
         }
         assert!(cache.lock().len() > 2, "the bound is memory, not cases");
     }

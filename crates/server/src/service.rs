@@ -108,6 +108,26 @@ impl CaseEvents {
                 |(cases, _)| cases,
             ),
         ];
+        let lookups = |name: &'static str, description: &'static str, read: fn((u64, u64)) -> u64| {
+            let cache = self.write_path.cache.clone();
+            meter
+                .u64_observable_counter(name)
+                .with_description(description)
+                .with_callback(move |observer| observer.observe(read(cache.lookups()), &[]))
+                .build()
+        };
+        let _lookups = [
+            lookups(
+                "caselog.write_cache.found",
+                "appends that found their case in the cache of recently written cases",
+                |(found, _)| found,
+            ),
+            lookups(
+                "caselog.write_cache.read",
+                "appends that read their case from the log (raise --case-cache-mib when these are many)",
+                |(_, read)| read,
+            ),
+        ];
         std::future::pending::<()>().await;
     }
 }

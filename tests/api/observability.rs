@@ -110,6 +110,13 @@ async fn rate_errors_and_duration_of_every_rpc_are_scraped(pool: PgPool) {
         sample(&text, "caselog_write_cache_bytes").unwrap_or(0.0) > 0.0,
         "{text}"
     );
+    // Both appends were to new cases: each read its case, none found it in the cache.
+    grew("caselog_write_cache_read_total", 2.0);
+    assert_eq!(
+        sample(&text, "caselog_write_cache_found_total"),
+        sample(&before, "caselog_write_cache_found_total").or(Some(0.0)),
+        "{text}"
+    );
     // Health still answers gRPC on the same port.
     let mut health = tonic_health::pb::health_client::HealthClient::new(connect(metrics).await);
     let live = health

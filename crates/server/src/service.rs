@@ -63,30 +63,55 @@ impl CaseEvents {
 impl CaseEvents {
     /// Registers OpenTelemetry counters of what the group appender has written
     /// (`caselog.append.statements`, `.appends`, `.events`: appends per statement is the size
-    /// of a commit group) and keeps them registered until aborted.
+    /// of a commit group) and of the write cache (`caselog.write_cache.*`), and keeps them
+    /// registered until aborted.
     pub async fn publish_append_metrics(self) {
         let meter = opentelemetry::global::meter("caselog");
         // The callbacks outlive this task (the meter provider keeps them): they read the
         // counters alone, so that a stopped server's pool is not kept open.
         let stats = std::sync::Arc::new(self.write_path.appender.stats_reader());
-        let counter = |name: &'static str, description: &'static str, read: fn(&GroupStats) -> u64| {
-            let stats = stats.clone();
+        type Read = Box<dyn Fn() -> u64 + Send + Sync>;
+        let counter = |name: &'static str, description: &'static str, read: Read| {
             meter
                 .u64_observable_counter(name)
                 .with_description(description)
-                .with_callback(move |observer| observer.observe(read(&stats()), &[]))
+                .with_callback(move |observer| observer.observe(read(), &[]))
                 .build()
+        };
+        let of_stats = |read: fn(&GroupStats) -> u64| -> Read {
+            let stats = stats.clone();
+            Box::new(move || read(&stats()))
+        };
+        let of_lookups = |read: fn((u64, u64)) -> u64| -> Read {
+            let cache = self.write_path.cache.clone();
+            Box::new(move || read(cache.lookups()))
         };
         let _counters = [
             counter(
                 "caselog.append.statements",
                 "append statements written, each one transaction and one commit",
-                |s| s.statements,
+                of_stats(|s| s.statements),
             ),
-            counter("caselog.append.appends", "appends those statements carried", |s| {
-                s.appends
-            }),
-            counter("caselog.append.events", "events those statements carried", |s| s.events),
+            counter(
+                "caselog.append.appends",
+                "appends those statements carried",
+                of_stats(|s| s.appends),
+            ),
+            counter(
+                "caselog.append.events",
+                "events those statements carried",
+                of_stats(|s| s.events),
+            ),
+            counter(
+                "caselog.write_cache.found",
+                "appends that found their case in the cache of recently written cases",
+                of_lookups(|(found, _)| found),
+            ),
+            counter(
+                "caselog.write_cache.read",
+                "appends that read their case from the log (raise --case-cache-mib when these are many)",
+                of_lookups(|(_, read)| read),
+            ),
         ];
         let cache_gauge = |name: &'static str, description: &'static str, read: fn((usize, usize)) -> usize| {
             let cache = self.write_path.cache.clone();
@@ -106,26 +131,6 @@ impl CaseEvents {
                 "caselog.write_cache.cases",
                 "cases held by the cache of recently written cases",
                 |(cases, _)| cases,
-            ),
-        ];
-        let lookups = |name: &'static str, description: &'static str, read: fn((u64, u64)) -> u64| {
-            let cache = self.write_path.cache.clone();
-            meter
-                .u64_observable_counter(name)
-                .with_description(description)
-                .with_callback(move |observer| observer.observe(read(cache.lookups()), &[]))
-                .build()
-        };
-        let _lookups = [
-            lookups(
-                "caselog.write_cache.found",
-                "appends that found their case in the cache of recently written cases",
-                |(found, _)| found,
-            ),
-            lookups(
-                "caselog.write_cache.read",
-                "appends that read their case from the log (raise --case-cache-mib when these are many)",
-                |(_, read)| read,
             ),
         ];
         std::future::pending::<()>().await;

@@ -103,6 +103,11 @@ impl<V> WeightedCache<V> {
     pub fn put(&mut self, key: String, value: V) {
         self.take(&key);
         let weight = (self.weigh)(&value);
+        self.hold(key, value, weight);
+    }
+
+    /// [`WeightedCache::put`] once the key's older entry is out and the value weighed.
+    fn hold(&mut self, key: String, value: V, weight: usize) {
         if weight > self.budget {
             return;
         }
@@ -138,12 +143,12 @@ impl<V> WeightedCache<V> {
         self.take(&key);
         let weight = (self.weigh)(&value);
         if self.weight + weight <= self.budget || self.oldest_idle_for() >= self.idle_gives_way {
-            return self.put(key, value);
+            return self.hold(key, value, weight);
         }
         let hash = self.turned_away_set.hasher().hash_one(key.as_str());
         if self.turned_away_set.remove(&hash) {
             // Its place in the queue goes when it comes to the front.
-            return self.put(key, value);
+            return self.hold(key, value, weight);
         }
         self.turned_away_set.insert(hash);
         self.turned_away.push_back(hash);

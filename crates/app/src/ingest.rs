@@ -21,11 +21,11 @@ use uuid::Uuid;
 pub const MAX_BATCH: usize = 1000;
 /// Cases with more events than this are not kept in the write cache.
 const MAX_CACHED_CASE_EVENTS: usize = 1000;
-/// 16 MiB: about 3,500 cases of 25 events (an event weighs about 175 bytes: its history
-/// event with its strings, about 95, and its record, 80; the case's boxed issue about 200
-/// more, and its view, kept for the next append, about 480). Sized so that a server holding
-/// ten national years stays within 512 MiB (docs/benchmarks.md); a write-heavy server, or one
-/// whose cases run to hundreds of events, may give it more.
+/// 16 MiB: about 4,000 cases of 25 events (an event weighs about 140 bytes: its history
+/// event with its strings, about 95, its record, 24, and the vectors' spare room; the case's
+/// boxed issue about 200 more, and its view, kept for the next append, about 480). Sized so
+/// that a server holding ten national years stays within 512 MiB (docs/benchmarks.md); a
+/// write-heavy server, or one whose cases run to hundreds of events, may give it more.
 pub const DEFAULT_CASE_CACHE_BYTES: usize = 16 << 20;
 /// How often an append without an expected version is re-decided after losing a race.
 const MAX_ATTEMPTS: u32 = 20;
@@ -58,6 +58,19 @@ struct CaseState {
 
 impl CaseState {
     fn read(stored: &[StoredEvent]) -> Result<CaseState, Error> {
+        // A record's version is its place in the case: the log's versions are contiguous.
+        if let Some((index, e)) = stored
+            .iter()
+            .enumerate()
+            .find(|(index, e)| Version::ZERO.after(index + 1).ok() != Some(e.version))
+        {
+            return Err(Error::Internal(format!(
+                "case {} holds version {} at place {}: its versions are not contiguous",
+                e.case_id,
+                e.version,
+                index + 1
+            )));
+        }
         let history = history_of(stored)?;
         let mut state = CaseState {
             recorded: Vec::with_capacity(stored.len()),
@@ -85,24 +98,48 @@ impl CaseState {
 }
 
 /// What deciding a resend needs of a recorded event beside its history event (the same index
-/// in the case's history): its place and its metadata. The payload and date are compared on the
-/// history event, which the rules keep anyway.
+/// in the case's history, which also holds its id; its version is that index + 1): its position
+/// and its metadata. The payload and date are compared on the history event, which the rules
+/// keep anyway. Kept to 24 bytes: every event of every cached case has one, and the cases a busy
+/// server writes to must fit the cache's budget (at 80 bytes, 32 clients' cases did not).
 #[derive(Debug, Clone)]
 struct RecordedEvent {
-    event_id: EventId,
     position: Position,
-    version: Version,
-    /// `None` when the stored metadata is not the service's (no resend can then match it).
-    metadata: Option<Metadata>,
+    metadata: RecordedMetadata,
+}
+
+/// An event's stored metadata, boxed when it holds anything: most events carry none.
+#[derive(Debug, Clone, PartialEq)]
+enum RecordedMetadata {
+    Empty,
+    Held(Box<Metadata>),
+    /// Not the service's (written by other means): no resend can match it.
+    Foreign,
+}
+
+impl RecordedMetadata {
+    fn of(metadata: Metadata) -> RecordedMetadata {
+        if metadata.is_empty() {
+            RecordedMetadata::Empty
+        } else {
+            RecordedMetadata::Held(Box::new(metadata))
+        }
+    }
+
+    fn matches(&self, metadata: &Metadata) -> bool {
+        match self {
+            RecordedMetadata::Empty => metadata.is_empty(),
+            RecordedMetadata::Held(held) => **held == *metadata,
+            RecordedMetadata::Foreign => false,
+        }
+    }
 }
 
 impl RecordedEvent {
     fn of(stored: &StoredEvent) -> RecordedEvent {
         RecordedEvent {
-            event_id: stored.event_id,
             position: stored.position,
-            version: stored.version,
-            metadata: Metadata::deserialize(&stored.metadata).ok(),
+            metadata: Metadata::deserialize(&stored.metadata).map_or(RecordedMetadata::Foreign, RecordedMetadata::of),
         }
     }
 
@@ -110,16 +147,20 @@ impl RecordedEvent {
     fn same_content(&self, history_event: &HistoryEvent, event: &NewEvent) -> bool {
         history_event.occurred_on == event.occurred_on
             && history_event.payload == event.payload
-            && self.metadata.as_ref() == Some(&event.metadata)
+            && self.metadata.matches(&event.metadata)
     }
 
     fn heap_bytes(&self) -> usize {
-        let Some(metadata) = &self.metadata else { return 0 };
-        [&metadata.correlation_id, &metadata.causation_id]
-            .into_iter()
-            .flatten()
-            .map(|text| text.len() + ALLOCATION_OVERHEAD)
-            .sum()
+        let RecordedMetadata::Held(metadata) = &self.metadata else {
+            return 0;
+        };
+        std::mem::size_of::<Metadata>()
+            + ALLOCATION_OVERHEAD
+            + [&metadata.correlation_id, &metadata.causation_id]
+                .into_iter()
+                .flatten()
+                .map(|text| text.len() + ALLOCATION_OVERHEAD)
+                .sum::<usize>()
     }
 }
 
@@ -313,17 +354,21 @@ impl AppendRequest<'_> {
         // change, so a cached case answers this as well as a read one.
         writer.may_append(&state.history, events)?;
         let wanted: HashSet<EventId> = events.iter().map(|e| e.event_id).collect();
-        let found: HashMap<EventId, (&RecordedEvent, &HistoryEvent)> = state
+        let found: HashMap<EventId, (&RecordedEvent, &HistoryEvent, Version)> = state
             .recorded
             .iter()
             .zip(state.history.events())
-            .filter(|(e, _)| wanted.contains(&e.event_id))
-            .map(|(e, history_event)| (e.event_id, (e, history_event)))
+            .zip(1..)
+            .filter(|((_, history_event), _)| wanted.contains(&history_event.event_id))
+            .map(|((e, history_event), place)| {
+                let version = Version::ZERO.after(place).unwrap_or(Version::MAX);
+                (history_event.event_id, (e, history_event, version))
+            })
             .collect();
         let mut new_indices = Vec::new();
         for (index, event) in events.iter().enumerate() {
             match found.get(&event.event_id) {
-                Some((existing, history_event)) if existing.same_content(history_event, event) => {}
+                Some((existing, history_event, _)) if existing.same_content(history_event, event) => {}
                 _ if elsewhere.contains(&event.event_id) => {
                     return Err(Error::EventIdReused {
                         event_id: event.event_id,
@@ -341,7 +386,7 @@ impl AppendRequest<'_> {
         }
         let recorded: HashMap<EventId, (Position, Version)> = found
             .into_iter()
-            .map(|(id, (e, _))| (id, (e.position, e.version)))
+            .map(|(id, (e, _, version))| (id, (e.position, version)))
             .collect();
         let version_before = state.history.version();
         if new_indices.is_empty() {
@@ -380,10 +425,8 @@ impl AppendRequest<'_> {
                     .collect();
                 let result = outcomes(events, &recorded, version, &fresh);
                 state.record(batch.into_iter().zip(&appended).map(|(event, at)| RecordedEvent {
-                    event_id: event.event_id,
                     position: at.position,
-                    version: at.version,
-                    metadata: Some(event.metadata),
+                    metadata: RecordedMetadata::of(event.metadata),
                 }));
                 Ok(Attempt::Done(result, state))
             }
@@ -479,10 +522,8 @@ mod tests {
     fn state_of(events: usize) -> CaseState {
         let records = (0..events)
             .map(|i| RecordedEvent {
-                event_id: Uuid::new_v4().into(),
                 position: Position::try_from(i as u64 + 1).unwrap_or_default(),
-                version: Version::ZERO.after(i + 1).unwrap_or_default(),
-                metadata: Some(Metadata {
+                metadata: RecordedMetadata::of(Metadata {
                     correlation_id: Some(format!("c-{i}")),
                     causation_id: None,
                 }),
@@ -522,8 +563,17 @@ mod tests {
     #[test]
     fn a_record_stays_small() {
         // The cache's budget per event (DEFAULT_CASE_CACHE_BYTES) counts on it.
-        assert!(std::mem::size_of::<RecordedEvent>() <= 80);
-        assert_eq!(state_of(3).recorded[0].heap_bytes(), "c-0".len() + ALLOCATION_OVERHEAD);
+        assert!(std::mem::size_of::<RecordedEvent>() <= 24);
+        let held = std::mem::size_of::<Metadata>() + ALLOCATION_OVERHEAD;
+        assert_eq!(
+            state_of(3).recorded[0].heap_bytes(),
+            held + "c-0".len() + ALLOCATION_OVERHEAD
+        );
+        let empty = RecordedEvent {
+            position: Position::ZERO,
+            metadata: RecordedMetadata::of(Metadata::default()),
+        };
+        assert_eq!(empty.heap_bytes(), 0, "empty metadata is not boxed");
     }
 
     #[test]
@@ -568,8 +618,43 @@ mod tests {
         // Metadata the service did not write matches no resend.
         let foreign = RecordedEvent::of(&StoredEvent {
             metadata: serde_json::json!({"correlation_id": 7}),
-            ..stored
+            ..stored.clone()
         });
         assert!(!foreign.same_content(history_event, &event));
+        // Metadata held (boxed) matches a resend with the same, and only that.
+        let held = RecordedEvent::of(&StoredEvent {
+            metadata: serde_json::json!({"correlation_id": "c-1"}),
+            ..stored.clone()
+        });
+        assert!(held.same_content(history_event, &correlated));
+        assert!(!held.same_content(history_event, &event));
+        let mut caused = correlated.clone();
+        caused.metadata.causation_id = Some("e-1".into());
+        assert!(!held.same_content(history_event, &caused));
+    }
+
+    #[test]
+    fn a_case_whose_versions_are_not_its_places_is_refused() {
+        let event = |version: u64| StoredEvent {
+            position: Position::try_from(version).unwrap_or_default(),
+            event_id: Uuid::new_v4().into(),
+            case_id: "LS1".into(),
+            version: Version::ZERO.after(version as usize).unwrap_or_default(),
+            event_type: "hearing_listed".into(),
+            occurred_on: NaiveDate::from_ymd_opt(2025, 5, 1).unwrap_or_default(),
+            data: serde_json::json!({"hearing_type": "fhdra", "listed_for": "2025-06-01"}),
+            metadata: serde_json::json!({}),
+            source: "court:LS".into(),
+            recorded_at: chrono::DateTime::UNIX_EPOCH,
+        };
+        // Versions are read as places (a record keeps no version of its own), so a gap must
+        // not pass unnoticed.
+        assert!(CaseState::read(&[event(1), event(2)]).is_ok());
+        let gap = CaseState::read(&[event(1), event(3)]).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(&gap, Error::Internal(detail) if detail.contains("not contiguous")),
+            "{gap:?}"
+        );
+        assert!(CaseState::read(&[event(2)]).is_err());
     }
 }

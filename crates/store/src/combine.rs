@@ -149,7 +149,9 @@ impl GroupAppender {
     ) -> Result<Vec<AppendedRow>, Error> {
         if rows.len() > self.alone_above {
             let events = rows.len();
-            let appended = self.log.append(case_id, after_version, source, rows).await?;
+            // Boxed: its future (a `COPY` among them) is most of this one's size, and this
+            // one is built and moved for every single-event append that never takes this path.
+            let appended = Box::pin(self.log.append(case_id, after_version, source, rows)).await?;
             self.stats.record(1, events);
             return Ok(appended);
         }
@@ -454,4 +456,29 @@ fn landed_by_append(
             rows
         })
         .collect())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_grouped_append_stays_small_to_move() {
+        // Every single-event append builds this future inside the request's, and the request's
+        // is moved whole into its task: with the alone path's statement (a `COPY` among its
+        // branches) held inline it was 4,232 bytes, and a request's 5,536 (measured).
+        let pool = crate::connect(
+            "postgres://caselog@127.0.0.1:1/none",
+            &crate::ConnectSettings::default(),
+        )
+        .unwrap();
+        let appender = GroupAppender::start(EventLog::new(pool), GroupSettings::default());
+        let append = appender.append("LS1", Version::ZERO, "court:LS", Vec::new());
+        assert!(
+            std::mem::size_of_val(&append) <= 1024,
+            "{} bytes",
+            std::mem::size_of_val(&append)
+        );
+    }
 }

@@ -62,9 +62,9 @@ impl CaseEvents {
 
 impl CaseEvents {
     /// Registers OpenTelemetry counters of what the group appender has written
-    /// (`caselog.append.statements`, `.appends`, `.events`: appends per statement is the size
-    /// of a commit group) and of the write cache (`caselog.write_cache.*`), and keeps them
-    /// registered until aborted.
+    /// (`caselog.append.statements`, `.appends`, `.events`, `.written_by_caller`: appends per
+    /// statement is the size of a commit group) and of the write cache (`caselog.write_cache.*`),
+    /// and keeps them registered until aborted.
     pub async fn publish_append_metrics(self) {
         let meter = opentelemetry::global::meter("caselog");
         // The callbacks outlive this task (the meter provider keeps them): they read the
@@ -101,6 +101,11 @@ impl CaseEvents {
                 "caselog.append.events",
                 "events those statements carried",
                 of_stats(|s| s.events),
+            ),
+            counter(
+                "caselog.append.written_by_caller",
+                "appends written at once by their own request, the appender being idle",
+                of_stats(|s| s.written_by_caller),
             ),
             counter(
                 "caselog.write_cache.found",

@@ -13,10 +13,10 @@ use caselog_domain::Version;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, instrument};
 
 /// How appends are grouped.
@@ -75,6 +75,37 @@ pub struct GroupAppender {
     log: EventLog,
     alone_above: usize,
     stats: Arc<GroupCounters>,
+    lanes: Arc<Lanes>,
+}
+
+/// What group writers share: a slot per statement in flight, the connections they keep, and
+/// whether the grouping task holds appends it has not handed to a writer yet.
+struct Lanes {
+    in_flight: Arc<Semaphore>,
+    kept: KeptConnections,
+    gathering: AtomicBool,
+}
+
+impl std::fmt::Debug for Lanes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lanes")
+            .field("free_slots", &self.in_flight.available_permits())
+            .field("gathering", &self.gathering.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lanes {
+    /// A free slot for an append that may be written by its own caller at once: nothing waits
+    /// in the queue or in the grouping task, and no statement holds the slot. Taking the
+    /// grouping task's path instead costs a lone append two task hand-overs (and on an idle
+    /// machine, the thread wake-ups they bring) for nothing to group it with.
+    fn free_for_a_lone_append(&self, queue: &mpsc::Sender<Pending>) -> Option<OwnedSemaphorePermit> {
+        if queue.capacity() < queue.max_capacity() || self.gathering.load(Ordering::Acquire) {
+            return None;
+        }
+        self.in_flight.clone().try_acquire_owned().ok()
+    }
 }
 
 /// Counts of what the appender wrote since it started, for operators (group sizes tell whether
@@ -84,6 +115,7 @@ struct GroupCounters {
     statements: AtomicU64,
     appends: AtomicU64,
     events: AtomicU64,
+    written_by_caller: AtomicU64,
 }
 
 /// A reading of [`GroupCounters`].
@@ -95,6 +127,9 @@ pub struct GroupStats {
     pub appends: u64,
     /// Events they carried.
     pub events: u64,
+    /// Of those appends, the ones written by their callers at once, the appender being idle
+    /// (a statement each).
+    pub written_by_caller: u64,
 }
 
 impl GroupCounters {
@@ -109,6 +144,7 @@ impl GroupCounters {
             statements: self.statements.load(Ordering::Relaxed),
             appends: self.appends.load(Ordering::Relaxed),
             events: self.events.load(Ordering::Relaxed),
+            written_by_caller: self.written_by_caller.load(Ordering::Relaxed),
         }
     }
 }
@@ -118,12 +154,18 @@ impl GroupAppender {
     pub fn start(log: EventLog, settings: GroupSettings) -> GroupAppender {
         let (sender, receiver) = mpsc::channel(4096);
         let stats = Arc::new(GroupCounters::default());
-        tokio::spawn(group(log.clone(), receiver, settings, stats.clone()));
+        let lanes = Arc::new(Lanes {
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
+            kept: KeptConnections::new(settings.max_in_flight.max(1)),
+            gathering: AtomicBool::new(false),
+        });
+        tokio::spawn(group(log.clone(), receiver, settings, stats.clone(), lanes.clone()));
         GroupAppender {
             sender,
             log,
             alone_above: settings.alone_above,
             stats,
+            lanes,
         }
     }
 
@@ -155,6 +197,10 @@ impl GroupAppender {
             self.stats.record(1, events);
             return Ok(appended);
         }
+        if let Some(slot) = self.lanes.free_for_a_lone_append(&self.sender) {
+            // Boxed for the same reason (a statement's future held inline).
+            return Box::pin(self.write_lone(slot, case_id, after_version, source, rows)).await;
+        }
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             case_id: case_id.to_owned(),
@@ -165,6 +211,37 @@ impl GroupAppender {
         };
         self.sender.send(pending).await.map_err(|_| Error::AppenderStopped)?;
         answer.await.map_err(|_| Error::AppenderStopped)?
+    }
+}
+
+impl GroupAppender {
+    /// An append written by its caller in a free slot, on a kept connection, as a group of one
+    /// would be. Cancelled mid-statement, it drops the connection (its state unknown) and the
+    /// slot; like any append whose statement was sent, it may still have committed.
+    async fn write_lone(
+        &self,
+        slot: OwnedSemaphorePermit,
+        case_id: &str,
+        after_version: Version,
+        source: &str,
+        rows: Vec<NewRow>,
+    ) -> Result<Vec<AppendedRow>, Error> {
+        let mut connection = self.lanes.kept.take(&self.log.pool).await?;
+        let events = rows.len();
+        let result = self
+            .log
+            .append_on(&mut connection, case_id, after_version, source, rows)
+            .await;
+        if result.is_ok() {
+            self.stats.record(1, events);
+            self.stats.written_by_caller.fetch_add(1, Ordering::Relaxed);
+        }
+        self.lanes
+            .kept
+            .give_back(connection, leaves_connection_in_sync(&result))
+            .await;
+        drop(slot);
+        result
     }
 }
 
@@ -252,28 +329,29 @@ async fn group(
     mut receiver: mpsc::Receiver<Pending>,
     settings: GroupSettings,
     stats: Arc<GroupCounters>,
+    lanes: Arc<Lanes>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
-    let kept = Arc::new(KeptConnections::new(settings.max_in_flight.max(1)));
     // Appends to a case already in the group being formed wait for the next one.
     let mut held: VecDeque<Pending> = VecDeque::new();
     loop {
-        // A slot, or after max_wait none: then this group is written beside the others.
-        let permit = tokio::time::timeout(settings.max_wait, in_flight.clone().acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok);
         let first = match held.pop_front() {
             Some(pending) => pending,
             None => match receiver.recv().await {
                 Some(pending) => pending,
                 None => {
-                    kept.close_all().await;
+                    lanes.kept.close_all().await;
                     return;
                 }
             },
         };
+        lanes.gathering.store(true, Ordering::Release);
+        // A slot, or after max_wait none: then this group is written beside the others.
+        let permit = tokio::time::timeout(settings.max_wait, lanes.in_flight.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok);
         if first.withdrawn() {
+            lanes.gathering.store(!held.is_empty(), Ordering::Release);
             continue;
         }
         let mut cases: HashSet<String> = HashSet::from([first.case_id.clone()]);
@@ -304,9 +382,10 @@ async fn group(
                 held.push_back(pending);
             }
         }
-        let (log, stats, kept) = (log.clone(), stats.clone(), kept.clone());
+        lanes.gathering.store(!held.is_empty(), Ordering::Release);
+        let (log, stats, lanes) = (log.clone(), stats.clone(), lanes.clone());
         tokio::spawn(async move {
-            write_group(&log, &kept, batch, &stats).await;
+            write_group(&log, &lanes.kept, batch, &stats).await;
             drop(permit);
         });
     }

@@ -361,6 +361,9 @@ impl EventLog {
                 loop {
                     log.signal.notify_others.notified().await;
                     if !others.present(&log).await {
+                        // Nobody to tell until the next look: appends meanwhile need not wake
+                        // this task one by one (at one client, a wake-up of two per append).
+                        others.wait_until_recheck().await;
                         continue;
                     }
                     if let Err(err) = sqlx::query("SELECT pg_notify($1, '')")
@@ -458,6 +461,13 @@ impl OtherListeners {
         .unwrap_or(true);
         self.asked_at = Some(std::time::Instant::now());
         self.answer
+    }
+
+    /// Until the answer is due to be asked again.
+    async fn wait_until_recheck(&self) {
+        if let Some(at) = self.asked_at {
+            tokio::time::sleep_until((at + OTHER_LISTENERS_RECHECK).into()).await;
+        }
     }
 }
 

@@ -312,7 +312,8 @@ async fn an_append_whose_caller_gave_up_waiting_for_a_connection_is_never_writte
 }
 
 /// Appends that arrive while a statement is being written share the next one, and the counters
-/// say so: the first append alone, then the five that waited behind it in one statement.
+/// say so: the first append alone (written by its caller, the appender being idle), then the
+/// five that waited behind it in one statement.
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn appends_waiting_behind_a_statement_are_written_together_and_counted(pool: PgPool) {
     use caselog_store::GroupStats;
@@ -338,7 +339,8 @@ async fn appends_waiting_behind_a_statement_are_written_together_and_counted(poo
         GroupStats {
             statements: 2,
             appends: 6,
-            events: 6
+            events: 6,
+            written_by_caller: 1,
         }
     );
 }

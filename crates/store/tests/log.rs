@@ -345,6 +345,38 @@ async fn appends_waiting_behind_a_statement_are_written_together_and_counted(poo
     );
 }
 
+/// An append written by its own caller (the appender idle) whose caller gives up while its
+/// statement waits frees its slot: the next append is again written at once by its caller,
+/// instead of queueing behind a slot nobody holds (with this appender, for 30 s).
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_lone_append_given_up_mid_statement_frees_its_slot(pool: PgPool) {
+    use std::time::Duration;
+    let appender = one_group_at_a_time(&pool);
+    let blocker = blocking_inserts(&pool).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        appender.append("LS1", v(0), "court:LS", rows(1)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the append waits behind the lock");
+    blocker.rollback().await.unwrap();
+    let next = tokio::time::timeout(
+        Duration::from_secs(5),
+        appender.append("LS2", v(0), "court:LS", rows(1)),
+    )
+    .await
+    .expect("the slot of the append given up was freed");
+    assert_eq!(next.unwrap().len(), 1);
+    // The statement given up may still have committed once the lock went (its connection was
+    // dropped, not its statement): the caller was told nothing, and resends.
+    assert_eq!(appender.stats().written_by_caller, 1);
+    let ls2: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE case_id = 'LS2'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(ls2, 1);
+}
+
 /// A `COPY` ends without waiting for the server's delayed acknowledgement. sqlx 0.9.0 opened its
 /// TCP connections without TCP_NODELAY, so the kernel held back each `COPY`'s closing message
 /// until the server acknowledged the data before it: about 40 ms per `COPY`, which more than

@@ -203,7 +203,7 @@ async fn a_projection_interrupted_anywhere_ends_where_a_clean_rebuild_does(pool:
         // Budgets vary, and grow so that a loaded machine still finishes; a cancelled step may
         // or may not have committed, which is the point.
         let budget = std::time::Duration::from_micros(200 + (attempt * 7919) % 3000 + attempt * 20);
-        match tokio::time::timeout(budget, apply_next_page_with(&log, 7, &mut histories)).await {
+        match tokio::time::timeout(budget, apply_next_page_with(&log, 7, &mut histories, None)).await {
             Ok(applied) => {
                 let applied = applied.unwrap();
                 completed += 1;
@@ -277,6 +277,46 @@ async fn one_of_two_servers_leads_and_the_other_takes_over(pool: PgPool) {
         "the follower took over"
     );
     assert_eq!(leaders(&pool).await, 1);
+}
+
+/// The projector writes its steps on its leadership session. When that session ends under it
+/// (the database ends the backend), the next step fails, the server leads again on a new
+/// session, and appends made meanwhile are projected.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_leader_whose_session_ends_leads_again_and_projects(pool: PgPool) {
+    let server = TestServer::start(pool.clone()).await;
+    let last = record_t2_cases(&server).await;
+    let answer = MetricsServiceClient::new(server.channel.clone())
+        .query_metrics(t2_query(last))
+        .await
+        .unwrap();
+    assert_eq!(figure(&answer.into_inner(), "T2").1, 2.0);
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND classid = x'63617365'::int::oid AND objid = 1 AND objsubid = 2
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(ended, 1, "the leader's session was found and ended");
+    let more = vec![
+        event("2024-07-01", issued_public(&["c1"])),
+        event("2024-11-01", closed(pb::CaseOutcome::FinalOrder)),
+    ];
+    let response = server
+        .client()
+        .append_events(append("NEW1", more))
+        .await
+        .unwrap()
+        .into_inner();
+    let position = response.events.last().unwrap().position;
+    let answer = MetricsServiceClient::new(server.channel.clone())
+        .query_metrics(t2_query(position))
+        .await
+        .unwrap();
+    assert_eq!(figure(&answer.into_inner(), "T2"), (2.0, 3.0, "66.7".into()));
+    assert_eq!(leaders(&pool).await, 1, "led again, once");
 }
 
 fn worklist(

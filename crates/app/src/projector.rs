@@ -9,7 +9,7 @@ use crate::history::recorded_rows;
 use crate::stored_facts::encode;
 use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload, Position, Version};
 use caselog_projections::{CaseFacts, facts_of};
-use caselog_store::projection::{CASE_FACTS, FactsRow};
+use caselog_store::projection::{CASE_FACTS, FactsRow, Leadership};
 use caselog_store::rebuild::Cut;
 use caselog_store::{EventLog, FactsHistoryRow, ReplayRow};
 use chrono::{DateTime, Utc};
@@ -76,7 +76,8 @@ pub async fn run(log: EventLog, settings: ProjectorSettings) {
                 let mut page_size = settings.page_size;
                 loop {
                     wakeups.borrow_and_update();
-                    let step = apply_next_page_with(&log, page_size, &mut histories).await;
+                    let step = apply_next_page_with(&log, page_size, &mut histories, Some(&mut leadership)).await;
+                    let stepped = step.is_ok();
                     page_size = next_page_size(&settings, page_size, step.as_ref().ok());
                     match step {
                         Ok(Applied { full: true, .. }) => continue,
@@ -114,7 +115,8 @@ pub async fn run(log: EventLog, settings: ProjectorSettings) {
                             tokio::time::sleep(settings.leadership_retry).await;
                         }
                     }
-                    if !leadership.still_held().await {
+                    // A step that succeeded ran on the leader's session: it still holds the lock.
+                    if !stepped && !leadership.still_held().await {
                         warn!("lost the projection leadership session");
                         break;
                     }
@@ -213,18 +215,23 @@ impl HistoryCache {
 /// Applies the next page of the feed to the case-facts projection, in one transaction with the
 /// checkpoint, reading every touched case from the log.
 pub async fn apply_next_page(log: &EventLog, page_size: u32) -> Result<Applied, Error> {
-    apply_next_page_with(log, page_size, &mut HistoryCache::new(0)).await
+    apply_next_page_with(log, page_size, &mut HistoryCache::new(0), None).await
 }
 
 /// As `apply_next_page`, extending the histories of cached cases with the page's events and
-/// reading only the others.
-#[instrument(skip(log, histories), err(level = "debug"))]
+/// reading only the others; with `leadership`, the checkpoint is read and the step written on
+/// the leader's session instead of pooled connections.
+#[instrument(skip(log, histories, leadership), err(level = "debug"))]
 pub async fn apply_next_page_with(
     log: &EventLog,
     page_size: u32,
     histories: &mut HistoryCache,
+    mut leadership: Option<&mut Leadership>,
 ) -> Result<Applied, Error> {
-    let from = log.checkpoint(CASE_FACTS).await?;
+    let from = match leadership.as_deref_mut() {
+        Some(leadership) => leadership.case_facts_checkpoint().await?,
+        None => log.checkpoint(CASE_FACTS).await?,
+    };
     let page = log.read_all_projected(from, page_size).await?;
     let to = page.next_after;
     let applied = Applied {
@@ -294,7 +301,11 @@ pub async fn apply_next_page_with(
     let step = tokio::task::spawn_blocking(move || rows_of_step(cached, &touched, &instants))
         .await
         .map_err(|e| Error::Internal(format!("projection step: {e}")))??;
-    if log.save_case_facts(&step.facts, &step.history, from, to).await? {
+    let saved = match leadership {
+        Some(leadership) => leadership.save_case_facts(&step.facts, &step.history, from, to).await?,
+        None => log.save_case_facts(&step.facts, &step.history, from, to).await?,
+    };
+    if saved {
         histories.keep(to, step.histories);
     } else {
         debug!(%from, "checkpoint moved by another process; skipping");

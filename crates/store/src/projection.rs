@@ -10,7 +10,7 @@ use crate::{Error, EventLog, locks};
 use caselog_domain::Position;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use sqlx::PgConnection;
+use sqlx::{Connection, PgConnection};
 use tracing::instrument;
 
 /// The name of the case-facts projection's checkpoint.
@@ -74,6 +74,63 @@ impl Leadership {
     pub async fn still_held(&mut self) -> bool {
         sqlx::query("SELECT 1").execute(&mut self.connection).await.is_ok()
     }
+
+    /// [`EventLog::checkpoint`] of the case-facts projection, read on the leader's session.
+    /// The leader's statements go there rather than through the pool: a pooled connection costs
+    /// a ping on every return, and a statement that succeeds on this session shows that it
+    /// still holds the lock.
+    pub async fn case_facts_checkpoint(&mut self) -> Result<Position, Error> {
+        checkpoint_on(&mut self.connection, CASE_FACTS).await
+    }
+
+    /// [`EventLog::save_case_facts`] on the leader's session.
+    pub async fn save_case_facts(
+        &mut self,
+        rows: &[FactsRow],
+        history: &[FactsHistoryRow],
+        from: Position,
+        to: Position,
+    ) -> Result<bool, Error> {
+        save_case_facts_on(&mut self.connection, rows, history, from, to).await
+    }
+}
+
+async fn checkpoint_on(executor: impl sqlx::PgExecutor<'_>, projection: &str) -> Result<Position, Error> {
+    stored_position(
+        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
+            .bind(projection)
+            .fetch_optional(executor)
+            .await?
+            .unwrap_or(0),
+    )
+}
+
+#[instrument(name = "save_case_facts", skip(connection, rows, history), fields(rows = rows.len(), history = history.len()), err(level = "debug"))]
+async fn save_case_facts_on(
+    connection: &mut PgConnection,
+    rows: &[FactsRow],
+    history: &[FactsHistoryRow],
+    from: Position,
+    to: Position,
+) -> Result<bool, Error> {
+    let mut tx = connection.begin().await?;
+    let moved = sqlx::query(
+        "UPDATE projection_checkpoints SET position = $1, updated_at = now() WHERE projection = $2 AND position = $3",
+    )
+    .bind(i64::from(to))
+    .bind(CASE_FACTS)
+    .bind(i64::from(from))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    upsert_facts(&mut *tx, FactsTable::Live, rows, to).await?;
+    write_history(&mut *tx, HistoryTable::Live, history, true).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 impl EventLog {
@@ -100,13 +157,7 @@ impl EventLog {
 
     /// The position up to which `projection` has applied every event.
     pub async fn checkpoint(&self, projection: &str) -> Result<Position, Error> {
-        stored_position(
-            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
-                .bind(projection)
-                .fetch_optional(&self.pool)
-                .await?
-                .unwrap_or(0),
-        )
+        checkpoint_on(&self.pool, projection).await
     }
 
     /// Every event of `case_ids` at or below `up_to`, ordered by case then version.
@@ -177,7 +228,6 @@ impl EventLog {
     /// Writes case-facts rows (case id, stored facts) and their history rows and moves the
     /// checkpoint from `from` to `to`, in one transaction. Returns false (writing nothing) when
     /// the checkpoint is no longer at `from`.
-    #[instrument(skip(self, rows, history), fields(rows = rows.len(), history = history.len()), err(level = "debug"))]
     pub async fn save_case_facts(
         &self,
         rows: &[FactsRow],
@@ -185,22 +235,8 @@ impl EventLog {
         from: Position,
         to: Position,
     ) -> Result<bool, Error> {
-        let mut tx = self.pool.begin().await?;
-        let moved = sqlx::query("UPDATE projection_checkpoints SET position = $1, updated_at = now() WHERE projection = $2 AND position = $3")
-            .bind(i64::from(to))
-            .bind(CASE_FACTS)
-            .bind(i64::from(from))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if moved != 1 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        upsert_facts(&mut *tx, FactsTable::Live, rows, to).await?;
-        write_history(&mut *tx, HistoryTable::Live, history, true).await?;
-        tx.commit().await?;
-        Ok(true)
+        let mut connection = self.pool.acquire().await?;
+        save_case_facts_on(&mut connection, rows, history, from, to).await
     }
 
     /// The case-facts projection's generation and checkpoint.

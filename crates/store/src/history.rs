@@ -48,19 +48,12 @@ pub(crate) async fn write_history(
     if rows.is_empty() {
         return Ok(());
     }
-    let table = table.name();
-    let on_conflict = if merge {
-        "ON CONFLICT (case_id, recorded_at) DO UPDATE SET facts = EXCLUDED.facts"
-    } else {
-        ""
-    };
-    let ids: Vec<&str> = rows.iter().map(|r| r.case_id.as_str()).collect();
-    let instants: Vec<DateTime<Utc>> = rows.iter().map(|r| r.recorded_at).collect();
-    let facts: Vec<Option<&[u8]>> = rows.iter().map(|r| r.facts.as_deref()).collect();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {table} (case_id, recorded_at, facts)
-         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::bytea[])
-         {on_conflict}"
+    let (ids, instants, facts) = history_columns(rows);
+    sqlx::query(sqlx::AssertSqlSafe(write_history_statement(
+        table,
+        ["$1", "$2", "$3"],
+        "",
+        merge,
     )))
     .bind(&ids)
     .bind(&instants)
@@ -68,6 +61,37 @@ pub(crate) async fn write_history(
     .execute(executor)
     .await?;
     Ok(())
+}
+
+/// The case ids, instants and facts of `rows`, as the history's insert binds them.
+pub(crate) fn history_columns(rows: &[FactsHistoryRow]) -> (Vec<&str>, Vec<DateTime<Utc>>, Vec<Option<&[u8]>>) {
+    (
+        rows.iter().map(|r| r.case_id.as_str()).collect(),
+        rows.iter().map(|r| r.recorded_at).collect(),
+        rows.iter().map(|r| r.facts.as_deref()).collect(),
+    )
+}
+
+/// The statement behind [`write_history`], its parameters (case ids, instants, facts) named by
+/// `parameters`, its rows kept only where `condition` holds (e.g. `WHERE …`, or "").
+pub(crate) fn write_history_statement(
+    table: HistoryTable,
+    parameters: [&str; 3],
+    condition: &str,
+    merge: bool,
+) -> String {
+    let [ids, instants, facts] = parameters;
+    let on_conflict = if merge {
+        "ON CONFLICT (case_id, recorded_at) DO UPDATE SET facts = EXCLUDED.facts"
+    } else {
+        ""
+    };
+    format!(
+        "INSERT INTO {} (case_id, recorded_at, facts)
+         SELECT * FROM UNNEST({ids}::text[], {instants}::timestamptz[], {facts}::bytea[]) {condition}
+         {on_conflict}",
+        table.name()
+    )
 }
 
 impl EventLog {

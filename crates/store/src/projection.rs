@@ -3,14 +3,14 @@
 //! store sees facts as opaque JSON.
 
 use crate::error::stored_position;
-use crate::history::{FactsHistoryRow, HistoryTable, write_history};
+use crate::history::{FactsHistoryRow, HistoryTable, history_columns, write_history_statement};
 use crate::log::{REPLAY_COLUMNS, ReplayRow};
-use crate::rebuild::{FactsTable, upsert_facts};
+use crate::rebuild::{FactsTable, facts_columns, upsert_facts_statement};
 use crate::{Error, EventLog, locks};
 use caselog_domain::Position;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tracing::instrument;
 
 /// The name of the case-facts projection's checkpoint.
@@ -113,24 +113,34 @@ async fn save_case_facts_on(
     from: Position,
     to: Position,
 ) -> Result<bool, Error> {
-    let mut tx = connection.begin().await?;
-    let moved = sqlx::query(
-        "UPDATE projection_checkpoints SET position = $1, updated_at = now() WHERE projection = $2 AND position = $3",
-    )
-    .bind(i64::from(to))
-    .bind(CASE_FACTS)
-    .bind(i64::from(from))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if moved != 1 {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    upsert_facts(&mut *tx, FactsTable::Live, rows, to).await?;
-    write_history(&mut *tx, HistoryTable::Live, history, true).await?;
-    tx.commit().await?;
-    Ok(true)
+    // One statement, so one round trip and its own transaction: the rows are written only
+    // where the checkpoint moved (data-modifying parts of a statement see one another's
+    // returned rows, and commit or fail together).
+    let only_if_moved = "WHERE EXISTS (SELECT FROM moved)";
+    let statement = format!(
+        "WITH moved AS (
+              UPDATE projection_checkpoints SET position = $1, updated_at = now()
+               WHERE projection = $2 AND position = $3 RETURNING 1),
+              facts AS ({}),
+              history AS ({})
+         SELECT count(*) FROM moved",
+        upsert_facts_statement(FactsTable::Live, ["$4", "$5", "$1"], only_if_moved),
+        write_history_statement(HistoryTable::Live, ["$6", "$7", "$8"], only_if_moved, true),
+    );
+    let (ids, stored) = facts_columns(rows);
+    let (history_ids, instants, history_facts) = history_columns(history);
+    let moved: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(statement))
+        .bind(i64::from(to))
+        .bind(CASE_FACTS)
+        .bind(i64::from(from))
+        .bind(&ids)
+        .bind(&stored)
+        .bind(&history_ids)
+        .bind(&instants)
+        .bind(&history_facts)
+        .fetch_one(connection)
+        .await?;
+    Ok(moved == 1)
 }
 
 impl EventLog {

@@ -427,16 +427,11 @@ pub(crate) async fn upsert_facts<'c>(
     if rows.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = rows.iter().map(|r| r.case_id.as_str()).collect();
-    let stored: Vec<&[u8]> = rows.iter().map(|r| r.stored.as_slice()).collect();
-    // `facts` = NULL, not left as it was: JSON from before migration 0011 would no longer match
-    // `stored`, and stale facts must not be readable anywhere.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {} (case_id, facts, stored, as_of_position)
-         SELECT id, NULL, s, $3 FROM UNNEST($1::text[], $2::bytea[]) AS r(id, s)
-         ON CONFLICT (case_id) DO UPDATE
-            SET facts = NULL, stored = EXCLUDED.stored, as_of_position = EXCLUDED.as_of_position",
-        table.name()
+    let (ids, stored) = facts_columns(rows);
+    sqlx::query(sqlx::AssertSqlSafe(upsert_facts_statement(
+        table,
+        ["$1", "$2", "$3"],
+        "",
     )))
     .bind(&ids)
     .bind(&stored)
@@ -444,4 +439,27 @@ pub(crate) async fn upsert_facts<'c>(
     .execute(executor)
     .await?;
     Ok(())
+}
+
+/// The case ids and stored facts of `rows`, as the upsert binds them.
+pub(crate) fn facts_columns(rows: &[FactsRow]) -> (Vec<&str>, Vec<&[u8]>) {
+    (
+        rows.iter().map(|r| r.case_id.as_str()).collect(),
+        rows.iter().map(|r| r.stored.as_slice()).collect(),
+    )
+}
+
+/// The statement behind [`upsert_facts`], its parameters (case ids, stored facts, position)
+/// named by `parameters`, its rows kept only where `condition` holds (e.g. `WHERE …`, or "").
+pub(crate) fn upsert_facts_statement(table: FactsTable, parameters: [&str; 3], condition: &str) -> String {
+    let [ids, stored, position] = parameters;
+    // `facts` = NULL, not left as it was: JSON from before migration 0011 would no longer match
+    // `stored`, and stale facts must not be readable anywhere.
+    format!(
+        "INSERT INTO {} (case_id, facts, stored, as_of_position)
+         SELECT id, NULL, s, {position} FROM UNNEST({ids}::text[], {stored}::bytea[]) AS r(id, s) {condition}
+         ON CONFLICT (case_id) DO UPDATE
+            SET facts = NULL, stored = EXCLUDED.stored, as_of_position = EXCLUDED.as_of_position",
+        table.name()
+    )
 }

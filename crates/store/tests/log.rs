@@ -693,6 +693,54 @@ async fn this_release_and_the_previous_one_write_over_each_others_facts(pool: Pg
     assert_eq!(facts_read(&log).await, vec![vec![1, 5]]);
 }
 
+/// A step writes its facts and history rows only when it moves the checkpoint from where it
+/// read it: a step whose checkpoint another leader moved meanwhile writes nothing at all.
+#[sqlx::test(migrator = "caselog_store::MIGRATOR")]
+async fn a_step_from_a_moved_checkpoint_writes_nothing(pool: PgPool) {
+    use caselog_store::FactsHistoryRow;
+    use caselog_store::projection::FactsRow;
+    let log = EventLog::new(pool.clone());
+    let at = |p: i64| Position::try_from(p).unwrap();
+    let step = |stored: Vec<u8>, second: u32| {
+        (
+            vec![FactsRow {
+                case_id: "K1".into(),
+                stored: stored.clone(),
+            }],
+            vec![FactsHistoryRow {
+                case_id: "K1".into(),
+                recorded_at: chrono::DateTime::from_timestamp(1_750_000_000 + i64::from(second), 0).unwrap(),
+                facts: Some(stored),
+            }],
+        )
+    };
+    let (facts, history) = step(vec![1, 2], 1);
+    assert!(
+        log.save_case_facts(&facts, &history, Position::ZERO, at(2))
+            .await
+            .unwrap()
+    );
+    let (facts, history) = step(vec![1, 9], 2);
+    assert!(
+        !log.save_case_facts(&facts, &history, Position::ZERO, at(5))
+            .await
+            .unwrap(),
+        "the checkpoint is no longer at 0"
+    );
+    assert_eq!(facts_columns(&pool, "K1").await, (None, Some(vec![1, 2])));
+    let history_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM case_facts_history")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(history_rows, 1);
+    assert_eq!(
+        log.checkpoint(caselog_store::projection::CASE_FACTS).await.unwrap(),
+        at(2)
+    );
+    assert!(log.save_case_facts(&facts, &history, at(2), at(5)).await.unwrap());
+    assert_eq!(facts_columns(&pool, "K1").await, (None, Some(vec![1, 9])));
+}
+
 /// A release before migration 0010 wrote the JSON alone: the encoding beside it would be stale,
 /// so it is emptied and the JSON read instead; writing the same JSON again keeps it.
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]

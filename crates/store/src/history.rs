@@ -63,8 +63,11 @@ pub(crate) async fn write_history(
     Ok(())
 }
 
+/// The columns of history rows as the history's insert binds them: case ids, instants, facts.
+pub(crate) type HistoryColumns<'a> = (Vec<&'a str>, Vec<DateTime<Utc>>, Vec<Option<&'a [u8]>>);
+
 /// The case ids, instants and facts of `rows`, as the history's insert binds them.
-pub(crate) fn history_columns(rows: &[FactsHistoryRow]) -> (Vec<&str>, Vec<DateTime<Utc>>, Vec<Option<&[u8]>>) {
+pub(crate) fn history_columns(rows: &[FactsHistoryRow]) -> HistoryColumns<'_> {
     (
         rows.iter().map(|r| r.case_id.as_str()).collect(),
         rows.iter().map(|r| r.recorded_at).collect(),

@@ -236,6 +236,27 @@ async fn leaders(pool: &PgPool) -> i64 {
     .unwrap()
 }
 
+/// Appends a third public-law case, closed within 26 weeks, through `server`, and returns T2
+/// as the server answers once its projection has reached that append.
+async fn t2_after_a_third_case(server: &TestServer) -> (f64, f64, String) {
+    let more = vec![
+        event("2024-07-01", issued_public(&["c1"])),
+        event("2024-11-01", closed(pb::CaseOutcome::FinalOrder)),
+    ];
+    let response = server
+        .client()
+        .append_events(append("NEW1", more))
+        .await
+        .unwrap()
+        .into_inner();
+    let position = response.events.last().unwrap().position;
+    let answer = MetricsServiceClient::new(server.channel.clone())
+        .query_metrics(t2_query(position))
+        .await
+        .unwrap();
+    figure(&answer.into_inner(), "T2")
+}
+
 #[sqlx::test(migrator = "caselog_store::MIGRATOR")]
 async fn one_of_two_servers_leads_and_the_other_takes_over(pool: PgPool) {
     let first = TestServer::start(pool.clone()).await;
@@ -256,23 +277,8 @@ async fn one_of_two_servers_leads_and_the_other_takes_over(pool: PgPool) {
     assert_eq!(leaders(&pool).await, 1, "exactly one projector leads");
 
     first.stop().await; // the leader goes away
-    let more = vec![
-        event("2024-07-01", issued_public(&["c1"])),
-        event("2024-11-01", closed(pb::CaseOutcome::FinalOrder)),
-    ];
-    let response = second
-        .client()
-        .append_events(append("NEW1", more))
-        .await
-        .unwrap()
-        .into_inner();
-    let position = response.events.last().unwrap().position;
-    let answer = MetricsServiceClient::new(second.channel.clone())
-        .query_metrics(t2_query(position))
-        .await
-        .unwrap();
     assert_eq!(
-        figure(&answer.into_inner(), "T2"),
+        t2_after_a_third_case(&second).await,
         (2.0, 3.0, "66.7".into()),
         "the follower took over"
     );
@@ -300,22 +306,7 @@ async fn a_leader_whose_session_ends_leads_again_and_projects(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(ended, 1, "the leader's session was found and ended");
-    let more = vec![
-        event("2024-07-01", issued_public(&["c1"])),
-        event("2024-11-01", closed(pb::CaseOutcome::FinalOrder)),
-    ];
-    let response = server
-        .client()
-        .append_events(append("NEW1", more))
-        .await
-        .unwrap()
-        .into_inner();
-    let position = response.events.last().unwrap().position;
-    let answer = MetricsServiceClient::new(server.channel.clone())
-        .query_metrics(t2_query(position))
-        .await
-        .unwrap();
-    assert_eq!(figure(&answer.into_inner(), "T2"), (2.0, 3.0, "66.7".into()));
+    assert_eq!(t2_after_a_third_case(&server).await, (2.0, 3.0, "66.7".into()));
     assert_eq!(leaders(&pool).await, 1, "led again, once");
 }
 

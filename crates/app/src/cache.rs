@@ -138,17 +138,19 @@ impl<V> WeightedCache<V> {
     /// Holds a newcomer (a value that was not taken out of the cache) as [`WeightedCache::put`]
     /// does if there is room for it, if the oldest entry has been idle for [`IDLE_GIVES_WAY`],
     /// or if it was turned away before and is still remembered; otherwise turns it away and
-    /// remembers it.
-    pub fn offer(&mut self, key: String, value: V) {
+    /// remembers it, and hands it back.
+    pub fn offer(&mut self, key: String, value: V) -> Option<(String, V)> {
         self.take(&key);
         let weight = (self.weigh)(&value);
         if self.weight + weight <= self.budget || self.oldest_idle_for() >= self.idle_gives_way {
-            return self.hold(key, value, weight);
+            self.hold(key, value, weight);
+            return None;
         }
         let hash = self.turned_away_set.hasher().hash_one(key.as_str());
         if self.turned_away_set.remove(&hash) {
             // Its place in the queue goes when it comes to the front.
-            return self.hold(key, value, weight);
+            self.hold(key, value, weight);
+            return None;
         }
         self.turned_away_set.insert(hash);
         self.turned_away.push_back(hash);
@@ -158,6 +160,7 @@ impl<V> WeightedCache<V> {
                 self.turned_away_set.remove(&forgotten);
             }
         }
+        Some((key, value))
     }
 
     /// How long ago the oldest entry was put (zero when there is none).
@@ -266,7 +269,9 @@ mod tests {
                 }
                 match hit {
                     Some(weight) => cache.put(case.clone(), weight + 1),
-                    None => cache.offer(case.clone(), 80 + round),
+                    None => {
+                        cache.offer(case.clone(), 80 + round);
+                    }
                 }
                 assert!(cache.weight() <= 100_000);
             }
@@ -283,9 +288,13 @@ mod tests {
         for case in 0..10 {
             cache.offer(format!("in-use-{case}"), 10);
         }
-        cache.offer("newcomer".to_owned(), 10);
-        assert!(cache.take("newcomer").is_none(), "turned away the first time");
-        cache.offer("newcomer".to_owned(), 10);
+        assert_eq!(
+            cache.offer("newcomer".to_owned(), 10),
+            Some(("newcomer".to_owned(), 10)),
+            "turned away the first time, and handed back"
+        );
+        assert!(cache.take("newcomer").is_none());
+        assert_eq!(cache.offer("newcomer".to_owned(), 10), None);
         assert_eq!(cache.take("newcomer"), Some(10), "held the second time");
         assert_eq!(cache.len(), 9, "the oldest case gave way");
         assert!(cache.take("in-use-0").is_none());

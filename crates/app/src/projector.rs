@@ -48,7 +48,8 @@ pub struct ProjectorSettings {
     /// transaction then covers many appends instead of one each.
     pub gather: Duration,
     /// The most memory, in bytes, the case histories the leader keeps between steps may take
-    /// (a touched case held there is not read again; 0: none are kept).
+    /// (a touched case held there is not read again; 0: none are kept), and a quarter as much
+    /// again for cases of the last step that did not fit ([`HistoryCache`]).
     pub history_cache_bytes: usize,
 }
 
@@ -169,43 +170,72 @@ pub struct HistoryCache {
     /// The cases the step under way took out: put back after it, where the others, read from
     /// the log or new, are offered (`WeightedCache::offer`).
     taken: std::collections::HashSet<String, foldhash::quality::RandomState>,
+    /// Cases of the last step that `cases` turned away, kept for the next step only, those last
+    /// in the page first, within a quarter of the budget. A page of a bulk load ends inside the
+    /// appends still arriving, and their cases, new to a cache full of the load's finished
+    /// cases, were turned away and read back whole by the next step (a fifth of the events of
+    /// a batch ingest read twice; docs/benchmarks.md).
+    carried: ByCase<String, CaseHistory>,
+    carry_budget: usize,
 }
 
 impl HistoryCache {
-    /// Holds histories taking at most `budget_bytes` of memory together.
+    /// Holds histories taking at most `budget_bytes` of memory together, and a quarter as much
+    /// again for the last step's cases carried to the next.
     pub fn new(budget_bytes: usize) -> HistoryCache {
         HistoryCache {
             position: None,
             cases: WeightedCache::new(budget_bytes, CaseHistory::memory_bytes),
             taken: Default::default(),
+            carried: Default::default(),
+            carry_budget: budget_bytes / 4,
         }
     }
 
-    /// Takes out the histories of `case_ids` held, if they are valid at checkpoint `from`
-    /// (otherwise forgets them all). The cache stays invalid until `keep` puts histories back
-    /// after a successful step.
+    /// Takes out the histories of `case_ids` held or carried, if they are valid at checkpoint
+    /// `from` (otherwise forgets them all). The cache stays invalid until `keep` puts histories
+    /// back after a successful step; carried cases the step does not touch are forgotten.
     fn take_at(&mut self, from: Position, case_ids: &[String]) -> ByCase<String, CaseHistory> {
         self.taken.clear();
+        let mut carried = std::mem::take(&mut self.carried);
         if self.position.take() != Some(from) {
             self.cases.clear();
             return ByCase::default();
         }
-        let taken: ByCase<String, CaseHistory> = case_ids
-            .iter()
-            .filter_map(|case_id| self.cases.take(case_id).map(|history| (case_id.clone(), history)))
-            .collect();
-        self.taken.extend(taken.keys().cloned());
+        let mut taken = ByCase::default();
+        for case_id in case_ids {
+            if let Some(history) = self.cases.take(case_id) {
+                self.taken.insert(case_id.clone());
+                taken.insert(case_id.clone(), history);
+            } else if let Some((case_id, history)) = carried.remove_entry(case_id) {
+                taken.insert(case_id, history);
+            }
+        }
         taken
     }
 
-    fn keep(&mut self, position: Position, cases: ByCase<String, CaseHistory>) {
+    /// Puts back the step's histories, which are complete up to `position`; `latest_last` lists
+    /// the step's cases by their last event in the page.
+    fn keep(&mut self, position: Position, mut cases: ByCase<String, CaseHistory>, latest_last: &[String]) {
         // Any case may be left out: a miss costs one read.
-        for (case_id, history) in cases {
+        let mut turned_away = Vec::new();
+        for case_id in latest_last {
+            let Some((case_id, history)) = cases.remove_entry(case_id) else {
+                continue;
+            };
             if self.taken.remove(&case_id) {
                 self.cases.put(case_id, history);
-            } else {
-                self.cases.offer(case_id, history);
+            } else if let Some(refused) = self.cases.offer(case_id, history) {
+                turned_away.push(refused);
             }
+        }
+        let mut carried_bytes = 0;
+        for (case_id, history) in turned_away.into_iter().rev() {
+            carried_bytes += history.memory_bytes();
+            if carried_bytes > self.carry_budget {
+                break;
+            }
+            self.carried.insert(case_id, history);
         }
         self.taken.clear();
         self.position = Some(position);
@@ -246,10 +276,12 @@ pub async fn apply_next_page_with(
     }
     let mut touched: Vec<String> = Vec::new();
     let mut issued_here: Vec<String> = Vec::new();
-    let mut recorded: ByCase<&str, Vec<DateTime<Utc>>> = ByCase::default();
+    // Each touched case's recording instants in the page, and where its last event is.
+    let mut recorded: ByCase<&str, (usize, Vec<DateTime<Utc>>)> = ByCase::default();
     let events = || page.events.iter().map(|row| &row.event);
-    for event in events() {
-        let instants = recorded.entry(event.case_id.as_str()).or_default();
+    for (at, event) in events().enumerate() {
+        let (last, instants) = recorded.entry(event.case_id.as_str()).or_default();
+        *last = at;
         if instants.is_empty() {
             touched.push(event.case_id.clone());
             if Version::ZERO.after(1).is_ok_and(|first| first == event.version) {
@@ -289,11 +321,13 @@ pub async fn apply_next_page_with(
             cached.insert(events[0].case_id.clone(), replayed_history(events)?);
         }
     }
+    let mut latest_last = touched.clone();
+    latest_last.sort_by_key(|case_id| recorded.get(case_id.as_str()).map(|(last, _)| *last));
     // The page's events of a case are the last of its history: within a case, positions follow
     // versions.
     let instants: Vec<Vec<DateTime<Utc>>> = touched
         .iter()
-        .map(|case_id| recorded.remove(case_id.as_str()).unwrap_or_default())
+        .map(|case_id| recorded.remove(case_id.as_str()).unwrap_or_default().1)
         .collect();
     // Folding, encoding and the JSON take milliseconds for a page of hundreds of cases: on the
     // blocking pool, so that the async workers go on answering appends meanwhile (one client's
@@ -306,7 +340,7 @@ pub async fn apply_next_page_with(
         None => log.save_case_facts(&step.facts, &step.history, from, to).await?,
     };
     if saved {
-        histories.keep(to, step.histories);
+        histories.keep(to, step.histories, &latest_last);
     } else {
         debug!(%from, "checkpoint moved by another process; skipping");
     }
@@ -440,6 +474,52 @@ mod tests {
             in_flight: false,
             cases_read,
         }
+    }
+
+    fn cases(ids: &[&str]) -> (ByCase<String, CaseHistory>, Vec<String>) {
+        let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+        let histories = ids.iter().map(|id| (id.clone(), CaseHistory::default())).collect();
+        (histories, ids)
+    }
+
+    fn taken(histories: &mut HistoryCache, from: u64, ids: &[&str]) -> Vec<String> {
+        let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+        let mut taken: Vec<String> = histories
+            .take_at(Position::ZERO.saturating_add(from), &ids)
+            .into_keys()
+            .collect();
+        taken.sort();
+        taken
+    }
+
+    #[test]
+    fn the_last_cases_of_a_page_are_carried_to_the_next_step_when_the_cache_turns_them_away() {
+        let weight = CaseHistory::default().memory_bytes();
+        let mut histories = HistoryCache::new(8 * weight);
+        let at = |position: u64| Position::ZERO.saturating_add(position);
+        // A cache full of cases put a moment ago (a bulk load's finished cases).
+        let (finished, order) = cases(&["f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8"]);
+        histories.keep(at(1), finished, &order);
+        assert!(taken(&mut histories, 1, &[]).is_empty());
+        // Three new cases, n3's last event last in the page: all turned away, the last two
+        // carried (a quarter of the budget holds two).
+        let (new, order) = cases(&["n1", "n2", "n3"]);
+        histories.keep(at(2), new, &order);
+        assert_eq!(taken(&mut histories, 2, &["n1", "n2", "n3", "f8"]), ["f8", "n2", "n3"]);
+        let (step, order) = cases(&["f8"]);
+        histories.keep(at(3), step, &order);
+        // A carried case the next step does not touch is forgotten.
+        assert!(taken(&mut histories, 3, &[]).is_empty());
+        let (new, order) = cases(&["m1"]);
+        histories.keep(at(4), new, &order);
+        assert_eq!(taken(&mut histories, 4, &["f7"]), ["f7"]);
+        let (step, order) = cases(&["f7"]);
+        histories.keep(at(5), step, &order);
+        assert_eq!(taken(&mut histories, 5, &["m1", "f6"]), ["f6"]);
+        // Carried cases are valid only at the checkpoint they are complete up to.
+        let (new, order) = cases(&["m2"]);
+        histories.keep(at(6), new, &order);
+        assert!(taken(&mut histories, 7, &["m2", "f5"]).is_empty());
     }
 
     #[test]

@@ -223,7 +223,8 @@ struct ServeArgs {
     #[arg(long, env = "CASELOG_MAX_REQUEST_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_request_bytes: usize,
     /// MiB of memory for recently written cases, so that the next append to one needs no read
-    /// (0: read every time). The projector keeps the cases it last projected in as much again.
+    /// (0: read every time). The projector keeps the cases it last projected in as much again,
+    /// and a quarter as much more for cases of its last step that did not fit.
     #[arg(long, env = "CASELOG_CASE_CACHE_MIB", default_value_t = caselog_app::ingest::DEFAULT_CASE_CACHE_BYTES >> 20)]
     case_cache_mib: usize,
     /// Events the projection moves on by before a server writes a new snapshot of its read model

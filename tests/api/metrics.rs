@@ -249,7 +249,11 @@ async fn t2_after_a_third_case(server: &TestServer) -> (f64, f64, String) {
         .await
         .unwrap()
         .into_inner();
-    let position = response.events.last().unwrap().position;
+    t2_at(server, response.events.last().unwrap().position).await
+}
+
+/// T2 as `server` answers once its projection has reached `position`.
+async fn t2_at(server: &TestServer, position: u64) -> (f64, f64, String) {
     let answer = MetricsServiceClient::new(server.channel.clone())
         .query_metrics(t2_query(position))
         .await
@@ -262,18 +266,10 @@ async fn one_of_two_servers_leads_and_the_other_takes_over(pool: PgPool) {
     let first = TestServer::start(pool.clone()).await;
     let last = record_t2_cases(&first).await;
     // Alone, the first server leads: its answer reflects the appends.
-    let answer = MetricsServiceClient::new(first.channel.clone())
-        .query_metrics(t2_query(last))
-        .await
-        .unwrap();
-    assert_eq!(figure(&answer.into_inner(), "T2").1, 2.0);
+    assert_eq!(t2_at(&first, last).await.1, 2.0);
 
     let second = TestServer::start(pool.clone()).await;
-    let answer = MetricsServiceClient::new(second.channel.clone())
-        .query_metrics(t2_query(last))
-        .await
-        .unwrap();
-    assert_eq!(figure(&answer.into_inner(), "T2").1, 2.0, "a follower answers too");
+    assert_eq!(t2_at(&second, last).await.1, 2.0, "a follower answers too");
     assert_eq!(leaders(&pool).await, 1, "exactly one projector leads");
 
     first.stop().await; // the leader goes away
@@ -292,11 +288,7 @@ async fn one_of_two_servers_leads_and_the_other_takes_over(pool: PgPool) {
 async fn a_leader_whose_session_ends_leads_again_and_projects(pool: PgPool) {
     let server = TestServer::start(pool.clone()).await;
     let last = record_t2_cases(&server).await;
-    let answer = MetricsServiceClient::new(server.channel.clone())
-        .query_metrics(t2_query(last))
-        .await
-        .unwrap();
-    assert_eq!(figure(&answer.into_inner(), "T2").1, 2.0);
+    assert_eq!(t2_at(&server, last).await.1, 2.0);
     let ended: i64 = sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted
            AND classid = x'63617365'::int::oid AND objid = 1 AND objsubid = 2

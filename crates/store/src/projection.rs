@@ -115,21 +115,23 @@ async fn save_case_facts_on(
 ) -> Result<bool, Error> {
     // One statement, so one round trip and its own transaction: the rows are written only
     // where the checkpoint moved (data-modifying parts of a statement see one another's
-    // returned rows, and commit or fail together).
-    let only_if_moved = "WHERE EXISTS (SELECT FROM moved)";
-    let statement = format!(
-        "WITH moved AS (
-              UPDATE projection_checkpoints SET position = $1, updated_at = now()
-               WHERE projection = $2 AND position = $3 RETURNING 1),
-              facts AS ({}),
-              history AS ({})
-         SELECT count(*) FROM moved",
-        upsert_facts_statement(FactsTable::Live, ["$4", "$5", "$1"], only_if_moved),
-        write_history_statement(HistoryTable::Live, ["$6", "$7", "$8"], only_if_moved, true),
-    );
+    // returned rows, and commit or fail together). Its text never changes: built once.
+    static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let only_if_moved = "WHERE EXISTS (SELECT FROM moved)";
+        format!(
+            "WITH moved AS (
+                  UPDATE projection_checkpoints SET position = $1, updated_at = now()
+                   WHERE projection = $2 AND position = $3 RETURNING 1),
+                  facts AS ({}),
+                  history AS ({})
+             SELECT count(*) FROM moved",
+            upsert_facts_statement(FactsTable::Live, ["$4", "$5", "$1"], only_if_moved),
+            write_history_statement(HistoryTable::Live, ["$6", "$7", "$8"], only_if_moved, true),
+        )
+    });
     let (ids, stored) = facts_columns(rows);
     let (history_ids, instants, history_facts) = history_columns(history);
-    let moved: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(statement))
+    let moved: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(STATEMENT.as_str()))
         .bind(i64::from(to))
         .bind(CASE_FACTS)
         .bind(i64::from(from))

@@ -240,6 +240,14 @@ struct ServeArgs {
     #[arg(long, env = "CASELOG_AS_OF_SETTLED_AFTER_SECS", default_value_t = caselog_app::read_model::SETTLED_AFTER.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     as_of_settled_after_secs: u64,
+    /// Milliseconds the projector gathers appends before a step while they stream in (50 events
+    /// a second or more): queries then see an append up to about this long after it commits
+    /// (about 20 ms when appends come seldom). Fewer steps leave more of the machine to the
+    /// appends: at one client the slowest hundredth of appends took 1.5-1.9 ms with steps
+    /// every 20 ms, 1.2-1.4 ms with this default.
+    #[arg(long, env = "CASELOG_PROJECTION_BUSY_GATHER_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=5_000))]
+    projection_busy_gather_ms: u64,
     /// Grouped append statements written at the same time (concurrent appends to different
     /// cases share one statement and one commit).
     #[arg(long, env = "CASELOG_APPEND_GROUPS_IN_FLIGHT", default_value_t = 1)]
@@ -1084,6 +1092,7 @@ async fn serve_command(args: ServeArgs, scrape: caselog_server::prometheus::Scra
         case_cache_bytes: args.case_cache_mib.saturating_mul(1 << 20),
         projector: caselog_app::projector::ProjectorSettings {
             history_cache_bytes: args.case_cache_mib.saturating_mul(1 << 20),
+            busy_gather: Duration::from_millis(args.projection_busy_gather_ms),
             ..Default::default()
         },
         as_of_settled_after: Duration::from_secs(args.as_of_settled_after_secs),

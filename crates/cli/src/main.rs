@@ -244,9 +244,10 @@ struct ServeArgs {
     /// a second or more): queries then see an append up to about this long after it commits
     /// (about 20 ms when appends come seldom). Fewer steps leave more of the machine to the
     /// appends: at one client the slowest hundredth of appends took 1.5-1.9 ms with steps
-    /// every 20 ms, 1.2-1.4 ms with this default.
+    /// every 20 ms, 1.2-1.4 ms with this default. At most 2,000: a query that names a
+    /// `min_position` waits 5 s at most for the projection.
     #[arg(long, env = "CASELOG_PROJECTION_BUSY_GATHER_MS", default_value_t = 500,
-          value_parser = clap::value_parser!(u64).range(1..=5_000))]
+          value_parser = clap::value_parser!(u64).range(1..=2_000))]
     projection_busy_gather_ms: u64,
     /// Grouped append statements written at the same time (concurrent appends to different
     /// cases share one statement and one commit).

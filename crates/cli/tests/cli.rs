@@ -26,6 +26,33 @@ fn help_never_prints_the_database_password() {
     }
 }
 
+#[test]
+fn a_projection_gather_longer_than_a_query_waits_is_refused_before_serving() {
+    for millis in ["0", "2001"] {
+        let mut serve = caselog()
+            .args(["serve", "--projection-busy-gather-ms", millis])
+            .env("DATABASE_URL", "postgres://caselog@127.0.0.1:1/none")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Accepted, it would wait for a database that never answers: stopped, it fails here.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while serve.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                serve.kill().unwrap();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let output = serve.wait_with_output().unwrap();
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{millis}: {message}");
+        assert!(message.contains("--projection-busy-gather-ms"), "{millis}: {message}");
+        assert!(message.contains("1..=2000"), "{millis}: {message}");
+    }
+}
+
 /// What `caselog serve` logs to a pipe over `seconds`, with development tokens and a database
 /// that never answers (nothing listens on port 1: the server waits for it until stopped).
 fn serve_log(seconds: u64, env: &[(&str, &str)]) -> String {

@@ -6,7 +6,6 @@
 use crate::cache::WeightedCache;
 use crate::error::Error;
 use crate::history::recorded_rows;
-use crate::stored_facts::encode;
 use caselog_domain::{CaseHistory, EventType, HistoryEvent, Payload, Position, Version};
 use caselog_projections::{CaseFacts, facts_of};
 use caselog_store::projection::{CASE_FACTS, FactsRow, Leadership};
@@ -402,15 +401,14 @@ fn rows_of_step(
         let Some(history) = cached.get(case_id) else {
             continue;
         };
-        let facts = facts_of(case_id, history);
-        history_rows.extend(recorded_rows(case_id, history, instants, facts.as_ref())?);
-        let Some(facts) = facts else {
-            continue;
-        };
-        facts_rows.push(FactsRow {
-            case_id: facts.case_id.to_string(),
-            stored: encode(&facts)?,
-        });
+        let recorded = recorded_rows(case_id, history, instants, facts_of(case_id, history).as_ref())?;
+        history_rows.extend(recorded.rows);
+        if let Some(stored) = recorded.changed_facts {
+            facts_rows.push(FactsRow {
+                case_id: case_id.clone(),
+                stored,
+            });
+        }
     }
     Ok(StepRows {
         histories: cached,
@@ -439,7 +437,7 @@ pub(crate) fn fold_cases_with_history(rows: &[ReplayRow]) -> Result<(Vec<CaseFac
         let history = replayed_history(events)?;
         let facts = facts_of(case_id, &history);
         let instants: Vec<DateTime<Utc>> = events.iter().map(|e| e.recorded_at).collect();
-        history_rows.extend(recorded_rows(case_id, &history, &instants, facts.as_ref())?);
+        history_rows.extend(recorded_rows(case_id, &history, &instants, facts.as_ref())?.rows);
         out.extend(facts);
     }
     Ok((out, history_rows))

@@ -215,6 +215,9 @@ mod tests {
         let instants: Vec<DateTime<Utc>> = written.rows.iter().map(|r| r.recorded_at).collect();
         assert_eq!(instants, vec![at(4, 9)]);
         assert_eq!(written.changed_facts, Some(encode(now.as_ref().unwrap()).unwrap()));
+        // Instants that do not follow versions (a clock stepped back): every row is kept.
+        let written = recorded_rows("K1", &whole, &[at(4, 9), at(4, 8)], now.as_ref()).unwrap();
+        assert_eq!(written.rows.len(), 2);
     }
 
     proptest::proptest! {

@@ -38,7 +38,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Bench {
     /// Every figure of the workload issue against raw PostgreSQL: replay, query latency, batch
-    /// and single-event ingest, projection keep-up, service memory.
+    /// and single-event ingest, projection keep-up, service memory. Each write measurement
+    /// starts once the service's projection has caught up and any read-model snapshot come due
+    /// is written, after a CHECKPOINT (as a superuser), and within the batch measurement a
+    /// snapshot a caselog round brings due is written before the next round.
     Suite {
         /// Years of national workload to generate and load first (0: use what the database holds).
         #[arg(long, default_value_t = 0)]

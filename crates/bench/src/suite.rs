@@ -84,8 +84,9 @@ pub async fn run(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
             "\n(the service's projection reached position {head} {:.1} s after it started)",
             waited.as_secs_f64()
         );
-        if options.runs("restart") {
-            let waited = wait_for_snapshot(pool, head).await?;
+        let snapshot_after = snapshot_after_events(&options.serve_args)?;
+        if options.runs("restart") && snapshot_after > 0 {
+            let waited = wait_for_snapshot(pool, head, snapshot_after).await?;
             println!(
                 "(the service's read-model snapshot covered position {head} {:.1} s later)",
                 waited.as_secs_f64()
@@ -97,18 +98,19 @@ pub async fn run(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
         if options.runs("straddle") {
             straddling_as_of(pool, &service.channel, options.straddlers).await?;
         }
-        // Each write measurement starts once the projection has applied the one before: its
-        // catching up would otherwise run inside the next measurement, on the same processors.
+        // Each write measurement starts on a quiet machine (see `quiet_down`).
         if options.runs("batch") {
-            batch_ingest(pool, &service.channel, options.batches, service.meter()).await?;
+            quiet_down(pool, &service.channel, options).await?;
+            batch_ingest(pool, &service.channel, options, service.meter()).await?;
         }
         if options.runs("single") {
             for &clients in &options.clients {
+                quiet_down(pool, &service.channel, options).await?;
                 single_appends(pool, &service.endpoint, clients, options, service.meter()).await?;
-                settle(pool, &service.channel).await?;
             }
         }
         if options.runs("keep-up") {
+            quiet_down(pool, &service.channel, options).await?;
             let duration = Duration::from_secs(options.seconds);
             projection_keep_up(pool, &service.channel, options.keep_up_rate, duration).await?;
         }
@@ -240,22 +242,13 @@ async fn seconds_as_of(
 /// minutes; the straddle measurement waits this long rather than that).
 const SERVICE_SETTLED_AFTER: Duration = Duration::from_secs(15);
 
-/// Waits until the service has written a read-model snapshot at most one snapshot interval
-/// (100,000 events) behind `head`, as it does once it has loaded its copy.
-async fn wait_for_snapshot(pool: &PgPool, head: caselog_domain::Position) -> anyhow::Result<Duration> {
+/// Waits until the service has written a read-model snapshot less than one snapshot interval
+/// (`behind` events) behind `head`, as it does once it has loaded its copy and whenever the
+/// projection has moved on by that many events since the last.
+async fn wait_for_snapshot(pool: &PgPool, head: caselog_domain::Position, behind: u64) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let behind = caselog_app::read_model::SnapshotPolicy::default().after_events;
     loop {
-        let covered: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM read_model_snapshots s JOIN projection_checkpoints c
-                              ON c.projection = 'case_facts' AND c.generation = s.generation
-                             WHERE s.position + $2 >= $1)",
-        )
-        .bind(i64::from(head))
-        .bind(i64::try_from(behind)?)
-        .fetch_one(pool)
-        .await?;
-        if covered {
+        if snapshot_covers(pool, head, behind).await? {
             return Ok(started.elapsed());
         }
         if started.elapsed() > Duration::from_secs(600) {
@@ -628,6 +621,83 @@ fn latest_complete_financial_year() -> i32 {
     }
 }
 
+/// Waits until the background work the previous measurement left behind is done, so that it
+/// lands in neither side's rounds of the next: the projection's catching up, a read-model
+/// snapshot that has come due (writing one of ten national years reads the log's recording
+/// spans for seconds and writes over a hundred MiB), and PostgreSQL's writing of the pages the
+/// measurement dirtied (a `CHECKPOINT`, as before a pgbench run). The sides alternate rounds,
+/// so such work lands in one of them by chance and moves the ratio from run to run.
+async fn quiet_down(pool: &PgPool, channel: &Authed, options: &SuiteOptions) -> anyhow::Result<()> {
+    settle(pool, channel).await?;
+    wait_for_due_snapshot(pool, options).await?;
+    match checkpoint(pool).await {
+        Ok(took) => println!("(CHECKPOINT before the measurement: {:.1} s)", took.as_secs_f64()),
+        // Needs a superuser or pg_checkpoint; without it the measurement runs as before.
+        Err(err) => println!("(no CHECKPOINT before the measurement: {err})"),
+    }
+    Ok(())
+}
+
+/// Writes out the pages PostgreSQL holds dirty now, rather than in a checkpoint spread over
+/// whatever runs next; how long that took.
+async fn checkpoint(pool: &PgPool) -> Result<Duration, sqlx::Error> {
+    let started = Instant::now();
+    sqlx::query("CHECKPOINT").execute(pool).await?;
+    Ok(started.elapsed())
+}
+
+/// Whether a read-model snapshot of the projection's generation lies less than `behind` events
+/// before `head`: the service's next is not due yet.
+async fn snapshot_covers(pool: &PgPool, head: caselog_domain::Position, behind: u64) -> anyhow::Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM read_model_snapshots s JOIN projection_checkpoints c
+                          ON c.projection = 'case_facts' AND c.generation = s.generation
+                         WHERE s.position + $2 > $1)",
+    )
+    .bind(i64::from(head))
+    .bind(i64::try_from(behind)?)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Waits, when the projection has moved on by a snapshot interval since the service's newest
+/// read-model snapshot, until the service has written the next (it looks once a minute).
+async fn wait_for_due_snapshot(pool: &PgPool, options: &SuiteOptions) -> anyhow::Result<()> {
+    let after_events = snapshot_after_events(&options.serve_args)?;
+    let head = EventLog::new(pool.clone()).horizon().await?.safe;
+    // A service writes none of an empty projection.
+    if after_events == 0 || head.get() == 0 || snapshot_covers(pool, head, after_events).await? {
+        return Ok(());
+    }
+    let waited = wait_for_snapshot(pool, head, after_events).await?;
+    println!(
+        "(a read-model snapshot had come due; the service wrote it {:.1} s later)",
+        waited.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The service's `--snapshot-after-events`, as given to it in `--serve-arg`s, in the
+/// environment it inherits, or by default.
+fn snapshot_after_events(serve_args: &[String]) -> anyhow::Result<u64> {
+    const FLAG: &str = "--snapshot-after-events";
+    let mut value = std::env::var("CASELOG_SNAPSHOT_AFTER_EVENTS").ok();
+    let mut args = serve_args.iter();
+    while let Some(arg) = args.next() {
+        if arg == FLAG {
+            value = args.next().cloned();
+        } else if let Some(given) = arg.strip_prefix(FLAG).and_then(|rest| rest.strip_prefix('=')) {
+            value = Some(given.to_owned());
+        }
+    }
+    match value {
+        None => Ok(caselog_app::read_model::SnapshotPolicy::default().after_events),
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("{FLAG} {text:?} for the service is not a count of events")),
+    }
+}
+
 /// Waits until the service's projection has applied every event appended so far.
 async fn settle(pool: &PgPool, channel: &Authed) -> anyhow::Result<()> {
     let head = EventLog::new(pool.clone()).horizon().await?.safe;
@@ -807,16 +877,18 @@ async fn query_latency(pool: &PgPool, channel: &Authed, queries: usize) -> anyho
 /// 1,000-event AppendEvents requests (a new case each) from 4 clients, against `COPY FROM` of
 /// the same rows, 1,000 per COPY, from 4 connections, into an identical table. The sides run in
 /// rounds, in the order raw, caselog, caselog, raw, raw, caselog, caselog, raw: a side that runs
-/// right after the other pays for what the other left behind (its dirty buffers to write out,
-/// its index pages in the cache instead of this side's), so each side runs half its rounds after
-/// the other and half after itself. Each caselog round is followed by waiting for the projection,
-/// so its catching up never runs inside a raw round.
-async fn batch_ingest(pool: &PgPool, channel: &Authed, batches: usize, meter: Meter) -> anyhow::Result<()> {
+/// right after the other finds the other's index pages in the cache instead of its own, so each
+/// side runs half its rounds after the other and half after itself. Each
+/// caselog round is followed by waiting for the projection and for any read-model snapshot the
+/// round brought due, so neither runs inside the next round; and each round starts after a
+/// `CHECKPOINT`, so none writes out dirty pages the round before it left.
+async fn batch_ingest(pool: &PgPool, channel: &Authed, options: &SuiteOptions, meter: Meter) -> anyhow::Result<()> {
+    let batches = options.batches;
     const PER_BATCH: usize = 1000;
     const CLIENTS: usize = 4;
     const ROUNDS: usize = 4;
     println!(
-        "\n== batch ingest: {batches} requests of {PER_BATCH} events from {CLIENTS} clients, each side in {ROUNDS} rounds"
+        "\n== batch ingest: {batches} requests of {PER_BATCH} events from {CLIENTS} clients, each side in {ROUNDS} rounds, each after a CHECKPOINT"
     );
     let run = uuid::Uuid::new_v4().simple().to_string();
     let requests: Vec<pb::AppendEventsRequest> = (0..batches)
@@ -846,10 +918,14 @@ async fn batch_ingest(pool: &PgPool, channel: &Authed, batches: usize, meter: Me
     let (mut raw_spent, mut ours_spent) = (Spent::default(), Spent::default());
     let (mut raw_time, mut ours_time) = (Duration::ZERO, Duration::ZERO);
     let mut lag = Duration::ZERO;
+    let mut checkpointed = true;
     for round in 0..ROUNDS {
         let range = (round * per_round).min(batches)..((round + 1) * per_round).min(batches);
         let raw_first = round % 2 == 0;
         for raw_turn in [raw_first, !raw_first] {
+            // Every round starts with no dirty pages: the previous round's (or the snapshot's)
+            // would otherwise be written out by whichever side runs next.
+            checkpointed &= checkpoint(pool).await.is_ok();
             let before = meter.sample();
             let started = Instant::now();
             let mut tasks = tokio::task::JoinSet::new();
@@ -896,6 +972,9 @@ async fn batch_ingest(pool: &PgPool, channel: &Authed, batches: usize, meter: Me
                 println!("  round {}: caselog  {rate:>9.0} events/s", round + 1);
                 let head = EventLog::new(pool.clone()).horizon().await?.safe;
                 lag = lag.max(wait_for_projection(channel, head).await?);
+                // The snapshot a round's events bring due is the service's work, as the
+                // projection is: written here rather than inside the next round, on either side.
+                wait_for_due_snapshot(pool, options).await?;
             }
         }
     }
@@ -907,6 +986,9 @@ async fn batch_ingest(pool: &PgPool, channel: &Authed, batches: usize, meter: Me
     println!("caselog AppendEvents over gRPC (validated, idempotent):   {rate:>9.0} events/s");
     println!("  {}", ours_spent.per_event(events));
     println!("ratio caselog/raw: {:.2} (goal: at least 0.75)", rate / raw_rate);
+    if !checkpointed {
+        println!("(some rounds ran without a CHECKPOINT before them: the role may not run one)");
+    }
     println!(
         "(the projection applied each round's last events at most {:.1} s after it ended)",
         lag.as_secs_f64()
@@ -1279,4 +1361,37 @@ async fn projection_keep_up(pool: &PgPool, channel: &Authed, rate: u64, duration
         lags.last().copied().unwrap_or(f64::NAN)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(given: &[&str]) -> Vec<String> {
+        given.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_service_snapshot_interval_is_read_from_its_arguments() {
+        let default = caselog_app::read_model::SnapshotPolicy::default().after_events;
+        assert_eq!(snapshot_after_events(&args(&[])).ok(), Some(default));
+        assert_eq!(
+            snapshot_after_events(&args(&["--case-cache-mib", "64"])).ok(),
+            Some(default)
+        );
+        assert_eq!(
+            snapshot_after_events(&args(&["--snapshot-after-events", "0"])).ok(),
+            Some(0)
+        );
+        assert_eq!(
+            snapshot_after_events(&args(&["--snapshot-after-events=5000"])).ok(),
+            Some(5000)
+        );
+        // The last one given counts, as for the service's own parser.
+        assert_eq!(
+            snapshot_after_events(&args(&["--snapshot-after-events=1", "--snapshot-after-events", "7"])).ok(),
+            Some(7)
+        );
+        assert!(snapshot_after_events(&args(&["--snapshot-after-events", "many"])).is_err());
+    }
 }

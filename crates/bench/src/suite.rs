@@ -680,8 +680,14 @@ async fn wait_for_due_snapshot(pool: &PgPool, options: &SuiteOptions) -> anyhow:
 /// The service's `--snapshot-after-events`, as given to it in `--serve-arg`s, in the
 /// environment it inherits, or by default.
 fn snapshot_after_events(serve_args: &[String]) -> anyhow::Result<u64> {
+    snapshot_interval_given(serve_args, std::env::var("CASELOG_SNAPSHOT_AFTER_EVENTS").ok())
+}
+
+/// The snapshot interval a service started with `serve_args` and `in_environment` (its
+/// `CASELOG_SNAPSHOT_AFTER_EVENTS`) runs with: the flag wins over the environment.
+fn snapshot_interval_given(serve_args: &[String], in_environment: Option<String>) -> anyhow::Result<u64> {
     const FLAG: &str = "--snapshot-after-events";
-    let mut value = std::env::var("CASELOG_SNAPSHOT_AFTER_EVENTS").ok();
+    let mut value = in_environment;
     let mut args = serve_args.iter();
     while let Some(arg) = args.next() {
         if arg == FLAG {
@@ -878,10 +884,10 @@ async fn query_latency(pool: &PgPool, channel: &Authed, queries: usize) -> anyho
 /// the same rows, 1,000 per COPY, from 4 connections, into an identical table. The sides run in
 /// rounds, in the order raw, caselog, caselog, raw, raw, caselog, caselog, raw: a side that runs
 /// right after the other finds the other's index pages in the cache instead of its own, so each
-/// side runs half its rounds after the other and half after itself. Each
-/// caselog round is followed by waiting for the projection and for any read-model snapshot the
-/// round brought due, so neither runs inside the next round; and each round starts after a
-/// `CHECKPOINT`, so none writes out dirty pages the round before it left.
+/// side runs half its rounds after the other and half after itself. Each caselog round is
+/// followed by waiting for the projection and for any read-model snapshot the round brought due,
+/// so neither runs inside the next round; and each round starts after a `CHECKPOINT`, so none
+/// writes out dirty pages the round before it left.
 async fn batch_ingest(pool: &PgPool, channel: &Authed, options: &SuiteOptions, meter: Meter) -> anyhow::Result<()> {
     let batches = options.batches;
     const PER_BATCH: usize = 1000;
@@ -1372,26 +1378,18 @@ mod tests {
     }
 
     #[test]
-    fn the_service_snapshot_interval_is_read_from_its_arguments() {
+    fn the_service_snapshot_interval_is_read_from_its_arguments_then_its_environment() {
         let default = caselog_app::read_model::SnapshotPolicy::default().after_events;
-        assert_eq!(snapshot_after_events(&args(&[])).ok(), Some(default));
-        assert_eq!(
-            snapshot_after_events(&args(&["--case-cache-mib", "64"])).ok(),
-            Some(default)
-        );
-        assert_eq!(
-            snapshot_after_events(&args(&["--snapshot-after-events", "0"])).ok(),
-            Some(0)
-        );
-        assert_eq!(
-            snapshot_after_events(&args(&["--snapshot-after-events=5000"])).ok(),
-            Some(5000)
-        );
-        // The last one given counts, as for the service's own parser.
-        assert_eq!(
-            snapshot_after_events(&args(&["--snapshot-after-events=1", "--snapshot-after-events", "7"])).ok(),
-            Some(7)
-        );
-        assert!(snapshot_after_events(&args(&["--snapshot-after-events", "many"])).is_err());
+        let given = |serve_args: &[&str], env: Option<&str>| {
+            snapshot_interval_given(&args(serve_args), env.map(str::to_owned)).ok()
+        };
+        assert_eq!(given(&[], None), Some(default));
+        assert_eq!(given(&["--case-cache-mib", "64"], None), Some(default));
+        assert_eq!(given(&["--snapshot-after-events", "0"], None), Some(0));
+        assert_eq!(given(&["--snapshot-after-events=5000"], None), Some(5000));
+        assert_eq!(given(&[], Some("300")), Some(300));
+        assert_eq!(given(&["--snapshot-after-events", "7"], Some("300")), Some(7));
+        assert_eq!(given(&["--snapshot-after-events", "many"], None), None);
+        assert_eq!(given(&[], Some("")), None);
     }
 }

@@ -894,7 +894,7 @@ async fn batch_ingest(pool: &PgPool, channel: &Authed, options: &SuiteOptions, m
     const CLIENTS: usize = 4;
     const ROUNDS: usize = 4;
     println!(
-        "\n== batch ingest: {batches} requests of {PER_BATCH} events from {CLIENTS} clients, each side in {ROUNDS} rounds, each after a CHECKPOINT"
+        "\n== batch ingest: {batches} requests of {PER_BATCH} events from {CLIENTS} clients, each side in {ROUNDS} rounds, each after a CHECKPOINT where the role may run one"
     );
     let run = uuid::Uuid::new_v4().simple().to_string();
     let requests: Vec<pb::AppendEventsRequest> = (0..batches)

@@ -276,24 +276,7 @@ mod tests {
         let mut cache: WeightedCache<usize> = WeightedCache::new(100_000, |w| *w);
         // Each case is used again well within the idle time.
         cache.idle_gives_way = Duration::from_secs(3600);
-        let cases: Vec<String> = (0..1100).map(|case| format!("case-{case}")).collect();
-        let (mut found, mut looked) = (0, 0);
-        for round in 0..30 {
-            for case in &cases {
-                let hit = cache.take(case);
-                if round >= 10 {
-                    looked += 1;
-                    found += usize::from(hit.is_some());
-                }
-                match hit {
-                    Some(weight) => cache.put(case.clone(), weight + 1),
-                    None => {
-                        cache.offer(case.clone(), 80 + round);
-                    }
-                }
-                assert!(cache.weight() <= 100_000);
-            }
-        }
+        let (found, looked) = go_round(&mut cache, 1100, 30, 10, 1, |round| 80 + round);
         assert!(found * 2 > looked, "found {found} of {looked}");
     }
 
@@ -305,26 +288,43 @@ mod tests {
     fn going_round_growing_cases_keeps_about_as_many_as_fit() {
         let mut cache: WeightedCache<usize> = WeightedCache::new(2 << 20, |w| *w);
         cache.idle_gives_way = Duration::from_secs(3600);
-        let cases: Vec<String> = (0..200).map(|case| format!("case-{case}")).collect();
+        let (found, looked) = go_round(&mut cache, 200, 130, 110, 119, |round| 680 + 119 * (round + 1));
+        // By the measured rounds the cases weigh 1.3 to 1.5 times the budget: at most 65-77%
+        // fit. Evicting the case put back longest ago found 46% (measured).
+        assert!(found * 5 >= looked * 3, "found {found} of {looked}");
+    }
+
+    /// Appends going round `cases` cases for `rounds` rounds, each taking its case out and
+    /// putting it back `growth` heavier (a case not found is offered at `weight_when_read` of
+    /// the round): how many appends of the rounds from `counted_from` on found their case, and
+    /// how many there were.
+    fn go_round(
+        cache: &mut WeightedCache<usize>,
+        cases: usize,
+        rounds: usize,
+        counted_from: usize,
+        growth: usize,
+        weight_when_read: impl Fn(usize) -> usize,
+    ) -> (usize, usize) {
+        let cases: Vec<String> = (0..cases).map(|case| format!("case-{case}")).collect();
         let (mut found, mut looked) = (0, 0);
-        for round in 0..130 {
+        for round in 0..rounds {
             for case in &cases {
                 let hit = cache.take(case);
-                if round >= 110 {
+                if round >= counted_from {
                     looked += 1;
                     found += usize::from(hit.is_some());
                 }
                 match hit {
-                    Some(weight) => cache.put(case.clone(), weight + 119),
+                    Some(weight) => cache.put(case.clone(), weight + growth),
                     None => {
-                        cache.offer(case.clone(), 680 + 119 * (round + 1));
+                        cache.offer(case.clone(), weight_when_read(round));
                     }
                 }
+                assert!(cache.weight() <= cache.budget);
             }
         }
-        // By the measured rounds the cases weigh 1.3 to 1.5 times the budget: at most 65-77%
-        // fit. Evicting the case put back longest ago found 46% (measured).
-        assert!(found * 5 >= looked * 3, "found {found} of {looked}");
+        (found, looked)
     }
 
     /// While the cases held are in use, a newcomer to a full cache is turned away the first

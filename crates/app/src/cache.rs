@@ -27,7 +27,8 @@
 //! out the case due next, which pushed out the next on its return, round the cycle. Going round
 //! 1,600 cases for 30 s (16 clients of `caselog-bench suite`), 15-17% of appends read their case
 //! and ran at 0.67-0.75 of raw; now 11%, at 0.82-0.83 (1.06 with a budget they fit in;
-//! docs/benchmarks.md).
+//! docs/benchmarks.md). The price: a case its sender appends to again at once (a burst of single
+//! events) may be the one that goes, and is read back once.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher as _;
